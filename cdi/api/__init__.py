@@ -1,0 +1,19 @@
+"""Resource kinds served by the embedded API server: declarations, defaults, validation, schemas.
+
+`default_registry()` returns a fresh `Registry` with the core kinds and the CDI kinds; callers that
+serve more kinds (VirtualMachine, DataSource, ...) register their `ResourceKind` on it.
+"""
+
+from __future__ import annotations
+
+from cdi.api.core import core_kinds
+from cdi.api.datavolume import DATAVOLUME
+from cdi.api.registry import Column, Registry, ResourceKind, get_path
+
+
+def default_registry() -> Registry:
+    """A new registry holding the core kinds and the DataVolume."""
+    return Registry([*core_kinds(), DATAVOLUME])
+
+
+__all__ = ["Column", "DATAVOLUME", "Registry", "ResourceKind", "default_registry", "get_path"]

@@ -1,0 +1,290 @@
+"""Core (`v1`) kinds: namespaces, PVCs, pods, secrets, configmaps, events and services.
+
+Columns follow what kube-apiserver's built-in table printers show, so `kubectl get pods` prints
+NAME READY STATUS RESTARTS AGE as it does against a real cluster. Validation is deliberately
+light: the few required fields controllers and kubectl rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdi.api.registry import Column, Obj, ResourceKind, get_path
+
+_ACCESS_MODE_SHORT = {
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteMany": "RWX",
+    "ReadWriteOncePod": "RWOP",
+}
+
+
+def _pod_ready(obj: Obj) -> str:
+    containers = get_path(obj, ".spec.containers") or []
+    statuses = get_path(obj, ".status.containerStatuses") or []
+    ready = sum(1 for s in statuses if s.get("ready"))
+    return f"{ready}/{len(containers)}"
+
+
+def _pod_status(obj: Obj) -> str:
+    if get_path(obj, ".metadata.deletionTimestamp"):
+        return "Terminating"
+    reason = get_path(obj, ".status.reason")
+    if reason:
+        return str(reason)
+    for s in get_path(obj, ".status.containerStatuses") or []:
+        state = s.get("state") or {}
+        for key in ("waiting", "terminated"):
+            r = (state.get(key) or {}).get("reason")
+            if r and r != "Completed":
+                return str(r)
+    return str(get_path(obj, ".status.phase") or "Pending")
+
+
+def _pod_restarts(obj: Obj) -> int:
+    return sum(int(s.get("restartCount") or 0) for s in get_path(obj, ".status.containerStatuses") or [])
+
+
+def _none_dash(path: str) -> Any:
+    def cell(obj: Obj) -> Any:
+        v = get_path(obj, path)
+        return "<none>" if v in (None, "") else v
+
+    return cell
+
+
+def _pvc_access_modes(obj: Obj) -> str:
+    modes = get_path(obj, ".status.accessModes") or []
+    return ",".join(_ACCESS_MODE_SHORT.get(m, m) for m in modes)
+
+
+def _pvc_capacity(obj: Obj) -> str:
+    return str(get_path(obj, ".status.capacity.storage") or "")
+
+
+def _count(path: str) -> Any:
+    def cell(obj: Obj) -> int:
+        return len(get_path(obj, path) or {}) + len(get_path(obj, path.replace(".data", ".binaryData")) or {})
+
+    return cell
+
+
+def _event_object(obj: Obj) -> str:
+    kind = str(get_path(obj, ".involvedObject.kind") or "").lower()
+    return f"{kind}/{get_path(obj, '.involvedObject.name') or ''}"
+
+
+def _event_last_seen(obj: Obj) -> Any:
+    return (
+        get_path(obj, ".lastTimestamp")
+        or get_path(obj, ".eventTime")
+        or get_path(obj, ".metadata.creationTimestamp")
+    )
+
+
+def _service_ports(obj: Obj) -> str:
+    ports = get_path(obj, ".spec.ports") or []
+    parts = [f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in ports]
+    return ",".join(parts) or "<none>"
+
+
+def _required(obj: Obj, path: str, label: str) -> list[str]:
+    return [] if get_path(obj, path) else [f"{label}: Required value"]
+
+
+def _validate_pod(obj: Obj, old: Obj | None) -> list[str]:
+    containers = get_path(obj, ".spec.containers")
+    if not containers:
+        return ["spec.containers: Required value"]
+    errs: list[str] = []
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict) or not c.get("name"):
+            errs.append(f"spec.containers[{i}].name: Required value")
+    return errs
+
+
+def _default_pod(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("restartPolicy", "Always")
+    obj.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+def _validate_pvc(obj: Obj, old: Obj | None) -> list[str]:
+    errs = _required(obj, ".spec.accessModes", "spec.accessModes")
+    errs += _required(obj, ".spec.resources.requests.storage", "spec.resources[storage]")
+    return errs
+
+
+def _default_pvc(obj: Obj) -> None:
+    obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    obj.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+def _default_namespace(obj: Obj) -> None:
+    obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    obj.setdefault("status", {}).setdefault("phase", "Active")
+
+
+def _default_secret(obj: Obj) -> None:
+    obj.setdefault("type", "Opaque")
+
+
+def _default_service(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    for p in spec.get("ports") or []:
+        if isinstance(p, dict):
+            p.setdefault("protocol", "TCP")
+
+
+def _validate_event(obj: Obj, old: Obj | None) -> list[str]:
+    return _required(obj, ".involvedObject", "involvedObject")
+
+
+def core_kinds() -> list[ResourceKind]:
+    """Declarations of the core kinds, in discovery order."""
+    return [
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Namespace",
+            plural="namespaces",
+            singular="namespace",
+            namespaced=False,
+            short_names=("ns",),
+            status_subresource=True,
+            columns=(Column("Status", json_path=".status.phase"),),
+            default=_default_namespace,
+            selectable_fields=("status.phase",),
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="PersistentVolumeClaim",
+            plural="persistentvolumeclaims",
+            singular="persistentvolumeclaim",
+            short_names=("pvc",),
+            status_subresource=True,
+            columns=(
+                Column("Status", json_path=".status.phase"),
+                Column("Volume", json_path=".spec.volumeName"),
+                Column("Capacity", func=_pvc_capacity),
+                Column("Access Modes", func=_pvc_access_modes),
+                Column("StorageClass", func=_none_dash(".spec.storageClassName")),
+                Column("VolumeAttributesClass", func=_none_dash(".spec.volumeAttributesClassName")),
+                Column("VolumeMode", json_path=".spec.volumeMode", priority=1),
+            ),
+            validate=_validate_pvc,
+            default=_default_pvc,
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Pod",
+            plural="pods",
+            singular="pod",
+            short_names=("po",),
+            categories=("all",),
+            status_subresource=True,
+            extra_subresources=("log",),
+            columns=(
+                Column("Ready", func=_pod_ready),
+                Column("Status", func=_pod_status),
+                Column("Restarts", "string", func=lambda o: str(_pod_restarts(o))),
+                Column("IP", func=_none_dash(".status.podIP"), priority=1),
+                Column("Node", func=_none_dash(".spec.nodeName"), priority=1),
+                Column("Nominated Node", func=_none_dash(".status.nominatedNodeName"), priority=1),
+                Column("Readiness Gates", func=lambda o: "<none>", priority=1),
+            ),
+            validate=_validate_pod,
+            default=_default_pod,
+            selectable_fields=(
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ),
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Secret",
+            plural="secrets",
+            singular="secret",
+            columns=(Column("Type", json_path=".type"), Column("Data", "integer", func=_count(".data"))),
+            default=_default_secret,
+            selectable_fields=("type",),
+            non_spec_fields=(),
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="ConfigMap",
+            plural="configmaps",
+            singular="configmap",
+            short_names=("cm",),
+            columns=(Column("Data", "integer", func=_count(".data")),),
+            non_spec_fields=(),
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Event",
+            plural="events",
+            singular="event",
+            short_names=("ev",),
+            name_column=False,
+            age_column=False,
+            columns=(
+                Column("Last Seen", "date", func=_event_last_seen),
+                Column("Type", json_path=".type"),
+                Column("Reason", json_path=".reason"),
+                Column("Object", func=_event_object),
+                Column("Message", json_path=".message"),
+                Column("Name", json_path=".metadata.name", priority=1, format="name"),
+            ),
+            validate=_validate_event,
+            non_spec_fields=(),
+            selectable_fields=(
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ),
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Service",
+            plural="services",
+            singular="service",
+            short_names=("svc",),
+            categories=("all",),
+            status_subresource=True,
+            columns=(
+                Column("Type", json_path=".spec.type"),
+                Column("Cluster-IP", func=_none_dash(".spec.clusterIP")),
+                Column("External-IP", func=lambda o: "<none>"),
+                Column("Port(s)", func=_service_ports),
+                Column(
+                    "Selector",
+                    func=lambda o: (
+                        ",".join(f"{k}={v}" for k, v in (get_path(o, ".spec.selector") or {}).items())
+                        or "<none>"
+                    ),
+                    priority=1,
+                ),
+            ),
+            default=_default_service,
+        ),
+    ]

@@ -1,0 +1,197 @@
+"""The FastAPI application of the embedded API server: settings, authentication, routes.
+
+`create_app(settings)` wires the store, the object semantics, discovery, OpenAPI and the resource
+handlers into one app. Every request must carry `Authorization: Bearer <token>` (compared in
+constant time); errors become kube `Status` objects through `errors.to_status`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cdi.api import default_registry
+from cdi.api.registry import Registry
+from cdi.apiserver import discovery, openapi
+from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
+from cdi.apiserver.hooks import Hooks, LogProvider
+from cdi.apiserver.objects import Objects
+from cdi.apiserver.routes import JSON, ResourceHandlers, json_response
+from cdi.apiserver.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """Settings of the embedded API server."""
+
+    # Bearer token every request must present. Required; an empty token is refused at start.
+    token: str
+    # SQLite database file holding the objects (":memory:" keeps nothing across restarts).
+    db_path: str = ":memory:"
+    # Number of watch events kept for watches that resume from an older resourceVersion; a watch
+    # from before the kept history gets 410 Gone.
+    watch_history: int = 1000
+    # Seconds between BOOKMARK events on an idle watch that asked for them.
+    bookmark_interval: float = 15.0
+    # Serve aggregated discovery (apidiscovery.k8s.io/v2) when asked; False forces clients to the
+    # legacy per-group discovery documents.
+    aggregated_discovery: bool = True
+    # Namespaces that exist from the start.
+    initial_namespaces: tuple[str, ...] = field(default=("default", "kube-system"))
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("the API server needs a non-empty bearer token")
+        if self.watch_history < 1:
+            raise ValueError("watch_history must be at least 1")
+        if self.bookmark_interval <= 0:
+            raise ValueError("bookmark_interval must be positive")
+
+
+class BearerAuth:
+    """ASGI middleware: 401 Status unless the request carries the expected bearer token."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                header = value
+                break
+        if not hmac.compare_digest(header, self.expected):
+            _, body = to_status(Unauthorized("Unauthorized"))
+            response = json_response(body, 401)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+    """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
+    registry = registry or default_registry()
+    store = Store(settings.db_path, history=settings.watch_history)
+    objects = Objects(store, registry)
+    for ns in settings.initial_namespaces:
+        objects.ensure_namespace(ns)
+    hooks = Hooks()
+    handlers = ResourceHandlers(objects, registry, hooks, bookmark_interval=settings.bookmark_interval)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.hub.close()  # end open watches so the server can stop
+
+    app = FastAPI(
+        title="cdi embedded API server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.objects = objects
+    app.state.registry = registry
+    app.state.hooks = hooks
+    app.add_middleware(BearerAuth, token=settings.token)
+
+    @app.exception_handler(ApiServerError)
+    async def _api_error(request: Request, exc: ApiServerError) -> Response:
+        code, body = to_status(exc)
+        log.debug(
+            "error method=%s path=%s code=%d message=%s", request.method, request.url.path, code, exc.message
+        )
+        return json_response(body, code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error method=%s path=%s", request.method, request.url.path)
+        return json_response(status_object(500, "InternalError", f"Internal error occurred: {exc}"), 500)
+
+    def _discovery(request: Request, core: bool, legacy: dict[str, Any]) -> Response:
+        version = discovery.aggregated_version(request.headers.get("accept"))
+        if version and settings.aggregated_discovery:
+            media = discovery.AGGREGATED_V2 if version == "v2" else discovery.AGGREGATED_V2BETA1
+            return json_response(discovery.aggregated(registry, core=core, version=version), media_type=media)
+        return json_response(legacy)
+
+    @app.get("/api")
+    async def _api(request: Request) -> Response:
+        host = request.headers.get("host", "127.0.0.1")
+        return _discovery(request, True, discovery.api_versions(host))
+
+    @app.get("/apis")
+    async def _apis(request: Request) -> Response:
+        return _discovery(request, False, discovery.api_group_list(registry))
+
+    @app.get("/api/v1")
+    async def _api_v1() -> Response:
+        return json_response(discovery.resource_list(registry, "", "v1"))
+
+    @app.get("/apis/{group}")
+    async def _apis_group(group: str) -> Response:
+        if group not in registry.groups():
+            raise NotFound("the server could not find the requested resource")
+        return json_response(discovery.api_group(registry, group))
+
+    @app.get("/apis/{group}/{version}")
+    async def _apis_gv(group: str, version: str) -> Response:
+        if version not in registry.groups().get(group, []):
+            raise NotFound("the server could not find the requested resource")
+        return json_response(discovery.resource_list(registry, group, version))
+
+    @app.get("/version")
+    async def _version() -> Response:
+        return json_response(discovery.VERSION_INFO)
+
+    @app.get("/healthz")
+    @app.get("/readyz")
+    @app.get("/livez")
+    async def _health() -> Response:
+        return Response("ok", media_type="text/plain")
+
+    @app.get("/openapi/v3")
+    async def _openapi_root() -> Response:
+        return json_response(openapi.root_document(registry))
+
+    @app.get("/openapi/v3/{path:path}")
+    async def _openapi_gv(path: str) -> Response:
+        parts = path.strip("/").split("/")
+        if parts[:1] == ["api"] and len(parts) == 2 and parts[1] == "v1":
+            return json_response(openapi.gv_document(registry, "", "v1"))
+        if parts[:1] == ["apis"] and len(parts) == 3 and parts[2] in registry.groups().get(parts[1], []):
+            return json_response(openapi.gv_document(registry, parts[1], parts[2]))
+        raise NotFound("the server could not find the requested resource")
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+    @app.api_route("/api/v1/{path:path}", methods=methods)
+    async def _core(request: Request, path: str) -> Response:
+        return await handlers.handle(request, "", "v1", path)
+
+    @app.api_route("/apis/{group}/{version}/{path:path}", methods=methods)
+    async def _grouped(request: Request, group: str, version: str, path: str) -> Response:
+        return await handlers.handle(request, group, version, path)
+
+    log.info("api server app created kinds=%d db=%s", len(list(registry)), settings.db_path)
+    return app
+
+
+def set_log_provider(app: FastAPI, provider: LogProvider | None) -> None:
+    """Register the function serving `pods/log` on an app made by `create_app`."""
+    hooks: Hooks = app.state.hooks
+    hooks.set_log_provider(provider)
+
+
+__all__ = ["JSON", "Settings", "create_app", "set_log_provider"]

@@ -1,0 +1,403 @@
+"""Object lifecycle with Kubernetes semantics, on top of the store.
+
+Create, update, status update, patch and delete as kube-apiserver does them: uid, generateName,
+creationTimestamp, resourceVersion preconditions (409 on stale writes), generation bumped on spec
+changes only, status preserved by main-resource writes of kinds with a status subresource,
+finalizers and deletionTimestamp, ownerReferences with cascading deletion (Background by default,
+Foreground and Orphan), namespace termination, defaulting and validation from the kind declaration.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
+from cdi.apiserver.patch import apply_patch
+from cdi.apiserver.selectors import Matcher
+from cdi.apiserver.store import Store
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+FOREGROUND = "foregroundDeletion"
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_GEN_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spec_part(kind: ResourceKind, obj: Obj) -> Obj:
+    return {k: v for k, v in obj.items() if k not in ("metadata", *kind.non_spec_fields)}
+
+
+def _without_rv(obj: Obj) -> Obj:
+    out = dict(obj)
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return out
+
+
+class Objects:
+    """The API's verbs on stored objects; every method is atomic under the store lock."""
+
+    def __init__(self, store: Store, registry: Registry) -> None:
+        self.store = store
+        self.registry = registry
+        self.namespaces = registry.lookup("", "v1", "namespaces")
+        if self.namespaces is None:
+            raise ValueError("the registry must hold the core namespaces kind")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, kind: ResourceKind, ns: str, name: str) -> Obj:
+        obj = self.store.get(kind.key, ns if kind.namespaced else "", name)
+        if obj is None:
+            raise NotFound.of(kind, name)
+        return obj
+
+    def select(self, kind: ResourceKind, ns: str | None, *matchers: Matcher) -> tuple[list[Obj], int]:
+        with self.store.lock:
+            rv = self.store.resource_version
+            items = self.store.items(kind.key, ns if kind.namespaced else None)
+        return [o for o in items if all(m(o) for m in matchers)], rv
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def create(self, kind: ResourceKind, ns: str, body: Obj, *, dry_run: bool = False) -> Obj:
+        obj = self._check_body(kind, ns, copy.deepcopy(body))
+        meta = obj["metadata"]
+        with self.store.lock:
+            if kind.namespaced:
+                self._check_namespace_open(ns)
+            if not meta.get("name"):
+                if not meta.get("generateName"):
+                    raise Invalid.of(
+                        kind, "", ["metadata.name: Required value: name or generateName is required"]
+                    )
+                meta["name"] = meta["generateName"] + "".join(random.choices(_GEN_CHARS, k=5))
+            name = meta["name"]
+            self._check_name(kind, name)
+            if self.store.get(kind.key, meta.get("namespace", ""), name) is not None:
+                raise AlreadyExists.of(kind, name)
+            for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
+                meta.pop(k, None)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_rfc3339()
+            meta["generation"] = 1
+            if kind.status_subresource:
+                obj.pop("status", None)
+            if kind.default:
+                kind.default(obj)
+            self._validate(kind, obj, None)
+            if dry_run:
+                return obj
+            log.info("create resource=%s ns=%s name=%s", kind.key, ns, name)
+            return self.store.put(kind.key, meta.get("namespace", ""), name, obj, "ADDED")
+
+    def update(
+        self,
+        kind: ResourceKind,
+        ns: str,
+        name: str,
+        body: Obj,
+        *,
+        status: bool = False,
+        dry_run: bool = False,
+    ) -> Obj:
+        """PUT of the object (or of its status subresource when `status`)."""
+        new = self._check_body(kind, ns, copy.deepcopy(body))
+        if new["metadata"].get("name", name) != name:
+            raise BadRequest(
+                f"the name of the object ({new['metadata']['name']}) "
+                f"does not match the name on the URL ({name})"
+            )
+        new["metadata"]["name"] = name
+        with self.store.lock:
+            old = self.get(kind, ns, name)
+            old_meta = old["metadata"]
+            rv = new["metadata"].get("resourceVersion")
+            if rv and str(rv) != old_meta["resourceVersion"]:
+                raise Conflict.modified(kind, name)
+            uid = new["metadata"].get("uid")
+            if uid and uid != old_meta["uid"]:
+                raise Conflict.precondition(
+                    kind,
+                    name,
+                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: {old_meta['uid']}",
+                )
+            if status:
+                merged = copy.deepcopy(old)
+                if "status" in new:
+                    merged["status"] = new["status"]
+                else:
+                    merged.pop("status", None)
+                new = merged
+            else:
+                self._carry_over(kind, old, new)
+                if kind.default:
+                    kind.default(new)
+                self._validate(kind, new, old)
+                if _spec_part(kind, new) != _spec_part(kind, old):
+                    new["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
+            if _without_rv(new) == _without_rv(old):
+                return old
+            if dry_run:
+                return new
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                return self._finalize(kind, new)
+            return self.store.put(kind.key, old_meta.get("namespace", ""), name, new, "MODIFIED")
+
+    def patch(
+        self,
+        kind: ResourceKind,
+        ns: str,
+        name: str,
+        content_type: str,
+        body: bytes,
+        *,
+        status: bool = False,
+        dry_run: bool = False,
+    ) -> Obj:
+        with self.store.lock:
+            old = self.get(kind, ns, name)
+            patched = apply_patch(content_type, old, body)
+            if not isinstance(patched, dict):
+                raise BadRequest("the patched object is not a JSON object")
+            return self.update(kind, ns, name, patched, status=status, dry_run=dry_run)
+
+    def delete(
+        self, kind: ResourceKind, ns: str, name: str, options: Obj | None = None, *, dry_run: bool = False
+    ) -> tuple[Obj, bool]:
+        """Delete; returns (object, finished). Not finished while finalizers hold the object."""
+        options = options or {}
+        policy = options.get("propagationPolicy") or (
+            "Orphan" if options.get("orphanDependents") else "Background"
+        )
+        with self.store.lock:
+            obj = self.get(kind, ns, name)
+            meta = obj["metadata"]
+            pre = options.get("preconditions") or {}
+            if pre.get("uid") and pre["uid"] != meta["uid"]:
+                raise Conflict.precondition(
+                    kind,
+                    name,
+                    f"Precondition failed: UID in precondition: {pre['uid']}, "
+                    f"UID in object meta: {meta['uid']}",
+                )
+            if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
+                raise Conflict.modified(kind, name)
+            if kind is self.namespaces and name in PROTECTED_NAMESPACES:
+                raise Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+            if dry_run:
+                return obj, True
+            if policy == "Orphan":
+                self._orphan_dependents(meta["uid"])
+            if kind is self.namespaces:
+                return self._delete_namespace(obj)
+            finalizers = list(meta.get("finalizers") or [])
+            if policy == "Foreground" and FOREGROUND not in finalizers and self._dependents(meta["uid"]):
+                finalizers.append(FOREGROUND)
+            if not finalizers:
+                return self._finalize(kind, obj), True
+            if not meta.get("deletionTimestamp") or finalizers != meta.get("finalizers"):
+                meta["finalizers"] = finalizers
+                meta.setdefault("deletionTimestamp", now_rfc3339())
+                meta["deletionGracePeriodSeconds"] = 0
+                obj = self.store.put(kind.key, meta.get("namespace", ""), name, obj, "MODIFIED")
+            if FOREGROUND in finalizers:
+                self._delete_dependents(meta["uid"])
+                obj = self._maybe_finish_foreground(kind, obj)
+            return obj, False
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_body(self, kind: ResourceKind, ns: str, obj: Obj) -> Obj:
+        if not isinstance(obj, dict):
+            raise BadRequest("the body of the request is not a JSON object")
+        if (
+            obj.get("apiVersion", kind.api_version) != kind.api_version
+            or obj.get("kind", kind.kind) != kind.kind
+        ):
+            raise BadRequest(
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the expected "
+                f"API version ({kind.api_version}) or kind ({obj.get('kind')}) is not {kind.kind}"
+            )
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise BadRequest("metadata must be an object")
+        if kind.namespaced:
+            if meta.get("namespace") and meta["namespace"] != ns:
+                raise BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        return obj
+
+    def _check_name(self, kind: ResourceKind, name: str) -> None:
+        pattern, limit = (_LABEL, 63) if kind is self.namespaces else (_SUBDOMAIN, 253)
+        if len(name) > limit or not pattern.match(name):
+            raise Invalid.of(
+                kind,
+                name,
+                [
+                    f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 '
+                    f"{'label' if limit == 63 else 'subdomain'} must consist of lower case alphanumeric "
+                    "characters, '-' or '.', and must start and end with an alphanumeric character "
+                    f"(at most {limit} characters)"
+                ],
+            )
+
+    def _check_namespace_open(self, ns: str) -> None:
+        assert self.namespaces is not None
+        nso = self.store.get(self.namespaces.key, "", ns)
+        if nso is None:
+            raise NotFound.of(self.namespaces, ns)
+        if nso["metadata"].get("deletionTimestamp"):
+            raise Forbidden(f"unable to create new content in namespace {ns} because it is being terminated")
+
+    def _validate(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
+        if kind.validate:
+            errors = kind.validate(obj, old)
+            if errors:
+                raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
+
+    def _carry_over(self, kind: ResourceKind, old: Obj, new: Obj) -> None:
+        meta, old_meta = new["metadata"], old["metadata"]
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
+            if k in old_meta:
+                meta[k] = old_meta[k]
+            else:
+                meta.pop(k, None)
+        meta["resourceVersion"] = old_meta["resourceVersion"]
+        if kind.status_subresource:
+            if "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        if old_meta.get("deletionTimestamp"):
+            added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
+            if added:
+                msg = "no new finalizers can be added if the object is being deleted"
+                errors = [f"metadata.finalizers: Forbidden: {msg}, found new finalizers {sorted(added)}"]
+                raise Invalid.of(kind, meta["name"], errors)
+
+    def _finalize(self, kind: ResourceKind, obj: Obj) -> Obj:
+        """Remove the object for good, then collect its dependents and wake waiting owners."""
+        meta = obj["metadata"]
+        ns = meta.get("namespace", "")
+        if self.store.get(kind.key, ns, meta["name"]) is None:
+            return obj
+        log.info("delete resource=%s ns=%s name=%s", kind.key, ns, meta["name"])
+        gone = self.store.remove(kind.key, ns, meta["name"], obj)
+        self._delete_dependents(meta["uid"])
+        for ref in meta.get("ownerReferences") or []:
+            owner = self._find_by_uid(ref.get("uid"), ns)
+            if owner is not None:
+                self._maybe_finish_foreground(*owner)
+        if ns:
+            self._maybe_finish_namespace(ns)
+        return gone
+
+    def _all_objects(self, ns: str | None = None) -> list[tuple[ResourceKind, Obj]]:
+        out: list[tuple[ResourceKind, Obj]] = []
+        for kind in self.registry:
+            if ns is not None and not kind.namespaced:
+                continue
+            out.extend((kind, o) for o in self.store.items(kind.key, ns))
+        return out
+
+    def _dependents(self, uid: str) -> list[tuple[ResourceKind, Obj]]:
+        return [
+            (k, o)
+            for k, o in self._all_objects()
+            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _find_by_uid(self, uid: str | None, ns: str) -> tuple[ResourceKind, Obj] | None:
+        for kind, o in self._all_objects():
+            if o["metadata"]["uid"] == uid and (not kind.namespaced or o["metadata"].get("namespace") == ns):
+                return kind, o
+        return None
+
+    def _drop_owner(self, kind: ResourceKind, dep: Obj, uid: str) -> None:
+        dep = copy.deepcopy(dep)
+        refs = [r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+        if refs:
+            dep["metadata"]["ownerReferences"] = refs
+        else:
+            dep["metadata"].pop("ownerReferences", None)
+        self.store.put(
+            kind.key, dep["metadata"].get("namespace", ""), dep["metadata"]["name"], dep, "MODIFIED"
+        )
+
+    def _orphan_dependents(self, uid: str) -> None:
+        for kind, dep in self._dependents(uid):
+            self._drop_owner(kind, dep, uid)
+
+    def _delete_dependents(self, uid: str) -> None:
+        """Garbage-collect dependents of a deleted (or foreground-deleting) owner."""
+        for kind, dep in self._dependents(uid):
+            dmeta = dep["metadata"]
+            others = [r for r in dmeta.get("ownerReferences") or [] if r.get("uid") != uid]
+            if any(self._find_by_uid(r.get("uid"), dmeta.get("namespace", "")) for r in others):
+                self._drop_owner(kind, dep, uid)
+            elif not dmeta.get("deletionTimestamp"):
+                self.delete(
+                    kind, dmeta.get("namespace", ""), dmeta["name"], {"propagationPolicy": "Background"}
+                )
+
+    def _maybe_finish_foreground(self, kind: ResourceKind, owner: Obj) -> Obj:
+        meta = owner["metadata"]
+        if not meta.get("deletionTimestamp") or FOREGROUND not in (meta.get("finalizers") or []):
+            return owner
+        if self._dependents(meta["uid"]):
+            return owner
+        updated = copy.deepcopy(owner)
+        updated["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != FOREGROUND]
+        return self.update(kind, meta.get("namespace", ""), meta["name"], updated)
+
+    def _delete_namespace(self, ns_obj: Obj) -> tuple[Obj, bool]:
+        assert self.namespaces is not None
+        name = ns_obj["metadata"]["name"]
+        if not ns_obj["metadata"].get("deletionTimestamp"):
+            ns_obj["metadata"]["deletionTimestamp"] = now_rfc3339()
+            ns_obj.setdefault("status", {})["phase"] = "Terminating"
+            ns_obj = self.store.put(self.namespaces.key, "", name, ns_obj, "MODIFIED")
+        for kind, o in self._all_objects(name):
+            if not o["metadata"].get("deletionTimestamp"):
+                self.delete(kind, name, o["metadata"]["name"])
+        if self.store.count_namespace(name) == 0:
+            return self.store.remove(self.namespaces.key, "", name, ns_obj), True
+        return ns_obj, False
+
+    def _maybe_finish_namespace(self, ns: str) -> None:
+        assert self.namespaces is not None
+        nso = self.store.get(self.namespaces.key, "", ns)
+        if nso and nso["metadata"].get("deletionTimestamp") and self.store.count_namespace(ns) == 0:
+            self.store.remove(self.namespaces.key, "", ns, nso)
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create a namespace if it does not exist (used at start for default and kube-system)."""
+        assert self.namespaces is not None
+        if self.store.get(self.namespaces.key, "", name) is None:
+            self.create(self.namespaces, "", {"metadata": {"name": name}})

@@ -1,0 +1,125 @@
+"""OpenAPI v3 documents (/openapi/v3 and one document per group/version).
+
+What kubectl needs from them:
+- `kubectl explain` looks up the component schema carrying `x-kubernetes-group-version-kind`;
+- `kubectl create/apply` (validation on by default) looks for a PATCH operation of the kind with a
+  `fieldValidation` query parameter to decide that the server validates, so every kind gets its
+  paths with that parameter.
+Kinds without a declared schema get no component schema, so kubectl's apply falls back to its
+compiled-in types for the strategic merge patch of built-in kinds. OpenAPI v2 is not served: its
+client only speaks protobuf, and kubectl 1.32 uses v3 when /openapi/v3 exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from cdi.api.registry import Registry, ResourceKind
+
+Obj = dict[str, Any]
+
+_QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "pretty")
+
+
+def gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def schema_name(kind: ResourceKind) -> str:
+    if not kind.group:
+        return f"io.k8s.api.core.{kind.version}.{kind.kind}"
+    reversed_group = ".".join(reversed(kind.group.split(".")))
+    return f"{reversed_group}.{kind.version}.{kind.kind}"
+
+
+def _gvk(kind: ResourceKind) -> Obj:
+    return {"group": kind.group, "version": kind.version, "kind": kind.kind}
+
+
+def _operation(kind: ResourceKind, action: str, *, body: bool) -> Obj:
+    ref = {"$ref": f"#/components/schemas/{schema_name(kind)}"} if kind.schema else {"type": "object"}
+    op: Obj = {
+        "operationId": f"{action}{kind.kind}",
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": _gvk(kind),
+        "parameters": [
+            {"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+            for p in _QUERY_PARAMS
+        ],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}},
+    }
+    if body:
+        op["requestBody"] = {"content": {"*/*": {"schema": ref}}, "required": True}
+    return op
+
+
+def _paths(kind: ResourceKind) -> Obj:
+    prefix = "/" + gv_path(kind.group, kind.version)
+    base = (
+        f"{prefix}/namespaces/{{namespace}}/{kind.plural}" if kind.namespaced else f"{prefix}/{kind.plural}"
+    )
+    item = {
+        "get": _operation(kind, "get", body=False),
+        "put": _operation(kind, "put", body=True),
+        "patch": _operation(kind, "patch", body=True),
+        "delete": _operation(kind, "delete", body=False),
+    }
+    collection = {"get": _operation(kind, "list", body=False), "post": _operation(kind, "post", body=True)}
+    paths = {base: collection, f"{base}/{{name}}": item}
+    if kind.status_subresource:
+        paths[f"{base}/{{name}}/status"] = {
+            "get": _operation(kind, "get", body=False),
+            "put": _operation(kind, "put", body=True),
+            "patch": _operation(kind, "patch", body=True),
+        }
+    return paths
+
+
+def gv_document(registry: Registry, group: str, version: str) -> Obj:
+    """The OpenAPI v3 document of one group/version."""
+    paths: Obj = {}
+    schemas: Obj = {}
+    for kind in registry.kinds_in(group, version):
+        paths.update(_paths(kind))
+        if kind.schema:
+            schema = dict(kind.schema)
+            schema["x-kubernetes-group-version-kind"] = [_gvk(kind)]
+            schemas[schema_name(kind)] = schema
+            schemas[schema_name(kind) + "List"] = {
+                "type": "object",
+                "description": f"{kind.kind}List is a list of {kind.kind}",
+                "required": ["items"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                    "items": {
+                        "type": "array",
+                        "items": {"$ref": f"#/components/schemas/{schema_name(kind)}"},
+                    },
+                },
+                "x-kubernetes-group-version-kind": [{**_gvk(kind), "kind": kind.kind + "List"}],
+            }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def _hash(doc: Obj) -> str:
+    return hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:64].upper()
+
+
+def root_document(registry: Registry) -> Obj:
+    """The /openapi/v3 index: one entry per group/version with a content hash."""
+    gvs = [("", "v1")] + [(g, v) for g, versions in registry.groups().items() for v in versions]
+    paths = {}
+    for group, version in gvs:
+        path = gv_path(group, version)
+        digest = _hash(gv_document(registry, group, version))
+        paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest}"}
+    return {"paths": paths}

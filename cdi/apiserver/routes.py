@@ -1,0 +1,321 @@
+"""REST handlers of resource paths: /api/v1/... and /apis/{group}/{version}/....
+
+One catch-all route per prefix parses the rest of the path itself, because kube's URL space is
+ambiguous for path templates (`/api/v1/namespaces/x/pods` versus `/api/v1/namespaces/x/status`).
+Verbs map to `Objects`; the response shape (object, list, Table, PartialObjectMetadata, watch
+stream) is chosen from the query and the Accept header as kube-apiserver does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
+from cdi.apiserver.hooks import Hooks, LogRequest
+from cdi.apiserver.objects import Objects
+from cdi.apiserver.selectors import field_matcher, label_matcher
+from cdi.apiserver.tables import partial_metadata, table, wants
+from cdi.apiserver.watch import WatchRequest, watch_stream
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: ResourceKind
+    namespace: str | None  # None: all namespaces (or a cluster-scoped kind)
+    name: str | None
+    subresource: str | None
+
+
+def json_response(obj: Any, status: int = 200, media_type: str = JSON) -> Response:
+    return Response(
+        json.dumps(obj, separators=(",", ":")).encode(), status_code=status, media_type=media_type
+    )
+
+
+def _flag(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+def _int(value: str | None, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError as e:
+        raise BadRequest(f"invalid value for {name}: {value!r}") from e
+
+
+class ResourceHandlers:
+    def __init__(
+        self, objects: Objects, registry: Registry, hooks: Hooks, *, bookmark_interval: float
+    ) -> None:
+        self.objects = objects
+        self.registry = registry
+        self.hooks = hooks
+        self.bookmark_interval = bookmark_interval
+
+    def resolve(self, group: str, version: str, path: str) -> Target:
+        segs = [s for s in path.split("/") if s]
+        not_found = NotFound("the server could not find the requested resource")
+        if not segs:
+            raise not_found
+        if segs[0] == "namespaces" and len(segs) >= 3:
+            kind = self.registry.lookup(group, version, segs[2])
+            if kind is not None and kind.namespaced and len(segs) <= 5:
+                return Target(
+                    kind, segs[1], segs[3] if len(segs) > 3 else None, segs[4] if len(segs) > 4 else None
+                )
+        kind = self.registry.lookup(group, version, segs[0])
+        if kind is None or len(segs) > 3:
+            raise not_found
+        if kind.namespaced and len(segs) > 1:
+            raise not_found
+        return Target(kind, None, segs[1] if len(segs) > 1 else None, segs[2] if len(segs) > 2 else None)
+
+    async def handle(self, request: Request, group: str, version: str, path: str) -> Response:
+        t = self.resolve(group, version, path)
+        sub = t.subresource
+        if sub is not None and sub != "status" and sub not in t.kind.extra_subresources:
+            raise NotFound("the server could not find the requested resource")
+        method = request.method
+        q = request.query_params
+        dry_run = bool(q.get("dryRun"))
+        ns = t.namespace or ""
+        if method == "GET":
+            if t.name is None:
+                return await self._list_or_watch(request, t)
+            if sub == "log":
+                return await self._logs(request, t)
+            return self._render_one(request, t.kind, self.objects.get(t.kind, ns, t.name))
+        if method == "POST" and t.name is None:
+            if t.kind.namespaced and t.namespace is None:
+                raise MethodNotAllowed(
+                    f"the server does not allow this method on the requested resource "
+                    f"(post {t.kind.group_resource}): create needs a namespace"
+                )
+            created = self.objects.create(t.kind, ns, await self._body(request), dry_run=dry_run)
+            return json_response(created, 201)
+        if method == "PUT" and t.name is not None and sub in (None, "status"):
+            return json_response(
+                self.objects.update(
+                    t.kind, ns, t.name, await self._body(request), status=sub == "status", dry_run=dry_run
+                )
+            )
+        if method == "PATCH" and t.name is not None and sub in (None, "status"):
+            body = await request.body()
+            patched = self.objects.patch(
+                t.kind,
+                ns,
+                t.name,
+                request.headers.get("content-type", ""),
+                body,
+                status=sub == "status",
+                dry_run=dry_run,
+            )
+            return json_response(patched)
+        if method == "DELETE" and sub is None:
+            options = await self._delete_options(request)
+            if t.name is None:
+                return self._delete_collection(request, t, options, dry_run)
+            obj, finished = self.objects.delete(t.kind, ns, t.name, options, dry_run=dry_run)
+            if finished:
+                details: Obj = {"name": t.name, "kind": t.kind.plural, "uid": obj["metadata"].get("uid")}
+                if t.kind.group:
+                    details["group"] = t.kind.group
+                return json_response(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": details,
+                    }
+                )
+            return json_response(obj)
+        raise MethodNotAllowed(
+            f"the server does not allow this method on the requested resource "
+            f"({method.lower()} {t.kind.group_resource})"
+        )
+
+    async def _body(self, request: Request) -> Obj:
+        raw = await request.body()
+        ctype = request.headers.get("content-type", JSON).split(";")[0].strip()
+        try:
+            if ctype in ("application/yaml", "application/x-yaml"):
+                data = yaml.safe_load(raw)
+            else:
+                data = json.loads(raw or b"null")
+        except (ValueError, yaml.YAMLError) as e:
+            raise BadRequest(f"error decoding request body: {e}") from e
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return data
+
+    async def _delete_options(self, request: Request) -> Obj:
+        raw = await request.body()
+        options: Obj = {}
+        if raw.strip():
+            try:
+                options = json.loads(raw)
+            except ValueError as e:
+                raise BadRequest(f"error decoding DeleteOptions: {e}") from e
+        q = request.query_params
+        if q.get("propagationPolicy"):
+            options["propagationPolicy"] = q["propagationPolicy"]
+        if q.get("orphanDependents"):
+            options["orphanDependents"] = _flag(q["orphanDependents"])
+        policy = options.get("propagationPolicy")
+        if policy not in (None, "Background", "Foreground", "Orphan"):
+            raise BadRequest(
+                f"propagationPolicy: Unsupported value: {policy!r}: supported values: "
+                '"Background", "Foreground", "Orphan"'
+            )
+        return options
+
+    def _matchers(self, request: Request, kind: ResourceKind) -> tuple[Any, ...]:
+        q = request.query_params
+        return (label_matcher(q.get("labelSelector")), field_matcher(kind, q.get("fieldSelector")))
+
+    def _render_one(self, request: Request, kind: ResourceKind, obj: Obj) -> Response:
+        accept = request.headers.get("accept")
+        if wants(accept, "Table"):
+            include = request.query_params.get("includeObject", "Metadata")
+            return json_response(table(kind, [obj], include_object=include))
+        if wants(accept, "PartialObjectMetadata"):
+            return json_response(partial_metadata(obj))
+        return json_response(obj)
+
+    async def _list_or_watch(self, request: Request, t: Target) -> Response:
+        q = request.query_params
+        kind = t.kind
+        matchers = self._matchers(request, kind)
+        accept = request.headers.get("accept")
+        include = q.get("includeObject", "Metadata")
+        if _flag(q.get("watch")):
+            req = WatchRequest(
+                kind=kind,
+                namespace=t.namespace,
+                matchers=matchers,
+                resource_version=q.get("resourceVersion"),
+                timeout_seconds=_int(q.get("timeoutSeconds"), "timeoutSeconds"),
+                bookmarks=_flag(q.get("allowWatchBookmarks")),
+                as_table=wants(accept, "Table"),
+                include_object=include,
+            )
+            stream = watch_stream(
+                self.objects.store,
+                req,
+                bookmark_interval=self.bookmark_interval,
+                is_disconnected=request.is_disconnected,
+            )
+            return StreamingResponse(stream, media_type=JSON)
+        items, rv = self.objects.select(kind, t.namespace, *matchers)
+        list_meta: Obj = {"resourceVersion": str(rv)}
+        limit = _int(q.get("limit"), "limit")
+        start = 0
+        if q.get("continue"):
+            try:
+                token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
+                start = int(token["start"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise BadRequest("continue key is not valid") from e
+        if limit and limit > 0:
+            page = items[start : start + limit]
+            if start + limit < len(items):
+                token_s = json.dumps({"rv": rv, "start": start + limit}).encode()
+                list_meta["continue"] = base64.urlsafe_b64encode(token_s).decode()
+                list_meta["remainingItemCount"] = len(items) - start - limit
+            items = page
+        elif start:
+            items = items[start:]
+        if wants(accept, "Table"):
+            return json_response(table(kind, items, include_object=include, list_meta=list_meta))
+        if wants(accept, "PartialObjectMetadataList"):
+            return json_response(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": list_meta,
+                    "items": [partial_metadata(o) for o in items],
+                }
+            )
+        return json_response(
+            {
+                "kind": f"{kind.kind}List",
+                "apiVersion": kind.api_version,
+                "metadata": list_meta,
+                "items": items,
+            }
+        )
+
+    def _delete_collection(self, request: Request, t: Target, options: Obj, dry_run: bool) -> Response:
+        items, _ = self.objects.select(t.kind, t.namespace, *self._matchers(request, t.kind))
+        deleted = []
+        for o in items:
+            meta = o["metadata"]
+            try:
+                obj, _ = self.objects.delete(
+                    t.kind, meta.get("namespace", ""), meta["name"], options, dry_run=dry_run
+                )
+            except NotFound:
+                continue
+            deleted.append(obj)
+        return json_response(
+            {
+                "kind": f"{t.kind.kind}List",
+                "apiVersion": t.kind.api_version,
+                "metadata": {"resourceVersion": str(self.objects.store.resource_version)},
+                "items": deleted,
+            }
+        )
+
+    async def _logs(self, request: Request, t: Target) -> Response:
+        pod = self.objects.get(t.kind, t.namespace or "", t.name or "")
+        q = request.query_params
+        container = q.get("container")
+        names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        if not container:
+            if len(names) > 1:
+                raise BadRequest(
+                    f"a container name must be specified for pod {t.name}, "
+                    f"choose one of: [{' '.join(map(str, names))}]"
+                )
+            container = names[0] if names else None
+        elif container not in names:
+            raise BadRequest(f"container {container} is not valid for pod {t.name}")
+        lreq = LogRequest(
+            namespace=t.namespace or "",
+            pod=t.name or "",
+            container=container,
+            follow=_flag(q.get("follow")),
+            tail_lines=_int(q.get("tailLines"), "tailLines"),
+            timestamps=_flag(q.get("timestamps")),
+            previous=_flag(q.get("previous")),
+            since_seconds=_int(q.get("sinceSeconds"), "sinceSeconds"),
+            limit_bytes=_int(q.get("limitBytes"), "limitBytes"),
+        )
+        provider = self.hooks.log_provider
+        result = await run_in_threadpool(provider, lreq) if provider else None
+        if result is None:
+            raise NotFound(
+                f'no logs: nothing is known about the logs of container "{container}" in pod "{t.name}"',
+                details={"name": t.name, "kind": "pods"},
+            )
+        if isinstance(result, str | bytes):
+            return Response(result, media_type="text/plain")
+        return StreamingResponse(iterate_in_threadpool(iter(result)), media_type="text/plain")

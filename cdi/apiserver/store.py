@@ -1,0 +1,228 @@
+"""SQLite object store with one global resourceVersion counter and a bounded watch history.
+
+Objects live in one table keyed by (resource, namespace, name) with their JSON body; every write
+takes the next resourceVersion and appends a watch event (ADDED, MODIFIED, DELETED) to the event
+table, which keeps the last `history` events. Watchers are told about new events in-process
+(`Hub`), so delivery does not wait for anyone to poll SQLite; the event table is only read to
+replay history to a watch that starts from an older resourceVersion.
+
+All methods are thread-safe; `lock` is public so callers can make a read-check-write atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from cdi.apiserver.errors import Expired
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    rv INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (resource, namespace, name));
+CREATE TABLE IF NOT EXISTS events (
+    rv INTEGER PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL,
+    type TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    rv: int
+    resource: str
+    namespace: str
+    type: str
+    obj: Obj
+
+
+class Subscription:
+    """One watcher's queue of events, fed from any thread, read on the watcher's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, resource: str) -> None:
+        self.loop = loop
+        self.resource = resource
+        self.queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+
+    def deliver(self, event: WatchEvent | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the watcher's loop is closed: nobody is listening any more
+            pass
+
+    async def get(self, timeout: float) -> WatchEvent | None:
+        """The next event; None when the hub closed; raises TimeoutError after `timeout` seconds."""
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+class Hub:
+    """In-process fan-out of watch events to subscriptions, by resource."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: dict[str, set[Subscription]] = {}
+        self.closed = False
+
+    def subscribe(self, resource: str) -> Subscription:
+        sub = Subscription(asyncio.get_running_loop(), resource)
+        with self._lock:
+            self._subs.setdefault(resource, set()).add(sub)
+        if self.closed:
+            sub.deliver(None)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.get(sub.resource, set()).discard(sub)
+
+    def publish(self, event: WatchEvent) -> None:
+        with self._lock:
+            subs = list(self._subs.get(event.resource, ()))
+        for sub in subs:
+            sub.deliver(event)
+
+    def close(self) -> None:
+        """End every watch (server shutdown)."""
+        self.closed = True
+        with self._lock:
+            subs = [s for group in self._subs.values() for s in group]
+        for sub in subs:
+            sub.deliver(None)
+
+
+class Store:
+    """Objects and watch history in one SQLite database (WAL mode)."""
+
+    def __init__(self, path: str, *, history: int = 1000) -> None:
+        if history < 1:
+            raise ValueError("watch history must keep at least one event")
+        self.history = history
+        self.lock = threading.RLock()
+        self.hub = Hub()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+        self._rv = int(row[0]) if row else 1
+        row = self._db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
+        self._compacted = int(row[0]) if row else 0
+        log.info("store opened path=%s rv=%d history=%d", path, self._rv, history)
+
+    @property
+    def resource_version(self) -> int:
+        """The newest resourceVersion handed out."""
+        return self._rv
+
+    @property
+    def compacted(self) -> int:
+        """Watches from a resourceVersion older than this get 410 Gone."""
+        return self._compacted
+
+    def get(self, resource: str, namespace: str, name: str) -> Obj | None:
+        with self.lock:
+            row = self._db.execute(
+                "SELECT body FROM objects WHERE resource=? AND namespace=? AND name=?",
+                (resource, namespace, name),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def items(self, resource: str, namespace: str | None = None) -> list[Obj]:
+        with self.lock:
+            if namespace:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE resource=? AND namespace=? ORDER BY namespace, name",
+                    (resource, namespace),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT body FROM objects WHERE resource=? ORDER BY namespace, name", (resource,)
+                ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def count_namespace(self, namespace: str) -> int:
+        with self.lock:
+            row = self._db.execute("SELECT COUNT(*) FROM objects WHERE namespace=?", (namespace,)).fetchone()
+        return int(row[0])
+
+    def put(self, resource: str, namespace: str, name: str, obj: Obj, event_type: str) -> Obj:
+        """Store `obj` with the next resourceVersion and record an ADDED or MODIFIED event."""
+        with self.lock:
+            rv = self._next_rv()
+            obj["metadata"]["resourceVersion"] = str(rv)
+            body = json.dumps(obj, separators=(",", ":"))
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO objects (resource, namespace, name, rv, body) VALUES (?,?,?,?,?)",
+                    (resource, namespace, name, rv, body),
+                )
+                self._record(rv, resource, namespace, event_type, body)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self.hub.publish(WatchEvent(rv, resource, namespace, event_type, obj))
+        return obj
+
+    def remove(self, resource: str, namespace: str, name: str, obj: Obj) -> Obj:
+        """Delete the object and record a DELETED event carrying its last state."""
+        with self.lock:
+            rv = self._next_rv()
+            obj["metadata"]["resourceVersion"] = str(rv)
+            body = json.dumps(obj, separators=(",", ":"))
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
+                    (resource, namespace, name),
+                )
+                self._record(rv, resource, namespace, "DELETED", body)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self.hub.publish(WatchEvent(rv, resource, namespace, "DELETED", obj))
+        return obj
+
+    def events_since(self, resource: str, rv: int) -> list[WatchEvent]:
+        """Recorded events of `resource` newer than `rv`; Expired if history no longer reaches back."""
+        with self.lock:
+            if rv < self._compacted:
+                raise Expired.too_old(rv, self._compacted + 1)
+            rows = self._db.execute(
+                "SELECT rv, namespace, type, body FROM events WHERE resource=? AND rv>? ORDER BY rv",
+                (resource, rv),
+            ).fetchall()
+        return [WatchEvent(r[0], resource, r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def close(self) -> None:
+        self.hub.close()
+        with self.lock:
+            self._db.close()
+
+    def _next_rv(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _record(self, rv: int, resource: str, namespace: str, event_type: str, body: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (rv, resource, namespace, type, body) VALUES (?,?,?,?,?)",
+            (rv, resource, namespace, event_type, body),
+        )
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rv', ?)", (rv,))
+        cutoff = rv - self.history
+        if cutoff > self._compacted:
+            self._db.execute("DELETE FROM events WHERE rv<=?", (cutoff,))
+            self._compacted = cutoff
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('compacted', ?)", (cutoff,))
