@@ -1,0 +1,52 @@
+"""``python -m importer``: the importer pod's program. Reads the job from the environment, imports,
+and writes a JSON termination message (to $TERMINATION_MESSAGE_PATH, default /dev/termination-log)
+that the controller reads: ``{"ok": true, "result": {...}}`` or ``{"ok": false, "reason": ...,
+"message": ..., "permanent": ...}``. Exit 0 only when the volume is complete and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from importer.errors import Error
+from importer.job_env import job_from_env
+from importer.pipeline import run_import
+from importer.progress import Progress
+
+log = logging.getLogger("importer")
+
+
+def _write_termination(payload: dict[str, object]) -> None:
+    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    try:
+        with open(path, "w") as f:
+            json.dump(payload, f)
+    except OSError as e:
+        log.warning("cannot write termination message path=%s error=%s", path, e)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        job = job_from_env(os.environ)
+        progress = Progress(mode=os.environ.get("IMPORTER_PROGRESS", "json"),
+                            file=os.environ.get("IMPORTER_PROGRESS_FILE") or None, interval=1.0)
+        with progress:
+            result = run_import(job, progress)
+    except (Error, ValueError) as e:
+        permanent = getattr(e, "permanent", True)
+        reason = getattr(e, "reason", "InvalidJob")
+        log.error("import failed reason=%s permanent=%s message=%s", reason, permanent, e)
+        _write_termination({"ok": False, "reason": reason, "message": str(e), "permanent": permanent})
+        return 1
+    log.info("import done result=%s", json.dumps(result.to_dict()))
+    _write_termination({"ok": True, "result": result.to_dict()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Errors of the import worker.
+
+One root, ``Error``; each carries a message a user can act on. ``TemporaryError`` means a retry may
+succeed (network trouble, a server error); ``PermanentError`` means retrying the same job cannot help
+(checksum mismatch, hostile image, image larger than the volume). Nothing here knows about HTTP
+status codes of our own API or about controllers.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Root of the importer's errors; ``str(e)`` is the user-facing message."""
+
+    permanent = True
+    reason = "ImportFailed"
+
+
+class TemporaryError(Error):
+    """A failure that a later retry of the same job may get past."""
+
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(Error):
+    """A failure that retrying the same job cannot fix."""
+
+
+class SourceError(PermanentError):
+    """The source refused us or does not exist (HTTP 4xx, missing file)."""
+
+    reason = "SourceUnavailable"
+
+
+class ChecksumMismatch(PermanentError):
+    reason = "ChecksumMismatch"
+
+
+class CapacityExceeded(PermanentError):
+    reason = "ImageTooLarge"
+
+
+class UnsafeImage(PermanentError):
+    """The image asks for something we never do with untrusted input."""
+
+    reason = "UnsafeImage"
+
+
+class FormatError(PermanentError):
+    """The content is not what it should be (HTML page, unknown or corrupt image)."""
+
+    reason = "InvalidImage"
+
+
+class ToolError(Error):
+    """An external tool (qemu-img, nbdkit, xz) failed; carries its command and stderr."""
+
+    reason = "ToolFailed"
+
+    def __init__(self, message: str, *, cmd: list[str] | None = None, stderr: str = "") -> None:
+        detail = stderr.strip().splitlines()[-3:] if stderr else []
+        super().__init__(message + (": " + " ".join(detail) if detail else ""))
+        self.cmd = cmd or []
+        self.stderr = stderr
+
+
+class RestartFromZero(TemporaryError):
+    """The source cannot continue where it stopped; the transfer starts again from byte 0."""

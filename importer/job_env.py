@@ -1,0 +1,81 @@
+"""The import job as the importer pod receives it: environment variables named as in CDI's importer
+(IMPORTER_SOURCE, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE, IMPORTER_ACCESS_KEY_ID,
+IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*, /extraheaders), plus our
+own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
+IMPORTER_DEVICE_ZEROED. Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+
+from cdi.units import parse_size
+from importer.errors import PermanentError
+from importer.http_source import HttpOptions, parse_header
+from importer.pipeline import ImportJob
+
+DATA_DIR = "/data"
+BLOCK_PATH = "/dev/cdi-block-volume"
+EXTRA_HEADERS_DIR = "/extraheaders"
+
+
+def job_from_env(env: Mapping[str, str]) -> ImportJob:
+    source = env.get("IMPORTER_SOURCE", "http")
+    if source not in ("http", "file"):
+        raise PermanentError(f"IMPORTER_SOURCE {source!r} is not supported by this importer")
+    endpoint = env.get("IMPORTER_ENDPOINT", "")
+    if not endpoint:
+        raise PermanentError("IMPORTER_ENDPOINT is empty: the job has no source URL")
+    content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"
+    target = env.get("IMPORTER_TARGET_PATH")
+    if not target:
+        if content_type == "archive":
+            target = DATA_DIR
+        else:
+            target = BLOCK_PATH if os.path.exists(BLOCK_PATH) else os.path.join(DATA_DIR, "disk.img")
+    size_text = env.get("IMPORTER_IMAGE_SIZE", "")
+    headers = [parse_header(v) for k, v in sorted(env.items()) if k.startswith("IMPORTER_EXTRA_HEADER_")]
+    headers_dir = env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR)
+    for path in sorted(glob.glob(os.path.join(headers_dir, "*", "*")) + glob.glob(os.path.join(headers_dir, "*"))):
+        if os.path.isfile(path):
+            with open(path) as f:
+                headers.append(parse_header(f.read().strip()))
+    ca_file = None
+    cert_dir = env.get("IMPORTER_CERT_DIR")
+    if cert_dir:
+        certs = sorted(p for p in glob.glob(os.path.join(cert_dir, "*")) if os.path.isfile(p))
+        if not certs:
+            raise PermanentError(f"certConfigMap mounted at {cert_dir} holds no certificate file")
+        ca_file = _bundle(certs, env.get("IMPORTER_SCRATCH_DIR") or "/tmp")
+    http = HttpOptions(
+        user=env.get("IMPORTER_ACCESS_KEY_ID") or None,
+        password=env.get("IMPORTER_SECRET_KEY") or None,
+        ca_file=ca_file,
+        insecure=env.get("INSECURE_TLS", "").lower() == "true",
+        headers=headers,
+    )
+    return ImportJob(
+        source=endpoint,
+        target=target,
+        content_type=content_type,
+        size=parse_size(size_text) if size_text else None,
+        http=http,
+        checksum=env.get("IMPORTER_CHECKSUM") or None,
+        scratch_dir=env.get("IMPORTER_SCRATCH_DIR") or None,
+        device_zeroed=env.get("IMPORTER_DEVICE_ZEROED", "").lower() == "true",
+    )
+
+
+def _bundle(certs: list[str], workdir: str) -> str:
+    """One CA file from every certificate in the mounted ConfigMap."""
+    if len(certs) == 1:
+        return certs[0]
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "ca-bundle.pem")
+    with open(path, "w") as out:
+        for cert in certs:
+            with open(cert) as f:
+                out.write(f.read().rstrip() + "\n")
+    return path

@@ -1,0 +1,440 @@
+"""The import worker as a phase machine: source -> layers -> format -> write or convert -> verify.
+
+``run_import(job)`` turns one ``ImportJob`` into a complete, verified raw volume (or an extracted
+directory for contentType archive) and returns an ``ImportResult``. Each phase has one method:
+
+- probe: open the source, peel compression and tar layers by magic bytes, detect the image format;
+- transfer: raw images stream straight into the target, zero blocks left as holes; other formats
+  stream into a scratch file only when qemu-img cannot read the source itself;
+- convert: qemu-img converts to raw, from the local file, from scratch, or over the network through
+  nbdkit's curl plugin (no scratch) when the server supports ranges;
+- verify: the source checksum, then the volume digest.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from importer import archive, formats, nbdkit, qemu_img
+from importer.errors import (
+    CapacityExceeded,
+    ChecksumMismatch,
+    Error,
+    FormatError,
+    PermanentError,
+    RestartFromZero,
+    SourceError,
+    UnsafeImage,
+)
+from importer.digest import volume_digest
+from importer.http_source import HttpOptions, HttpSource
+from importer.progress import Progress
+from importer.stream import CHUNK, FileSource, Peekable, ReadAhead, Reader, Tap, open_decompressor
+from importer.target import SparseWriter, Target, fallocate, remove_partial, resolve_target
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
+MAX_RESTARTS = 3
+MAX_LAYERS = 4
+
+
+class Step(enum.Enum):
+    PROBE = "probe"
+    TRANSFER = "transfer"
+    CONVERT = "convert"
+    VERIFY = "verify"
+    DONE = "done"
+
+
+@dataclass
+class ImportJob:
+    source: str
+    target: str
+    content_type: str = "kubevirt"
+    size: int | None = None
+    http: HttpOptions = field(default_factory=HttpOptions)
+    checksum: str | None = None  # "sha256:<hex>"
+    scratch_dir: str | None = None
+    device_zeroed: bool = False
+
+
+@dataclass
+class ImportResult:
+    formats: list[str]
+    virtual_size: int | None
+    capacity: int | None
+    bytes_transferred: int | None
+    bytes_written: int
+    digest: str | None
+    source_checksum: str | None
+    scratch_bytes: int
+    resumes: int
+    restarts: int
+    files: int | None
+    phases: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_checksum(text: str) -> tuple[str, str]:
+    algo, sep, value = text.partition(":")
+    algo = algo.lower().strip()
+    value = value.strip().lower()
+    if not sep or algo not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"invalid checksum {text!r}: write ALGO:HEX with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}")
+    if len(value) != hashlib.new(algo).digest_size * 2 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"invalid {algo} checksum {value!r}: expected {hashlib.new(algo).digest_size * 2} hex digits")
+    return algo, value
+
+
+class Importer:
+    """Runs one job. Not reusable."""
+
+    def __init__(self, job: ImportJob, progress: Progress | None = None) -> None:
+        self.job = job
+        self.progress = progress or Progress()
+        self.archive = job.content_type == "archive"
+        if job.content_type not in ("kubevirt", "archive"):
+            raise PermanentError(f"invalid contentType {job.content_type!r}: use kubevirt or archive")
+        self.checksum = parse_checksum(job.checksum) if job.checksum else None
+        self.target: Target = resolve_target(job.target, size=job.size, archive=self.archive)
+        self.layers: list[str] = []
+        self.fmt: str | None = None
+        self.virtual_size: int | None = None
+        self.transferred: int | None = None
+        self.scratch_bytes = 0
+        self.resumes = 0
+        self.restarts = 0
+        self.files: int | None = None
+        self.phase_times: dict[str, float] = {}
+        self.source_sum: str | None = None
+
+    # -- driver -----------------------------------------------------------------------------------
+
+    def run(self) -> ImportResult:
+        try:
+            for attempt in range(MAX_RESTARTS + 1):
+                try:
+                    self._run_once()
+                    break
+                except RestartFromZero as e:
+                    if attempt == MAX_RESTARTS:
+                        raise
+                    self.restarts += 1
+                    log.warning("restarting transfer from byte 0 reason=%s", e)
+            digest = self._verify()
+        except BaseException:
+            remove_partial(self.target)
+            raise
+        finally:
+            self.progress.end()
+        return ImportResult(
+            formats=[*self.layers, self.fmt or "unknown"],
+            virtual_size=self.virtual_size,
+            capacity=self.target.capacity,
+            bytes_transferred=self.transferred,
+            bytes_written=_allocated(self.target),
+            digest=digest,
+            source_checksum=self.source_sum,
+            scratch_bytes=self.scratch_bytes,
+            resumes=self.resumes,
+            restarts=self.restarts,
+            files=self.files,
+            phases=self.phase_times,
+        )
+
+    def _timed(self, name: str, started: float) -> None:
+        self.phase_times[name] = round(self.phase_times.get(name, 0.0) + time.monotonic() - started, 3)
+
+    # -- probe ------------------------------------------------------------------------------------
+
+    def _open_source(self) -> tuple[Reader, HttpSource | FileSource]:
+        src = self.job.source
+        scheme = urllib.parse.urlsplit(src).scheme
+        source: HttpSource | FileSource
+        if scheme in ("http", "https"):
+            source = HttpSource(src, self.job.http)
+            source.open()
+        elif scheme == "file":
+            source = FileSource(urllib.parse.unquote(urllib.parse.urlsplit(src).path))
+        elif scheme == "" or len(scheme) == 1:
+            source = FileSource(src)
+        else:
+            raise SourceError(f"unsupported source {src!r}: use an http(s) URL, a file:// URL or a path")
+        return source, source
+
+    def _run_once(self) -> None:
+        started = time.monotonic()
+        self.layers = []
+        stream, source = self._open_source()
+        hasher = hashlib.new(self.checksum[0]) if self.checksum else None
+        self.progress.plan(["transfer"])
+        self.progress.start_phase("transfer", source.size)
+        tap = Tap(source, hasher=hasher, on_bytes=self.progress.advance)
+        bottom = ReadAhead(tap)
+        top = Peekable(bottom)
+        try:
+            head = top.peek(formats.SNIFF_BYTES)
+            if not head:
+                raise FormatError(f"the source {self.job.source} is empty")
+            content_type = getattr(source, "content_type", None)
+            if formats.looks_like_html(head, content_type):
+                raise FormatError(
+                    f"the source returned a web page ({content_type or 'HTML'}), not a disk image: "
+                    "check the URL and credentials"
+                )
+            top, head = self._peel_layers(top, head)
+            self._timed("probe", started)
+            if self.archive:
+                self._extract(top, bottom, tap, hasher)
+                return
+            self.fmt = formats.detect_image(head)
+            self._refuse_unsupported(self.fmt, head)
+            log.info("detected layers=%s format=%s", ",".join(self.layers) or "none", self.fmt)
+            if self.fmt in ("raw", "iso"):
+                self._stream_raw(top, bottom, tap, hasher, source)
+                return
+            if not self.layers and isinstance(source, HttpSource) and self._can_convert_remotely(source):
+                top.close()
+                self._convert_remote(source)
+                return
+            if not self.layers and isinstance(source, FileSource) and hasher is None:
+                top.close()
+                self._convert(qemu_img.file_node(source.path), source.path)
+                return
+            self._via_scratch(top, bottom, tap, hasher, source)
+        finally:
+            top.close()
+            self.resumes += getattr(source, "resumes", 0)
+
+    def _peel_layers(self, top: Peekable, head: bytes) -> tuple[Peekable, bytes]:
+        while True:
+            kind = formats.detect_compression(head)
+            if kind is not None:
+                if len(self.layers) >= MAX_LAYERS:
+                    raise FormatError(f"more than {MAX_LAYERS} nested layers ({', '.join(self.layers)}); refused")
+                self.layers.append(kind)
+                top = Peekable(open_decompressor(kind, top))
+            elif formats.is_tar(head) and not self.archive and "tar" not in self.layers:
+                self.layers.append("tar")
+                member = archive.MemberReader(archive.open_stream(top), top)
+                log.info("importing tar member name=%s size=%d", member.name, member.size)
+                top = Peekable(member)
+            else:
+                return top, head
+            head = top.peek(formats.SNIFF_BYTES)
+            if not head:
+                raise FormatError(f"the {self.layers[-1]} layer is empty")
+
+    def _refuse_unsupported(self, fmt: str, head: bytes) -> None:
+        if fmt == "vmdk-descriptor":
+            raise UnsafeImage("image is a bare vmdk descriptor whose data lives in other files; refused")
+        if fmt == "luks":
+            raise UnsafeImage("image is LUKS-encrypted; encrypted images are not supported")
+        if fmt in ("qed", "qcow"):
+            raise FormatError(f"image format {fmt} is not supported; convert it to qcow2 or raw first")
+
+    def _can_convert_remotely(self, source: HttpSource) -> bool:
+        if self.checksum is not None:
+            log.info("checksum requested: downloading to scratch so the bytes can be verified before use")
+            return False
+        if not (source.accepts_ranges and source.size):
+            log.info("server does not support range requests: using scratch space")
+            return False
+        if not nbdkit.available():
+            log.info("nbdkit not installed: using scratch space")
+            return False
+        return True
+
+    # -- transfer ----------------------------------------------------------------------------------
+
+    def _stream_raw(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
+        started = time.monotonic()
+        if (self.target.capacity is not None and not self.layers and source.size
+                and source.size > self.target.capacity + 512):
+            raise CapacityExceeded(
+                f"image virtual size {source.size} is larger than the volume capacity {self.target.capacity}"
+            )
+        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed)
+        try:
+            _copy(top, writer)
+            _drain(bottom)
+            self._check_sum(hasher)
+            self.virtual_size = writer.finish()
+            if writer.vhd_fixed:
+                self.fmt = "vpc"
+        finally:
+            writer.close()
+        self.transferred = tap.count
+        self._timed("transfer", started)
+
+    def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
+        """Spool the (decompressed) image to a scratch file, then convert it locally."""
+        started = time.monotonic()
+        scratch_parent = self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
+        os.makedirs(scratch_parent, exist_ok=True)
+        scratch_dir = tempfile.mkdtemp(prefix=".cdi-scratch-", dir=scratch_parent)
+        scratch = os.path.join(scratch_dir, "image")
+        limit = None
+        if self.target.capacity is not None:  # the image file may carry metadata beyond the virtual size
+            limit = self.target.capacity + self.target.capacity // 10 + (64 << 20)
+        log.info("using scratch space path=%s reason=%s", scratch_dir,
+                 "compressed or archived" if self.layers else "source cannot be read at random")
+        try:
+            writer = SparseWriter(Target(scratch, "file", limit, False))
+            try:
+                _copy(top, writer)
+                _drain(bottom)
+                self._check_sum(hasher)
+                writer.finish()
+            except CapacityExceeded as e:
+                raise CapacityExceeded(f"image file is larger than the volume capacity allows: {e}") from e
+            finally:
+                writer.close()
+            self.scratch_bytes = os.stat(scratch).st_size
+            self.transferred = tap.count
+            self._timed("transfer", started)
+            self._convert(qemu_img.file_node(scratch), scratch)
+        finally:
+            shutil.rmtree(scratch_dir, ignore_errors=True)
+
+    def _extract(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any) -> None:
+        started = time.monotonic()
+        if "tar" in self.layers or not formats.is_tar(top.peek(1024) if isinstance(top, Peekable) else b""):
+            head = top.peek(65536) if isinstance(top, Peekable) else b""
+            raise FormatError(
+                f"contentType archive needs a tar archive, but the source is {formats.describe(head)}"
+            )
+        self.layers.append("tar")
+        self.fmt = "archive"
+        self.files, size = archive.extract(top, self.target.path, capacity=self.target.capacity)
+        _drain(bottom)
+        self._check_sum(hasher)
+        self.virtual_size = size
+        self.transferred = tap.count
+        self._timed("transfer", started)
+
+    def _check_sum(self, hasher: Any) -> None:
+        if hasher is None or self.checksum is None:
+            return
+        algo, expected = self.checksum
+        actual = hasher.hexdigest()
+        self.source_sum = f"{algo}:{actual}"
+        if actual != expected:
+            raise ChecksumMismatch(f"checksum mismatch: expected {algo}:{expected}, got {algo}:{actual}")
+
+    # -- convert -----------------------------------------------------------------------------------
+
+    def _convert(self, node: dict[str, Any], image_name: str | None) -> None:
+        assert self.fmt is not None
+        started = time.monotonic()
+        spec = qemu_img.source_spec(self.fmt, node)
+        data = qemu_img.info(spec)
+        qemu_img.check_safe(data, expected_format=self.fmt, image_name=image_name)
+        self.virtual_size = int(data["virtual-size"])
+        capacity = self.target.capacity
+        if capacity is not None and self.virtual_size > capacity:
+            raise CapacityExceeded(
+                f"image virtual size {self.virtual_size} is larger than the volume capacity {capacity}"
+            )
+        self._timed("probe", started)
+        started = time.monotonic()
+        self.progress.plan([*self.progress.planned, "convert"])
+        self.progress.start_phase("convert", self.virtual_size)
+        total = self.virtual_size
+        qemu_img.convert(
+            spec, self.target.path, block_device=self.target.is_block,
+            target_is_zero=self.job.device_zeroed,
+            on_progress=lambda pct: self.progress.set_done(int(total * pct / 100)),
+        )
+        self._finish_converted()
+        self._timed("convert", started)
+
+    def _convert_remote(self, source: HttpSource) -> None:
+        log.info("converting over the network url=%s (no scratch)", source.url)
+        self.progress.plan([])
+        with nbdkit.CurlExport(source.url, self.job.http, workdir=self.job.scratch_dir) as sock:
+            self._convert(qemu_img.nbd_node(sock), None)
+        self.transferred = None
+
+    def _finish_converted(self) -> None:
+        """Grow a file to the capacity; zero a block device past the image."""
+        assert self.virtual_size is not None
+        final = self.target.capacity if self.target.capacity is not None else self.virtual_size
+        fd = os.open(self.target.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if self.target.kind == "file":
+                os.ftruncate(fd, final)
+            elif final > self.virtual_size and not self.job.device_zeroed:
+                fallocate(fd, 0x10 | 0x01, self.virtual_size, final - self.virtual_size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- verify ------------------------------------------------------------------------------------
+
+    def _verify(self) -> str | None:
+        if self.archive:
+            return None
+        started = time.monotonic()
+        self.progress.start_phase("verify", None)
+        digest = volume_digest(self.target.path, self.target.capacity)
+        self._timed("verify", started)
+        return digest
+
+
+def _copy(reader: Reader, writer: SparseWriter) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        have = 0
+        while have < CHUNK:  # full chunks keep zero detection aligned to 64 KiB blocks
+            n = reader.readinto(view[have:])
+            if not n:
+                break
+            have += n
+        if not have:
+            return
+        writer.write(buf, have)
+        if have < CHUNK:
+            return
+
+
+def _drain(reader: Reader) -> None:
+    """Read the source to its end so the checksum covers every byte (e.g. after a tar member)."""
+    buf = bytearray(CHUNK)
+    while reader.readinto(buf):
+        pass
+
+
+def _allocated(target: Target) -> int:
+    if target.kind == "dir":
+        total = 0
+        for root, _dirs, files in os.walk(target.path):
+            for name in files:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+        return total
+    if target.kind == "file":
+        return os.stat(target.path).st_blocks * 512
+    return 0
+
+
+def run_import(job: ImportJob, progress: Progress | None = None) -> ImportResult:
+    """Run ``job``; raises ``importer.errors.Error`` with a user-facing message on failure."""
+    try:
+        return Importer(job, progress).run()
+    except Error:
+        raise
+    except OSError as e:
+        raise PermanentError(f"I/O error: {e}") from e
