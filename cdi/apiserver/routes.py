@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver import protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 JSON = "application/json"
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ class ResourceHandlers:
     async def _body(self, request: Request) -> Obj:
         raw = await request.body()
         ctype = request.headers.get("content-type", JSON).split(";")[0].strip()
+        if ctype == PROTOBUF:
+            return protobuf.decode(raw)
         try:
             if ctype in ("application/yaml", "application/x-yaml"):
                 data = yaml.safe_load(raw)

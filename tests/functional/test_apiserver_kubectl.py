@@ -437,3 +437,28 @@ def test_explain_datavolume(cluster: Cluster) -> None:
     out = cluster.kubectl("explain", "datavolume.status").stdout
     for fld in ("phase", "progress", "restartCount", "claimName", "conditions"):
         assert f"  {fld}\t<" in out, fld
+
+
+def test_imperative_create_of_namespace_secret_and_configmap(cluster: Cluster) -> None:
+    # kubectl sends these as protobuf; the server decodes them.
+    assert cluster.kubectl("create", "namespace", "vms").stdout.strip() == "namespace/vms created"
+    cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "endpoint-secret",
+        "-n",
+        "vms",
+        "--from-literal=accessKeyId=user",
+        "--from-literal=secretKey=pass",
+    )
+    cluster.kubectl("create", "configmap", "tls-certs", "-n", "vms", "--from-literal=ca.pem=PEM")
+    secret = yaml.safe_load(
+        cluster.kubectl("get", "secret", "endpoint-secret", "-n", "vms", "-o", "yaml").stdout
+    )
+    assert secret["data"] == {"accessKeyId": "dXNlcg==", "secretKey": "cGFzcw=="}
+    assert secret["type"] == "Opaque" and "generateName" not in secret["metadata"]
+    out = cluster.kubectl("get", "cm", "-n", "vms").stdout
+    assert rows(out)[1][:2] == ["tls-certs", "1"]
+    assert cluster.kubectl("delete", "namespace", "vms").stdout.strip() == 'namespace "vms" deleted'
+    assert cluster.kubectl("get", "secret", "-A", "-o", "name").stdout.strip() == ""

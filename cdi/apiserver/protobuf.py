@@ -1,0 +1,134 @@
+"""Minimal decoding of Kubernetes protobuf request bodies for the kinds kubectl creates imperatively.
+
+`kubectl create namespace|configmap|secret` send `application/vnd.kubernetes.protobuf` and do not
+fall back to JSON, so the server decodes those three kinds (field numbers from
+k8s.io/api/core/v1/generated.proto and apimachinery's ObjectMeta). Other kinds get 415 with a hint
+to use `kubectl apply -f` / `create -f`, which send JSON. Responses are always JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from cdi.apiserver.errors import BadRequest, UnsupportedMediaType
+
+Obj = dict[str, Any]
+MAGIC = b"k8s\x00"
+Fields = list[tuple[int, int | bytes]]
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise BadRequest("truncated protobuf body")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Fields:
+    """(field number, value) pairs; varints as int, length-delimited as bytes."""
+    out: Fields = []
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            out.append((num, value))
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            out.append((num, buf[pos : pos + length]))
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise BadRequest(f"unsupported protobuf wire type {wire}")
+    return out
+
+
+def _str(v: int | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _map_entry(v: int | bytes) -> tuple[str, bytes]:
+    key, value = "", b""
+    for n, x in _fields(v if isinstance(v, bytes) else b""):
+        if n == 1:
+            key = _str(x)
+        elif n == 2 and isinstance(x, bytes):
+            value = x
+    return key, value
+
+
+def _object_meta(buf: bytes) -> Obj:
+    meta: Obj = {}
+    names = {1: "name", 2: "generateName", 3: "namespace"}
+    for n, v in _fields(buf):
+        if n in names and v:  # proto2 sends empty optional strings too
+            meta[names[n]] = _str(v)
+        elif n in (11, 12):
+            k, val = _map_entry(v)
+            meta.setdefault("labels" if n == 11 else "annotations", {})[k] = val.decode()
+        elif n == 14:
+            meta.setdefault("finalizers", []).append(_str(v))
+    return meta
+
+
+def _decode_kind(kind: str, raw: bytes) -> Obj:
+    obj: Obj = {}
+    for n, v in _fields(raw):
+        if n == 1 and isinstance(v, bytes):
+            obj["metadata"] = _object_meta(v)
+        elif kind == "Namespace" and n == 2 and isinstance(v, bytes):
+            obj["spec"] = {"finalizers": [_str(x) for m, x in _fields(v) if m == 1]}
+        elif kind == "ConfigMap" and n in (2, 3):
+            k, val = _map_entry(v)
+            if n == 2:
+                obj.setdefault("data", {})[k] = val.decode()
+            else:
+                obj.setdefault("binaryData", {})[k] = base64.b64encode(val).decode()
+        elif kind == "Secret" and n in (2, 4):
+            k, val = _map_entry(v)
+            if n == 2:
+                obj.setdefault("data", {})[k] = base64.b64encode(val).decode()
+            else:
+                obj.setdefault("stringData", {})[k] = val.decode()
+        elif kind == "Secret" and n == 3 and v:
+            obj["type"] = _str(v)
+        elif (kind, n) in (("ConfigMap", 4), ("Secret", 5)):
+            obj["immutable"] = bool(v)
+    return obj
+
+
+def decode(body: bytes) -> Obj:
+    """Decode a protobuf-encoded Namespace, ConfigMap or Secret to its JSON form."""
+    if not body.startswith(MAGIC):
+        raise BadRequest("protobuf body without the k8s envelope")
+    api_version = kind = ""
+    raw = b""
+    for n, v in _fields(body[len(MAGIC) :]):
+        if n == 1 and isinstance(v, bytes):
+            for m, x in _fields(v):
+                if m == 1:
+                    api_version = _str(x)
+                elif m == 2:
+                    kind = _str(x)
+        elif n == 2 and isinstance(v, bytes):
+            raw = v
+    if api_version != "v1" or kind not in ("Namespace", "ConfigMap", "Secret"):
+        raise UnsupportedMediaType(
+            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap and Secret, not "
+            f"{api_version} {kind}; send JSON (for example `kubectl apply -f` or `kubectl create -f`)"
+        )
+    obj = _decode_kind(kind, raw)
+    obj["apiVersion"], obj["kind"] = api_version, kind
+    obj.setdefault("metadata", {})
+    return obj
