@@ -6,8 +6,9 @@ syslinux, a Debian kernel and a busybox initramfs whose ``/init``
 * prints a marker line (``CDI-BOOT-OK`` by default) on the serial console (``console=ttyS0``);
 * with the kernel argument ``cdi.poweroff=1`` (``build_boot_disk(..., poweroff=True)``) powers the
   guest off right after the marker, for tests of a guest that stops by itself;
-* otherwise loads ``evdev`` and ``button`` and powers off when the ACPI power button is pressed
-  (QMP ``system_powerdown``), printing ``CDI-POWER-BUTTON`` first;
+* loads ``evdev`` and ``button`` and, before printing the marker (so the marker means "ready"),
+  starts watching the ACPI power button: on a press (QMP ``system_powerdown``) it prints
+  ``CDI-POWER-BUTTON`` and powers off;
 * echoes each line typed on the console as ``cdi-echo: <line>`` and powers off on the line
   ``poweroff``, so a console client can be tested end to end.
 
@@ -40,7 +41,7 @@ PART_START_SECTOR = 2048
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 SYSLINUX_LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 BUSYBOX = Path("/bin/busybox")
-_RECIPE_VERSION = "4"  # bump when the layout or the init script changes
+_RECIPE_VERSION = "5"  # bump when the layout or the init script changes
 _MARKER_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,64}$")
 
 _INIT_TEMPLATE = """#!/bin/busybox sh
@@ -51,17 +52,21 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 insmod /lib/modules/evdev.ko 2>/dev/null
 insmod /lib/modules/button.ko 2>/dev/null
-echo "@MARKER@"
-case " $(cat /proc/cmdline) " in
-  *" cdi.poweroff=1 "*) echo "CDI-POWEROFF"; poweroff -f ;;
-esac
 for ev in /sys/class/input/event*; do
   if [ "$(cat "$ev/device/name" 2>/dev/null)" = "Power Button" ]; then
     dev="/dev/${ev##*/}"
     [ -c "$dev" ] || mknod "$dev" c $(sed 's/:/ /' "$ev/dev")
     (dd if="$dev" of=/dev/null bs=24 count=1 2>/dev/null && { echo "CDI-POWER-BUTTON"; poweroff -f; }) &
+    i=0  # wait until dd holds the device open, so that a press after the marker is never missed
+    while [ $i -lt 50 ] && ! ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -q " $dev\$"; do
+      sleep 0.1; i=$((i+1))
+    done
   fi
 done
+echo "@MARKER@"
+case " $(cat /proc/cmdline) " in
+  *" cdi.poweroff=1 "*) echo "CDI-POWEROFF"; poweroff -f ;;
+esac
 while read -r line; do
   case "$line" in
     poweroff) echo "CDI-POWEROFF"; poweroff -f ;;
