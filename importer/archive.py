@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tarfile
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from importer.errors import CapacityExceeded, FormatError, UnsafeImage
 from importer.stream import CHUNK, Reader
@@ -65,7 +65,7 @@ class MemberReader:
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         try:
-            return self._file.readinto(buf)  # type: ignore[attr-defined, no-any-return]
+            return int(cast(Any, self._file).readinto(buf))
         except tarfile.TarError as e:
             raise FormatError(f"corrupt tar archive: {e}") from e
 

@@ -8,7 +8,9 @@ to describe unknown content in error messages and to catch web pages: it misname
 from __future__ import annotations
 
 import struct
+from types import ModuleType
 
+_magic: ModuleType | None
 try:
     import magic as _magic
 except ImportError:  # pragma: no cover - python-magic is a dependency; libmagic may be missing

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from importer.errors import RestartFromZero, SourceError, TemporaryError
@@ -163,7 +164,7 @@ class HttpSource:
             raise TemporaryError(f"server error: HTTP {status} {resp.reason} at {url}{hint}")
         raise SourceError(f"unexpected HTTP {status} {resp.reason} at {url}{hint}")
 
-    def _with_retries(self, what: str, fn):  # type: ignore[no-untyped-def]
+    def _with_retries(self, what: str, fn: Callable[[], http.client.HTTPResponse]) -> http.client.HTTPResponse:
         delay = self.options.backoff
         for attempt in range(self.options.retries + 1):
             try:

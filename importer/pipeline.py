@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from importer import archive, formats, nbdkit, qemu_img
+from importer.digest import volume_digest
 from importer.errors import (
     CapacityExceeded,
     ChecksumMismatch,
@@ -35,7 +36,6 @@ from importer.errors import (
     SourceError,
     UnsafeImage,
 )
-from importer.digest import volume_digest
 from importer.http_source import HttpOptions, HttpSource
 from importer.progress import Progress
 from importer.stream import CHUNK, FileSource, Peekable, ReadAhead, Reader, Tap, open_decompressor
@@ -342,6 +342,7 @@ class Importer:
         spec = qemu_img.source_spec(self.fmt, node)
         data = qemu_img.info(spec)
         qemu_img.check_safe(data, expected_format=self.fmt, image_name=image_name)
+        qemu_img.check(spec)
         self.virtual_size = int(data["virtual-size"])
         capacity = self.target.capacity
         if capacity is not None and self.virtual_size > capacity:

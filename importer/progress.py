@@ -59,9 +59,10 @@ class Progress:
         self.planned = list(names)
 
     def start_phase(self, name: str, total: int | None) -> None:
+        if self.phases and self.phases[-1].ended is None:
+            self.phases[-1].ended = time.monotonic()
+            self._report(force=True)  # the final figures of the phase that ends
         with self._lock:
-            if self.phases and self.phases[-1].ended is None:
-                self.phases[-1].ended = time.monotonic()
             self.phases.append(Phase(name, total))
         self._report(force=True)
 

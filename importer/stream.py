@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import IO, Any, Protocol, cast
 
 from importer.errors import CapacityExceeded, Error, FormatError, SourceError, ToolError
 
@@ -69,6 +69,8 @@ class Peekable:
     def peek(self, n: int) -> bytes:
         if self._offset:
             raise ValueError("peek after reading")
+        if len(self._head) >= n:
+            return self._head[:n]
         buf = bytearray(n)
         view = memoryview(buf)
         have = len(self._head)
@@ -241,7 +243,7 @@ class _FileLike:
 class _Decoded:
     """A decompressing reader, wrapping library errors into FormatError."""
 
-    def __init__(self, kind: str, stream, inner: Reader) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, kind: str, stream: Any, inner: Reader) -> None:
         self.kind = kind
         self._stream = stream
         self._inner = inner
@@ -305,7 +307,7 @@ class XzProcess:
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         assert self._proc.stdout is not None
-        n = self._proc.stdout.readinto(buf) or 0
+        n = cast(Any, self._proc.stdout).readinto(buf) or 0
         if n == 0:
             self._feeder.join()
             if self._error is not None:
@@ -332,17 +334,17 @@ def open_decompressor(kind: str, inner: Reader) -> Reader:
     if kind == "gzip":
         from isal import igzip
 
-        return _Decoded("gzip", igzip.GzipFile(fileobj=_FileLike(inner), mode="rb"), inner)  # type: ignore[arg-type]
+        return _Decoded("gzip", igzip.GzipFile(fileobj=cast(IO[bytes], _FileLike(inner)), mode="rb"), inner)
     if kind == "zstd":
         import zstandard
 
         dctx = zstandard.ZstdDecompressor()
-        stream = dctx.stream_reader(_FileLike(inner), read_size=CHUNK, read_across_frames=True)
+        stream = dctx.stream_reader(cast(IO[bytes], _FileLike(inner)), read_size=CHUNK, read_across_frames=True)
         return _Decoded("zstd", stream, inner)
     if kind == "xz":
         if shutil.which(os.environ.get("CDI_XZ", "xz")) is None:
             raise ToolError("the xz program is needed to decompress xz images; install xz-utils")
         return XzProcess(inner)
     if kind == "bzip2":
-        return _Decoded("bzip2", bz2.BZ2File(_FileLike(inner), mode="rb"), inner)  # type: ignore[arg-type]
+        return _Decoded("bzip2", bz2.BZ2File(cast(IO[bytes], _FileLike(inner)), mode="rb"), inner)
     raise ValueError(f"unknown compression {kind}")

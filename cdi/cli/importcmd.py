@@ -18,7 +18,7 @@ from importer.pipeline import ImportJob, parse_checksum, run_import
 from importer.progress import Progress
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("import", help="import a disk image into a raw file, block device or directory",
                        description="Import SOURCE (http(s) URL, file:// URL or path) into TARGET.")
     p.add_argument("source", help="http(s) URL, file:// URL or local path")
@@ -26,12 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--user", help="basic-auth user name")
     p.add_argument("--password-file", help="file holding the basic-auth password")
     p.add_argument("--ca-file", help="PEM file of CA certificates to trust for https")
-    p.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the server's TLS certificate")
-    p.add_argument("--header", action="append", default=[], metavar="'Name: value'", help="extra HTTP header (repeatable)")
-    p.add_argument("--checksum", metavar="ALGO:HEX", help="expected checksum of the source bytes (md5, sha1, sha256, sha512)")
+    p.add_argument("--insecure-skip-verify", action="store_true",
+                   help="do not verify the server's TLS certificate")
+    p.add_argument("--header", action="append", default=[], metavar="'Name: value'",
+                   help="extra HTTP header (repeatable)")
+    p.add_argument("--checksum", metavar="ALGO:HEX",
+                   help="expected checksum of the source bytes (md5, sha1, sha256, sha512)")
     p.add_argument("--size", help="volume capacity, e.g. 10Gi (default: the image's virtual size)")
     p.add_argument("--content-type", choices=("kubevirt", "archive"), default="kubevirt")
-    p.add_argument("--scratch-dir", help="where scratch space goes when it cannot be avoided (default: beside the target)")
+    p.add_argument("--scratch-dir",
+                   help="where scratch space goes when it cannot be avoided (default: beside the target)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     p.add_argument("--progress-file", help="also write progress snapshots as JSON to this file")
     p.add_argument("--retries", type=int, default=5, help="reconnect attempts after a network error (default 5)")

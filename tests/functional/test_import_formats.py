@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_iso_is_imported_as_raw(tmp_path: Path) -> None:
     content.mkdir()
     (content / "hello.txt").write_text("hello from the iso\n")
     iso = tmp_path / "cd.iso"
-    tool = "genisoimage" if subprocess.run(["which", "genisoimage"], capture_output=True).returncode == 0 else "xorrisofs"
+    tool = "genisoimage" if shutil.which("genisoimage") else "xorrisofs"
     subprocess.run([tool, "-quiet", "-o", str(iso), "-V", "CDITEST", str(content)], check=True)
     result = run_import(ImportJob(source=str(iso), target=str(tmp_path / "out.img")))
     assert result.formats == ["iso"]

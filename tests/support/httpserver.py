@@ -71,8 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return None
         if route.html:
-            return self._simple(200, b"<!DOCTYPE html><html><head><title>Login</title></head><body>sign in</body></html>",
-                                ctype="text/html; charset=utf-8")
+            page = b"<!DOCTYPE html><html><head><title>Login</title></head><body>sign in</body></html>"
+            return self._simple(200, page, ctype="text/html; charset=utf-8")
         if route.status != 200:
             return self._simple(route.status, b"error")
         assert route.path is not None

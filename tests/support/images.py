@@ -10,7 +10,9 @@ import subprocess
 from pathlib import Path
 
 
-def make_raw(path: Path, size: int = 8 << 20, *, seed: int = 1, data_ratio: float = 0.4, chunk: int = 256 << 10) -> Path:
+def make_raw(
+    path: Path, size: int = 8 << 20, *, seed: int = 1, data_ratio: float = 0.4, chunk: int = 256 << 10
+) -> Path:
     """A raw disk of ``size`` bytes: chunks of random data (about ``data_ratio``) and zeros."""
     rnd = random.Random(seed)
     with open(path, "wb") as f:
