@@ -44,7 +44,7 @@ BUSYBOX = Path("/bin/busybox")
 _RECIPE_VERSION = "5"  # bump when the layout or the init script changes
 _MARKER_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,64}$")
 
-_INIT_TEMPLATE = """#!/bin/busybox sh
+_INIT_TEMPLATE = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc

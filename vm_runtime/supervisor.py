@@ -198,11 +198,10 @@ class QemuSupervisor:
         rc = self.proc.returncode
         if self.fatal is not None:
             return Outcome(False, self.fatal[0], self.fatal[1], rc)
+        last = self.stderr_lines[-1] if self.stderr_lines else "no error output"
+        what = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
         if not connected:
-            last = self.stderr_lines[-1] if self.stderr_lines else "no error output"
-            return Outcome(
-                False, "QemuStartFailed", f"qemu exited with code {rc} before it was ready: {last}", rc
-            )
+            return Outcome(False, "QemuStartFailed", f"qemu {what} before it was ready: {last}", rc)
         if self.stop_phase == "powerdown" and rc == 0:
             return Outcome(True, "Stopped", "the guest powered off on request", rc)
         if self.stop_phase in ("quit", "kill"):
@@ -214,6 +213,4 @@ class QemuSupervisor:
             if self.shutdown_reason in (None, "guest-shutdown"):
                 return Outcome(True, "GuestShutdown", "the guest powered itself off", rc)
             return Outcome(True, "Shutdown", f"qemu shut down: {self.shutdown_reason}", rc)
-        last = self.stderr_lines[-1] if self.stderr_lines else "no error output"
-        what = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
         return Outcome(False, "QemuCrashed", f"qemu {what}: {last}", rc)

@@ -53,9 +53,7 @@ def vmi_with(**spec_changes: Any) -> dict[str, Any]:
 
 def no_boot_vmi(grace: int = 2) -> dict[str, Any]:
     """A VM with only a blank disk: the BIOS finds nothing to boot and ignores the power button."""
-    v = vmi_with(
-        terminationGracePeriodSeconds=grace, volumes=[{"name": "root", "emptyDisk": {"capacity": "16Mi"}}]
-    )
+    v = vmi_with(terminationGracePeriodSeconds=grace, volumes=[{"name": "root", "emptyDisk": {"capacity": "16Mi"}}])
     v["spec"]["domain"]["devices"]["autoattachPodInterface"] = False
     return v
 
@@ -79,9 +77,7 @@ class Launcher:
         self.log_file = workdir / "logs" / "guest-console.log"
         (workdir / "vmi.json").parent.mkdir(parents=True, exist_ok=True)
         (workdir / "vmi.json").write_text(json.dumps(vmi))
-        env = dict(
-            os.environ, VMI_SPEC_FILE=str(workdir / "vmi.json"), LAUNCHER_WORK_DIR=str(workdir / "run")
-        )
+        env = dict(os.environ, VMI_SPEC_FILE=str(workdir / "vmi.json"), LAUNCHER_WORK_DIR=str(workdir / "run"))
         env.update(LAUNCHER_STATUS_FILE=str(self.status_file), GUEST_CONSOLE_LOG=str(self.log_file))
         env.update({f"CDI_VOLUME_{name.upper()}": str(path) for name, path in volumes.items()})
         env["PYTHONPATH"] = str(REPO)
@@ -182,9 +178,7 @@ def test_boot_console_and_sigterm(launch: Callable[..., Launcher], boot_disks: d
     status = launcher.status()
     assert status["qemuPid"] > 0 and status["accel"] in ("kvm", "tcg") and status["accelReason"]
     launcher.wait_for("the marker in the console log", lambda: MARKER in launcher.console_text())
-    why, seen = talk_through_console(
-        Path(status["consoleSocket"]), "hello-console", "cdi-echo: hello-console"
-    )
+    why, seen = talk_through_console(Path(status["consoleSocket"]), "hello-console", "cdi-echo: hello-console")
     assert b"cdi-echo: hello-console" in seen
     assert why == "escape"
     assert "cdi-echo: hello-console" in launcher.console_text()  # the log saw it too
@@ -231,8 +225,7 @@ def test_missing_disk_fails(launch: Callable[..., Launcher], tmp_path: Path) -> 
     status = launcher.status()
     assert (status["phase"], status["reason"]) == ("Failed", "VolumeError")
     assert (
-        "no-such-pvc/disk.img does not exist" in status["message"]
-        or "no-such-pvc does not exist" in status["message"]
+        "no-such-pvc/disk.img does not exist" in status["message"] or "no-such-pvc does not exist" in status["message"]
     )
     assert "VolumeError" in launcher.stderr()
 
@@ -330,3 +323,21 @@ def test_every_device_kind_is_accepted_by_qemu(tmp_path: Path) -> None:
             await proc.wait()
 
     assert asyncio.run(check()) == "prelaunch"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists("/sys/module/kvm_pvm"), reason="needs a PVM host, where KVM cannot run BIOS guests"
+)
+def test_guest_stopping_on_kvm_internal_error_fails(
+    launch: Callable[..., Launcher], boot_disks: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forced onto KVM where it does not work, qemu pauses the guest: the launcher ends it as Failed."""
+    monkeypatch.setenv("CDI_ACCEL", "kvm")
+    v = copy.deepcopy(VMI)
+    v["spec"]["domain"]["cpu"]["model"] = "qemu64"  # -cpu host makes qemu abort at start on PVM instead
+    launcher = launch(v, {"root": boot_disks["normal"]})
+    assert launcher.wait_exit(60) == 1
+    status = launcher.status()
+    assert (status["phase"], status["reason"], status["accel"]) == ("Failed", "GuestInternalError", "kvm")
+    assert "emulation failure" in status["qemuStderr"]
