@@ -1,0 +1,202 @@
+"""The only client of an API server: thin typed wrappers over the official kubernetes client.
+
+Objects are plain dicts (as the API sends them), addressed by ``Kind`` coordinates, so the same calls
+serve core kinds and CRDs. Errors become ``cdi.kube.errors`` types. ``Client.from_kubeconfig`` works
+against ``cdi serve`` and a real cluster alike; ``Client.in_cluster`` inside a pod.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from cdi.kube.errors import ApiError, from_response
+from cdi.kube.kinds import EVENT, Kind
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Client:
+    """Dict-in, dict-out access to an API server. Thread-safe (one connection pool)."""
+
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self.api = api_client
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_kubeconfig(cls, path: str, *, context: str | None = None) -> Client:
+        configuration = k8s.Configuration()
+        k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32
+        return cls(k8s.ApiClient(configuration))
+
+    @classmethod
+    def in_cluster(cls) -> Client:
+        configuration = k8s.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return cls(k8s.ApiClient(configuration))
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        stream: bool = False,
+        timeout: float | tuple[float, float] | None = 30.0,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            method, url, headers, body, _ = self.api.param_serialize(
+                method, path, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
+        except k8s.ApiException as e:
+            raise from_response(e.status or 0, e.body, str(e.reason)) from e
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiError(f"cannot reach the API server: {e}") from e
+        raw = resp.response
+        if resp.status >= 400:
+            data = raw.data
+            raw.release_conn()
+            raise from_response(resp.status, data, str(resp.reason))
+        if stream:
+            return raw
+        data = resp.read()
+        return json.loads(data) if data else {}
+
+    # -- CRUD --------------------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        result: Obj = self._call("GET", kind.path(namespace, name))
+        return result
+
+    def list(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
+             field_selector: str | None = None) -> tuple[list[Obj], str]:
+        """Items and the list's resourceVersion (to start a watch from)."""
+        query: list[tuple[str, Any]] = []
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        data = self._call("GET", kind.path(namespace), query=query)
+        items = data.get("items") or []
+        for item in items:  # list items come without apiVersion/kind
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items, str(data.get("metadata", {}).get("resourceVersion", ""))
+
+    def create(self, kind: Kind, obj: Obj) -> Obj:
+        obj.setdefault("apiVersion", kind.api_version)
+        obj.setdefault("kind", kind.kind)
+        namespace = obj.get("metadata", {}).get("namespace")
+        result: Obj = self._call("POST", kind.path(namespace), body=obj)
+        return result
+
+    def replace(self, kind: Kind, obj: Obj, *, status: bool = False) -> Obj:
+        meta = obj["metadata"]
+        path = kind.path(meta.get("namespace"), meta["name"], "status" if status else None)
+        result: Obj = self._call("PUT", path, body=obj)
+        return result
+
+    def patch(self, kind: Kind, namespace: str | None, name: str, patch: Obj | list[Any], *,
+              status: bool = False, json_patch: bool = False) -> Obj:
+        """A merge patch (or a JSON patch when ``json_patch``), of the object or its status."""
+        ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
+        path = kind.path(namespace, name, "status" if status else None)
+        result: Obj = self._call("PATCH", path, body=patch, content_type=ctype)
+        return result
+
+    def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str = "Background") -> None:
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        self._call("DELETE", kind.path(namespace, name), body=body)
+
+    def get_raw(self, path: str, *, query: list[tuple[str, Any]] | None = None) -> Any:
+        return self._call("GET", path, query=query)
+
+    # -- watch -------------------------------------------------------------------------------------
+
+    def watch(self, kind: Kind, namespace: str | None = None, *, resource_version: str = "",
+              timeout_seconds: int = 300, label_selector: str | None = None) -> Iterator[tuple[str, Obj]]:
+        """Yield (type, object) until the server ends the watch. Raises ``Gone`` on 410."""
+        query: list[tuple[str, Any]] = [("watch", "true"), ("allowWatchBookmarks", "true"),
+                                        ("timeoutSeconds", timeout_seconds)]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        resp = self._call("GET", kind.path(namespace), query=query, stream=True,
+                          timeout=(10.0, timeout_seconds + 30.0))
+        try:
+            pending = b""
+            for chunk in resp.stream(65536, decode_content=False):
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    etype, obj = event.get("type", ""), event.get("object") or {}
+                    if etype == "ERROR":
+                        raise from_response(int(obj.get("code") or 500), json.dumps(obj))
+                    yield etype, obj
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiError(f"watch of {kind.plural} broken: {e}") from e
+        finally:
+            resp.release_conn()
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def event(self, obj: Obj, *, reason: str, message: str, type: str = "Normal",
+              component: str = "cdi-controller") -> None:
+        """Record a core/v1 Event about ``obj`` (best effort: failures are logged, not raised)."""
+        meta = obj.get("metadata", {})
+        namespace = meta.get("namespace") or "default"
+        stamp = now_iso()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name', 'object')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                               "namespace": namespace, "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message, "type": type,
+            "source": {"component": component}, "reportingComponent": component,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            self.create(EVENT, event)
+        except ApiError as e:
+            log.warning("cannot record event reason=%s error=%s", reason, e)
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.05) -> Any:
+    """Poll ``predicate()`` until it returns a truthy value (used by tools and tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)
