@@ -7,6 +7,7 @@ against ``cdi serve`` and a real cluster alike; ``Client.in_cluster`` inside a p
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import threading
@@ -93,7 +94,7 @@ class Client:
         return result
 
     def list(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
-             field_selector: str | None = None) -> tuple[list[Obj], str]:
+             field_selector: str | None = None) -> tuple[builtins.list[Obj], str]:
         """Items and the list's resourceVersion (to start a watch from)."""
         query: list[tuple[str, Any]] = []
         if label_selector:
@@ -132,7 +133,7 @@ class Client:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         self._call("DELETE", kind.path(namespace, name), body=body)
 
-    def get_raw(self, path: str, *, query: list[tuple[str, Any]] | None = None) -> Any:
+    def get_raw(self, path: str, *, query: builtins.list[tuple[str, Any]] | None = None) -> Any:
         return self._call("GET", path, query=query)
 
     # -- watch -------------------------------------------------------------------------------------
