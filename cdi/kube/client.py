@@ -121,7 +121,7 @@ class Client:
         result: Obj = self._call("PUT", path, body=obj)
         return result
 
-    def patch(self, kind: Kind, namespace: str | None, name: str, patch: Obj | list[Any], *,
+    def patch(self, kind: Kind, namespace: str | None, name: str, patch: Obj | builtins.list[Any], *,
               status: bool = False, json_patch: bool = False) -> Obj:
         """A merge patch (or a JSON patch when ``json_patch``), of the object or its status."""
         ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
