@@ -341,3 +341,101 @@ def test_guest_stopping_on_kvm_internal_error_fails(
     status = launcher.status()
     assert (status["phase"], status["reason"], status["accel"]) == ("Failed", "GuestInternalError", "kvm")
     assert "emulation failure" in status["qemuStderr"]
+
+
+def test_second_sigterm_cuts_the_grace_period_short(launch: Callable[..., Launcher]) -> None:
+    launcher = launch(no_boot_vmi(grace=120))
+    launcher.wait_for("phase Running", lambda: launcher.status().get("phase") == "Running", 60)
+    started = time.monotonic()
+    launcher.proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.wait_exit(30) == 0
+    assert time.monotonic() - started < 20
+    assert launcher.status()["reason"] == "StoppedAfterGracePeriod"
+
+
+def test_inline_spec_and_default_paths(tmp_path: Path) -> None:
+    """VMI_SPEC carries the JSON itself; status and console log default to the work dir."""
+    v = no_boot_vmi()
+    v["spec"]["domain"]["memory"] = {"guest": "not-a-size"}
+    env = dict(os.environ, VMI_SPEC=json.dumps(v), LAUNCHER_WORK_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    for var in ("VMI_SPEC_FILE", "LAUNCHER_STATUS_FILE", "GUEST_CONSOLE_LOG"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "vm_runtime.launcher"], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    status = json.loads((tmp_path / "launcher-status.json").read_text())
+    assert status["reason"] == "InvalidSpec" and "spec.domain.memory.guest" in status["message"]
+    assert status["guestConsoleLog"] == str(tmp_path / "guest-console.log")
+    assert b"spec.domain.memory.guest" in proc.stderr
+
+
+class TestConsoleClient:
+    """console.attach against a plain unix socket server standing in for qemu's serial chardev."""
+
+    @pytest.fixture
+    def server(self, tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
+        import socket
+
+        path = tmp_path / "serial.sock"
+        received: list[bytes] = []
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(path))
+        srv.listen(1)
+
+        def serve() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                with contextlib.suppress(OSError):  # the client may already have left
+                    conn.sendall(b"login: ")
+                while data := conn.recv(4096):
+                    received.append(data)
+                    if b"bye" in data:
+                        return  # the guest side closes
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield path, received
+        srv.close()
+
+    def run(self, path: Path, typed: bytes) -> tuple[str, bytes]:
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        os.write(in_w, typed)
+        os.close(in_w)
+        try:
+            why = console.attach(path, in_r, out_w)
+            os.close(out_w)
+            out_w = -1
+            output = os.read(out_r, 4096)
+        finally:
+            for fd in (in_r, out_r, out_w):
+                if fd >= 0:
+                    os.close(fd)
+        return why, output
+
+    def test_escape_stops_and_sends_what_came_before(self, server: tuple[Path, list[bytes]]) -> None:
+        path, received = server
+        why, output = self.run(path, b"root\n" + console.ESCAPE + b"never sent")
+        assert why == "escape"
+        time.sleep(0.2)
+        assert b"".join(received) == b"root\n"
+
+    def test_guest_side_closing_ends_the_session(self, server: tuple[Path, list[bytes]]) -> None:
+        path, _ = server
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        os.write(in_w, b"bye\n")
+        try:
+            assert console.attach(path, in_r, out_w) == "console-closed"
+            assert os.read(out_r, 4096) == b"login: "
+        finally:
+            for fd in (in_r, in_w, out_r, out_w):
+                os.close(fd)
+
+    def test_status_file_names_the_socket(self, tmp_path: Path) -> None:
+        status = tmp_path / "status.json"
+        status.write_text(json.dumps({"consoleSocket": "/run/x/serial0.sock"}))
+        assert console.socket_from(status) == Path("/run/x/serial0.sock")
+        with pytest.raises(console.ConsoleError, match="cannot connect"):
+            console.attach(tmp_path / "absent.sock", 0, 1)
