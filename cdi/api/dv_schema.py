@@ -1,4 +1,4 @@
-"""OpenAPI v3 schema of the DataVolume (field for field CDI's v1beta1 types, plus `spec.checksum`).
+"""OpenAPI v3 schema of the DataVolume (field for field CDI's v1beta1 types).
 
 Served by the API server under /openapi/v3 so that `kubectl explain dv` and `kubectl apply
 --validate` work. Helpers keep the declaration close to the Go types it mirrors.
@@ -122,6 +122,10 @@ def _sources() -> Schema:
             secretExtraHeaders=arr(
                 s(), "Secrets containing extra headers (e.g. auth tokens) for HTTP transfer requests."
             ),
+            checksum=s(
+                "Checksum is the expected checksum of the downloaded data, as <algorithm>:<hex digest> "
+                "(md5, sha1, sha256 or sha512); the import fails when it does not match."
+            ),
         ),
         s3=o(
             "DataVolumeSourceS3 provides the parameters to create a Data Volume from an S3 source.",
@@ -230,10 +234,6 @@ def datavolume_schema() -> Schema:
         ),
         priorityClassName=s("PriorityClassName for Importer, Cloner and Uploader pod."),
         contentType=s('DataVolumeContentType options: "kubevirt", "archive".', enum=["kubevirt", "archive"]),
-        checksum=s(
-            "Expected checksum of the source image, as <algorithm>:<hex digest> (md5, sha1, sha256 or "
-            "sha512); the import fails when the downloaded data does not match."
-        ),
         checkpoints=arr(
             o(
                 "DataVolumeCheckpoint defines a stage in a warm migration.",

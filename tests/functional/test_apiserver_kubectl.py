@@ -432,7 +432,7 @@ def test_explain_datavolume(cluster: Cluster) -> None:
     out = cluster.kubectl("explain", "dv").stdout
     assert "KIND:       DataVolume" in out and "VERSION:    v1beta1" in out
     out = cluster.kubectl("explain", "dv.spec").stdout
-    for fld in ("source", "sourceRef", "pvc", "storage", "contentType", "checksum", "preallocation"):
+    for fld in ("source", "sourceRef", "pvc", "storage", "contentType", "preallocation"):
         assert f"  {fld}\t<" in out, fld
     out = cluster.kubectl("explain", "datavolume.status").stdout
     for fld in ("phase", "progress", "restartCount", "claimName", "conditions"):

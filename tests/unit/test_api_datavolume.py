@@ -45,9 +45,8 @@ def dv(**spec: object) -> dict:
         {"sourceRef": {"kind": "DataSource", "name": "fedora"}, "storage": {}},
         {"source": {"http": {"url": "https://x/y.tar"}}, "storage": STORAGE, "contentType": "archive"},
         {
-            "source": {"http": {"url": "https://x/y"}},
+            "source": {"http": {"url": "https://x/y", "checksum": "sha256:" + "ab" * 32}},
             "storage": STORAGE,
-            "checksum": "sha256:" + "ab" * 32,
             "preallocation": True,
         },
     ],
@@ -170,10 +169,13 @@ def test_valid_specs_pass(spec: dict) -> None:
             "SourceType cannot be blank and the contentType be archive",
         ),
         (
-            {"source": {"blank": {}}, "storage": STORAGE, "checksum": "crc32:1234"},
-            "spec.checksum: Invalid value",
+            {"source": {"http": {"url": "http://x/y", "checksum": "crc32:1234"}}, "storage": STORAGE},
+            "spec.source.http.checksum: Invalid value",
         ),
-        ({"source": {"blank": {}}, "storage": STORAGE, "checksum": "sha256:abc"}, "64 lowercase hex digits"),
+        (
+            {"source": {"http": {"url": "http://x/y", "checksum": "sha256:abc"}}, "storage": STORAGE},
+            "64 lowercase hex digits",
+        ),
     ],
 )
 def test_invalid_specs_fail_with_field_error(spec: dict, error: str) -> None:
@@ -228,7 +230,7 @@ def test_registry_declares_datavolume_like_the_crd() -> None:
         "pvc",
         "snapshot",
     }
-    assert props["checksum"]["type"] == "string"
+    assert props["source"]["properties"]["http"]["properties"]["checksum"]["type"] == "string"
 
 
 @pytest.mark.parametrize(
