@@ -2,12 +2,16 @@
 (IMPORTER_SOURCE, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE, IMPORTER_ACCESS_KEY_ID,
 IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*, /extraheaders), plus our
 own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
-IMPORTER_DEVICE_ZEROED. Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume).
+IMPORTER_DEVICE_ZEROED. Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
+/certs, /extraheaders). On the local node a process cannot see mounts, so the node passes
+CDI_VOLUME_MOUNTS, a JSON object {mountPath: hostPath}, and every in-pod path is translated through it.
+IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Mapping
 
@@ -21,23 +25,46 @@ BLOCK_PATH = "/dev/cdi-block-volume"
 EXTRA_HEADERS_DIR = "/extraheaders"
 
 
+class PathMap:
+    """Translates in-pod paths to host paths with the longest matching mount (identity without one)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        text = env.get("CDI_VOLUME_MOUNTS", "")
+        try:
+            mounts = json.loads(text) if text else {}
+        except ValueError as e:
+            raise PermanentError(f"CDI_VOLUME_MOUNTS is not valid JSON: {e}") from e
+        self.mounts: dict[str, str] = {k.rstrip("/") or "/": v for k, v in mounts.items()}
+
+    def __call__(self, path: str) -> str:
+        for mount in sorted(self.mounts, key=len, reverse=True):
+            if path == mount or path.startswith(mount + "/"):
+                return self.mounts[mount] + path[len(mount):]
+        return path
+
+    def exists(self, path: str) -> bool:
+        return path in self.mounts or os.path.exists(self(path))
+
+
 def job_from_env(env: Mapping[str, str]) -> ImportJob:
     source = env.get("IMPORTER_SOURCE", "http")
-    if source not in ("http", "file"):
+    if source not in ("http", "file", "none"):
         raise PermanentError(f"IMPORTER_SOURCE {source!r} is not supported by this importer")
     endpoint = env.get("IMPORTER_ENDPOINT", "")
-    if not endpoint:
+    if not endpoint and source != "none":
         raise PermanentError("IMPORTER_ENDPOINT is empty: the job has no source URL")
+    paths = PathMap(env)
     content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"
     target = env.get("IMPORTER_TARGET_PATH")
-    if not target:
-        if content_type == "archive":
-            target = DATA_DIR
-        else:
-            target = BLOCK_PATH if os.path.exists(BLOCK_PATH) else os.path.join(DATA_DIR, "disk.img")
+    if target:
+        target = paths(target)
+    elif content_type == "archive":
+        target = paths(DATA_DIR)
+    else:
+        target = paths(BLOCK_PATH) if paths.exists(BLOCK_PATH) else paths(os.path.join(DATA_DIR, "disk.img"))
     size_text = env.get("IMPORTER_IMAGE_SIZE", "")
     headers = [parse_header(v) for k, v in sorted(env.items()) if k.startswith("IMPORTER_EXTRA_HEADER_")]
-    headers_dir = env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR)
+    headers_dir = paths(env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR))
     for path in sorted(glob.glob(os.path.join(headers_dir, "*", "*")) + glob.glob(os.path.join(headers_dir, "*"))):
         if os.path.isfile(path):
             with open(path) as f:
@@ -45,10 +72,11 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
     ca_file = None
     cert_dir = env.get("IMPORTER_CERT_DIR")
     if cert_dir:
+        cert_dir = paths(cert_dir)
         certs = sorted(p for p in glob.glob(os.path.join(cert_dir, "*")) if os.path.isfile(p))
         if not certs:
             raise PermanentError(f"certConfigMap mounted at {cert_dir} holds no certificate file")
-        ca_file = _bundle(certs, env.get("IMPORTER_SCRATCH_DIR") or "/tmp")
+        ca_file = _bundle(certs, os.getcwd())
     http = HttpOptions(
         user=env.get("IMPORTER_ACCESS_KEY_ID") or None,
         password=env.get("IMPORTER_SECRET_KEY") or None,
@@ -56,14 +84,15 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         insecure=env.get("INSECURE_TLS", "").lower() == "true",
         headers=headers,
     )
+    scratch = env.get("IMPORTER_SCRATCH_DIR")
     return ImportJob(
-        source=endpoint,
+        source=endpoint if source != "none" else "",
         target=target,
         content_type=content_type,
         size=parse_size(size_text) if size_text else None,
         http=http,
         checksum=env.get("IMPORTER_CHECKSUM") or None,
-        scratch_dir=env.get("IMPORTER_SCRATCH_DIR") or None,
+        scratch_dir=paths(scratch) if scratch else None,
         device_zeroed=env.get("IMPORTER_DEVICE_ZEROED", "").lower() == "true",
     )
 

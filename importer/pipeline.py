@@ -124,7 +124,9 @@ class Importer:
 
     def run(self) -> ImportResult:
         try:
-            for attempt in range(MAX_RESTARTS + 1):
+            if not self.job.source:
+                self._blank()
+            for attempt in range(MAX_RESTARTS + 1 if self.job.source else 0):
                 try:
                     self._run_once()
                     break
@@ -153,6 +155,18 @@ class Importer:
             files=self.files,
             phases=self.phase_times,
         )
+
+    def _blank(self) -> None:
+        """CDI's blank image: an empty volume of the whole capacity (a hole in a file)."""
+        if self.archive or self.target.capacity is None:
+            raise PermanentError("a blank image needs a volume size (IMPORTER_IMAGE_SIZE) and kubevirt content")
+        self.fmt = "raw"
+        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed)
+        try:
+            writer.finish()
+        finally:
+            writer.close()
+        self.virtual_size = self.target.capacity
 
     def _timed(self, name: str, started: float) -> None:
         self.phase_times[name] = round(self.phase_times.get(name, 0.0) + time.monotonic() - started, 3)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import demo, importcmd
+from cdi.cli import demo, importcmd, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     importcmd.register(sub)
     demo.register(sub)
+    serve.register(sub)
     return parser
 
 

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from cdi.kube.errors import ApiError, from_response
-from cdi.kube.kinds import EVENT, Kind
+from cdi.kube.kinds import EVENT, POD, Kind
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,20 @@ class Client:
     def delete(self, kind: Kind, namespace: str | None, name: str, *, propagation: str = "Background") -> None:
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         self._call("DELETE", kind.path(namespace, name), body=body)
+
+    def pod_log(self, namespace: str, name: str, *, container: str | None = None,
+                tail_lines: int | None = None) -> str:
+        """The text of a pod's log (``kubectl logs``)."""
+        query: builtins.list[tuple[str, Any]] = []
+        if container:
+            query.append(("container", container))
+        if tail_lines is not None:
+            query.append(("tailLines", tail_lines))
+        resp = self._call("GET", POD.path(namespace, name, "log"), query=query, stream=True)
+        try:
+            return str(resp.data.decode(errors="replace"))
+        finally:
+            resp.release_conn()
 
     def get_raw(self, path: str, *, query: builtins.list[tuple[str, Any]] | None = None) -> Any:
         return self._call("GET", path, query=query)

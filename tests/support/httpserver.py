@@ -12,6 +12,7 @@ import hashlib
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -31,6 +32,8 @@ class Route:
     status: int = 200
     require_headers: dict[str, str] = field(default_factory=dict)
     chunked: bool = False
+    rate: int | None = None  # bytes per second, to make a transfer last
+    fail_first: int = 0  # answer 503 to this many requests first
     requests: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -52,6 +55,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             return self._simple(404, b"not found")
         route.requests.append(dict(self.headers.items()))
+        if route.fail_first > 0:
+            route.fail_first -= 1
+            return self._simple(503, b"try again later")
         if route.user is not None:
             token = base64.b64encode(f"{route.user}:{route.password}".encode()).decode()
             if self.headers.get("Authorization") != f"Basic {token}":
@@ -114,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
             left = length
             sent = 0
             while left > 0:
-                data = f.read(min(1 << 20, left))
+                data = f.read(min(1 << 20 if not route.rate else max(4096, route.rate // 10), left))
                 if not data:
                     break
                 if limit is not None and sent + len(data) > limit:
@@ -123,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return None
+                if route.rate:
+                    time.sleep(len(data) / route.rate)
                 if route.chunked:
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 else:

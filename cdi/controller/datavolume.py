@@ -1,0 +1,260 @@
+"""The DataVolume reconciler for import sources (http, blank).
+
+``reconcile(namespace, name)`` reads the DataVolume, its PVC and its importer pod fresh, creates what
+is missing, and computes phase, conditions, progress and restartCount in one place, writing the status
+only when it changed. The outcome of an import is recorded on the PVC (annotations, as CDI does), so a
+finished or permanently failed import is never run again, even after a restart of the controller.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+from cdi.controller import conditions as c
+from cdi.controller.resources import (
+    ANN_DIGEST,
+    ANN_IMPORT_MESSAGE,
+    ANN_IMPORT_REASON,
+    ANN_POD_PHASE,
+    ANN_RETAIN_POD,
+    ANN_SOURCE_CHECKSUM,
+    ControllerSettings,
+    build_importer_pod,
+    build_pvc,
+    importer_pod_name,
+)
+from cdi.kube import DATAVOLUME, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SOURCES = ("http", "blank")
+
+
+def termination(cs: Obj) -> dict[str, Any] | None:
+    """The importer's JSON termination message, from the current or the previous run."""
+    for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+        message = (state.get("terminated") or {}).get("message")
+        if message:
+            try:
+                data = json.loads(message)
+                if isinstance(data, dict):
+                    return data
+            except ValueError:
+                return {"ok": False, "permanent": False, "reason": "Error", "message": message.strip()[:500]}
+    return None
+
+
+def latest_progress(log_text: str) -> str | None:
+    for line in reversed(log_text.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and '"progress"' in line:
+            try:
+                value = json.loads(line).get("progress")
+            except ValueError:
+                continue
+            if isinstance(value, str) and value.endswith("%"):
+                return value
+    return None
+
+
+class DataVolumeReconciler:
+    def __init__(self, client: Client, settings: ControllerSettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """Bring one DataVolume closer to done; returns seconds until it wants another look."""
+        try:
+            dv = self.client.get(DATAVOLUME, namespace, name)
+        except NotFound:
+            return None
+        if dv["metadata"].get("deletionTimestamp"):
+            return None
+        ctx = f"[{namespace}/{name}]"
+        source = dv.get("spec", {}).get("source") or {}
+        status: Obj = copy.deepcopy(dv.get("status") or {})
+        conds: list[Obj] = status.setdefault("conditions", [])
+        status.setdefault("progress", "N/A")
+        status["claimName"] = name
+        kind = next(iter(source), "sourceRef" if dv["spec"].get("sourceRef") else "none")
+        if kind not in SUPPORTED_SOURCES:
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.RUNNING, "False", "UnsupportedSource",
+                            f"source {kind} is not supported yet by this controller")
+            self._write(dv, status)
+            return None
+        pvc = self._ensure_pvc(dv, ctx)
+        if pvc is None:
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "NotOwned",
+                            f"PVC {name} exists and is not owned by this DataVolume")
+            self._write(dv, status)
+            return None
+        requeue = self._compute(dv, pvc, status, ctx)
+        self._write(dv, status)
+        return requeue
+
+    def _ensure_pvc(self, dv: Obj, ctx: str) -> Obj | None:
+        meta = dv["metadata"]
+        try:
+            pvc = self.client.get(PVC, meta["namespace"], meta["name"])
+        except NotFound:
+            try:
+                pvc = self.client.create(PVC, build_pvc(dv, self.settings))
+                log.info("%s created pvc", ctx)
+                self.client.event(dv, reason="Pending", message=f"PVC {meta['name']} Pending")
+            except AlreadyExists:
+                pvc = self.client.get(PVC, meta["namespace"], meta["name"])
+        owners = pvc["metadata"].get("ownerReferences") or []
+        return pvc if any(o.get("uid") == meta["uid"] for o in owners) else None
+
+    def _compute(self, dv: Obj, pvc: Obj, status: Obj, ctx: str) -> float | None:
+        conds = status["conditions"]
+        name = pvc["metadata"]["name"]
+        ann = pvc["metadata"].get("annotations") or {}
+        if (pvc.get("status") or {}).get("phase") != "Bound":
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {name} Pending")
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False")
+            return None
+        c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {name} Bound")
+        outcome = ann.get(ANN_POD_PHASE)
+        if outcome == "Succeeded":
+            self._succeeded(dv, status)
+            self._cleanup_pod(dv)
+            return None
+        if outcome == "Failed":
+            status["phase"] = c.FAILED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", ann.get(ANN_IMPORT_REASON, "Error"),
+                            ann.get(ANN_IMPORT_MESSAGE, ""))
+            return None
+        pod_name = importer_pod_name(dv["metadata"]["name"])
+        try:
+            pod = self.client.get(POD, dv["metadata"]["namespace"], pod_name)
+        except NotFound:
+            try:
+                self.client.create(POD, build_importer_pod(dv, pvc, self.settings))
+                log.info("%s created importer pod %s", ctx, pod_name)
+            except AlreadyExists:
+                pass
+            except ValueError as e:
+                status["phase"] = c.FAILED
+                c.set_condition(conds, c.RUNNING, "False", "InvalidSpec", str(e))
+                return None
+            status["phase"] = c.IMPORT_SCHEDULED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", "Pending", "Import pod created")
+            return None
+        return self._from_pod(dv, pvc, pod, status, ctx)
+
+    def _from_pod(self, dv: Obj, pvc: Obj, pod: Obj, status: Obj, ctx: str) -> float | None:
+        conds = status["conditions"]
+        pstatus = pod.get("status") or {}
+        cs = (pstatus.get("containerStatuses") or [{}])[0]
+        status["restartCount"] = int(cs.get("restartCount") or 0)
+        result = termination(cs)
+        phase = pstatus.get("phase", "Pending")
+        if phase == "Succeeded" and result and result.get("ok"):
+            self._record(pvc, {ANN_POD_PHASE: "Succeeded",
+                               ANN_DIGEST: (result.get("result") or {}).get("digest"),
+                               ANN_SOURCE_CHECKSUM: (result.get("result") or {}).get("source_checksum")})
+            digest = (result.get("result") or {}).get("digest")
+            if digest:
+                self._annotate_dv(dv, {ANN_DIGEST: digest})
+            self._succeeded(dv, status)
+            self.client.event(dv, reason=c.SUCCEEDED,
+                              message=f"Successfully imported into PVC {pvc['metadata']['name']}")
+            self._cleanup_pod(dv)
+            log.info("%s import succeeded digest=%s", ctx, digest)
+            return None
+        if (result and not result.get("ok") and result.get("permanent")) or phase == "Failed":
+            reason = str((result or {}).get("reason") or "Error")
+            message = str((result or {}).get("message") or "importer pod failed")
+            self._record(pvc, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: reason, ANN_IMPORT_MESSAGE: message})
+            status["phase"] = c.FAILED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", reason, message)
+            self.client.event(dv, reason="ImportFailed", message=message, type="Warning")
+            self._delete_pod(dv)
+            log.warning("%s import failed reason=%s message=%s", ctx, reason, message)
+            return None
+        running = "running" in (cs.get("state") or {})
+        if phase == "Running" and running:
+            status["phase"] = c.IMPORT_IN_PROGRESS
+            c.set_condition(conds, c.READY, "False", "TransferRunning")
+            c.set_condition(conds, c.RUNNING, "True", "Pod is running")
+            progress = self._progress(pod)
+            if progress:
+                status["progress"] = progress
+            return self.settings.progress_interval
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if result and not result.get("ok"):  # a transient failure: the pod restarts, the phase stays
+            status["phase"] = c.IMPORT_IN_PROGRESS
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or result.get("reason") or "Error"),
+                            str(result.get("message") or ""))
+            return self.settings.progress_interval * 2
+        status["phase"] = c.IMPORT_SCHEDULED
+        c.set_condition(conds, c.READY, "False")
+        c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or "Pending"),
+                        str(waiting.get("message") or ""))
+        return None
+
+    def _progress(self, pod: Obj) -> str | None:
+        try:
+            text = self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], tail_lines=20)
+        except ApiError:
+            return None
+        return latest_progress(text)
+
+    def _succeeded(self, dv: Obj, status: Obj) -> None:
+        conds = status["conditions"]
+        status["phase"] = c.SUCCEEDED
+        status["progress"] = "100.0%"
+        c.set_condition(conds, c.READY, "True")
+        c.set_condition(conds, c.RUNNING, "False", "Completed")
+
+    def _record(self, pvc: Obj, annotations: dict[str, Any]) -> None:
+        values = {k: v for k, v in annotations.items() if v is not None}
+        meta = pvc["metadata"]
+        self.client.patch(PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": values}})
+        meta.setdefault("annotations", {}).update(values)
+
+    def _annotate_dv(self, dv: Obj, annotations: dict[str, str]) -> None:
+        meta = dv["metadata"]
+        updated = self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
+                                    {"metadata": {"annotations": annotations}})
+        meta["resourceVersion"] = updated["metadata"]["resourceVersion"]
+
+    def _cleanup_pod(self, dv: Obj) -> None:
+        retain = (dv["metadata"].get("annotations") or {}).get(ANN_RETAIN_POD, "").lower() == "true"
+        if not retain:
+            self._delete_pod(dv)
+
+    def _delete_pod(self, dv: Obj) -> None:
+        try:
+            self.client.delete(POD, dv["metadata"]["namespace"], importer_pod_name(dv["metadata"]["name"]))
+        except NotFound:
+            pass
+
+    def _write(self, dv: Obj, status: Obj) -> None:
+        status["conditions"] = c.ordered(status["conditions"])
+        old = dv.get("status") or {}
+        if old == status:
+            return
+        meta = dv["metadata"]
+        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"status": status}, status=True)
+        old_phase, new_phase = old.get("phase"), status.get("phase")
+        if new_phase != old_phase and new_phase in (c.IMPORT_SCHEDULED, c.IMPORT_IN_PROGRESS):
+            message = {c.IMPORT_SCHEDULED: f"Import into {meta['name']} scheduled",
+                       c.IMPORT_IN_PROGRESS: f"Import into {meta['name']} in progress"}[new_phase]
+            self.client.event(dv, reason=new_phase, message=message)
+        if status.get("restartCount", 0) > old.get("restartCount", 0):
+            running = c.find(status["conditions"], c.RUNNING) or {}
+            self.client.event(dv, reason="ImportRetry", type="Warning",
+                              message=f"Import restarted ({status['restartCount']}): {running.get('message', '')}")

@@ -1,0 +1,188 @@
+"""The objects the DataVolume controller creates: its PVC and the importer pod, as pure functions.
+
+Shapes follow CDI: the PVC takes the DataVolume's name and is owned by it; the importer pod
+``importer-<name>`` is owned by the PVC, runs the importer with CDI's environment variables, mounts the
+volume at /data (Filesystem) or /dev/cdi-block-volume (Block), restarts OnFailure.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from cdi.units import parse_size
+
+Obj = dict[str, Any]
+
+ANN_PREFIX = "cdi.kubevirt.io/"
+ANN_POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
+ANN_POD_RESTARTS = "cdi.kubevirt.io/storage.pod.restarts"
+ANN_DIGEST = "cdi.kubevirt.io/storage.import.volumeDigest"
+ANN_SOURCE_CHECKSUM = "cdi.kubevirt.io/storage.import.sourceChecksum"
+ANN_IMPORT_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
+ANN_IMPORT_REASON = "cdi.kubevirt.io/storage.condition.running.reason"
+ANN_RETAIN_POD = "cdi.kubevirt.io/storage.pod.retainAfterCompletion"
+ANN_CREATED_BY = "cdi.kubevirt.io/createdForDataVolume"
+LABEL_APP = {"app": "containerized-data-importer", "app.kubernetes.io/component": "storage",
+             "app.kubernetes.io/managed-by": "cdi-controller"}
+ALIGN = 1 << 20
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """How the controller shapes what it creates."""
+
+    # Container image of the importer (what kubelet runs in a cluster; ignored by the local node).
+    importer_image: str = "cdi-importer:latest"
+    # Fraction of a Filesystem volume kept for the filesystem itself (CDI's default is 0.06).
+    filesystem_overhead: float = 0.06
+    # Seconds between progress reads of a running import.
+    progress_interval: float = 1.0
+    # Default storage class when a DataVolume names none (None: the cluster's default).
+    storage_class: str | None = None
+
+
+def importer_pod_name(dv_name: str) -> str:
+    return f"importer-{dv_name}"[:253]
+
+
+def owner_ref(obj: Obj) -> Obj:
+    meta = obj["metadata"]
+    return {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", ""), "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def requested_size(dv: Obj) -> int | None:
+    spec = dv.get("spec", {})
+    claim = spec.get("pvc") or spec.get("storage") or {}
+    text = ((claim.get("resources") or {}).get("requests") or {}).get("storage")
+    return parse_size(str(text)) if text else None
+
+
+def volume_mode(dv: Obj) -> str:
+    spec = dv.get("spec", {})
+    claim = spec.get("pvc") or spec.get("storage") or {}
+    return str(claim.get("volumeMode") or "Filesystem")
+
+
+def build_pvc(dv: Obj, settings: ControllerSettings) -> Obj:
+    """The DataVolume's PVC. With ``storage`` on a Filesystem volume the request grows by the
+    filesystem overhead (as CDI does), so that the image itself gets the size the user asked for."""
+    spec = dv["spec"]
+    use_storage = "storage" in spec
+    claim: Obj = copy.deepcopy(spec.get("pvc") or spec.get("storage") or {})
+    claim.setdefault("accessModes", ["ReadWriteOnce"])
+    mode = claim.setdefault("volumeMode", "Filesystem")
+    size = requested_size(dv)
+    if size is None:
+        raise ValueError("the DataVolume requests no storage size")
+    if use_storage and mode == "Filesystem" and settings.filesystem_overhead > 0:
+        size = math.ceil(size / (1 - settings.filesystem_overhead) / ALIGN) * ALIGN
+    claim.setdefault("resources", {}).setdefault("requests", {})["storage"] = str(size)
+    if settings.storage_class and not claim.get("storageClassName"):
+        claim["storageClassName"] = settings.storage_class
+    meta = dv["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {**LABEL_APP, **(meta.get("labels") or {})},
+            "annotations": {ANN_CREATED_BY: meta["uid"]},
+            "ownerReferences": [owner_ref(dv)],
+        },
+        "spec": claim,
+    }
+
+
+def image_size(dv: Obj, pvc: Obj, settings: ControllerSettings) -> int:
+    """Bytes the image may occupy: the request (storage API) or the PVC less the overhead (pvc API)."""
+    capacity = parse_size(str(((pvc.get("status") or {}).get("capacity") or {}).get("storage")
+                              or pvc["spec"]["resources"]["requests"]["storage"]))
+    if volume_mode(dv) == "Block":
+        return capacity
+    asked = requested_size(dv) or capacity
+    if "storage" in dv["spec"]:
+        return min(asked, capacity)
+    usable = int(capacity * (1 - settings.filesystem_overhead))
+    return usable // 512 * 512
+
+
+def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
+    """The importer pod for an http or blank DataVolume, in the shape CDI gives it."""
+    source = dv["spec"].get("source") or {}
+    meta = dv["metadata"]
+    env: list[Obj] = [
+        {"name": "IMPORTER_CONTENTTYPE", "value": dv["spec"].get("contentType") or "kubevirt"},
+        {"name": "IMPORTER_IMAGE_SIZE", "value": str(image_size(dv, pvc, settings))},
+        {"name": "OWNER_UID", "value": meta["uid"]},
+        {"name": "FILESYSTEM_OVERHEAD", "value": str(settings.filesystem_overhead)},
+        {"name": "IMPORTER_PROGRESS", "value": "json"},
+    ]
+    volumes: list[Obj] = [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
+    mounts: list[Obj] = []
+    devices: list[Obj] = []
+    if volume_mode(dv) == "Block":
+        devices.append({"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"})
+    else:
+        mounts.append({"name": "cdi-data-vol", "mountPath": "/data"})
+    if "http" in source:
+        http = source["http"]
+        env += [{"name": "IMPORTER_SOURCE", "value": "http"}, {"name": "IMPORTER_ENDPOINT", "value": http["url"]}]
+        if http.get("checksum"):
+            env.append({"name": "IMPORTER_CHECKSUM", "value": http["checksum"]})
+        if http.get("secretRef"):
+            ref = http["secretRef"]
+            env += [
+                {"name": "IMPORTER_ACCESS_KEY_ID",
+                 "valueFrom": {"secretKeyRef": {"name": ref, "key": "accessKeyId"}}},
+                {"name": "IMPORTER_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": ref, "key": "secretKey"}}},
+            ]
+        if http.get("certConfigMap"):
+            volumes.append({"name": "cdi-cert-vol", "configMap": {"name": http["certConfigMap"]}})
+            mounts.append({"name": "cdi-cert-vol", "mountPath": "/certs"})
+            env.append({"name": "IMPORTER_CERT_DIR", "value": "/certs"})
+        for i, header in enumerate(http.get("extraHeaders") or []):
+            env.append({"name": f"IMPORTER_EXTRA_HEADER_{i}", "value": header})
+        for i, secret in enumerate(http.get("secretExtraHeaders") or []):
+            volumes.append({"name": f"cdi-extra-headers-vol-{i}", "secret": {"secretName": secret}})
+            mounts.append({"name": f"cdi-extra-headers-vol-{i}", "mountPath": f"/extraheaders/secret{i}"})
+    elif "blank" in source:
+        env.append({"name": "IMPORTER_SOURCE", "value": "none"})
+    else:
+        raise ValueError(f"source {sorted(source)} is not imported by the import controller")
+    container: Obj = {
+        "name": "importer",
+        "image": settings.importer_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "importer"],
+        "env": env,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    if devices:
+        container["volumeDevices"] = devices
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": importer_pod_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {**LABEL_APP, "cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
+            "annotations": {ANN_CREATED_BY: meta["uid"]},
+            "ownerReferences": [owner_ref(pvc)],
+        },
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "terminationGracePeriodSeconds": 30,
+            "containers": [container],
+            "volumes": volumes,
+            "securityContext": {"fsGroup": 107},
+        },
+    }
