@@ -137,10 +137,34 @@ class HttpSource:
             return url, resp
         raise SourceError(f"more than {MAX_REDIRECTS} redirects starting at {self.original_url}")
 
-    def open(self) -> None:
-        """Send the first GET (with retries on network errors and 5xx answers)."""
-        self._resp = self._with_retries("connect", lambda: self._start({}))
+    def open(self, *, start: int = 0, validator: str | None = None) -> bool:
+        """Send the first GET (with retries on network errors and 5xx answers).
+
+        With ``start`` and the ``validator`` (ETag or Last-Modified) of an earlier attempt, ask for the
+        rest of the same entity; returns True when the server continues at ``start``, False when it
+        sent the whole body (changed file, no ranges) and reading starts at byte 0.
+        """
+        extra = {"Range": f"bytes={start}-", "If-Range": validator} if start and validator else {}
+        self._resp = self._with_retries("connect", lambda: self._start(extra))
         self.position = 0
+        if extra and self._resp.status == 206:
+            first = (self._resp.getheader("Content-Range") or "").removeprefix("bytes ").split("-")[0]
+            total = (self._resp.getheader("Content-Range") or "").rpartition("/")[2]
+            if first == str(start):
+                self.position = start
+                self.size = int(total) if total.isdigit() else None
+                self.accepts_ranges = True
+                return True
+            self._close_response()
+            self._resp = self._with_retries("connect", lambda: self._start({}))
+        return False
+
+    @property
+    def validator(self) -> str | None:
+        """What ties a later range request to this entity: a strong ETag, else Last-Modified."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
 
     def _start(self, extra: dict[str, str]) -> http.client.HTTPResponse:
         url, resp = self._request(self.original_url, extra)
@@ -211,7 +235,7 @@ class HttpSource:
     def _resume(self, error: BaseException) -> None:
         """Reconnect and continue at ``position``; RestartFromZero when the server cannot."""
         self._close_response()
-        validator = self.etag if self.etag and not self.etag.startswith("W/") else self.last_modified
+        validator = self.validator
         if not self.accepts_ranges or not validator:
             why = "does not support range requests" if not self.accepts_ranges else "sends no ETag or Last-Modified"
             raise RestartFromZero(f"transfer interrupted at byte {self.position} ({error}); server {why}")

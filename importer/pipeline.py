@@ -21,10 +21,11 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from importer import archive, formats, nbdkit, qemu_img
+from importer import archive, checkpoint, formats, nbdkit, qemu_img
 from importer.digest import volume_digest
 from importer.errors import (
     CapacityExceeded,
@@ -66,6 +67,7 @@ class ImportJob:
     checksum: str | None = None  # "sha256:<hex>"
     scratch_dir: str | None = None
     device_zeroed: bool = False
+    resume: bool = True  # keep resume points and continue from them (raw over http with ranges)
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Importer:
         self.files: int | None = None
         self.phase_times: dict[str, float] = {}
         self.source_sum: str | None = None
+        self.resumed_at = 0
+        self.ckpt_path = checkpoint.path_for(self.target.path, self.target.kind, job.scratch_dir)
 
     # -- driver -----------------------------------------------------------------------------------
 
@@ -136,11 +140,14 @@ class Importer:
                     self.restarts += 1
                     log.warning("restarting transfer from byte 0 reason=%s", e)
             digest = self._verify()
-        except BaseException:
-            remove_partial(self.target)
+        except BaseException as e:
+            if not (isinstance(e, Error) and not e.permanent) and not isinstance(e, KeyboardInterrupt):
+                checkpoint.remove(self.ckpt_path)
+                remove_partial(self.target)
             raise
         finally:
             self.progress.end()
+        checkpoint.remove(self.ckpt_path)
         return ImportResult(
             formats=[*self.layers, self.fmt or "unknown"],
             virtual_size=self.virtual_size,
@@ -179,7 +186,19 @@ class Importer:
         source: HttpSource | FileSource
         if scheme in ("http", "https"):
             source = HttpSource(src, self.job.http)
-            source.open()
+            point = checkpoint.load(self.ckpt_path) if self.job.resume else None
+            if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
+                point = None
+            if point and source.open(start=point.offset, validator=point.validator):
+                log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
+                self.resumed_at = point.offset
+                self.target.existed = False  # ours: a previous run of this import created it
+            elif point:
+                log.warning("cannot resume at byte %d: the server sent the whole body (file changed or no "
+                            "ranges); starting over", point.offset)
+                checkpoint.remove(self.ckpt_path)
+            if not point:
+                source.open()
         elif scheme == "file":
             source = FileSource(urllib.parse.unquote(urllib.parse.urlsplit(src).path))
         elif scheme == "" or len(scheme) == 1:
@@ -195,9 +214,20 @@ class Importer:
         hasher = hashlib.new(self.checksum[0]) if self.checksum else None
         self.progress.plan(["transfer"])
         self.progress.start_phase("transfer", source.size)
+        if self.resumed_at:
+            self.progress.set_done(self.resumed_at)
+            if hasher is not None:
+                _rehash(self.target.path, self.resumed_at, hasher)
         tap = Tap(source, hasher=hasher, on_bytes=self.progress.advance)
         bottom = ReadAhead(tap)
         top = Peekable(bottom)
+        if self.resumed_at:
+            try:
+                self.fmt = "raw"
+                self._stream_raw(top, bottom, tap, hasher, source)
+                return
+            finally:
+                top.close()
         try:
             head = top.peek(formats.SNIFF_BYTES)
             if not head:
@@ -280,9 +310,20 @@ class Importer:
             raise CapacityExceeded(
                 f"image virtual size {source.size} is larger than the volume capacity {self.target.capacity}"
             )
-        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed)
+        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, resume_at=self.resumed_at)
+        save_point = None
+        if (self.job.resume and not self.layers and isinstance(source, HttpSource) and source.accepts_ranges
+                and source.validator):
+            validator: str = source.validator
+            url = self.job.source
+
+            def save_point() -> None:
+                point = checkpoint.Checkpoint(url, validator, source.size, self.target.path,
+                                              self.target.capacity, writer.sync())
+                checkpoint.save(self.ckpt_path, point)
+
         try:
-            _copy(top, writer)
+            _copy(top, writer, on_interval=save_point)
             _drain(bottom)
             self._check_sum(hasher)
             self.virtual_size = writer.finish()
@@ -290,7 +331,7 @@ class Importer:
                 self.fmt = "vpc"
         finally:
             writer.close()
-        self.transferred = tap.count
+        self.transferred = tap.count + self.resumed_at
         self._timed("transfer", started)
 
     def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
@@ -409,10 +450,15 @@ class Importer:
         return digest
 
 
-def _copy(reader: Reader, writer: SparseWriter) -> None:
+def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None) -> None:
+    """Copy until the end of ``reader``; ``on_interval`` runs every ``checkpoint.INTERVAL`` bytes."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    next_point = writer.offset + checkpoint.INTERVAL
     while True:
+        if on_interval is not None and writer.offset >= next_point:
+            on_interval()
+            next_point = writer.offset + checkpoint.INTERVAL
         have = 0
         while have < CHUNK:  # full chunks keep zero detection aligned to 64 KiB blocks
             n = reader.readinto(view[have:])
@@ -424,6 +470,21 @@ def _copy(reader: Reader, writer: SparseWriter) -> None:
         writer.write(buf, have)
         if have < CHUNK:
             return
+
+
+def _rehash(path: str, length: int, hasher: Any) -> None:
+    """Feed the first ``length`` bytes already written (a resumed raw import) to the source checksum."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(CHUNK)
+        left = length
+        while left > 0:
+            n = f.readinto(memoryview(buf)[: min(CHUNK, left)]) or 0
+            if n == 0:  # past the end of a file truncated at the resume point: zeros
+                hasher.update(bytes(min(CHUNK, left)))
+                left -= min(CHUNK, left)
+                continue
+            hasher.update(memoryview(buf)[:n])
+            left -= n
 
 
 def _drain(reader: Reader) -> None:

@@ -88,17 +88,19 @@ class SparseWriter:
     data plus a 512-byte footer, recognised and cut in ``finish()``.
     """
 
-    def __init__(self, target: Target, *, device_zeroed: bool = False) -> None:
+    def __init__(self, target: Target, *, device_zeroed: bool = False, resume_at: int = 0) -> None:
         self.target = target
         self.capacity = target.capacity
         flags = os.O_RDWR | os.O_CLOEXEC
         if target.kind == "file":
-            flags |= os.O_CREAT | os.O_TRUNC
+            flags |= os.O_CREAT | (0 if resume_at else os.O_TRUNC)
         try:
             self.fd = os.open(target.path, flags, 0o644)
         except OSError as e:
             raise PermanentError(f"cannot open target {target.path}: {e.strerror}") from e
-        self.offset = 0
+        if resume_at and target.kind == "file":
+            os.ftruncate(self.fd, resume_at)  # whatever a killed run wrote past its checkpoint goes
+        self.offset = resume_at
         self.data_bytes = 0
         self._zero_from: int | None = None  # start of a pending run of zeros (block devices)
         self._device_zeroed = device_zeroed or target.kind == "file"
@@ -134,6 +136,12 @@ class SparseWriter:
                 self._flush_zeros()
                 self._pwrite(memoryview(buf)[pos:end])
             pos = end
+
+    def sync(self) -> int:
+        """Make everything up to ``offset`` durable; returns that offset (a resume point)."""
+        self._flush_zeros()
+        os.fdatasync(self.fd)
+        return self.offset
 
     def _skip(self, length: int) -> None:
         if self._zero_from is None:

@@ -121,3 +121,35 @@ def test_worker_reads_cdi_env_and_writes_termination_message(image_factory, http
     message = json.loads(term.read_text())
     assert message == {"ok": False, "reason": "SourceUnavailable", "permanent": True,
                        "message": f"not found: HTTP 404 at {https_server.url('/missing')}; check the URL"}
+
+
+def test_killed_import_resumes_where_it_stopped(image_factory, http_server: HttpServer, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    route = http_server.add("/big.raw", Route(path=str(image_factory.raw), rate=2 << 20))
+    out = tmp_path / "out.img"
+    progress = tmp_path / "progress.json"
+    env = {**os.environ, "CDI_RESUME_INTERVAL": str(1 << 20)}
+    args = [*CDI, "import", http_server.url("/big.raw"), str(out), "--progress", "none", "--progress-file",
+            str(progress), "--checksum", "sha256:" + hashlib.sha256(image_factory.raw.read_bytes()).hexdigest()]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(progress.read_text()).get("done", 0) > 4 << 20:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    point = json.loads((tmp_path / ".out.img.cdi-resume.json").read_text())
+    assert point["offset"] >= 3 << 20
+    route.rate = None
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert route.requests[-1].get("Range") == f"bytes={point['offset']}-"
+    assert images.same_content(out, image_factory.raw)
+    assert json.loads(second.stdout)["source_checksum"].startswith("sha256:")
+    assert not (tmp_path / ".out.img.cdi-resume.json").exists()
