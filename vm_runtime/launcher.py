@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Mapping
@@ -134,7 +135,8 @@ class Launcher:
         )
         try:
             vmi = load_vmi(self.environ)
-            choice = await asyncio.to_thread(choose_accel)
+            # Synchronous on purpose: no helper threads may exist when qemu is forked with a preexec_fn.
+            choice = choose_accel()
             self.status.update(accel=choice.accel, accelReason=choice.reason)
             log.info("accel accel=%s reason=%r", choice.accel, choice.reason)
             cmd = build_command(
@@ -188,6 +190,8 @@ class Launcher:
             grace_period=cmd.spec.grace_period,
             force_stop=lambda: self.stop_requests > 1,
         )
+        if cmd.qmp_socket.parent != self.workdir:  # a short socket dir made by socket_dir_for
+            shutil.rmtree(cmd.qmp_socket.parent, ignore_errors=True)
         return self._report(outcome, supervisor)
 
     def _on_state(self, qemu_status: str) -> None:

@@ -308,8 +308,8 @@ def test_every_device_kind_is_accepted_by_qemu(tmp_path: Path) -> None:
             assert proc.returncode is None, (await proc.stderr.read()).decode() if proc.stderr else ""
             client = QMPClient("check")
             await client.connect(str(cmd.qmp_socket))
-            status = await client.execute("query-status")
-            blocks = await client.execute("query-block")
+            status: Any = await client.execute("query-status")
+            blocks: Any = await client.execute("query-block")
             qdevs = " ".join(str(b.get("qdev")) for b in blocks)
             for disk in ("disk-root", "disk-data", "disk-iso", "disk-scratch", "disk-cloudinit"):
                 assert disk in qdevs
@@ -439,3 +439,15 @@ class TestConsoleClient:
         assert console.socket_from(status) == Path("/run/x/serial0.sock")
         with pytest.raises(console.ConsoleError, match="cannot connect"):
             console.attach(tmp_path / "absent.sock", 0, 1)
+
+
+@pytest.mark.slow
+def test_efi_secure_boot_firmware_runs(launch: Callable[..., Launcher], boot_disks: dict[str, Path]) -> None:
+    """OVMF with secure boot starts, and refuses the unsigned EFI shell it finds (proof secure boot is on)."""
+    v = vmi_with(terminationGracePeriodSeconds=1)
+    v["spec"]["domain"]["firmware"] = {"bootloader": {"efi": {"secureBoot": True}}}
+    launcher = launch(v, {"root": boot_disks["normal"]})
+    launcher.wait_for("the EFI boot manager", lambda: "BdsDxe: failed to start" in launcher.console_text())
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.wait_exit() == 0
+    assert launcher.status()["reason"] == "StoppedAfterGracePeriod"  # firmware ignores the power button

@@ -199,7 +199,7 @@ def test_efi_firmware(disk_dir: Path, tmp_path: Path) -> None:
     v["spec"]["domain"]["firmware"] = {"bootloader": {"efi": {"secureBoot": False}}}
     cmd = build(v, disk_dir, tmp_path)
     pflash = [d for d in opt(cmd.argv, "-drive") if d.startswith("if=pflash")]
-    assert "readonly=on" in pflash[0] and pflash[0].endswith("OVMF_CODE.fd")
+    assert "readonly=on" in pflash[0] and pflash[0].endswith("OVMF_CODE_4M.fd")
     vars_path = tmp_path / "work" / "efi-vars.fd"
     assert pflash[1].endswith(f"file={vars_path}")
     v["spec"]["domain"]["firmware"] = {"bootloader": {"efi": {}}}  # KubeVirt: secure boot on by default
@@ -297,3 +297,15 @@ def test_no_network_when_autoattach_disabled(disk_dir: Path, tmp_path: Path) -> 
     v = vmi()
     v["spec"]["domain"]["devices"]["autoattachPodInterface"] = False
     assert opt(build(v, disk_dir, tmp_path).argv, "-netdev") == []
+
+
+def test_sockets_move_out_of_a_too_long_work_dir(tmp_path: Path) -> None:
+    from vm_runtime.qemu_cmd import socket_dir_for
+
+    assert socket_dir_for(tmp_path) == tmp_path
+    deep = tmp_path / ("d" * 100)
+    short = socket_dir_for(deep)
+    try:
+        assert short != deep and len(str(short / "serial0.sock")) < 108 and short.is_dir()
+    finally:
+        short.rmdir()
