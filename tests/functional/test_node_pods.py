@@ -1,0 +1,210 @@
+"""Pod runner of the local node against a real API server: env, volumes, status, logs, restarts, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cdi.kube import CONFIGMAP, POD, PVC, SECRET, NotFound, Obj
+from tests.functional.test_node_fixtures import NS, NodeEnv, container_status, node_env, pod, pvc, secret
+
+__all__ = ["node_env"]
+
+REPORT = """
+import json, os, stat, sys
+mounts = json.loads(os.environ["CDI_VOLUME_MOUNTS"])
+secret_file = os.path.join(mounts["/secrets"], "password")
+report = {
+    "env": {k: v for k, v in os.environ.items() if k.isupper()},
+    "cwd": os.getcwd(),
+    "secret": open(secret_file).read(),
+    "secret_mode": oct(stat.S_IMODE(os.stat(secret_file).st_mode)),
+    "config": open(os.path.join(mounts["/config"], "sub", "g.txt")).read(),
+    "scratch_is_dir": os.path.isdir(mounts["/scratch"]),
+}
+print(json.dumps(report))
+open(os.environ["TERMINATION_MESSAGE_PATH"], "w").write("done-msg")
+"""
+
+
+def test_pod_sees_env_volumes_and_reports_status(node_env: NodeEnv) -> None:
+    c = node_env.client
+    c.create(SECRET, secret("creds", password="hunter2"))
+    c.create(CONFIGMAP, {"metadata": {"name": "settings", "namespace": NS}, "data": {"greeting": "hello"}})
+    c.create(PVC, pvc("env-data", "10Mi"))
+    c.create(PVC, pvc("env-blk", "4Mi", mode="Block"))
+    env = [
+        {"name": "PLAIN", "value": "v1"},
+        {"name": "EXPANDED", "value": "$(PLAIN)-x"},
+        {"name": "PASS", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+        {"name": "GREET", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+        {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": True}}},
+    ] + [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": f}}} for n, f in [
+        ("POD_NAME", "metadata.name"), ("POD_NS", "metadata.namespace"), ("POD_UID", "metadata.uid"),
+        ("NODE", "spec.nodeName"), ("POD_IP", "status.podIP")]]
+    volumes = [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "env-data"}},
+        {"name": "blk", "persistentVolumeClaim": {"claimName": "env-blk"}},
+        {"name": "sec", "secret": {"secretName": "creds"}},
+        {"name": "cfg", "configMap": {"name": "settings", "items": [{"key": "greeting", "path": "sub/g.txt"}]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    container = {
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "sec", "mountPath": "/secrets"},
+                         {"name": "cfg", "mountPath": "/config"}, {"name": "tmp", "mountPath": "/scratch"}],
+        "volumeDevices": [{"name": "blk", "devicePath": "/dev/disk"}],
+    }
+    created = c.create(POD, pod("env", REPORT, env=env, volumes=volumes, container=container))
+    done = node_env.wait_pod_phase("env", "Succeeded", "Failed")
+    cs = container_status(done)
+    assert done["status"]["phase"] == "Succeeded", cs
+    term = cs["state"]["terminated"]
+    assert (term["exitCode"], term["reason"], term["message"]) == (0, "Completed", "done-msg")
+    assert cs["restartCount"] == 0 and cs["ready"] is False and cs["image"] == "quay.io/kubevirt/cdi-importer"
+    conditions = {x["type"]: x for x in done["status"]["conditions"]}
+    assert conditions["PodScheduled"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
+    assert done["status"]["podIP"] == "127.0.0.1" and done["status"]["startTime"]
+    assert "nodeName" not in done["spec"]
+
+    # The container's output through the real kubectl and the log provider.
+    out = node_env.cluster.kubectl("logs", "env")
+    report = json.loads(out.stdout)
+    e = report["env"]
+    assert (e["PLAIN"], e["EXPANDED"], e["PASS"], e["GREET"]) == ("v1", "v1-x", "hunter2", "hello")
+    assert "OPT" not in e
+    assert (e["POD_NAME"], e["POD_NS"], e["POD_UID"]) == ("env", NS, created["metadata"]["uid"])
+    assert (e["NODE"], e["POD_IP"]) == ("cdi-local", "127.0.0.1")
+    assert e["HOME"] == report["cwd"]
+    pvcs = {n: c.get(PVC, NS, n)["metadata"]["annotations"]["cdi.kubevirt.io/local-path"]
+            for n in ("env-data", "env-blk")}
+    mounts = json.loads(e["CDI_VOLUME_MOUNTS"])
+    assert mounts["/data"] == pvcs["env-data"] and mounts["/dev/disk"] == pvcs["env-blk"]
+    assert set(mounts) == {"/data", "/dev/disk", "/secrets", "/config", "/scratch"}
+    assert json.loads(e["CDI_VOLUME_CAPACITY"]) == {"/data": 10 << 20, "/dev/disk": 4 << 20}
+    assert (report["secret"], report["secret_mode"], report["config"]) == ("hunter2", "0o600", "hello")
+    assert report["scratch_is_dir"]
+
+
+def test_envfrom_prefix_keeps_key_case(node_env: NodeEnv) -> None:
+    # envFrom adds the prefix to the key as it is (no upper-casing), as kubelet does.
+    script = "import os; print(os.environ.get('CM_greeting'))"
+    node_env.client.create(POD, pod("envfrom", script, container={
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CM_"}]}))
+    node_env.wait_pod_phase("envfrom", "Succeeded")
+    assert node_env.cluster.kubectl("logs", "envfrom").stdout == "hello\n"
+
+
+def test_missing_secret_waits_with_config_error_until_created(node_env: NodeEnv) -> None:
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late", "key": "token"}}}]
+    node_env.client.create(POD, pod("waits", "import os; print(os.environ['TOKEN'])", env=env))
+    got = node_env.wait(POD, "waits", lambda p: "waiting" in container_status(p).get("state", {})
+                        and container_status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError")
+    assert container_status(got)["state"]["waiting"]["message"] == 'secret "late" not found'
+    assert got["status"]["phase"] == "Pending"
+    node_env.client.create(SECRET, secret("late", other="x"))
+    node_env.wait(POD, "waits", lambda p: "couldn't find key token in Secret default/late"
+                  in json.dumps(p.get("status")))
+    node_env.client.patch(SECRET, NS, "late", {"stringData": {"token": "t0k"}})
+    node_env.wait_pod_phase("waits", "Succeeded")
+    assert node_env.cluster.kubectl("logs", "waits").stdout == "t0k\n"
+
+
+def test_onfailure_restarts_with_backoff_until_success(node_env: NodeEnv) -> None:
+    script = ("import os,sys; n=int(open('count').read()) if os.path.exists('count') else 0; n+=1; "
+              "open('count','w').write(str(n)); print('run', n); sys.exit(0 if n >= 3 else 1)")
+    node_env.client.create(POD, pod("flaky", script, restart="OnFailure"))
+    done = node_env.wait_pod_phase("flaky", "Succeeded", "Failed", timeout=15)
+    cs = container_status(done)
+    assert done["status"]["phase"] == "Succeeded"
+    assert cs["restartCount"] == 2
+    assert cs["lastState"]["terminated"]["exitCode"] == 1 and cs["lastState"]["terminated"]["reason"] == "Error"
+    assert node_env.cluster.kubectl("logs", "flaky").stdout == "run 3\n"
+    assert node_env.cluster.kubectl("logs", "flaky", "--previous").stdout == "run 2\n"
+    assert any(e["reason"] == "BackOff" for e in node_env.events("flaky"))
+
+
+def test_never_ends_failed_with_message_from_logs(node_env: NodeEnv) -> None:
+    script = "import sys; print('line1'); print('boom', file=sys.stderr); sys.exit(3)"
+    node_env.client.create(POD, pod("fails", script, container={"terminationMessagePolicy": "FallbackToLogsOnError"}))
+    done = node_env.wait_pod_phase("fails", "Failed")
+    cs = container_status(done)
+    term = cs["state"]["terminated"]
+    assert (term["exitCode"], term["reason"], cs["restartCount"]) == (3, "Error", 0)
+    assert "boom" in term["message"]
+    assert node_env.cluster.kubectl("logs", "fails", "--tail=1").stdout == "boom\n"
+    bad = node_env.cluster.kubectl("logs", "fails", "--previous", check=False)
+    assert bad.returncode != 0 and "previous terminated container" in bad.stderr
+
+
+def test_logs_follow_streams_until_exit(node_env: NodeEnv) -> None:
+    script = "import time; print('first', flush=True); time.sleep(1.0); print('second')"
+    node_env.client.create(POD, pod("talker", script))
+    node_env.wait_pod_phase("talker", "Running")
+    started = time.monotonic()
+    out = node_env.cluster.kubectl("logs", "-f", "talker")
+    assert out.stdout == "first\nsecond\n"
+    assert time.monotonic() - started < 5
+
+
+def test_running_containers_stay_within_the_limit(node_env: NodeEnv, tmp_path: Path) -> None:
+    script = ("import os,time; d=os.environ['OUT']; s=time.time(); time.sleep(0.6); "
+              "open(os.path.join(d, os.environ['NAME']), 'w').write(f'{s} {time.time()}')")
+    names = [f"limit{i}" for i in range(5)]
+    for n in names:
+        node_env.client.create(POD, pod(n, script, env=[{"name": "OUT", "value": str(tmp_path)},
+                                                          {"name": "NAME", "value": n}]))
+    waiting = node_env.wait(POD, "limit4", lambda p: "limit" in json.dumps(p.get("status", {})))
+    assert container_status(waiting)["state"]["waiting"]["reason"] == "ContainerCreating"
+    assert waiting["status"]["phase"] == "Pending"
+    for n in names:
+        node_env.wait_pod_phase(n, "Succeeded", timeout=15)
+    spans = {n: tuple(map(float, (tmp_path / n).read_text().split())) for n in names}
+    for n, (start, _) in spans.items():
+        running = sum(1 for s, e in spans.values() if s <= start < e)
+        assert running <= 2, (n, spans)
+    starts = [spans[n][0] for n in names]
+    assert max(starts[:2]) < min(starts[2:]), "pods start in creation order"
+
+
+def test_deleting_a_pod_kills_its_process(node_env: NodeEnv, tmp_path: Path) -> None:
+    script = ("import os,signal,time\n"
+              "d=os.environ['OUT']\n"
+              "signal.signal(signal.SIGTERM, lambda *a: open(os.path.join(d,'term'),'w').write('1'))\n"
+              "open(os.path.join(d,'pid'),'w').write(str(os.getpid()))\n"
+              "while True: time.sleep(0.1)\n")
+    created = node_env.client.create(POD, pod("stubborn", script, env=[{"name": "OUT", "value": str(tmp_path)}],
+                                              terminationGracePeriodSeconds=1))
+    node_env.wait(POD, "stubborn", lambda _: (tmp_path / "pid").exists())
+    pid = int((tmp_path / "pid").read_text())
+    pod_dir = node_env.data_dir / "pods" / created["metadata"]["uid"]
+    assert pod_dir.is_dir()
+    node_env.client.delete(POD, NS, "stubborn")
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}"), "the process survived its pod"
+    assert (tmp_path / "term").exists(), "SIGTERM came first"
+    deadline = time.monotonic() + 2
+    while pod_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pod_dir.exists()
+    try:
+        node_env.client.get(POD, NS, "stubborn")
+        raise AssertionError("pod still there")
+    except NotFound:
+        pass
+
+
+def test_pod_waits_for_its_claim(node_env: NodeEnv) -> None:
+    spec = pod("needs-claim", "print('ok')", volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "later"}}],
+               container={"volumeMounts": [{"name": "d", "mountPath": "/data"}]})
+    node_env.client.create(POD, spec)
+    got = node_env.wait(POD, "needs-claim", lambda p: p.get("status", {}).get("conditions"))
+    cond: Obj = got["status"]["conditions"][0]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("PodScheduled", "False", "Unschedulable")
+    assert 'persistentvolumeclaim "later" not found' in cond["message"]
+    node_env.client.create(PVC, pvc("later", "1Mi"))
+    node_env.wait_pod_phase("needs-claim", "Succeeded")
