@@ -71,6 +71,9 @@ def runtime_dir() -> Path:
         base = os.path.join(xdg, "cdi") if xdg else os.path.join(tempfile.gettempdir(), f"cdi-{os.getuid()}")
     path = Path(base)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid != os.getuid():
+        # someone else's directory (e.g. a pre-created /tmp/cdi-N): do not trust what it holds
+        raise PermissionError(f"{path} is not owned by uid {os.getuid()}")
     return path
 
 
@@ -213,8 +216,12 @@ def choose_accel(*, qemu: str | None = None, use_cache: bool = True) -> AccelCho
         return AccelChoice(override, f"set by CDI_ACCEL={override}")
     qemu = qemu or qemu_binary()
     key = {"version": str(_CACHE_VERSION), "boot_id": _boot_id(), "qemu": _binary_key(qemu)}
-    cache = runtime_dir() / "accel-probe.json"
-    if use_cache:
+    try:
+        cache: Path | None = runtime_dir() / "accel-probe.json"
+    except OSError as e:
+        log.warning("accel cache unavailable error=%s", e)
+        cache = None
+    if use_cache and cache is not None:
         cached = _read_cache(cache, key)
         if cached is not None:
             log.debug("accel cached accel=%s", cached.accel)
@@ -232,7 +239,8 @@ def choose_accel(*, qemu: str | None = None, use_cache: bool = True) -> AccelCho
         choice.reason,
     )
     try:
-        _write_cache(cache, key, choice)
+        if cache is not None:
+            _write_cache(cache, key, choice)
     except OSError as e:
         log.warning("accel cache not written path=%s error=%s", cache, e)
     return choice
