@@ -204,8 +204,10 @@ class PodRunner:
                 rt.volumes = prepare_volumes(self.client, rt.pod, rt.dir / "volumes")
             except MountError as e:
                 log.info("[%s/%s] mount failed error=%s", rt.namespace, rt.name, e)
-                self.client.event(rt.pod, reason="FailedMount", type="Warning", component=COMPONENT,
-                                  message=f"MountVolume.SetUp failed: {e}")
+                if rt.containers and next(iter(rt.containers.values())).state.get("waiting", {}).get(
+                        "message") != str(e):  # one event per distinct failure, not one per retry
+                    self.client.event(rt.pod, reason="FailedMount", type="Warning", component=COMPONENT,
+                                      message=f"MountVolume.SetUp failed: {e}")
                 for c in rt.containers.values():
                     c.state = {"waiting": {"reason": "ContainerCreating", "message": str(e)}}
                 self.queue.add_after(rt.key, RETRY)

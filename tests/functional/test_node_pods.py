@@ -208,3 +208,40 @@ def test_pod_waits_for_its_claim(node_env: NodeEnv) -> None:
     assert 'persistentvolumeclaim "later" not found' in cond["message"]
     node_env.client.create(PVC, pvc("later", "1Mi"))
     node_env.wait_pod_phase("needs-claim", "Succeeded")
+
+
+def test_missing_secret_volume_keeps_the_pod_creating(node_env: NodeEnv) -> None:
+    script = "import json,os; print(open(json.loads(os.environ['CDI_VOLUME_MOUNTS'])['/s'] + '/k').read())"
+    node_env.client.create(POD, pod("mounts", script, volumes=[{"name": "s", "secret": {"secretName": "vol-late"}}],
+                                    container={"volumeMounts": [{"name": "s", "mountPath": "/s"}]}))
+    got = node_env.wait(POD, "mounts", lambda p: container_status(p).get("state", {}).get("waiting", {}).get(
+        "message") == 'secret "vol-late" not found')
+    assert container_status(got)["state"]["waiting"]["reason"] == "ContainerCreating"
+    node_env.client.create(SECRET, secret("vol-late", k="mounted"))
+    node_env.wait_pod_phase("mounts", "Succeeded")
+    assert node_env.cluster.kubectl("logs", "mounts").stdout == "mounted\n"
+    assert sum(e["reason"] == "FailedMount" for e in node_env.events("mounts")) == 1
+
+
+def test_pod_held_by_a_finalizer_is_stopped_and_reported_terminated(node_env: NodeEnv) -> None:
+    spec = pod("held", "import time; time.sleep(60)")
+    spec["metadata"]["finalizers"] = ["example.com/hold"]
+    node_env.client.create(POD, spec)
+    node_env.wait_pod_phase("held", "Running")
+    node_env.client.delete(POD, NS, "held")
+    got = node_env.wait(POD, "held", lambda p: "terminated" in container_status(p).get("state", {}))
+    term = container_status(got)["state"]["terminated"]
+    assert (term["exitCode"], term["signal"], got["status"]["phase"]) == (143, 15, "Failed")
+    node_env.client.patch(POD, NS, "held", {"metadata": {"finalizers": None}})
+    node_env.wait_gone(POD, "held")
+
+
+def test_always_restarts_even_after_success(node_env: NodeEnv) -> None:
+    node_env.client.create(POD, pod("loop", "print('tick')", restart="Always"))
+    got = node_env.wait(POD, "loop", lambda p: container_status(p).get("restartCount", 0) >= 2)
+    assert got["status"]["phase"] == "Running"
+    assert container_status(got)["lastState"]["terminated"]["reason"] == "Completed"
+    shown = node_env.cluster.kubectl("get", "pod", "loop").stdout
+    assert "loop" in shown
+    node_env.client.delete(POD, NS, "loop")
+    node_env.wait_gone(POD, "loop")
