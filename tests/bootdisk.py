@@ -9,6 +9,8 @@ syslinux, a Debian kernel and a busybox initramfs whose ``/init``
 * loads ``evdev`` and ``button`` and, before printing the marker (so the marker means "ready"),
   starts watching the ACPI power button: on a press (QMP ``system_powerdown``) it prints
   ``CDI-POWER-BUTTON`` and powers off;
+* prints ``cdi-cidata-begin``, the meta-data and user-data of any virtio disk holding a NoCloud
+  ISO, then ``cdi-cidata-end``, to test cloudInitNoCloud volumes end to end;
 * echoes each line typed on the console as ``cdi-echo: <line>`` and powers off on the line
   ``poweroff``, so a console client can be tested end to end.
 
@@ -41,7 +43,20 @@ PART_START_SECTOR = 2048
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 SYSLINUX_LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 BUSYBOX = Path("/bin/busybox")
-_RECIPE_VERSION = "5"  # bump when the layout or the init script changes
+_RECIPE_VERSION = "6"  # bump when the layout or the init script changes
+# Kernel modules put in the initramfs, in load order (Debian builds all of these as modules).
+MODULES = (
+    "drivers/input/evdev.ko",
+    "drivers/acpi/button.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/cdrom/cdrom.ko",
+    "fs/isofs/isofs.ko",
+)
 _MARKER_RE = re.compile(r"^[A-Za-z0-9._:=+-]{1,64}$")
 
 _INIT_TEMPLATE = r"""#!/bin/busybox sh
@@ -50,8 +65,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-insmod /lib/modules/evdev.ko 2>/dev/null
-insmod /lib/modules/button.ko 2>/dev/null
+for m in @MODULES@; do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 for ev in /sys/class/input/event*; do
   if [ "$(cat "$ev/device/name" 2>/dev/null)" = "Power Button" ]; then
     dev="/dev/${ev##*/}"
@@ -62,6 +76,13 @@ for ev in /sys/class/input/event*; do
       sleep 0.1; i=$((i+1))
     done
   fi
+done
+for d in /dev/vd?; do
+  [ -b "$d" ] && mount -t iso9660 -o ro "$d" /mnt 2>/dev/null || continue
+  if [ -f /mnt/user-data ]; then
+    echo "cdi-cidata-begin $d"; cat /mnt/meta-data /mnt/user-data; echo "cdi-cidata-end"
+  fi
+  umount /mnt
 done
 echo "@MARKER@"
 case " $(cat /proc/cmdline) " in
@@ -95,8 +116,7 @@ def _run(cmd: list[str], *, cwd: Path | None = None) -> bytes:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, check=False)
     if proc.returncode != 0:
         raise BootDiskError(
-            f"command {cmd!r} failed with exit code {proc.returncode}: "
-            f"{proc.stderr.decode(errors='replace').strip()}"
+            f"command {cmd!r} failed with exit code {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}"
         )
     return proc.stdout
 
@@ -126,13 +146,14 @@ def kernel_package() -> str:
     return match.group(1)
 
 
-def _kernel_files(package: str) -> tuple[Path, Path, Path]:
-    """Download ``package`` (never install it) and extract vmlinuz, evdev.ko and button.ko."""
+def _kernel_files(package: str) -> tuple[Path, list[Path]]:
+    """Download ``package`` (never install it) and extract vmlinuz and the ``MODULES``."""
     version = package.removeprefix("linux-image-")
     dest = cache_dir() / "kernel" / version
-    vmlinuz, evdev, button = dest / "vmlinuz", dest / "evdev.ko", dest / "button.ko"
-    if vmlinuz.exists() and evdev.exists() and button.exists():
-        return vmlinuz, evdev, button
+    vmlinuz = dest / "vmlinuz"
+    modules = [dest / Path(m).name for m in MODULES]
+    if vmlinuz.exists() and all(m.exists() for m in modules):
+        return vmlinuz, modules
     debs = cache_dir() / "debs"
     debs.mkdir(exist_ok=True)
     found = sorted(debs.glob(f"{package}_*.deb"))
@@ -144,12 +165,11 @@ def _kernel_files(package: str) -> tuple[Path, Path, Path]:
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         _run(["dpkg-deb", "-x", str(found[-1]), tmp])
         root = Path(tmp)
-        mods = root / "lib" / "modules" / version / "kernel"
         dest.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mods / "drivers" / "input" / "evdev.ko", evdev)
-        shutil.copyfile(mods / "drivers" / "acpi" / "button.ko", button)
+        for rel, target in zip(MODULES, modules, strict=True):
+            shutil.copyfile(root / "lib" / "modules" / version / "kernel" / rel, target)
         shutil.copyfile(root / "boot" / f"vmlinuz-{version}", vmlinuz)
-    return vmlinuz, evdev, button
+    return vmlinuz, modules
 
 
 def _cpio_entry(
@@ -165,21 +185,19 @@ def _cpio_entry(
     out.write(b"\0" * (-len(data) % 4))
 
 
-def build_initramfs(marker: str, evdev: Path, button: Path) -> bytes:
-    """A gzip-compressed cpio archive with busybox, the two modules and ``/init``."""
-    init = _INIT_TEMPLATE.replace("@MARKER@", marker).encode()
+def build_initramfs(marker: str, modules: list[Path]) -> bytes:
+    """A gzip-compressed cpio archive with busybox, the kernel modules and ``/init``."""
+    order = " ".join(m.stem for m in modules)
+    init = _INIT_TEMPLATE.replace("@MARKER@", marker).replace("@MODULES@", order).encode()
     buf = io.BytesIO()
     ino = iter(range(1, 1000))
-    for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "etc", "tmp"):
+    for d in ("bin", "dev", "proc", "sys", "lib", "lib/modules", "etc", "tmp", "mnt"):
         _cpio_entry(buf, d, mode=stat.S_IFDIR | 0o755, ino=next(ino))
     _cpio_entry(buf, "dev/console", mode=stat.S_IFCHR | 0o600, ino=next(ino), rdev=(5, 1))
     _cpio_entry(buf, "bin/busybox", mode=stat.S_IFREG | 0o755, data=BUSYBOX.read_bytes(), ino=next(ino))
-    _cpio_entry(
-        buf, "lib/modules/evdev.ko", mode=stat.S_IFREG | 0o644, data=evdev.read_bytes(), ino=next(ino)
-    )
-    _cpio_entry(
-        buf, "lib/modules/button.ko", mode=stat.S_IFREG | 0o644, data=button.read_bytes(), ino=next(ino)
-    )
+    for module in modules:
+        data = module.read_bytes()
+        _cpio_entry(buf, f"lib/modules/{module.name}", mode=stat.S_IFREG | 0o644, data=data, ino=next(ino))
     _cpio_entry(buf, "init", mode=stat.S_IFREG | 0o755, data=init, ino=next(ino))
     _cpio_entry(buf, "TRAILER!!!", mode=0, ino=0)
     return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
@@ -259,9 +277,9 @@ def build_boot_disk(dest_dir: Path | str, marker: str = "CDI-BOOT-OK", *, powero
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cached = cache_dir() / "disks" / f"boot-{key}.img"
     if not cached.exists():
-        vmlinuz, evdev, button = _kernel_files(package)
+        vmlinuz, modules = _kernel_files(package)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _assemble(cached, vmlinuz=vmlinuz, initrd=build_initramfs(marker, evdev, button), extra_cmdline=extra)
+        _assemble(cached, vmlinuz=vmlinuz, initrd=build_initramfs(marker, modules), extra_cmdline=extra)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "disk.img"

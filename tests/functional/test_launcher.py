@@ -451,3 +451,25 @@ def test_efi_secure_boot_firmware_runs(launch: Callable[..., Launcher], boot_dis
     launcher.proc.send_signal(signal.SIGTERM)
     assert launcher.wait_exit() == 0
     assert launcher.status()["reason"] == "StoppedAfterGracePeriod"  # firmware ignores the power button
+
+
+@pytest.mark.slow
+def test_cloud_init_nocloud_reaches_the_guest(launch: Callable[..., Launcher], boot_disks: dict[str, Path]) -> None:
+    """The guest finds the cidata ISO on its second virtio disk and reads meta-data and user-data."""
+    v = vmi_with(
+        volumes=[
+            {"name": "root", "dataVolume": {"name": "root-dv"}},
+            {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#cloud-config\nhostname: cdi-guest\n"}},
+        ]
+    )
+    v["spec"]["domain"]["devices"]["disks"].append({"name": "cloudinit", "disk": {"bus": "virtio"}})
+    launcher = launch(v, {"root": boot_disks["normal"]})
+    launcher.wait_for("the marker", lambda: MARKER in launcher.console_text())
+    text = launcher.console_text().replace("\r", "")
+    begin, end = text.find("cdi-cidata-begin /dev/vdb"), text.find("cdi-cidata-end")
+    assert 0 <= begin < end, text[-2000:]
+    seen = text[begin:end]
+    assert "instance-id: testvm.default" in seen and "local-hostname: testvm" in seen
+    assert "#cloud-config\nhostname: cdi-guest\n" in seen
+    launcher.proc.send_signal(signal.SIGTERM)
+    assert launcher.wait_exit() == 0
