@@ -1,6 +1,7 @@
 """Pod runner of the local node: runs the containers of pods as local processes, as kubelet would.
 
-A pod whose PersistentVolumeClaims are all Bound is scheduled here (condition PodScheduled, hostIP,
+A pod whose PersistentVolumeClaims are all Bound (and whose ``spec.nodeName``, if set, names this
+node) is scheduled here (condition PodScheduled, hostIP,
 podIP 127.0.0.1, startTime); ``spec`` stays untouched. It is then admitted when a slot is free: at
 most ``max_running_pods`` containers run at once, and waiting pods (``ContainerCreating`` with a
 message saying the node is at its limit) are admitted in creation order. Each container of
@@ -138,6 +139,9 @@ class PodRunner:
             rt = None
         if pod is None or self._stopping.is_set():
             return
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name and node_name != self.settings.node_name:
+            return  # bound to another node: not ours to run
         if rt is None:
             rt = self._restore(pod)
             with self._lock:

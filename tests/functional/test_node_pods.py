@@ -245,3 +245,21 @@ def test_always_restarts_even_after_success(node_env: NodeEnv) -> None:
     assert "loop" in shown
     node_env.client.delete(POD, NS, "loop")
     node_env.wait_gone(POD, "loop")
+
+
+def test_logs_of_each_container_of_a_two_container_pod(node_env: NodeEnv) -> None:
+    spec = pod("two", "print('from a')")
+    spec["spec"]["containers"].append({"name": "b", "image": "x", "command": ["python3", "-c", "print('from b')"]})
+    node_env.client.create(POD, spec)
+    done = node_env.wait_pod_phase("two", "Succeeded")
+    assert [s["name"] for s in done["status"]["containerStatuses"]] == ["main", "b"]
+    assert node_env.cluster.kubectl("logs", "two", "-c", "main").stdout == "from a\n"
+    assert node_env.cluster.kubectl("logs", "two", "-c", "b").stdout == "from b\n"
+    assert node_env.cluster.kubectl("logs", "two").stdout == "from a\n"  # kubectl defaults to the first
+
+
+def test_pod_bound_to_another_node_is_left_alone(node_env: NodeEnv) -> None:
+    node_env.client.create(POD, pod("elsewhere", "print('no')", nodeName="other-node"))
+    time.sleep(0.5)
+    assert "containerStatuses" not in node_env.client.get(POD, NS, "elsewhere").get("status", {})
+    node_env.client.delete(POD, NS, "elsewhere")
