@@ -263,3 +263,20 @@ def test_pod_bound_to_another_node_is_left_alone(node_env: NodeEnv) -> None:
     time.sleep(0.5)
     assert "containerStatuses" not in node_env.client.get(POD, NS, "elsewhere").get("status", {})
     node_env.client.delete(POD, NS, "elsewhere")
+
+
+def test_the_importer_runs_as_a_pod_and_writes_its_volume(node_env: NodeEnv) -> None:
+    # The pod a DataVolume controller creates for a blank image, run by the node with our importer.
+    node_env.client.create(PVC, pvc("blank-blk", "8Mi", mode="Block"))
+    container = {"name": "importer", "image": "quay.io/kubevirt/cdi-importer", "command": ["python3", "-m", "importer"],
+                 "env": [{"name": "IMPORTER_SOURCE", "value": "none"}, {"name": "IMPORTER_IMAGE_SIZE", "value": "8Mi"}],
+                 "volumeDevices": [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}]}
+    node_env.client.create(POD, {"metadata": {"name": "importer-blank", "namespace": NS}, "spec": {
+        "restartPolicy": "OnFailure", "containers": [container],
+        "volumes": [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": "blank-blk"}}]}})
+    done = node_env.wait_pod_phase("importer-blank", "Succeeded", "Failed", timeout=20)
+    term = container_status(done)["state"]["terminated"]
+    assert done["status"]["phase"] == "Succeeded", term
+    assert json.loads(term["message"])["ok"] is True
+    image = Path(node_env.client.get(PVC, NS, "blank-blk")["metadata"]["annotations"]["cdi.kubevirt.io/local-path"])
+    assert image.stat().st_size == 8 << 20
