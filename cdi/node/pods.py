@@ -97,10 +97,15 @@ class PodRunner:
             return self._pods.get((namespace, name))
 
     def claim_in_use(self, namespace: str, claim: str) -> bool:
-        """A live process of a pod on this node uses the claim."""
+        """A pod on this node runs with the claim, or will (scheduled, not finished, not being deleted)."""
         with self._lock:
             runtimes = list(self._pods.values()) + list(self._dying.values())
-        return any(rt.namespace == namespace and claim in rt.claims and rt.live for rt in runtimes)
+
+        def uses(rt: PodRuntime) -> bool:
+            pending = rt.scheduled and not rt.terminating and not all(c.finished for c in rt.containers.values())
+            return rt.live or pending
+
+        return any(rt.namespace == namespace and claim in rt.claims and uses(rt) for rt in runtimes)
 
     def claim_changed(self, namespace: str, claim: str) -> None:
         """A claim got bound: look again at the pods waiting for it."""

@@ -9,8 +9,9 @@ provisioner and the PV controller would together: the finalizer ``cdi.kubevirt.i
 status ``Bound`` with ``capacity.storage`` and ``accessModes``.
 
 A claim larger than the free space of the data directory's filesystem stays Pending with a
-``ProvisioningFailed`` event and is retried with back-off. A deleted claim keeps its data until no
-live process of a pod on this node uses it; then the data goes and the finalizer is removed.
+``ProvisioningFailed`` event and is retried with back-off. A deleted claim keeps its data while a pod
+on this node runs with it or is scheduled to (kube's pvc-protection); then the data goes and the
+finalizer is removed.
 """
 
 from __future__ import annotations

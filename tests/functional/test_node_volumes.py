@@ -30,7 +30,8 @@ def test_filesystem_claim_is_bound_to_a_directory(node_env: NodeEnv) -> None:
     assert FINALIZER in got["metadata"]["finalizers"]
     assert got["status"]["capacity"] == {"storage": "64Mi"}
     assert got["status"]["accessModes"] == ["ReadWriteOnce"]
-    assert any(e["reason"] == "ProvisioningSucceeded" for e in node_env.events("fs1"))
+    # The event follows the status update.
+    node_env.wait(PVC, "fs1", lambda _: any(e["reason"] == "ProvisioningSucceeded" for e in node_env.events("fs1")))
 
 
 def test_block_claim_gets_a_sparse_file_of_exactly_its_size(node_env: NodeEnv) -> None:
