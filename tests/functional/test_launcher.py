@@ -182,6 +182,8 @@ def test_boot_console_and_sigterm(launch: Callable[..., Launcher], boot_disks: d
     assert b"cdi-echo: hello-console" in seen
     assert why == "escape"
     assert "cdi-echo: hello-console" in launcher.console_text()  # the log saw it too
+    why, seen = talk_through_console(Path(status["consoleSocket"]), "second-visit", "cdi-echo: second-visit")
+    assert why == "escape" and b"cdi-echo: second-visit" in seen  # qemu listens again after a client left
     launcher.proc.send_signal(signal.SIGTERM)
     assert launcher.wait_exit() == 0
     status = launcher.status()
