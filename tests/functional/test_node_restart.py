@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdi.kube import POD, Client, Obj
+from tests.functional.apiserver_fixtures import KUBECTL
 from tests.functional.test_node_fixtures import NS, container_status, pod
 
 HARNESS = """
@@ -44,6 +45,7 @@ if os.path.exists(os.path.join(out, "marker")):
     print("second run")
     sys.exit(0)
 open(os.path.join(out, "marker"), "w").write("1")
+print("first run", flush=True)
 open(os.path.join(out, "pid"), "w").write(str(os.getpid()))
 time.sleep(60)
 """
@@ -122,3 +124,7 @@ def test_kill9_of_the_node_kills_its_pods_and_a_restart_runs_them_again(harness:
     assert cs["restartCount"] == 1
     assert cs["lastState"]["terminated"]["reason"] == "ContainerStatusUnknown"
     assert cs["state"]["terminated"]["reason"] == "Completed"
+    kubectl = [KUBECTL, "--kubeconfig", str(harness.data / "kubeconfig"), "logs", "sleeper"]
+    assert subprocess.run(kubectl, capture_output=True, text=True, check=True).stdout == "second run\n"
+    previous = subprocess.run([*kubectl, "--previous"], capture_output=True, text=True, check=True)
+    assert previous.stdout == "first run\n"
