@@ -42,6 +42,11 @@ class PathMap:
                 return self.mounts[mount] + path[len(mount):]
         return path
 
+    def below(self, path: str) -> list[str]:
+        """Host paths of ``path`` and of every mount inside it (e.g. /extraheaders/secret0)."""
+        prefix = path.rstrip("/") + "/"
+        return [self(path)] + [host for mount, host in sorted(self.mounts.items()) if mount.startswith(prefix)]
+
     def exists(self, path: str) -> bool:
         return path in self.mounts or os.path.exists(self(path))
 
@@ -64,11 +69,13 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         target = paths(BLOCK_PATH) if paths.exists(BLOCK_PATH) else paths(os.path.join(DATA_DIR, "disk.img"))
     size_text = env.get("IMPORTER_IMAGE_SIZE", "")
     headers = [parse_header(v) for k, v in sorted(env.items()) if k.startswith("IMPORTER_EXTRA_HEADER_")]
-    headers_dir = paths(env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR))
-    for path in sorted(glob.glob(os.path.join(headers_dir, "*", "*")) + glob.glob(os.path.join(headers_dir, "*"))):
-        if os.path.isfile(path):
-            with open(path) as f:
-                headers.append(parse_header(f.read().strip()))
+    seen: set[str] = set()
+    for headers_dir in paths.below(env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR)):
+        for path in sorted(glob.glob(os.path.join(headers_dir, "*", "*")) + glob.glob(os.path.join(headers_dir, "*"))):
+            if os.path.isfile(path) and not os.path.basename(path).startswith(".") and path not in seen:
+                seen.add(path)
+                with open(path) as f:
+                    headers.append(parse_header(f.read().strip()))
     ca_file = None
     cert_dir = env.get("IMPORTER_CERT_DIR")
     if cert_dir:

@@ -1,0 +1,96 @@
+"""Wires ``cdi serve`` together: API server, local node and controllers over one data directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from cdi.apiserver import Settings
+from cdi.apiserver.server import ApiServer
+from cdi.cli.serve import ServeConfig, _token
+from cdi.controller.manager import ControllerManager
+from cdi.controller.resources import ControllerSettings
+from cdi.fileserver import FileServer
+from cdi.kube import DATAVOLUME, AlreadyExists, ApiError, Client
+from cdi.node import LocalNode, NodeSettings
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig = self.data_dir / "kubeconfig"
+        settings = Settings(token=_token(self.data_dir), db_path=str(self.data_dir / "state.db"),
+                            watch_history=cfg.api.watch_history)
+        self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
+        self.node: LocalNode | None = None
+        self.manager: ControllerManager | None = None
+        self.fileserver: FileServer | None = None
+
+    def start(self) -> Runtime:
+        self.api.start()
+        self.api.write_kubeconfig(self.kubeconfig)
+        self.client = Client.from_kubeconfig(str(self.kubeconfig))
+        self.node = LocalNode(self.client, NodeSettings(
+            data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,
+            restart_backoff=self.cfg.node.restart_backoff))
+        self.api.set_log_provider(self.node.log_provider)
+        self.node.start()
+        c = self.cfg.controller
+        self.manager = ControllerManager(self.client, ControllerSettings(
+            importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
+            progress_interval=c.progress_interval), workers=c.workers).start()
+        return self
+
+    def stop(self) -> None:
+        if self.manager is not None:
+            self.manager.stop()
+        if self.node is not None:
+            self.node.stop()
+        if self.fileserver is not None:
+            self.fileserver.stop()
+        self.api.stop()
+
+    def start_demo(self) -> None:
+        """Serve the sample image and apply DataVolume ``demo`` importing it; report its phases."""
+        from cdi.cli.demo import sample_dir
+
+        self.fileserver = FileServer(sample_dir()).start()
+        url = self.fileserver.url("demo.qcow2")
+        manifest = {
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "demo", "namespace": "default"},
+            "spec": {"source": {"http": {"url": url}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}},
+        }
+        try:
+            self.client.create(DATAVOLUME, manifest)
+            print(f"demo: created DataVolume default/demo importing {url}", file=sys.stderr)
+        except AlreadyExists:
+            print("demo: DataVolume default/demo already exists (delete it to run the demo again)", file=sys.stderr)
+        threading.Thread(target=self._follow_demo, name="demo", daemon=True).start()
+
+    def _follow_demo(self) -> None:
+        last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                dv = self.client.get(DATAVOLUME, "default", "demo")
+            except ApiError:
+                return
+            status = dv.get("status") or {}
+            now = (status.get("phase"), status.get("progress"))
+            if now != last:
+                print(f"demo: dv/demo phase={now[0]} progress={now[1]}", file=sys.stderr, flush=True)
+                last = now
+            if now[0] in ("Succeeded", "Failed"):
+                digest = (dv["metadata"].get("annotations") or {}).get("cdi.kubevirt.io/storage.import.volumeDigest")
+                print(f"demo: done; volume digest {digest}\ndemo: try  kubectl --kubeconfig {self.kubeconfig} "
+                      "get dv,pvc  and  kubectl describe dv demo", file=sys.stderr, flush=True)
+                return
+            time.sleep(0.5)
