@@ -1,11 +1,11 @@
 """Boot-to-marker time: the launcher against the same qemu command started by hand.
 
-For each repetition, in alternation: (a) start ``python -m vm_runtime.launcher`` on the test disk
+For each repetition, in alternating order: (a) start ``python -m vm_runtime.launcher`` on the test disk
 and time until the guest's marker appears in the console log; (b) start the identical qemu argv
 (printed once, from ``vm_runtime.qemu_cmd.build_command``) and time the same. Prints medians and the
 launcher's overhead in seconds, plus the one-off cost of the KVM probe (paid once per host boot).
 
-    .venv/bin/python bench/bench_boot.py [--reps 5]
+    .venv/bin/python bench/bench_boot.py [--reps 6]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def run_by_hand(argv: list[str], log: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=6)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-boot-") as tmp:
         root = Path(tmp)
@@ -121,11 +121,14 @@ def main() -> None:
         for rep in range(args.reps):
             work = root / f"launcher-{rep}"
             work.mkdir()
+            if rep % 2:  # alternate the order, so a drift in the machine's load hits both sides alike
+                manual_times.append(run_by_hand(cmd.argv, cmd.console_log))
             marker, spawn, stop = run_launcher(work, disk_dir)
             launcher_times.append(marker)
             spawn_times.append(spawn)
             stop_times.append(stop)
-            manual_times.append(run_by_hand(cmd.argv, cmd.console_log))
+            if not rep % 2:
+                manual_times.append(run_by_hand(cmd.argv, cmd.console_log))
             print(
                 f"rep {rep + 1}: launcher {launcher_times[-1]:.2f} s, by hand {manual_times[-1]:.2f} s",
                 flush=True,
