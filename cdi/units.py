@@ -29,6 +29,14 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
+def format_quantity(n: int) -> str:
+    """Bytes as a Kubernetes quantity: ``1Gi``, ``1090Mi``, or plain bytes when not a whole KiB."""
+    for suffix, factor in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n and n % factor == 0:
+            return f"{n // factor}{suffix}"
+    return str(n)
+
+
 def format_size(n: int | float) -> str:
     """Human-readable binary size: ``1.5 GiB``."""
     value = float(n)

@@ -147,7 +147,6 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(cfg.as_dict(), indent=2))
         return 0
-    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     from cdi.cli.runtime import Runtime  # heavy imports only when serving
 
     stop = threading.Event()

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from cdi.units import parse_size
+from cdi.units import format_quantity, parse_size
 
 Obj = dict[str, Any]
 
@@ -80,7 +80,7 @@ def build_pvc(dv: Obj, settings: ControllerSettings) -> Obj:
         raise ValueError("the DataVolume requests no storage size")
     if use_storage and mode == "Filesystem" and settings.filesystem_overhead > 0:
         size = math.ceil(size / (1 - settings.filesystem_overhead) / ALIGN) * ALIGN
-    claim.setdefault("resources", {}).setdefault("requests", {})["storage"] = str(size)
+    claim.setdefault("resources", {}).setdefault("requests", {})["storage"] = format_quantity(size)
     if settings.storage_class and not claim.get("storageClassName"):
         claim["storageClassName"] = settings.storage_class
     meta = dv["metadata"]

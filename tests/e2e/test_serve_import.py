@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdi.kube import PVC
+from cdi.units import parse_size
 from importer.digest import volume_digest
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
@@ -62,7 +63,7 @@ def test_http_storage_import_reaches_succeeded(serve: Serve, files: HttpServer, 
     pvc = serve.client.get(PVC, "default", "http-storage")
     assert pvc["metadata"]["ownerReferences"][0]["kind"] == "DataVolume"
     # with the storage API the PVC grows by the filesystem overhead, the image keeps its size
-    assert int(pvc["spec"]["resources"]["requests"]["storage"]) > 64 << 20
+    assert parse_size(pvc["spec"]["resources"]["requests"]["storage"]) > 64 << 20
     described = serve.kubectl("describe", "dv", "http-storage").stdout
     assert "Succeeded" in described and "ImportScheduled" in described
 

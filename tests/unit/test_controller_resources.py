@@ -8,6 +8,7 @@ import pytest
 
 from cdi.controller.datavolume import latest_progress, termination
 from cdi.controller.resources import ControllerSettings, build_importer_pod, build_pvc, image_size
+from cdi.units import parse_size
 
 SETTINGS = ControllerSettings()
 
@@ -26,7 +27,7 @@ def bound(pvc: dict) -> dict:
 def test_storage_api_adds_filesystem_overhead_and_keeps_image_size() -> None:
     d = dv({"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "1Gi"}}}})
     pvc = build_pvc(d, SETTINGS)
-    size = int(pvc["spec"]["resources"]["requests"]["storage"])
+    size = parse_size(pvc["spec"]["resources"]["requests"]["storage"])
     assert size >= (1 << 30) / 0.94 and size % (1 << 20) == 0
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert pvc["metadata"]["ownerReferences"][0] == {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
@@ -39,7 +40,7 @@ def test_pvc_api_keeps_size_and_image_gets_usable_space() -> None:
     d = dv({"source": {"blank": {}}, "pvc": {"accessModes": ["ReadWriteMany"],
                                               "resources": {"requests": {"storage": "1Gi"}}}})
     pvc = build_pvc(d, SETTINGS)
-    assert pvc["spec"]["resources"]["requests"]["storage"] == str(1 << 30)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert image_size(d, bound(pvc), SETTINGS) == int((1 << 30) * 0.94) // 512 * 512
 
 
@@ -47,7 +48,7 @@ def test_block_volume_has_no_overhead_and_a_device() -> None:
     d = dv({"source": {"http": {"url": "http://h/x"}},
             "storage": {"volumeMode": "Block", "resources": {"requests": {"storage": "2Gi"}}}})
     pvc = bound(build_pvc(d, SETTINGS))
-    assert pvc["spec"]["resources"]["requests"]["storage"] == str(2 << 30)
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
     pod = build_importer_pod(d, pvc, SETTINGS)
     container = pod["spec"]["containers"][0]
     assert container["volumeDevices"] == [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}]
