@@ -6,8 +6,9 @@ serve``, the whole process) the kernel kills it, so no orphan outlives the node.
 follows the *forking thread*, which is why the pod runner spawns only from its long-lived workers.
 
 A ``ProcessRecord`` (pid and the process start time in clock ticks from ``/proc/<pid>/stat``)
-identifies a process across restarts of the node: ``kill_recorded`` kills a leftover only when the
-start time still matches, so a reused pid is never killed.
+identifies a process across restarts of the node: ``kill_recorded`` kills a leftover (and the rest
+of its session, which the death signal does not reach) only when the start time still matches, so
+a reused pid is never killed.
 """
 
 from __future__ import annotations
@@ -50,17 +51,6 @@ def start_ticks(pid: int) -> int | None:
     # The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
     fields = stat[stat.rindex(")") + 2:].split()
     return int(fields[19])
-
-
-def is_alive(record: ProcessRecord) -> bool:
-    """True while the recorded process exists and is not a zombie."""
-    if start_ticks(record.pid) != record.start_ticks:
-        return False
-    try:
-        state = Path(f"/proc/{record.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _child_setup(parent: int) -> Callable[[], None]:
@@ -126,18 +116,44 @@ def spawn(argv: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) ->
     return Process(popen)
 
 
+def _session_members(sid: int) -> list[int]:
+    """Pids of the live processes in session ``sid`` (field 6 of /proc/<pid>/stat)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # zombies are dead already
+            members.append(int(entry.name))
+    return members
+
+
 def kill_recorded(record: ProcessRecord) -> bool:
-    """SIGKILL a leftover process group from an earlier run of the node; True if it was alive."""
-    if start_ticks(record.pid) != record.start_ticks:
+    """SIGKILL what is left of a container's session from an earlier run of the node; True if any was.
+
+    PR_SET_PDEATHSIG reaches only the container's own process, so its children may outlive a
+    ``kill -9`` of the node. They stay in the session the container started (its sid is the recorded
+    pid), and the kernel does not hand out a pid still used as a session id, so: if the recorded pid
+    is the same process (same start time) or no process at all, every member of that session is ours.
+    """
+    ticks = start_ticks(record.pid)
+    if ticks is not None and ticks != record.start_ticks:
+        return False  # the pid now belongs to another process: its session is not ours
+    members = _session_members(record.pid)
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError) as e:
+            log.warning("cannot kill leftover pid=%d error=%s", pid, e)
+    if not members:
         return False
-    try:
-        os.killpg(record.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError) as e:
-        log.warning("cannot kill leftover pid=%d error=%s", record.pid, e)
-        return False
-    log.info("killed leftover process pid=%d", record.pid)
+    log.info("killed leftover processes session=%d pids=%s", record.pid, members)
     deadline = time.monotonic() + 5
-    while is_alive(record) and time.monotonic() < deadline:
+    while _session_members(record.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     return True
 

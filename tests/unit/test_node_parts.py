@@ -121,6 +121,26 @@ def test_kill_recorded_never_kills_a_reused_pid() -> None:
         proc.wait()
 
 
+def test_kill_recorded_takes_the_orphans_of_a_dead_leader(tmp_path: Path) -> None:
+    # The leader starts a grandchild in its session and dies: PDEATHSIG would not reach the grandchild.
+    pidfile = tmp_path / "child"
+    script = ("import subprocess,sys; p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(30)']); "
+              f"open({str(pidfile)!r},'w').write(str(p.pid))")
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    record = ProcessRecord(leader.pid, start_ticks(leader.pid) or 0)
+    leader.wait(10)
+    child = int(pidfile.read_text())
+    try:
+        assert start_ticks(child) is not None
+        assert kill_recorded(record)
+        assert start_ticks(child) is None or Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z"
+    finally:
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
+
+
 def test_kill_leftovers_kills_recorded_processes(tmp_path: Path) -> None:
     settings = NodeSettings(data_dir=tmp_path)
     proc = sleeper()
