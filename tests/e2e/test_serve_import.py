@@ -108,11 +108,16 @@ def test_secret_ref_cert_config_map_and_headers(serve: Serve, https_server: Http
 
 def test_watch_progress_and_importer_logs(serve: Serve, files: HttpServer, image_factory) -> None:
     files.add("/slow.raw", Route(path=str(image_factory.raw), rate=2 << 20))  # about 4 s
-    watcher = subprocess.Popen(["kubectl", "--kubeconfig", str(serve.kubeconfig), "get", "dv", "slow", "-w",
+    # watch all DataVolumes: "get dv slow -w" would fail if it started before the DataVolume exists
+    watcher = subprocess.Popen(["kubectl", "--kubeconfig", str(serve.kubeconfig), "get", "dv", "-w",
                                 "--request-timeout=60s"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, env={**os.environ, "HOME": str(serve.data_dir.parent)})
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(watcher.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    serve.apply(dv_manifest("watch-marker", {"blank": {}}, size="1Mi"))  # seen once the watch is running
+    deadline = time.monotonic() + 30
+    while not any(line.startswith("watch-marker") for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
     serve.apply(dv_manifest("slow", {"http": {"url": files.url("/slow.raw")}}, size="16Mi",
                             annotations={"cdi.kubevirt.io/storage.pod.retainAfterCompletion": "true"}))
     progress: set[str] = set()
