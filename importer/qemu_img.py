@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from importer.errors import FormatError, TemporaryError, ToolError, UnsafeImage
+from importer.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def binary() -> str:
 
 
 def _limits() -> None:  # runs in the child before exec
+    die_with_parent()
     resource.setrlimit(resource.RLIMIT_CPU, (INFO_CPU_SECONDS, INFO_CPU_SECONDS))
     resource.setrlimit(resource.RLIMIT_AS, (INFO_ADDRESS_SPACE, INFO_ADDRESS_SPACE))
 
@@ -152,7 +154,7 @@ def convert(
     cmd += [spec, dest]
     log.debug("running cmd=%s", cmd)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
     except FileNotFoundError as e:
         raise ToolError("qemu-img not found: install qemu-utils", cmd=cmd) from e
     stderr_chunks: list[bytes] = []

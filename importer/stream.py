@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import IO, Any, Protocol, cast
 
 from importer.errors import CapacityExceeded, Error, FormatError, SourceError, ToolError
+from importer.procutil import die_with_parent
 
 CHUNK = 1 << 20
 
@@ -278,7 +279,8 @@ class XzProcess:
         self.cmd = [xz, "-dc", f"-T{threads}", "--memlimit-mt=256MiB", "-q"]
         self.inner = inner
         self._proc = subprocess.Popen(
-            self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+            preexec_fn=die_with_parent,
         )
         self._error: BaseException | None = None
         self._feeder = threading.Thread(target=self._feed, name="xz-feed", daemon=True)
