@@ -17,36 +17,16 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from importer.errors import RestartFromZero, SourceError, TemporaryError
+from importer.http_options import HttpOptions, parse_header
 
 log = logging.getLogger(__name__)
 
+__all__ = ["HttpOptions", "HttpSource", "parse_header"]
+
 MAX_REDIRECTS = 10
 _NETWORK_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError)
-
-
-@dataclass
-class HttpOptions:
-    """How to reach an HTTP source: CDI's http source fields, as the importer receives them."""
-
-    user: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    insecure: bool = False
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    timeout: float = 30.0
-    retries: int = 5
-    backoff: float = 0.5
-
-
-def parse_header(text: str) -> tuple[str, str]:
-    """``'Name: value'`` to a pair; raises ValueError naming the bad header."""
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c in name for c in " \r\n"):
-        raise ValueError(f"invalid header {text!r}: write it as 'Name: value'")
-    return name.strip(), value.strip()
 
 
 class HttpSource:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from cdi.units import parse_size
 from importer.errors import PermanentError
-from importer.http_source import HttpOptions, parse_header
+from importer.http_options import HttpOptions, parse_header
 from importer.pipeline import ImportJob
 
 DATA_DIR = "/data"

@@ -13,7 +13,7 @@ import time
 from types import TracebackType
 
 from importer.errors import ToolError
-from importer.http_source import HttpOptions
+from importer.http_options import HttpOptions
 
 
 def available() -> bool:

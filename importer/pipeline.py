@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from importer import archive, checkpoint, formats, nbdkit, qemu_img
 from importer.digest import volume_digest
@@ -37,10 +37,13 @@ from importer.errors import (
     SourceError,
     UnsafeImage,
 )
-from importer.http_source import HttpOptions, HttpSource
+from importer.http_options import HttpOptions
 from importer.progress import Progress
 from importer.stream import CHUNK, FileSource, Peekable, ReadAhead, Reader, Tap, open_decompressor
 from importer.target import SparseWriter, Target, fallocate, remove_partial, resolve_target
+
+if TYPE_CHECKING:
+    from importer.http_source import HttpSource
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,8 @@ class Importer:
         scheme = urllib.parse.urlsplit(src).scheme
         source: HttpSource | FileSource
         if scheme in ("http", "https"):
+            from importer.http_source import HttpSource  # not loaded for blank and local jobs
+
             source = HttpSource(src, self.job.http)
             point = checkpoint.load(self.ckpt_path) if self.job.resume else None
             if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
@@ -249,7 +254,7 @@ class Importer:
             if self.fmt in ("raw", "iso"):
                 self._stream_raw(top, bottom, tap, hasher, source)
                 return
-            if not self.layers and isinstance(source, HttpSource) and self._can_convert_remotely(source):
+            if not self.layers and not isinstance(source, FileSource) and self._can_convert_remotely(source):
                 top.close()
                 self._convert_remote(source)
                 return
@@ -312,7 +317,7 @@ class Importer:
             )
         writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, resume_at=self.resumed_at)
         save_point = None
-        if (self.job.resume and not self.layers and isinstance(source, HttpSource) and source.accepts_ranges
+        if (self.job.resume and not self.layers and not isinstance(source, FileSource) and source.accepts_ranges
                 and source.validator):
             validator: str = source.validator
             url = self.job.source

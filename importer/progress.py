@@ -13,11 +13,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
-
-from tqdm import tqdm
+from typing import IO, TYPE_CHECKING, Any
 
 from cdi.units import format_size
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 @dataclass
@@ -148,6 +149,8 @@ class Progress:
     def _draw(self, snap: dict[str, Any]) -> None:
         phase = self.phases[-1]
         if self._bar is None or self._bar.desc != phase.name:
+            from tqdm import tqdm  # only a terminal needs it; it costs ~30 ms of start-up per worker
+
             if self._bar is not None:
                 self._bar.close()
             self._bar = tqdm(total=phase.total, desc=phase.name, unit="B", unit_scale=True,

@@ -13,7 +13,7 @@ import sys
 from cdi.units import format_size, parse_size
 from importer.digest import volume_digest
 from importer.errors import Error
-from importer.http_source import HttpOptions, parse_header
+from importer.http_options import HttpOptions, parse_header
 from importer.pipeline import ImportJob, parse_checksum, run_import
 from importer.progress import Progress
 
