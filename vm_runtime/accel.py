@@ -31,7 +31,7 @@ PROBE_MARKER = b"CDI-KVM-PROBE-OK"
 # A working KVM runs the probe in well under a second; on the PVM host SeaBIOS alone takes 4-5 s
 # before the guest fails (more when the machine is loaded), and the probe stops at that failure.
 PROBE_TIMEOUT = 20.0
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # bump when the probe changes, so earlier answers are probed again
 
 # Assembled from kvm_probe.S (see the build command there); padded to 510 bytes plus 0x55AA.
 _PROBE_HEX = (
