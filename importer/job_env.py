@@ -11,10 +11,10 @@ IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Mapping
 
+from cdi.podenv import MountsError, PathMap
 from cdi.units import parse_size
 from importer.errors import PermanentError
 from importer.http_options import HttpOptions, parse_header
@@ -25,32 +25,6 @@ BLOCK_PATH = "/dev/cdi-block-volume"
 EXTRA_HEADERS_DIR = "/extraheaders"
 
 
-class PathMap:
-    """Translates in-pod paths to host paths with the longest matching mount (identity without one)."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        text = env.get("CDI_VOLUME_MOUNTS", "")
-        try:
-            mounts = json.loads(text) if text else {}
-        except ValueError as e:
-            raise PermanentError(f"CDI_VOLUME_MOUNTS is not valid JSON: {e}") from e
-        self.mounts: dict[str, str] = {k.rstrip("/") or "/": v for k, v in mounts.items()}
-
-    def __call__(self, path: str) -> str:
-        for mount in sorted(self.mounts, key=len, reverse=True):
-            if path == mount or path.startswith(mount + "/"):
-                return self.mounts[mount] + path[len(mount):]
-        return path
-
-    def below(self, path: str) -> list[str]:
-        """Host paths of ``path`` and of every mount inside it (e.g. /extraheaders/secret0)."""
-        prefix = path.rstrip("/") + "/"
-        return [self(path)] + [host for mount, host in sorted(self.mounts.items()) if mount.startswith(prefix)]
-
-    def exists(self, path: str) -> bool:
-        return path in self.mounts or os.path.exists(self(path))
-
-
 def job_from_env(env: Mapping[str, str]) -> ImportJob:
     source = env.get("IMPORTER_SOURCE", "http")
     if source not in ("http", "file", "none"):
@@ -58,7 +32,10 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
     endpoint = env.get("IMPORTER_ENDPOINT", "")
     if not endpoint and source != "none":
         raise PermanentError("IMPORTER_ENDPOINT is empty: the job has no source URL")
-    paths = PathMap(env)
+    try:
+        paths = PathMap(env)
+    except MountsError as e:
+        raise PermanentError(str(e)) from e
     content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"
     target = env.get("IMPORTER_TARGET_PATH")
     if target:

@@ -18,6 +18,15 @@ launcher pod does. Everything comes from the environment:
     JSON status, rewritten atomically at each change (default ``<work dir>/launcher-status.json``).
 ``CDI_ACCEL``, ``CDI_QEMU_SYSTEM``, ``CDI_OVMF_DIR``, ``CDI_RUNTIME_DIR``
     See ``vm_runtime.accel`` and ``vm_runtime.qemu_cmd``.
+``CDI_VOLUME_MOUNTS``, ``TERMINATION_MESSAGE_PATH``
+    Set by the local node when the launcher runs as the ``compute`` container of a launcher pod:
+    every path above is then an in-pod path (e.g. ``/var/run/kubevirt-private/vmi-disks/disk0``)
+    and is translated to its host path through the mounts (``cdi.podenv.PathMap``). The final
+    status (a compact JSON subset) is written as the container's termination message.
+
+Every status change is also printed on stdout as one line ``{"launcherStatus": {...}}`` (the
+compact subset: phase, reason, message, accel, accelReason, exitCode), so a controller can follow the
+guest through the pod's log without access to the node's files.
 
 The status file holds ``phase`` (Scheduled, Running, Succeeded, Failed), ``reason`` (a CamelCase
 word) and ``message``, ``accel`` and ``accelReason``, ``qemuPid``, ``consoleSocket`` (connect one
@@ -45,6 +54,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cdi.podenv import MountsError, PathMap
 from vm_runtime.accel import choose_accel
 from vm_runtime.qemu_cmd import QemuCommand, VolumeError, build_command, prepare, socket_dir_for
 from vm_runtime.status import StatusFile
@@ -85,6 +95,30 @@ def load_vmi(environ: Mapping[str, str]) -> dict[str, Any]:
     return vmi
 
 
+REPORTED_FIELDS = ("phase", "reason", "message", "accel", "accelReason", "exitCode", "qemuExitCode")
+
+
+class ReportingStatus(StatusFile):
+    """The status file, also reported as JSON lines on stdout and, when final, as termination message."""
+
+    def __init__(self, path: Path, termination_path: str | None) -> None:
+        super().__init__(path)
+        self.termination_path = termination_path
+        self._last: dict[str, Any] = {}
+
+    def _write(self) -> None:
+        super()._write()
+        compact = {k: self.data[k] for k in REPORTED_FIELDS if k in self.data}
+        if compact != self._last:
+            self._last = compact
+            print(json.dumps({"launcherStatus": compact}, sort_keys=True), flush=True)
+        if self.termination_path and self.data.get("finishedAt"):
+            try:
+                Path(self.termination_path).write_text(json.dumps(compact, sort_keys=True)[:4000])
+            except OSError as e:
+                log.warning("cannot write the termination message path=%s error=%s", self.termination_path, e)
+
+
 def _die_with_parent() -> None:
     """In the qemu child: get SIGKILL if the launcher dies, so no guest outlives its launcher."""
     try:
@@ -96,13 +130,23 @@ def _die_with_parent() -> None:
 class Launcher:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
-        self.workdir = Path(environ.get("LAUNCHER_WORK_DIR") or os.getcwd()).absolute()
-        self.status = StatusFile(
-            Path(environ.get("LAUNCHER_STATUS_FILE") or self.workdir / "launcher-status.json")
+        try:
+            self.paths = PathMap(environ)
+            self.mounts_error = ""
+        except MountsError as e:
+            self.paths, self.mounts_error = PathMap({}), str(e)
+        self.workdir = Path(self._host(environ.get("LAUNCHER_WORK_DIR")) or os.getcwd()).absolute()
+        self.status = ReportingStatus(
+            Path(self._host(environ.get("LAUNCHER_STATUS_FILE")) or self.workdir / "launcher-status.json"),
+            environ.get("TERMINATION_MESSAGE_PATH"),
         )
-        self.console_log = Path(environ.get("GUEST_CONSOLE_LOG") or self.workdir / "guest-console.log")
+        self.console_log = Path(self._host(environ.get("GUEST_CONSOLE_LOG")) or self.workdir / "guest-console.log")
         self.stop_requests = 0
         self._stop_event = asyncio.Event()
+
+    def _host(self, path: str | None) -> str | None:
+        """The host path of an in-pod path (unchanged outside a local-node pod)."""
+        return self.paths(path) if path else None
 
     def request_stop(self, signum: int) -> None:
         self.stop_requests += 1
@@ -114,7 +158,7 @@ class Launcher:
         value = self.environ.get(var)
         if not value:
             raise VolumeError(f"volume {name!r} ({kind} {claim!r}) has no path: set {var}")
-        return Path(value)
+        return Path(self.paths(value))
 
     def fail(self, reason: str, message: str, code: int, **extra: Any) -> int:
         log.error("failed reason=%s message=%s", reason, message)
@@ -134,7 +178,10 @@ class Launcher:
             launcherPid=os.getpid(),
         )
         try:
-            vmi = load_vmi(self.environ)
+            if self.mounts_error:
+                raise ConfigError(self.mounts_error)
+            spec_file = self._host(self.environ.get("VMI_SPEC_FILE"))
+            vmi = load_vmi({**self.environ, "VMI_SPEC_FILE": spec_file} if spec_file else self.environ)
             # Synchronous on purpose: no helper threads may exist when qemu is forked with a preexec_fn.
             choice = choose_accel()
             self.status.update(accel=choice.accel, accelReason=choice.reason)
