@@ -327,17 +327,22 @@ class Objects:
         return out
 
     def _dependents(self, uid: str) -> list[tuple[ResourceKind, Obj]]:
-        return [
-            (k, o)
-            for k, o in self._all_objects()
-            if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
-        ]
+        out: list[tuple[ResourceKind, Obj]] = []
+        for key, obj in self.store.dependents(uid):
+            kind = self.registry.by_key(key)
+            if kind is not None:
+                out.append((kind, obj))
+        return out
 
     def _find_by_uid(self, uid: str | None, ns: str) -> tuple[ResourceKind, Obj] | None:
-        for kind, o in self._all_objects():
-            if o["metadata"]["uid"] == uid and (not kind.namespaced or o["metadata"].get("namespace") == ns):
-                return kind, o
-        return None
+        found = self.store.by_uid(uid) if uid else None
+        if found is None:
+            return None
+        kind = self.registry.by_key(found[0])
+        obj = found[1]
+        if kind is None or (kind.namespaced and obj["metadata"].get("namespace") != ns):
+            return None
+        return kind, obj
 
     def _drop_owner(self, kind: ResourceKind, dep: Obj, uid: str) -> None:
         dep = copy.deepcopy(dep)

@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS events (
     rv INTEGER PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL,
     type TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS uids (
+    uid TEXT PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT NOT NULL, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (owner, resource, namespace, name));
+CREATE INDEX IF NOT EXISTS owners_by_child ON owners (resource, namespace, name);
 """
 
 
@@ -117,6 +123,7 @@ class Store:
         self._rv = int(row[0]) if row else 1
         row = self._db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
         self._compacted = int(row[0]) if row else 0
+        self._index_existing()
         log.info("store opened path=%s rv=%d history=%d", path, self._rv, history)
 
     @property
@@ -150,6 +157,51 @@ class Store:
                 ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def by_uid(self, uid: str) -> tuple[str, Obj] | None:
+        """(resource, object) of the object with ``uid``: an index lookup, not a scan."""
+        with self.lock:
+            row = self._db.execute(
+                "SELECT o.resource, o.body FROM uids u JOIN objects o ON o.resource=u.resource "
+                "AND o.namespace=u.namespace AND o.name=u.name WHERE u.uid=?", (uid,)).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def dependents(self, owner_uid: str) -> list[tuple[str, Obj]]:
+        """(resource, object) of every object with an ownerReference to ``owner_uid``."""
+        with self.lock:
+            rows = self._db.execute(
+                "SELECT o.resource, o.body FROM owners w JOIN objects o ON o.resource=w.resource "
+                "AND o.namespace=w.namespace AND o.name=w.name WHERE w.owner=? ORDER BY o.resource, o.name",
+                (owner_uid,)).fetchall()
+        return [(r[0], json.loads(r[1])) for r in rows]
+
+    def _index(self, resource: str, namespace: str, name: str, obj: Obj | None) -> None:
+        """Keep the uid and owner indexes in step with the objects table (inside a transaction)."""
+        self._db.execute("DELETE FROM owners WHERE resource=? AND namespace=? AND name=?", (resource, namespace, name))
+        self._db.execute("DELETE FROM uids WHERE resource=? AND namespace=? AND name=?", (resource, namespace, name))
+        if obj is None:
+            return
+        meta = obj.get("metadata") or {}
+        if meta.get("uid"):
+            self._db.execute("INSERT OR REPLACE INTO uids (uid, resource, namespace, name) VALUES (?,?,?,?)",
+                             (meta["uid"], resource, namespace, name))
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("uid"):
+                self._db.execute("INSERT OR IGNORE INTO owners (owner, resource, namespace, name) VALUES (?,?,?,?)",
+                                 (ref["uid"], resource, namespace, name))
+
+    def _index_existing(self) -> None:
+        """Build the indexes for a database written before they existed."""
+        with self.lock:
+            if self._db.execute("SELECT COUNT(*) FROM uids").fetchone()[0]:
+                return
+            rows = self._db.execute("SELECT resource, namespace, name, body FROM objects").fetchall()
+            if not rows:
+                return
+            self._db.execute("BEGIN")
+            for resource, namespace, name, body in rows:
+                self._index(resource, namespace, name, json.loads(body))
+            self._db.execute("COMMIT")
+
     def count_namespace(self, namespace: str) -> int:
         with self.lock:
             row = self._db.execute("SELECT COUNT(*) FROM objects WHERE namespace=?", (namespace,)).fetchone()
@@ -167,6 +219,7 @@ class Store:
                     "INSERT OR REPLACE INTO objects (resource, namespace, name, rv, body) VALUES (?,?,?,?,?)",
                     (resource, namespace, name, rv, body),
                 )
+                self._index(resource, namespace, name, obj)
                 self._record(rv, resource, namespace, event_type, body)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -187,6 +240,7 @@ class Store:
                     "DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
                     (resource, namespace, name),
                 )
+                self._index(resource, namespace, name, None)
                 self._record(rv, resource, namespace, "DELETED", body)
                 self._db.execute("COMMIT")
             except BaseException:
