@@ -19,6 +19,26 @@ _ZERO = bytes(BLOCK)
 _ZERO_LEAF = hashlib.sha256(_ZERO).digest()
 
 
+def zero_leaf(n: int) -> bytes:
+    return _ZERO_LEAF if n == BLOCK else hashlib.sha256(_ZERO[:n]).digest()
+
+
+def leaf(view: memoryview | bytes) -> bytes:
+    """The hash of one block (all-zero blocks cost a memcmp, not a hash)."""
+    n = len(view)
+    if n == BLOCK and bytes(view[:64]) == _ZERO[:64] and view == _ZERO:
+        return _ZERO_LEAF
+    return hashlib.sha256(view).digest()
+
+
+def combine(size: int, leaves: list[bytes]) -> str:
+    """The digest of a volume of ``size`` bytes from its block hashes, in order."""
+    root = hashlib.sha256(struct.pack(">Q", size))
+    for item in leaves:
+        root.update(item)
+    return f"{PREFIX}:{root.hexdigest()}"
+
+
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """(start, end) ranges that may hold data, block-aligned; the whole file where SEEK_DATA fails."""
     extents: list[tuple[int, int]] = []

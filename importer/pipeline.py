@@ -125,6 +125,7 @@ class Importer:
         self.phase_times: dict[str, float] = {}
         self.source_sum: str | None = None
         self.resumed_at = 0
+        self.inline_digest: str | None = None  # taken while writing, when the writer could
         self.ckpt_path = checkpoint.path_for(self.target.path, self.target.kind, job.scratch_dir)
 
     # -- driver -----------------------------------------------------------------------------------
@@ -171,9 +172,10 @@ class Importer:
         if self.archive or self.target.capacity is None:
             raise PermanentError("a blank image needs a volume size (IMPORTER_IMAGE_SIZE) and kubevirt content")
         self.fmt = "raw"
-        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed)
+        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, digest=True)
         try:
             writer.finish()
+            self.inline_digest = writer.digest
         finally:
             writer.close()
         self.virtual_size = self.target.capacity
@@ -315,7 +317,8 @@ class Importer:
             raise CapacityExceeded(
                 f"image virtual size {source.size} is larger than the volume capacity {self.target.capacity}"
             )
-        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, resume_at=self.resumed_at)
+        writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, resume_at=self.resumed_at,
+                              digest=True, drop_cache=True)
         save_point = None
         if (self.job.resume and not self.layers and not isinstance(source, FileSource) and source.accepts_ranges
                 and source.validator):
@@ -332,6 +335,7 @@ class Importer:
             _drain(bottom)
             self._check_sum(hasher)
             self.virtual_size = writer.finish()
+            self.inline_digest = writer.digest
             if writer.vhd_fixed:
                 self.fmt = "vpc"
         finally:
@@ -448,6 +452,8 @@ class Importer:
     def _verify(self) -> str | None:
         if self.archive:
             return None
+        if self.inline_digest is not None:
+            return self.inline_digest
         started = time.monotonic()
         self.progress.start_phase("verify", None)
         digest = volume_digest(self.target.path, self.target.capacity)

@@ -276,7 +276,8 @@ class XzProcess:
 
     def __init__(self, inner: Reader, *, threads: int = 0) -> None:
         xz = os.environ.get("CDI_XZ", shutil.which("xz") or "xz")
-        self.cmd = [xz, "-dc", f"-T{threads}", "--memlimit-mt=256MiB", "-q"]
+        # 96 MiB keeps two decoder threads on xz -6 blocks (24 MiB) while bounding memory (bench/RESULTS.md)
+        self.cmd = [xz, "-dc", f"-T{threads}", "--memlimit-mt=96MiB", "-q"]
         self.inner = inner
         self._proc = subprocess.Popen(
             self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
@@ -288,6 +289,7 @@ class XzProcess:
 
     def _feed(self) -> None:
         assert self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         try:
@@ -295,7 +297,9 @@ class XzProcess:
                 n = self.inner.readinto(view)
                 if not n:
                     break
-                self._proc.stdin.write(view[:n])
+                done = 0
+                while done < n:  # os.write may write part of the buffer (e.g. when a signal arrives)
+                    done += os.write(fd, view[done:n])
         except BrokenPipeError:
             pass
         except BaseException as e:

@@ -16,6 +16,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from importer import digest as vdigest
 from importer.errors import CapacityExceeded, PermanentError
 from importer.formats import vhd_fixed_footer_size
 
@@ -29,6 +30,13 @@ FALLOC_FL_ZERO_RANGE = 0x10
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+# Writeback starts every WINDOW bytes instead of all at the final fsync; with ``drop_cache`` the window
+# before is waited for and dropped from the page cache, so a large import does not fill the cache.
+WINDOW = 64 << 20
+DIGEST_BLOCK = vdigest.BLOCK
+_ZERO_DIGEST_BLOCK = bytes(DIGEST_BLOCK)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -88,7 +96,8 @@ class SparseWriter:
     data plus a 512-byte footer, recognised and cut in ``finish()``.
     """
 
-    def __init__(self, target: Target, *, device_zeroed: bool = False, resume_at: int = 0) -> None:
+    def __init__(self, target: Target, *, device_zeroed: bool = False, resume_at: int = 0,
+                 digest: bool = False, drop_cache: bool = False) -> None:
         self.target = target
         self.capacity = target.capacity
         flags = os.O_RDWR | os.O_CLOEXEC
@@ -106,6 +115,14 @@ class SparseWriter:
         self._device_zeroed = device_zeroed or target.kind == "file"
         self._spill = bytearray()  # bytes past the capacity, at most 512
         self.vhd_fixed = False
+        self._drop_cache = drop_cache
+        self._started_to = self._dropped_to = resume_at  # writeback windows
+        # the volume digest, computed while writing: one hash per 1 MiB block (None: not possible)
+        self._leaves: list[bytes] | None = [] if digest and resume_at % DIGEST_BLOCK == 0 else None
+        self._tail: bytes | None = None  # a last, partial digest block
+        self.digest: str | None = None
+        if self._leaves is not None and resume_at:
+            self._leaves = self._read_leaves(resume_at)
 
     def write(self, buf: bytes | bytearray, n: int | None = None) -> None:
         """Write ``buf[:n]`` at the current offset. ``buf`` is a bytes-like object supporting
@@ -121,6 +138,8 @@ class SparseWriter:
                 )
             self._spill += buf[room:n]
             n = room
+        if self._leaves is not None:
+            self._hash(buf, n)
         pos = 0
         while pos < n:
             end = min(pos + BLOCK, n)
@@ -136,6 +155,62 @@ class SparseWriter:
                 self._flush_zeros()
                 self._pwrite(memoryview(buf)[pos:end])
             pos = end
+        self._writeback()
+
+    def _hash(self, buf: bytes | bytearray, n: int) -> None:
+        assert self._leaves is not None
+        if self._tail is not None or self.offset % DIGEST_BLOCK:
+            self._leaves = None  # writes not aligned to digest blocks: the digest is taken afterwards
+            return
+        view = memoryview(buf)
+        pos = 0
+        while pos + DIGEST_BLOCK <= n:
+            if buf.startswith(_ZERO_DIGEST_BLOCK, pos):
+                self._leaves.append(vdigest.zero_leaf(DIGEST_BLOCK))
+            else:
+                self._leaves.append(vdigest.leaf(view[pos:pos + DIGEST_BLOCK]))
+            pos += DIGEST_BLOCK
+        if pos < n:
+            self._tail = bytes(view[pos:n])
+
+    def _read_leaves(self, length: int) -> list[bytes]:
+        """Block hashes of what an interrupted run already wrote (a resumed import)."""
+        leaves = []
+        buf = bytearray(DIGEST_BLOCK)
+        for off in range(0, length, DIGEST_BLOCK):
+            got = os.preadv(self.fd, [buf], off)
+            if got < DIGEST_BLOCK:
+                buf[got:] = bytes(DIGEST_BLOCK - got)
+            leaves.append(vdigest.leaf(memoryview(buf)))
+        return leaves
+
+    def _finish_digest(self, final: int) -> None:
+        if self._leaves is None or self.vhd_fixed:
+            return
+        leaves = self._leaves
+        pos = len(leaves) * DIGEST_BLOCK
+        if self._tail is not None:
+            size = min(DIGEST_BLOCK, final - pos)
+            leaves.append(vdigest.leaf(self._tail + bytes(size - len(self._tail))))
+            pos += size
+        while pos < final:
+            size = min(DIGEST_BLOCK, final - pos)
+            leaves.append(vdigest.zero_leaf(size))
+            pos += size
+        self.digest = vdigest.combine(final, leaves)
+
+    def _writeback(self) -> None:
+        """Start writing the last window to disk; with drop_cache, release the one before."""
+        if self.offset - self._started_to < WINDOW:
+            return
+        _libc.sync_file_range(self.fd, self._started_to, self.offset - self._started_to, SYNC_FILE_RANGE_WRITE)
+        if self._drop_cache and self._started_to > self._dropped_to:
+            length = self._started_to - self._dropped_to
+            _libc.sync_file_range(self.fd, self._dropped_to, length,
+                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+            os.posix_fadvise(self.fd, self._dropped_to, length, os.POSIX_FADV_DONTNEED)
+            self._dropped_to = self._started_to
+        self._started_to = self.offset
 
     def sync(self) -> int:
         """Make everything up to ``offset`` durable; returns that offset (a resume point)."""
@@ -202,6 +277,7 @@ class SparseWriter:
                 f"(it has {image_size} bytes)"
             )
         final = self.capacity if self.capacity is not None else image_size
+        self._finish_digest(final)
         self.offset = max(self.offset, image_size)
         if self.target.kind == "file":
             os.ftruncate(self.fd, final)

@@ -14,12 +14,7 @@ import sys
 import tempfile
 from importlib import resources
 
-from cdi.fileserver import FileServer
 from cdi.units import format_size
-from importer.digest import volume_digest
-from importer.errors import Error
-from importer.pipeline import ImportJob, run_import
-from importer.progress import Progress
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +28,12 @@ def sample_dir() -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from cdi.fileserver import FileServer
+    from importer.digest import volume_digest
+    from importer.errors import Error
+    from importer.pipeline import ImportJob, run_import
+    from importer.progress import Progress
+
     workdir = args.dir or tempfile.mkdtemp(prefix="cdi-demo-")
     os.makedirs(workdir, exist_ok=True)
     target = os.path.join(workdir, "disk.img")

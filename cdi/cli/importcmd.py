@@ -11,11 +11,7 @@ import json
 import sys
 
 from cdi.units import format_size, parse_size
-from importer.digest import volume_digest
-from importer.errors import Error
 from importer.http_options import HttpOptions, parse_header
-from importer.pipeline import ImportJob, parse_checksum, run_import
-from importer.progress import Progress
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +49,10 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run_import_cmd(args: argparse.Namespace) -> int:
+    from importer.errors import Error
+    from importer.pipeline import ImportJob, parse_checksum, run_import
+    from importer.progress import Progress
+
     try:
         size = parse_size(args.size) if args.size else None
         headers = [parse_header(h) for h in args.header]
@@ -92,6 +92,8 @@ def run_import_cmd(args: argparse.Namespace) -> int:
 
 
 def run_digest_cmd(args: argparse.Namespace) -> int:
+    from importer.digest import volume_digest
+
     try:
         size = parse_size(args.size) if args.size else None
         print(volume_digest(args.path, size))

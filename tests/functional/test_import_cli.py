@@ -28,7 +28,7 @@ def test_cli_import_prints_result_and_json_progress(image_factory, http_server: 
     assert result["formats"] == ["xz", "raw"]
     assert result["capacity"] == 16 << 20
     assert result["bytes_transferred"] == image_factory.get("raw.xz").stat().st_size
-    assert set(result["phases"]) >= {"probe", "transfer", "verify"}
+    assert set(result["phases"]) >= {"probe", "transfer"}  # the digest is taken while writing: no verify pass
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert lines, proc.stderr
     assert lines[-1]["progress"] == "100.00%"

@@ -74,3 +74,37 @@ def test_unaligned_tail_kept(tmp_path: Path) -> None:
     w.close()
     assert path.read_bytes() == b"\x03" * 1000
     assert os.path.getsize(path) == 1000
+
+
+@pytest.mark.parametrize("capacity", [None, 5 << 20, (5 << 20) + 4096])
+def test_digest_taken_while_writing_equals_digest_of_the_file(tmp_path: Path, capacity: int | None) -> None:
+    from importer.digest import volume_digest
+
+    path = tmp_path / "out"
+    w = SparseWriter(Target(str(path), "file", capacity, False), digest=True)
+    block = bytearray(1 << 20)
+    block[100] = 1
+    w.write(block)
+    w.write(bytes(1 << 20))
+    w.write(b"\x05" * 1000 + bytes((1 << 20) - 1000))
+    w.write(b"\x07" * 5000)  # a last partial block
+    w.finish()
+    w.close()
+    assert w.digest is not None
+    assert w.digest == volume_digest(str(path))
+
+
+def test_digest_of_resumed_write_reads_what_was_written(tmp_path: Path) -> None:
+    from importer.digest import volume_digest
+
+    path = tmp_path / "out"
+    first = SparseWriter(Target(str(path), "file", None, False), digest=True)
+    first.write(b"\x01" * (1 << 20))
+    first.sync()
+    first.close()
+    second = SparseWriter(Target(str(path), "file", None, False), digest=True, resume_at=1 << 20)
+    second.write(b"\x02" * (1 << 20))
+    second.finish()
+    second.close()
+    assert path.read_bytes() == b"\x01" * (1 << 20) + b"\x02" * (1 << 20)
+    assert second.digest == volume_digest(str(path))
