@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 
 from cdi.apiserver import Settings
+from cdi.apiserver.kubevirt_subresources import set_console_provider
 from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
+from cdi.controller.vm_manager import VmControllerManager
 from cdi.fileserver import FileServer
 from cdi.kube import DATAVOLUME, AlreadyExists, ApiError, Client
 from cdi.node import LocalNode, NodeSettings
+from cdi.node.vm_console import LauncherConsoles
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class Runtime:
         self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
         self.node: LocalNode | None = None
         self.manager: ControllerManager | None = None
+        self.vm_manager: VmControllerManager | None = None
         self.fileserver: FileServer | None = None
 
     def start(self) -> Runtime:
@@ -46,9 +50,13 @@ class Runtime:
         self.manager = ControllerManager(self.client, ControllerSettings(
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
             progress_interval=c.progress_interval), workers=c.workers).start()
+        set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
+        self.vm_manager = VmControllerManager(self.client).start()
         return self
 
     def stop(self) -> None:
+        if self.vm_manager is not None:
+            self.vm_manager.stop()
         if self.manager is not None:
             self.manager.stop()
         if self.node is not None:
