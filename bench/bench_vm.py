@@ -23,10 +23,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kubernetes.config.config_exception import ConfigException  # noqa: E402
 
 from bench.bench_boot import MARKER, VMI, run_by_hand  # noqa: E402
-from cdi.kube import PVC, Client, Kind, NotFound  # noqa: E402
+from cdi.kube import PVC, Kind, NotFound  # noqa: E402
 from tests.bootdisk import build_boot_disk  # noqa: E402
 from tests.support.httpserver import HttpServer, Route  # noqa: E402
 from tests.support.serve import Serve, dv_manifest  # noqa: E402
@@ -74,19 +73,6 @@ def run_vm(serve: Serve, name: str) -> float:
             time.sleep(0.1)
 
 
-def start_serve(data_dir: Path) -> Serve:
-    """``Serve.start``, tolerating a kubeconfig seen between its creation and its first write."""
-    serve = Serve(data_dir)
-    try:
-        return serve.start()
-    except ConfigException:
-        deadline = time.monotonic() + 10
-        while serve.kubeconfig.stat().st_size == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        serve.client = Client.from_kubeconfig(str(serve.kubeconfig))
-        return serve
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=4)
@@ -94,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-vm-") as tmp:
         root = Path(tmp)
         raw = build_boot_disk(root / "disk")
-        serve = start_serve(root / "data")
+        serve = Serve(root / "data").start()
         try:
             with HttpServer() as http:
                 http.add("/boot.raw", Route(path=str(raw)))
