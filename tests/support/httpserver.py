@@ -153,6 +153,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     routes: dict[str, Route]
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that hang up early (a resume test, a killed importer) are expected here."""
+
 
 class HttpServer:
     """``with HttpServer() as s: s.add('/a.img', Route(path=...)); s.url('/a.img')``."""
