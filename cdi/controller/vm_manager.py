@@ -10,72 +10,24 @@ stale write (409) retries at once, and a returned delay requeues after it.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
+from cdi.controller.loop import ReconcileLoop
 from cdi.controller.vm import VmReconciler
 from cdi.controller.vmi import VM, VMI, VmiReconciler
-from cdi.kube import DATAVOLUME, POD, ApiError, Client, Conflict, Informer, Key, Obj, WorkQueue
+from cdi.kube import DATAVOLUME, POD, Client, Informer, Key, Obj
 
 log = logging.getLogger(__name__)
-
-Reconcile = Callable[[str, str], float | None]
-
 
 def _owners(obj: Obj, kind: str) -> list[Key]:
     meta = obj["metadata"]
     return [(meta["namespace"], ref["name"]) for ref in meta.get("ownerReferences") or [] if ref.get("kind") == kind]
 
 
-class _Loop:
-    """One queue and its worker threads around one reconcile function."""
-
-    def __init__(self, name: str, reconcile: Reconcile, workers: int) -> None:
-        self.name = name
-        self.reconcile = reconcile
-        self.queue = WorkQueue()
-        self.failures: dict[Key, int] = {}
-        self.threads = [threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
-                        for i in range(workers)]
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def _work(self) -> None:
-        while True:
-            key = self.queue.get()
-            if key is None:
-                return
-            try:
-                delay = self.reconcile(*key)
-                self.failures.pop(key, None)
-                if delay is not None:
-                    self.queue.add_after(key, delay)
-            except Conflict:
-                self.queue.add_after(key, 0.05)
-            except ApiError as e:
-                self._retry(key, e)
-            except Exception as e:
-                log.exception("[%s/%s] %s reconcile crashed", key[0], key[1], self.name)
-                self._retry(key, e)
-            finally:
-                self.queue.done(key)
-
-    def _retry(self, key: Key, error: Exception) -> None:
-        n = self.failures.get(key, 0) + 1
-        self.failures[key] = n
-        delay = min(0.2 * 2 ** (n - 1), 60.0)
-        log.warning("[%s/%s] %s reconcile failed attempt=%d retry_in=%.1fs error=%s", key[0], key[1], self.name,
-                    n, delay, error)
-        self.queue.add_after(key, delay)
-
-
 class VmControllerManager:
     def __init__(self, client: Client, *, workers: int = 2) -> None:
         self.client = client
-        self.vms = _Loop("vm", VmReconciler(client).reconcile, workers)
-        self.vmis = _Loop("vmi", VmiReconciler(client).reconcile, workers)
+        self.vms = ReconcileLoop("vm", VmReconciler(client).reconcile, workers)
+        self.vmis = ReconcileLoop("vmi", VmiReconciler(client).reconcile, workers)
         self.informers = [Informer(client, VM), Informer(client, VMI), Informer(client, DATAVOLUME),
                           Informer(client, POD, label_selector="kubevirt.io=virt-launcher")]
         self.informers[0].add_handler(self._on_vm)
