@@ -225,7 +225,9 @@ def _validate_checksum(spec: Obj) -> list[str]:
     if len(digest) != CHECKSUM_LENGTHS[algo] or not _HEX.match(digest):
         return [
             invalid(
-                "spec.source.http.checksum", value, f"{algo} digest must be {CHECKSUM_LENGTHS[algo]} lowercase hex digits"
+                "spec.source.http.checksum",
+                value,
+                f"{algo} digest must be {CHECKSUM_LENGTHS[algo]} lowercase hex digits",
             )
         ]
     return []
