@@ -43,7 +43,8 @@ class Runtime:
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
         self.node = LocalNode(self.client, NodeSettings(
             data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,
-            restart_backoff=self.cfg.node.restart_backoff))
+            restart_backoff=self.cfg.node.restart_backoff,
+            block_pool=[Path(p) for p in self.cfg.node.block_devices]))
         self.api.set_log_provider(self.node.log_provider)
         self.node.start()
         c = self.cfg.controller

@@ -41,6 +41,9 @@ class NodeSection:
     max_running_pods: int = 4
     # First back-off in seconds before a failed pod is restarted (doubles up to 300 s).
     restart_backoff: float = 10.0
+    # Real block devices handed out to Block-mode PVCs (smallest that fits); without them, and when
+    # none fits, a Block PVC gets a sparse raw file of its exact size.
+    block_devices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +80,9 @@ class ServeConfig:
             raise ValueError("--max-running-pods must be at least 1")
         if self.node.restart_backoff <= 0:
             raise ValueError("--restart-backoff must be positive")
+        for dev in self.node.block_devices:
+            if not Path(dev).exists():
+                raise ValueError(f"--block-device {dev} does not exist")
         if self.controller.workers < 1:
             raise ValueError("--workers must be at least 1")
         if not 0 <= self.controller.filesystem_overhead < 1:
@@ -105,6 +111,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"imports running at once (default {d.node.max_running_pods})")
     p.add_argument("--restart-backoff", type=float, default=d.node.restart_backoff,
                    help="first restart back-off of a failed importer, seconds")
+    p.add_argument("--block-device", action="append", default=[], metavar="PATH",
+                   help="a block device for Block-mode PVCs (repeatable)")
     p.add_argument("--workers", type=int, default=d.controller.workers)
     p.add_argument("--importer-image", default=d.controller.importer_image)
     p.add_argument("--filesystem-overhead", type=float, default=d.controller.filesystem_overhead)
@@ -118,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     cfg = ServeConfig(
         data_dir=args.data_dir,
         api=ApiSection(address=args.address, port=args.port, watch_history=args.watch_history),
-        node=NodeSection(max_running_pods=args.max_running_pods, restart_backoff=args.restart_backoff),
+        node=NodeSection(max_running_pods=args.max_running_pods, restart_backoff=args.restart_backoff,
+                         block_devices=list(args.block_device)),
         controller=ControllerSection(workers=args.workers, importer_image=args.importer_image,
                                      filesystem_overhead=args.filesystem_overhead,
                                      progress_interval=args.progress_interval),

@@ -153,3 +153,10 @@ def test_killed_import_resumes_where_it_stopped(image_factory, http_server: Http
     assert images.same_content(out, image_factory.raw)
     assert json.loads(second.stdout)["source_checksum"].startswith("sha256:")
     assert not (tmp_path / ".out.img.cdi-resume.json").exists()
+
+
+def test_progress_bar_on_request(image_factory, tmp_path: Path) -> None:
+    proc = run("import", str(image_factory.get("raw.zst")), str(tmp_path / "o.img"), "--progress", "bar")
+    assert proc.returncode == 0, proc.stderr
+    assert "transfer" in proc.stderr and "100%" in proc.stderr  # tqdm's bar, drawn on stderr
+    assert json.loads(proc.stdout)["formats"] == ["zstd", "raw"]
