@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from importer.digest import volume_digest  # noqa: E402
+from tests.support.images import data_extents  # noqa: E402
 
 OUT = REPO / "bench" / "out"
 IMAGES = OUT / "images"
@@ -247,7 +248,7 @@ class Images:
             with open(tmp, "wb") as out, cctx.stream_writer(out, size=size, closefd=False) as w, \
                     open(raw, "rb", buffering=0) as f:
                 pos = 0
-                for start, end in _data_extents(f.fileno(), size) + [(size, size)]:
+                for start, end in data_extents(raw) + [(size, size)]:
                     while pos < start:
                         n = min(len(zeros), start - pos)
                         w.write(zeros[:n])
@@ -258,20 +259,6 @@ class Images:
                         pos += len(buf)
 
         return self._timed(raw.name.removesuffix(".raw") + ".raw.zst", build)
-
-
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    extents: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            break
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end))
-        pos = end
-    return extents
 
 
 # -- nginx -----------------------------------------------------------------------------------------
