@@ -123,6 +123,7 @@ class Importer:
         self.restarts = 0
         self.files: int | None = None
         self.phase_times: dict[str, float] = {}
+        self.step = Step.PROBE  # the phase running now: named in the log when an import fails
         self.source_sum: str | None = None
         self.resumed_at = 0
         self.inline_digest: str | None = None  # taken while writing, when the writer could
@@ -145,6 +146,7 @@ class Importer:
                     log.warning("restarting transfer from byte 0 reason=%s", e)
             digest = self._verify()
         except BaseException as e:
+            log.warning("import failed step=%s error=%s", self.step.value, e)
             if not (isinstance(e, Error) and not e.permanent) and not isinstance(e, KeyboardInterrupt):
                 checkpoint.remove(self.ckpt_path)
                 remove_partial(self.target)
@@ -152,6 +154,7 @@ class Importer:
         finally:
             self.progress.end()
         checkpoint.remove(self.ckpt_path)
+        self.step = Step.DONE
         return ImportResult(
             formats=[*self.layers, self.fmt or "unknown"],
             virtual_size=self.virtual_size,
@@ -180,7 +183,9 @@ class Importer:
             writer.close()
         self.virtual_size = self.target.capacity
 
-    def _timed(self, name: str, started: float) -> None:
+    def _timed(self, step: Step, started: float) -> None:
+        """Account the seconds of one phase."""
+        name = step.value
         self.phase_times[name] = round(self.phase_times.get(name, 0.0) + time.monotonic() - started, 3)
 
     # -- probe ------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ class Importer:
                     "check the URL and credentials"
                 )
             top, head = self._peel_layers(top, head)
-            self._timed("probe", started)
+            self._timed(Step.PROBE, started)
             if self.archive:
                 self._extract(top, bottom, tap, hasher)
                 return
@@ -311,6 +316,7 @@ class Importer:
     # -- transfer ----------------------------------------------------------------------------------
 
     def _stream_raw(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
+        self.step = Step.TRANSFER
         started = time.monotonic()
         if (self.target.capacity is not None and not self.layers and source.size
                 and source.size > self.target.capacity + 512):
@@ -341,10 +347,11 @@ class Importer:
         finally:
             writer.close()
         self.transferred = tap.count + self.resumed_at
-        self._timed("transfer", started)
+        self._timed(Step.TRANSFER, started)
 
     def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
         """Spool the (decompressed) image to a scratch file, then convert it locally."""
+        self.step = Step.TRANSFER
         started = time.monotonic()
         scratch_parent = self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
         os.makedirs(scratch_parent, exist_ok=True)
@@ -368,12 +375,13 @@ class Importer:
                 writer.close()
             self.scratch_bytes = os.stat(scratch).st_size
             self.transferred = tap.count
-            self._timed("transfer", started)
+            self._timed(Step.TRANSFER, started)
             self._convert(qemu_img.file_node(scratch), scratch)
         finally:
             shutil.rmtree(scratch_dir, ignore_errors=True)
 
     def _extract(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any) -> None:
+        self.step = Step.TRANSFER
         started = time.monotonic()
         if "tar" in self.layers or not formats.is_tar(top.peek(1024) if isinstance(top, Peekable) else b""):
             head = top.peek(65536) if isinstance(top, Peekable) else b""
@@ -387,7 +395,7 @@ class Importer:
         self._check_sum(hasher)
         self.virtual_size = size
         self.transferred = tap.count
-        self._timed("transfer", started)
+        self._timed(Step.TRANSFER, started)
 
     def _check_sum(self, hasher: Any) -> None:
         if hasher is None or self.checksum is None:
@@ -407,13 +415,14 @@ class Importer:
         data = qemu_img.info(spec)
         qemu_img.check_safe(data, expected_format=self.fmt, image_name=image_name)
         qemu_img.check(spec)
+        self.step = Step.CONVERT
         self.virtual_size = int(data["virtual-size"])
         capacity = self.target.capacity
         if capacity is not None and self.virtual_size > capacity:
             raise CapacityExceeded(
                 f"image virtual size {self.virtual_size} is larger than the volume capacity {capacity}"
             )
-        self._timed("probe", started)
+        self._timed(Step.PROBE, started)
         started = time.monotonic()
         self.progress.plan([*self.progress.planned, "convert"])
         self.progress.start_phase("convert", self.virtual_size)
@@ -424,7 +433,7 @@ class Importer:
             on_progress=lambda pct: self.progress.set_done(int(total * pct / 100)),
         )
         self._finish_converted()
-        self._timed("convert", started)
+        self._timed(Step.CONVERT, started)
 
     def _convert_remote(self, source: HttpSource) -> None:
         log.info("converting over the network url=%s (no scratch)", source.url)
@@ -454,10 +463,11 @@ class Importer:
             return None
         if self.inline_digest is not None:
             return self.inline_digest
+        self.step = Step.VERIFY
         started = time.monotonic()
         self.progress.start_phase("verify", None)
         digest = volume_digest(self.target.path, self.target.capacity)
-        self._timed("verify", started)
+        self._timed(Step.VERIFY, started)
         return digest
 
 
