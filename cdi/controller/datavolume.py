@@ -67,11 +67,8 @@ class DataVolumeReconciler:
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one DataVolume closer to done; returns seconds until it wants another look."""
-        try:
-            dv = self.client.get(DATAVOLUME, namespace, name)
-        except NotFound:
-            return None
-        if dv["metadata"].get("deletionTimestamp"):
+        dv = self.client.find(DATAVOLUME, namespace, name)
+        if dv is None or dv["metadata"].get("deletionTimestamp"):
             return None
         ctx = f"[{namespace}/{name}]"
         source = dv.get("spec", {}).get("source") or {}

@@ -67,12 +67,9 @@ class VmReconciler:
         self.client = client
 
     def reconcile(self, namespace: str, name: str) -> float | None:
-        try:
-            vm = self.client.get(VM, namespace, name)
-        except NotFound:
+        vm = self.client.find(VM, namespace, name)
+        if vm is None:
             return None
-        vm.setdefault("apiVersion", VM.api_version)
-        vm.setdefault("kind", VM.kind)
         status = copy.deepcopy(vm.get("status") or {})
         strategy = run_strategy(vm)
         dv_phases = self._data_volumes(vm)

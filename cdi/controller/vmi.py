@@ -67,12 +67,9 @@ class VmiReconciler:
         self.client = client
 
     def reconcile(self, namespace: str, name: str) -> float | None:
-        try:
-            vmi = self.client.get(VMI, namespace, name)
-        except NotFound:
+        vmi = self.client.find(VMI, namespace, name)
+        if vmi is None:
             return None
-        vmi.setdefault("apiVersion", VMI.api_version)
-        vmi.setdefault("kind", VMI.kind)
         uid = vmi["metadata"]["uid"]
         pods, _ = self.client.list(POD, namespace, label_selector=f"kubevirt.io/created-by={uid}")
         if deleting(vmi):

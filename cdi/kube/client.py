@@ -21,7 +21,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from cdi.kube.errors import ApiError, from_response
+from cdi.kube.errors import ApiError, NotFound, from_response
 from cdi.kube.kinds import EVENT, POD, Kind
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,16 @@ class Client:
     def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:
         result: Obj = self._call("GET", kind.path(namespace, name))
         return result
+
+    def find(self, kind: Kind, namespace: str | None, name: str) -> Obj | None:
+        """The object, or None when it does not exist; apiVersion and kind always set."""
+        try:
+            obj = self.get(kind, namespace, name)
+        except NotFound:
+            return None
+        obj.setdefault("apiVersion", kind.api_version)
+        obj.setdefault("kind", kind.kind)
+        return obj
 
     def list(self, kind: Kind, namespace: str | None = None, *, label_selector: str | None = None,
              field_selector: str | None = None) -> tuple[builtins.list[Obj], str]:
