@@ -198,3 +198,24 @@ def test_powered_off_guest_once_and_always(serve: Serve, disks: HttpServer) -> N
     wait("Always stopped", lambda: printable(serve, "always") == "Stopped", timeout=60)
     assert get(serve, "virtualmachines", "always")["spec"]["runStrategy"] == "Halted"  # type: ignore[index]
     serve.kubectl("delete", "vm", "always")
+
+
+def test_rerun_on_failure_restarts_a_crashed_guest(serve: Serve, disks: HttpServer) -> None:
+    serve.apply(dv_manifest("rerun-disk", {"http": {"url": disks.url("/boot.qcow2")}}, size="64Mi"))
+    serve.wait_phase("rerun-disk", "Succeeded")
+    serve.apply(vm_manifest("rerun", {"persistentVolumeClaim": {"claimName": "rerun-disk"}},
+                            strategy="RerunOnFailure"))
+    serve.kubectl("wait", "--for=condition=Ready", "vm/rerun", "--timeout=180s", timeout=200)
+    first = get(serve, "virtualmachineinstances", "rerun")["metadata"]["uid"]  # type: ignore[index]
+    # the guest "crashes": its qemu is killed, the launcher reports Failed, RerunOnFailure starts it again
+    pids = subprocess.run(["pgrep", "-f", "guest=default_rerun"], capture_output=True, text=True).stdout.split()
+    assert pids, "no qemu for the VM"
+    for pid in pids:
+        os.kill(int(pid), 9)
+    wait("a new VMI after the failure", lambda: (
+        (get(serve, "virtualmachineinstances", "rerun") or {}).get("metadata", {}).get("uid") not in (None, first)),
+        timeout=150)
+    serve.kubectl("wait", "--for=condition=Ready", "vm/rerun", "--timeout=180s", timeout=200)
+    assert printable(serve, "rerun") == "Running"
+    serve.kubectl("delete", "vm", "rerun")
+    wait("rerun gone", lambda: get(serve, "virtualmachineinstances", "rerun") is None, timeout=60)
