@@ -40,7 +40,15 @@ from importer.errors import (
 from importer.http_options import HttpOptions
 from importer.progress import Progress
 from importer.stream import CHUNK, FileSource, Peekable, ReadAhead, Reader, Tap, open_decompressor
-from importer.target import SparseWriter, Target, fallocate, remove_partial, resolve_target
+from importer.target import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_ZERO_RANGE,
+    SparseWriter,
+    Target,
+    fallocate,
+    remove_partial,
+    resolve_target,
+)
 
 if TYPE_CHECKING:
     from importer.http_source import HttpSource
@@ -451,7 +459,7 @@ class Importer:
             if self.target.kind == "file":
                 os.ftruncate(fd, final)
             elif final > self.virtual_size and not self.job.device_zeroed:
-                fallocate(fd, 0x10 | 0x01, self.virtual_size, final - self.virtual_size)
+                fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, self.virtual_size, final - self.virtual_size)
             os.fsync(fd)
         finally:
             os.close(fd)

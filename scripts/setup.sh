@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for cdi: system packages, a virtual environment at .venv with cdi
 # installed (editable) and its test tools. Safe to run again; quick when everything is there.
+# Extra Debian packages may be named as arguments (bench/run.sh adds nginx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ PACKAGES=(
   xz-utils zstd bzip2 pigz libmagic1 file
   genisoimage xorriso mtools dosfstools fdisk syslinux syslinux-common extlinux busybox-static cpio
   docker-registry skopeo util-linux curl ca-certificates
+  "$@"
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -209,44 +209,36 @@ class Store:
 
     def put(self, resource: str, namespace: str, name: str, obj: Obj, event_type: str) -> Obj:
         """Store `obj` with the next resourceVersion and record an ADDED or MODIFIED event."""
+        return self._commit(resource, namespace, name, obj, event_type)
+
+    def remove(self, resource: str, namespace: str, name: str, obj: Obj) -> Obj:
+        """Delete the object and record a DELETED event carrying its last state."""
+        return self._commit(resource, namespace, name, obj, "DELETED")
+
+    def _commit(self, resource: str, namespace: str, name: str, obj: Obj, event_type: str) -> Obj:
+        """One transaction: the object written (or deleted), its indexes, the event; then the watchers."""
         with self.lock:
             rv = self._next_rv()
             obj["metadata"]["resourceVersion"] = str(rv)
             body = json.dumps(obj, separators=(",", ":"))
             self._db.execute("BEGIN")
             try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO objects (resource, namespace, name, rv, body) VALUES (?,?,?,?,?)",
-                    (resource, namespace, name, rv, body),
-                )
-                self._index(resource, namespace, name, obj)
+                if event_type == "DELETED":
+                    self._db.execute("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
+                                     (resource, namespace, name))
+                    self._index(resource, namespace, name, None)
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO objects (resource, namespace, name, rv, body) VALUES (?,?,?,?,?)",
+                        (resource, namespace, name, rv, body),
+                    )
+                    self._index(resource, namespace, name, obj)
                 self._record(rv, resource, namespace, event_type, body)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         self.hub.publish(WatchEvent(rv, resource, namespace, event_type, obj))
-        return obj
-
-    def remove(self, resource: str, namespace: str, name: str, obj: Obj) -> Obj:
-        """Delete the object and record a DELETED event carrying its last state."""
-        with self.lock:
-            rv = self._next_rv()
-            obj["metadata"]["resourceVersion"] = str(rv)
-            body = json.dumps(obj, separators=(",", ":"))
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute(
-                    "DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
-                    (resource, namespace, name),
-                )
-                self._index(resource, namespace, name, None)
-                self._record(rv, resource, namespace, "DELETED", body)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        self.hub.publish(WatchEvent(rv, resource, namespace, "DELETED", obj))
         return obj
 
     def events_since(self, resource: str, rv: int) -> list[WatchEvent]:

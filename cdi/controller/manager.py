@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 
 from cdi.controller.datavolume import DataVolumeReconciler
-from cdi.controller.loop import ReconcileLoop
 from cdi.controller.resources import ControllerSettings
 from cdi.kube import DATAVOLUME, POD, PVC, Client, Informer, Obj
+from cdi.kube.loop import ReconcileLoop
 
 log = logging.getLogger(__name__)
 

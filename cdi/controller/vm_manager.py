@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from cdi.controller.loop import ReconcileLoop
 from cdi.controller.vm import VmReconciler
 from cdi.controller.vmi import VM, VMI, VmiReconciler
 from cdi.kube import DATAVOLUME, POD, Client, Informer, Key, Obj
+from cdi.kube.loop import ReconcileLoop
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ import signal
 import threading
 import time
 
-from cdi.kube import POD, PVC, ApiError, Client, Conflict, Informer, Key, NotFound, Obj, WorkQueue, now_iso
+from cdi.kube import POD, PVC, ApiError, Client, Informer, Key, NotFound, Obj, WorkQueue, now_iso
+from cdi.kube.loop import work
 from cdi.node.containers import COMPONENT, Launcher
 from cdi.node.podspec import LOCAL_PATH, MountError, grace_period, prepare_volumes
 from cdi.node.process import Process
@@ -118,19 +119,7 @@ class PodRunner:
     # -- the work loop ------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (key := self.queue.get()) is not None:
-            try:
-                self._reconcile(key)
-            except Conflict:
-                self.queue.add_after(key, 0.1)
-            except ApiError as e:
-                log.warning("[%s/%s] api error=%s: retrying", *key, e)
-                self.queue.add_after(key, 1.0)
-            except Exception:
-                log.exception("[%s/%s] pod sync failed", *key)
-                self.queue.add_after(key, 5.0)
-            finally:
-                self.queue.done(key)
+        work(self.queue, lambda ns, name: self._reconcile((ns, name)), name="pod sync")
 
     def _reconcile(self, key: Key) -> None:
         try:

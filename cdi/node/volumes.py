@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cdi.api.quantity import QuantityError, quantity_bytes
-from cdi.kube import PVC, ApiError, Client, Conflict, Informer, Key, NotFound, Obj, WorkQueue
+from cdi.kube import PVC, Client, Informer, Key, NotFound, Obj, WorkQueue
+from cdi.kube.loop import work
 from cdi.node.podspec import LOCAL_PATH
 from cdi.node.settings import NodeSettings
 
@@ -83,19 +84,7 @@ class VolumeProvisioner:
         self.queue.add((meta.get("namespace", ""), meta.get("name", "")))
 
     def _work(self) -> None:
-        while (key := self.queue.get()) is not None:
-            try:
-                self._reconcile(key)
-            except Conflict:
-                self.queue.add_after(key, 0.1)
-            except ApiError as e:
-                log.warning("[%s/%s] api error=%s: retrying", *key, e)
-                self.queue.add_after(key, 1.0)
-            except Exception:
-                log.exception("[%s/%s] provisioning failed", *key)
-                self.queue.add_after(key, 5.0)
-            finally:
-                self.queue.done(key)
+        work(self.queue, lambda ns, name: self._reconcile((ns, name)), name="provisioning")
 
     def _reconcile(self, key: Key) -> None:
         ns, name = key
