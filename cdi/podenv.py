@@ -3,7 +3,8 @@
 On the local node a pod's containers are plain processes that cannot see mounts, so the node
 passes ``CDI_VOLUME_MOUNTS``, a JSON object ``{mountPath or devicePath: host path}``, and a worker
 translates every in-pod path it is given through it (``PathMap``). In a real cluster the variable
-is absent and every path is used as it is. Low level on purpose: the importer and the VM launcher
+is absent and every path is used as it is; on the local node a path outside the pod's mounts and
+working directory is refused, so that a pod cannot read or write the host's files. Low level on purpose: the importer and the VM launcher
 both import it, and it imports nothing of the control plane.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from collections.abc import Mapping
 
 
@@ -30,17 +32,38 @@ class PathMap:
         if not isinstance(mounts, dict):
             raise MountsError("CDI_VOLUME_MOUNTS must be a JSON object {mountPath: hostPath}")
         self.mounts: dict[str, str] = {k.rstrip("/") or "/": str(v) for k, v in mounts.items()}
+        self.confined = bool(text)  # the local node's pods: only their mounts and working directory
 
     def __call__(self, path: str) -> str:
+        """The host path of ``path``; on the local node, a path outside the pod is a MountsError.
+
+        A pod on the local node is a host process, so an in-pod path that is neither under one of
+        its mounts nor under its working directory would reach the host's own files (``/etc``,
+        another pod's volume): refused, with ``..`` resolved first so that it cannot climb out.
+        """
+        if not self.confined:
+            return path
+        clean = posixpath.normpath(path) if path.startswith("/") else path
         for mount in sorted(self.mounts, key=len, reverse=True):
-            if path == mount or path.startswith(mount + "/"):
-                return self.mounts[mount] + path[len(mount):]
-        return path
+            if clean == mount or clean.startswith(mount.rstrip("/") + "/"):
+                return self.mounts[mount] + clean[len(mount):]
+        workdir = os.path.realpath(os.getcwd())
+        full = os.path.realpath(clean)
+        if full == workdir or full.startswith(workdir + "/"):
+            return full
+        raise MountsError(f"{path} is outside the pod's volumes ({', '.join(sorted(self.mounts)) or 'none'})")
 
     def below(self, path: str) -> list[str]:
         """Host paths of ``path`` and of every mount inside it (e.g. /extraheaders/secret0)."""
         prefix = path.rstrip("/") + "/"
-        return [self(path)] + [host for mount, host in sorted(self.mounts.items()) if mount.startswith(prefix)]
+        inside = [host for mount, host in sorted(self.mounts.items()) if mount.startswith(prefix)]
+        try:
+            return [self(path), *inside]
+        except MountsError:
+            return inside
 
     def exists(self, path: str) -> bool:
-        return path in self.mounts or os.path.exists(self(path))
+        try:
+            return path in self.mounts or os.path.exists(self(path))
+        except MountsError:
+            return False

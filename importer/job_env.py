@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from cdi.podenv import MountsError, PathMap
 from cdi.units import parse_size
@@ -32,8 +33,12 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
     endpoint = env.get("IMPORTER_ENDPOINT", "")
     if not endpoint and source != "none":
         raise PermanentError("IMPORTER_ENDPOINT is empty: the job has no source URL")
+    if source == "http" and urlsplit(endpoint).scheme.lower() not in ("http", "https"):
+        raise PermanentError(f"IMPORTER_ENDPOINT {endpoint!r} is not an http(s) URL")
     try:
         paths = PathMap(env)
+        if source == "file":
+            endpoint = paths(endpoint.removeprefix("file://"))
     except MountsError as e:
         raise PermanentError(str(e)) from e
     content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"

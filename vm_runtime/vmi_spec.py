@@ -15,12 +15,10 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_QUANTITY_RE = re.compile(r"^([+]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+from cdi import units
+
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
 _MACHINE_RE = re.compile(r"^(q35|pc|pc-q35-[0-9.]+|pc-i440fx-[0-9.]+)$")
@@ -44,16 +42,10 @@ def parse_quantity(value: Any, path: str) -> int:
     """A Kubernetes resource quantity ("512Mi", "1G", "1e9", 1073741824) in bytes."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise SpecError(path, f"expected a quantity such as '512Mi', got {value!r}")
-    match = _QUANTITY_RE.match(str(value).strip())
-    if not match:
-        raise SpecError(path, f"{value!r} is not a valid quantity (examples: 512Mi, 2Gi, 1G)")
     try:
-        number = Decimal(match.group(1))
-    except InvalidOperation as e:
-        raise SpecError(path, f"{value!r} is not a valid quantity") from e
-    suffix = match.group(2) or ""
-    scale = _BINARY.get(suffix) or _DECIMAL[suffix]
-    result = number * scale
+        result = units.parse_quantity(value)
+    except units.QuantityError as e:
+        raise SpecError(path, f"{value!r} is not a valid quantity (examples: 512Mi, 2Gi, 1G): {e}") from e
     if result != result.to_integral_value():
         raise SpecError(path, f"{value!r} is not a whole number of bytes")
     if result <= 0:

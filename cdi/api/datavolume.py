@@ -17,8 +17,8 @@ import re
 from urllib.parse import urlsplit
 
 from cdi.api.dv_schema import datavolume_schema
-from cdi.api.quantity import QuantityError, parse_quantity
 from cdi.api.registry import Column, Obj, ResourceKind
+from cdi.units import QuantityError, parse_quantity
 
 GROUP = "cdi.kubevirt.io"
 VERSION = "v1beta1"

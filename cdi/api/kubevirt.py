@@ -22,8 +22,8 @@ from typing import Any
 
 from cdi.api.datavolume import forbidden, invalid, required, unsupported, validate_datavolume
 from cdi.api.kubevirt_schema import vm_schema, vmi_schema
-from cdi.api.quantity import QuantityError, parse_quantity
 from cdi.api.registry import Column, Obj, ResourceKind
+from cdi.units import QuantityError, parse_quantity
 
 GROUP = "kubevirt.io"
 VERSION = "v1"

@@ -103,7 +103,9 @@ class Objects:
             if dry_run:
                 return obj
             log.info("create resource=%s ns=%s name=%s", kind.key, ns, name)
-            return self.store.put(kind.key, meta.get("namespace", ""), name, obj, "ADDED")
+            created = self.store.put(kind.key, meta.get("namespace", ""), name, obj, "ADDED")
+            self._collect_if_orphaned(kind, created)
+            return created
 
     def update(
         self,
@@ -370,6 +372,31 @@ class Objects:
                 self.delete(
                     kind, dmeta.get("namespace", ""), dmeta["name"], {"propagationPolicy": "Background"}
                 )
+
+    def _collect_if_orphaned(self, kind: ResourceKind, obj: Obj) -> None:
+        """Kubernetes' garbage collector for an object created with owners that no longer exist.
+
+        A controller that read its owner just before the owner was deleted may create a dependent
+        after the owner's dependents were collected. As kube's garbage collector does, such a
+        dependent is deleted when none of its owners exists (dangling references to absent owners
+        beside a live one are dropped), so nothing outlives its owner.
+        """
+        meta = obj["metadata"]
+        refs = meta.get("ownerReferences") or []
+        if not refs:
+            return
+        ns = meta.get("namespace", "")
+        dangling = [r.get("uid") for r in refs if self._find_by_uid(r.get("uid"), ns) is None]
+        if not dangling:
+            return
+        if len(dangling) == len(refs):
+            log.info("collect orphan resource=%s ns=%s name=%s owners=%s", kind.key, ns, meta["name"], dangling)
+            self.delete(kind, ns, meta["name"], {"propagationPolicy": "Background"})
+            return
+        for uid in dangling:
+            current = self.store.get(kind.key, ns, meta["name"])
+            if current is not None:
+                self._drop_owner(kind, current, uid)
 
     def _maybe_finish_foreground(self, kind: ResourceKind, owner: Obj) -> Obj:
         meta = owner["metadata"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from cdi.controller import conditions as c
 from cdi.controller.resources import (
+    ANN_CREATED_BY,
     ANN_DIGEST,
     ANN_IMPORT_MESSAGE,
     ANN_IMPORT_REASON,
@@ -26,7 +27,7 @@ from cdi.controller.resources import (
     build_pvc,
     importer_pod_name,
 )
-from cdi.kube import DATAVOLUME, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj
+from cdi.kube import DATAVOLUME, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ def termination(cs: Obj) -> dict[str, Any] | None:
             except ValueError:
                 return {"ok": False, "permanent": False, "reason": "Error", "message": message.strip()[:500]}
     return None
+
+
+def failure_message(result: dict[str, Any] | None, terminated: Obj) -> str:
+    """What went wrong in a failed importer run, in words: its own message, or how it ended."""
+    message = str((result or {}).get("message") or "").strip()
+    if message:
+        return message
+    code, reason = terminated.get("exitCode"), terminated.get("reason") or "Error"
+    if terminated.get("signal"):
+        return f"the importer was killed by signal {terminated['signal']} ({reason})"
+    return f"the importer exited with code {code} ({reason}) without a message; see its log"
 
 
 def latest_progress(log_text: str) -> str | None:
@@ -69,38 +81,76 @@ class DataVolumeReconciler:
         """Bring one DataVolume closer to done; returns seconds until it wants another look."""
         dv = self.client.find(DATAVOLUME, namespace, name)
         if dv is None or dv["metadata"].get("deletionTimestamp"):
+            self._release_deleted_claim(namespace, name)
             return None
         ctx = f"[{namespace}/{name}]"
-        source = dv.get("spec", {}).get("source") or {}
         status: Obj = copy.deepcopy(dv.get("status") or {})
         conds: list[Obj] = status.setdefault("conditions", [])
         status.setdefault("progress", "N/A")
         status["claimName"] = name
+        try:
+            requeue = self._reconcile(dv, status, ctx)
+        except PermanentError as e:
+            status["phase"] = c.FAILED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", e.reason, e.message)
+            if (c.find((dv.get("status") or {}).get("conditions") or [], c.RUNNING) or {}).get("message") != e.message:
+                self.client.event(dv, reason=e.reason, message=e.message, type="Warning")
+            log.warning("%s failed for good reason=%s message=%s", ctx, e.reason, e.message)
+            requeue = None
+        self._write(dv, status)
+        return requeue
+
+    def _reconcile(self, dv: Obj, status: Obj, ctx: str) -> float | None:
+        conds = status["conditions"]
+        name = dv["metadata"]["name"]
+        source = dv.get("spec", {}).get("source") or {}
         kind = next(iter(source), "sourceRef" if dv["spec"].get("sourceRef") else "none")
         if kind not in SUPPORTED_SOURCES:
             status["phase"] = c.PENDING
             c.set_condition(conds, c.RUNNING, "False", "UnsupportedSource",
                             f"source {kind} is not supported yet by this controller")
-            self._write(dv, status)
             return None
         pvc = self._ensure_pvc(dv, ctx)
         if pvc is None:
             status["phase"] = c.PENDING
             c.set_condition(conds, c.BOUND, "False", "NotOwned",
                             f"PVC {name} exists and is not owned by this DataVolume")
-            self._write(dv, status)
             return None
-        requeue = self._compute(dv, pvc, status, ctx)
-        self._write(dv, status)
-        return requeue
+        if pvc["metadata"].get("deletionTimestamp"):
+            # Someone deleted the claim: let its deletion finish (no pod may hold it), then start over.
+            self._delete_pod(dv["metadata"]["namespace"], name)
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "ClaimLost", f"PVC {name} is being deleted")
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False")
+            return None
+        return self._compute(dv, pvc, status, ctx)
+
+    def _release_deleted_claim(self, namespace: str, name: str) -> None:
+        """The DataVolume is gone or going: stop its importer so that the claim's deletion can finish.
+
+        The importer pod is owned by the PVC, and the PVC's deletion waits for every pod using it (as
+        kube's pvc-protection does), so without this a deleted DataVolume whose import keeps failing
+        would hold its PVC Terminating for ever.
+        """
+        pvc = self.client.find(PVC, namespace, name)
+        if pvc is None:
+            self._delete_pod(namespace, name)
+            return
+        if pvc["metadata"].get("deletionTimestamp") and ANN_CREATED_BY in (pvc["metadata"].get("annotations") or {}):
+            self._delete_pod(namespace, name)
 
     def _ensure_pvc(self, dv: Obj, ctx: str) -> Obj | None:
         meta = dv["metadata"]
-        try:
-            pvc = self.client.get(PVC, meta["namespace"], meta["name"])
-        except NotFound:
+        pvc = self.client.find(PVC, meta["namespace"], meta["name"])
+        if pvc is None:
             try:
-                pvc = self.client.create(PVC, build_pvc(dv, self.settings))
+                wanted = build_pvc(dv, self.settings)
+            except ValueError as e:
+                raise PermanentError("InvalidSpec", str(e)) from e
+            try:
+                pvc = self.client.create(PVC, wanted)
                 log.info("%s created pvc", ctx)
                 self.client.event(dv, reason="Pending", message=f"PVC {meta['name']} Pending")
             except AlreadyExists:
@@ -131,18 +181,17 @@ class DataVolumeReconciler:
                             ann.get(ANN_IMPORT_MESSAGE, ""))
             return None
         pod_name = importer_pod_name(dv["metadata"]["name"])
-        try:
-            pod = self.client.get(POD, dv["metadata"]["namespace"], pod_name)
-        except NotFound:
+        pod = self.client.find(POD, dv["metadata"]["namespace"], pod_name)
+        if pod is None:
             try:
-                self.client.create(POD, build_importer_pod(dv, pvc, self.settings))
+                wanted = build_importer_pod(dv, pvc, self.settings)
+            except ValueError as e:
+                raise PermanentError("InvalidSpec", str(e)) from e
+            try:
+                self.client.create(POD, wanted)
                 log.info("%s created importer pod %s", ctx, pod_name)
             except AlreadyExists:
                 pass
-            except ValueError as e:
-                status["phase"] = c.FAILED
-                c.set_condition(conds, c.RUNNING, "False", "InvalidSpec", str(e))
-                return None
             status["phase"] = c.IMPORT_SCHEDULED
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Import pod created")
@@ -177,7 +226,7 @@ class DataVolumeReconciler:
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False", reason, message)
             self.client.event(dv, reason="ImportFailed", message=message, type="Warning")
-            self._delete_pod(dv)
+            self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
             log.warning("%s import failed reason=%s message=%s", ctx, reason, message)
             return None
         running = "running" in (cs.get("state") or {})
@@ -190,11 +239,13 @@ class DataVolumeReconciler:
                 status["progress"] = progress
             return self.settings.progress_interval
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        if result and not result.get("ok"):  # a transient failure: the pod restarts, the phase stays
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if (result and not result.get("ok")) or last:  # a transient failure: the pod restarts, the phase stays
             status["phase"] = c.IMPORT_IN_PROGRESS
             c.set_condition(conds, c.READY, "False")
-            c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or result.get("reason") or "Error"),
-                            str(result.get("message") or ""))
+            c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or (result or {}).get("reason")
+                                                             or last.get("reason") or "Error"),
+                            failure_message(result, last))
             return self.settings.progress_interval * 2
         status["phase"] = c.IMPORT_SCHEDULED
         c.set_condition(conds, c.READY, "False")
@@ -231,11 +282,11 @@ class DataVolumeReconciler:
     def _cleanup_pod(self, dv: Obj) -> None:
         retain = (dv["metadata"].get("annotations") or {}).get(ANN_RETAIN_POD, "").lower() == "true"
         if not retain:
-            self._delete_pod(dv)
+            self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
 
-    def _delete_pod(self, dv: Obj) -> None:
+    def _delete_pod(self, namespace: str, dv_name: str) -> None:
         try:
-            self.client.delete(POD, dv["metadata"]["namespace"], importer_pod_name(dv["metadata"]["name"]))
+            self.client.delete(POD, namespace, importer_pod_name(dv_name))
         except NotFound:
             pass
 
@@ -253,5 +304,6 @@ class DataVolumeReconciler:
             self.client.event(dv, reason=new_phase, message=message)
         if status.get("restartCount", 0) > old.get("restartCount", 0):
             running = c.find(status["conditions"], c.RUNNING) or {}
+            why = running.get("message") or running.get("reason") or "the importer failed"
             self.client.event(dv, reason="ImportRetry", type="Warning",
-                              message=f"Import restarted ({status['restartCount']}): {running.get('message', '')}")
+                              message=f"Import restarted ({status['restartCount']}): {why}")

@@ -1,12 +1,22 @@
 """The one door to an API server (STYLE.md 1): client, kinds, errors, informers and work queues."""
 
 from cdi.kube.client import Client, Obj, now_iso
-from cdi.kube.errors import AlreadyExists, ApiError, Conflict, Forbidden, Gone, Invalid, NotFound
+from cdi.kube.errors import (
+    AlreadyExists,
+    ApiError,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    NotFound,
+    PermanentError,
+    TemporaryError,
+)
 from cdi.kube.informer import Informer, Key, WorkQueue
 from cdi.kube.kinds import CONFIGMAP, DATAVOLUME, EVENT, NAMESPACE, POD, PVC, SECRET, SERVICE, Kind
 
 __all__ = [
     "AlreadyExists", "ApiError", "CONFIGMAP", "Client", "Conflict", "DATAVOLUME", "EVENT", "Forbidden", "Gone",
-    "Informer", "Invalid", "Key", "Kind", "NAMESPACE", "NotFound", "Obj", "POD", "PVC", "SECRET", "SERVICE",
-    "WorkQueue", "now_iso",
+    "Informer", "Invalid", "Key", "Kind", "NAMESPACE", "NotFound", "Obj", "POD", "PVC", "PermanentError", "SECRET",
+    "SERVICE", "TemporaryError", "WorkQueue", "now_iso",
 ]

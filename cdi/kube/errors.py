@@ -65,3 +65,23 @@ def from_response(status: int, body: str | bytes | None, fallback: str = "") -> 
     elif status == 410:
         cls = Gone
     return cls(message, status=status, reason=reason)
+
+
+class PermanentError(Exception):
+    """A reconcile failed in a way no retry can fix (a bad spec): record it and stop (STYLE.md 7).
+
+    ``reason`` is a CamelCase word for conditions and events; the message says what to fix.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TemporaryError(Exception):
+    """A reconcile cannot finish now; try again after ``delay`` seconds."""
+
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay

@@ -1,9 +1,10 @@
 """Worker loops around a work queue, shared by the controllers and the local node.
 
 ``work`` takes keys from a ``WorkQueue`` until it closes and reconciles each: a returned delay
-requeues the key after that delay, a stale write (409) retries at once, other errors requeue it with
-exponential back-off per key. ``ReconcileLoop`` is a queue with its worker threads around one
-reconcile function. One key is never reconciled twice at once (``WorkQueue``).
+requeues the key after that delay, a stale write (409) retries at once, a ``TemporaryError`` after its
+delay, a ``PermanentError`` never; other errors requeue it with exponential back-off per key.
+``ReconcileLoop`` is a queue with its worker threads around one reconcile function. One key is never
+reconciled twice at once (``WorkQueue``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from cdi.kube.errors import ApiError, Conflict
+from cdi.kube.errors import ApiError, Conflict, PermanentError, TemporaryError
 from cdi.kube.informer import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ def work(queue: WorkQueue, reconcile: Reconcile, *, name: str, failures: dict[Ke
                 queue.add_after(key, delay)
         except Conflict:
             queue.add_after(key, 0.05)
+        except TemporaryError as e:
+            log.info("[%s/%s] %s waits retry_in=%.1fs reason=%s", key[0], key[1], name, e.delay, e)
+            queue.add_after(key, e.delay)
+        except PermanentError as e:
+            # The reconciler should have recorded it on the object; never retry what cannot succeed.
+            failures.pop(key, None)
+            log.warning("[%s/%s] %s failed for good reason=%s message=%s", key[0], key[1], name, e.reason, e)
         except Exception as e:
             if not isinstance(e, ApiError):
                 log.exception("[%s/%s] %s reconcile crashed", key[0], key[1], name)

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from cdi.kube import Client, Obj, now_iso
-from cdi.node.podspec import ConfigError, container_argv, container_env, expand
+from cdi.node.images import ImageError, resolve
+from cdi.node.podspec import ConfigError, container_env, expand
 from cdi.node.process import ProcessRecord, exit_code, kill_recorded, spawn
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime
@@ -62,9 +63,19 @@ class Launcher:
         workdir = rt.dir / "work"
         term = termination_file(rt, c.name)
         try:
+            program = resolve(c.spec, self.settings.images, self.settings.python)
+        except ImageError as e:
+            if c.state.get("waiting", {}).get("message") != str(e):
+                self.client.event(rt.pod, reason="Failed", type="Warning", component=COMPONENT, message=str(e))
+                self.client.event(rt.pod, reason="Failed", type="Warning", component=COMPONENT,
+                                  message="Error: ErrImagePull")
+            c.state = {"waiting": {"reason": "ErrImagePull", "message": str(e)}}
+            log.info("[%s/%s] container=%s image refused error=%s", rt.namespace, rt.name, c.name, e)
+            return False
+        try:
             env = container_env(self.client, rt.pod, c.spec, node_name=self.settings.node_name,
                                 volumes=rt.volumes, workdir=workdir, termination_file=term)
-            argv = [expand(a, env) for a in container_argv(c.spec, self.settings.python)]
+            argv = [program[0], *(expand(a, env) for a in program[1:])]
         except ConfigError as e:
             if c.state.get("waiting", {}).get("message") != str(e):
                 self.client.event(rt.pod, reason="Failed", type="Warning", component=COMPONENT,

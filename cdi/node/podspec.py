@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdi.api.quantity import QuantityError, quantity_bytes
 from cdi.kube import CONFIGMAP, PVC, SECRET, Client, Kind, NotFound, Obj
+from cdi.units import QuantityError, quantity_bytes
 
 LOCAL_PATH = "cdi.kubevirt.io/local-path"
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -44,16 +44,6 @@ class MountError(Exception):
 class PodVolumes:
     host_paths: dict[str, Path] = field(default_factory=dict)  # volume name -> host path
     capacities: dict[str, int] = field(default_factory=dict)  # PVC volume name -> bytes
-
-
-def container_argv(container: Obj, python: str) -> list[str]:
-    """command + args, with a leading python/python3 replaced by the node's interpreter."""
-    argv = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
-    if not argv:
-        raise ConfigError("no command specified: the local node cannot run an image's entrypoint")
-    if os.path.basename(argv[0]) in ("python", "python3"):
-        argv[0] = python
-    return argv
 
 
 def expand(text: str, env: dict[str, str]) -> str:

@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdi.node.images import WORKER_IMAGES, Image
+
 
 @dataclass
 class NodeSettings:
@@ -36,6 +38,9 @@ class NodeSettings:
     python: str = sys.executable
     """Interpreter that replaces a leading ``python``/``python3`` of a container command."""
 
+    images: dict[str, Image] = field(default_factory=lambda: dict(WORKER_IMAGES))
+    """The images this node runs, by name (see ``cdi.node.images``); any other image is refused."""
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.block_pool = [Path(p) for p in self.block_pool]
@@ -56,5 +61,7 @@ class NodeSettings:
             raise ValueError(f"max_running_pods must be at least 1, not {self.max_running_pods}")
         if self.restart_backoff < 0 or self.restart_backoff_max < self.restart_backoff:
             raise ValueError("restart_backoff must be >= 0 and not above restart_backoff_max")
+        if not self.images:
+            raise ValueError("images must name at least one image the node can run")
         if not Path(self.python).exists():
             raise ValueError(f"python interpreter {self.python} does not exist")

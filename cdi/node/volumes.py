@@ -23,11 +23,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from cdi.api.quantity import QuantityError, quantity_bytes
 from cdi.kube import PVC, Client, Informer, Key, NotFound, Obj, WorkQueue
 from cdi.kube.loop import work
 from cdi.node.podspec import LOCAL_PATH
 from cdi.node.settings import NodeSettings
+from cdi.units import QuantityError, quantity_bytes
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,14 @@ import pytest
 
 from cdi.kube import EVENT, POD, Client, NotFound, Obj
 from cdi.node import LocalNode, NodeSettings
+from cdi.node.images import WORKER_IMAGES, Image, Program
 from tests.functional.apiserver_fixtures import Cluster, start_cluster
 
 NS = "default"
+# The worker images and one more that runs any python script: the node's image table is our own seam,
+# and the tests' pods need programs that do what each test wants.
+TEST_IMAGE = "cdi-test-python"
+TEST_IMAGES = {**WORKER_IMAGES, TEST_IMAGE: Image(TEST_IMAGE, (Program(("python3",)),))}
 
 
 @dataclass
@@ -66,6 +71,7 @@ def make_env(work: Path, **settings: Any) -> NodeEnv:
     cluster = start_cluster(work)
     client = Client.from_kubeconfig(str(cluster.kubeconfig))
     settings.setdefault("restart_backoff", 0.2)
+    settings.setdefault("images", TEST_IMAGES)
     node = LocalNode(client, NodeSettings(data_dir=work / "data", **settings))
     cluster.server.set_log_provider(node.log_provider)
     node.start()
@@ -88,7 +94,7 @@ def pvc(name: str, size: str, mode: str = "Filesystem") -> Obj:
 
 def pod(name: str, script: str, *, restart: str = "Never", env: list[Obj] | None = None, **spec: Any) -> Obj:
     """A pod whose one container runs ``python3 -c script``."""
-    container: Obj = {"name": "main", "image": "quay.io/kubevirt/cdi-importer", "command": ["python3", "-c", script],
+    container: Obj = {"name": "main", "image": TEST_IMAGE, "command": ["python3", "-c", script],
                       "env": env or []}
     container.update(spec.pop("container", {}))
     return {"metadata": {"name": name, "namespace": NS},

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from cdi.kube import CONFIGMAP, POD, PVC, SECRET, NotFound, Obj
-from tests.functional.test_node_fixtures import NS, NodeEnv, container_status, node_env, pod, pvc, secret
+from tests.functional.test_node_fixtures import NS, TEST_IMAGE, NodeEnv, container_status, node_env, pod, pvc, secret
 
 __all__ = ["node_env"]
 
@@ -62,7 +62,7 @@ def test_pod_sees_env_volumes_and_reports_status(node_env: NodeEnv) -> None:
     assert done["status"]["phase"] == "Succeeded", cs
     term = cs["state"]["terminated"]
     assert (term["exitCode"], term["reason"], term["message"]) == (0, "Completed", "done-msg")
-    assert cs["restartCount"] == 0 and cs["ready"] is False and cs["image"] == "quay.io/kubevirt/cdi-importer"
+    assert cs["restartCount"] == 0 and cs["ready"] is False and cs["image"] == TEST_IMAGE
     conditions = {x["type"]: x for x in done["status"]["conditions"]}
     assert conditions["PodScheduled"]["status"] == "True"
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
@@ -249,7 +249,8 @@ def test_always_restarts_even_after_success(node_env: NodeEnv) -> None:
 
 def test_logs_of_each_container_of_a_two_container_pod(node_env: NodeEnv) -> None:
     spec = pod("two", "print('from a')")
-    spec["spec"]["containers"].append({"name": "b", "image": "x", "command": ["python3", "-c", "print('from b')"]})
+    spec["spec"]["containers"].append({"name": "b", "image": TEST_IMAGE,
+                                       "command": ["python3", "-c", "print('from b')"]})
     node_env.client.create(POD, spec)
     done = node_env.wait_pod_phase("two", "Succeeded")
     assert [s["name"] for s in done["status"]["containerStatuses"]] == ["main", "b"]
@@ -280,3 +281,46 @@ def test_the_importer_runs_as_a_pod_and_writes_its_volume(node_env: NodeEnv) -> 
     assert json.loads(term["message"])["ok"] is True
     image = Path(node_env.client.get(PVC, NS, "blank-blk")["metadata"]["annotations"]["cdi.kubevirt.io/local-path"])
     assert image.stat().st_size == 8 << 20
+
+
+def test_an_image_the_node_does_not_ship_is_refused_like_an_unpullable_one(node_env: NodeEnv) -> None:
+    marker = node_env.work / "must-not-exist"
+    spec = pod("foreign", f"open({str(marker)!r}, 'w').write('ran')")
+    spec["spec"]["containers"][0]["image"] = "docker.io/library/busybox:1.36"
+    node_env.client.create(POD, spec)
+    got = node_env.wait(POD, "foreign", lambda p: container_status(p).get("state", {}).get("waiting", {}).get(
+        "reason") == "ErrImagePull")
+    message = container_status(got)["state"]["waiting"]["message"]
+    assert 'Failed to pull image "docker.io/library/busybox:1.36"' in message
+    assert "cdi-importer (python3 -m importer)" in message and "cdi-virt-launcher" in message
+    assert got["status"]["phase"] == "Pending"
+    assert any(e["reason"] == "Failed" and "busybox" in e["message"] for e in node_env.events("foreign"))
+    table = node_env.cluster.kubectl("get", "pod", "foreign").stdout
+    assert "ErrImagePull" in table, table
+    assert not marker.exists()
+    node_env.client.delete(POD, NS, "foreign")
+    node_env.wait_gone(POD, "foreign")
+
+
+def test_a_worker_image_runs_only_its_own_programs(node_env: NodeEnv) -> None:
+    marker = node_env.work / "shell-ran"
+    spec = pod("shell", "")
+    spec["spec"]["containers"][0].update(image="cdi-importer", command=["sh", "-c", f"touch {marker}"])
+    node_env.client.create(POD, spec)
+    got = node_env.wait(POD, "shell", lambda p: container_status(p).get("state", {}).get("waiting", {}).get(
+        "reason") == "ErrImagePull")
+    assert "image cdi-importer has no program 'sh -c touch" in container_status(got)["state"]["waiting"]["message"]
+    assert not marker.exists()
+    node_env.client.delete(POD, NS, "shell")
+    node_env.wait_gone(POD, "shell")
+
+
+def test_containers_run_without_capabilities_or_new_privileges(node_env: NodeEnv) -> None:
+    script = ("import json; s = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() "
+              "if ':\\t' in l); print(json.dumps({k: s[k].strip() for k in ('CapEff', 'CapPrm', 'CapBnd', "
+              "'NoNewPrivs')}))")
+    node_env.client.create(POD, pod("caps", script))
+    node_env.wait_pod_phase("caps", "Succeeded")
+    status = json.loads(node_env.cluster.kubectl("logs", "caps").stdout)
+    assert status == {"CapEff": "0" * 16, "CapPrm": "0" * 16, "CapBnd": "0" * 16, "NoNewPrivs": "1"}
+    node_env.client.delete(POD, NS, "caps")

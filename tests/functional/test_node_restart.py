@@ -24,13 +24,15 @@ from cdi.apiserver import Settings
 from cdi.apiserver.server import ApiServer
 from cdi.kube import Client
 from cdi.node import LocalNode, NodeSettings
+from cdi.node.images import WORKER_IMAGES, Image, Program
 
+TEST_IMAGES = {**WORKER_IMAGES, "cdi-test-python": Image("cdi-test-python", (Program(("python3",)),))}
 data = Path(sys.argv[1])
 server = ApiServer(Settings(token="harness-token", db_path=str(data / "objects.db")), tls_dir=data / "tls").start()
 server.write_kubeconfig(data / "kubeconfig.new")
 os.replace(data / "kubeconfig.new", data / "kubeconfig")
 node = LocalNode(Client.from_kubeconfig(str(data / "kubeconfig")),
-                 NodeSettings(data_dir=data / "node", restart_backoff=0.2))
+                 NodeSettings(data_dir=data / "node", restart_backoff=0.2, images=TEST_IMAGES))
 server.set_log_provider(node.log_provider)
 node.start()
 print("ready", flush=True)

@@ -8,7 +8,7 @@ import pytest
 
 from cdi.api import default_registry
 from cdi.api.datavolume import validate_datavolume
-from cdi.api.quantity import QuantityError, parse_quantity, quantity_bytes
+from cdi.units import QuantityError, parse_quantity, quantity_bytes
 
 STORAGE = {"resources": {"requests": {"storage": "1Gi"}}}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from cdi.node.containers import Launcher, _duration
+from cdi.node.images import WORKER_IMAGES, ImageError, resolve
 from cdi.node.logs import read_tail
-from cdi.node.podspec import ConfigError, PodVolumes, container_argv, expand, volume_contract
+from cdi.node.podspec import ConfigError, PodVolumes, expand, volume_contract
 from cdi.node.process import ProcessRecord, kill_recorded, start_ticks
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime, pod_phase, pod_status
@@ -74,11 +76,26 @@ def test_expand_replaces_known_variables_only() -> None:
     assert expand("$(A)-$(B)-$$(A)", {"A": "1"}) == "1-$(B)-$(A)"
 
 
-def test_container_argv_uses_the_node_python() -> None:
-    assert container_argv({"command": ["python3", "-m", "importer"], "args": ["x"]}, "/venv/python") == [
-        "/venv/python", "-m", "importer", "x"]
-    with pytest.raises(ConfigError):
-        container_argv({"image": "busybox"}, "/venv/python")
+def test_worker_images_run_their_own_program_with_the_node_python() -> None:
+    importer = {"image": "quay.io/kubevirt/cdi-importer:v1.60@sha256:abc", "command": ["python3", "-m", "importer"],
+                "args": ["x"]}
+    assert resolve(importer, WORKER_IMAGES, "/venv/python") == ["/venv/python", "-m", "importer", "x"]
+    assert resolve({"image": "cdi-importer"}, WORKER_IMAGES, "/py") == ["/py", "-m", "importer"]
+    tail = {"image": "cdi-virt-launcher:latest", "command": ["/usr/bin/python3", "-m", "vm_runtime.virt_tail"]}
+    assert resolve(tail, WORKER_IMAGES, "/py") == ["/py", "-m", "vm_runtime.virt_tail"]
+
+
+@pytest.mark.parametrize("container, words", [
+    ({"image": "busybox", "command": ["sh", "-c", "id"]}, 'Failed to pull image "busybox"'),
+    ({"image": "cdi-importer", "command": ["python3", "-c", "import os"]}, "has no program"),
+    ({"image": "cdi-importer", "command": ["sh"], "args": ["-c", "id"]}, "has no program"),
+    ({"image": "cdi-importer", "command": ["python3", "-m", "importer_evil"]}, "has no program"),
+    ({"command": ["python3", "-m", "importer"]}, 'Failed to pull image ""'),
+])
+def test_other_images_and_commands_are_refused(container: dict, words: str) -> None:
+    with pytest.raises(ImageError, match=re.escape(words)) as err:
+        resolve(container, WORKER_IMAGES, "/py")
+    assert "cdi-importer (python3 -m importer)" in str(err.value) or "has no program" in words
 
 
 def test_volume_contract_maps_mounts_devices_and_capacities(tmp_path: Path) -> None:
