@@ -4,8 +4,8 @@ On the local node a pod's containers are plain processes that cannot see mounts,
 passes ``CDI_VOLUME_MOUNTS``, a JSON object ``{mountPath or devicePath: host path}``, and a worker
 translates every in-pod path it is given through it (``PathMap``). In a real cluster the variable
 is absent and every path is used as it is; on the local node a path outside the pod's mounts and
-working directory is refused, so that a pod cannot read or write the host's files. Low level on purpose: the importer and the VM launcher
-both import it, and it imports nothing of the control plane.
+working directory is refused, so that a pod cannot read or write the host's files. Low level on
+purpose: the importer and the VM launcher both import it, and it imports nothing of the control plane.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -106,6 +107,17 @@ class Hub:
             sub.deliver(None)
 
 
+def _owner_only(path: str) -> None:
+    """The database holds Secrets and tokens: create it readable by its owner only (and fix an old one)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """Objects and watch history in one SQLite database (WAL mode)."""
 
@@ -115,8 +127,12 @@ class Store:
         self.history = history
         self.lock = threading.RLock()
         self.hub = Hub()
+        _owner_only(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode; older files may differ
+            if os.path.exists(path + suffix):
+                os.chmod(path + suffix, 0o600)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()

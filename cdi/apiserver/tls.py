@@ -48,7 +48,7 @@ def _name(cn: str) -> x509.Name:
 def ensure_serving_cert(directory: str | os.PathLike[str]) -> ServingCert:
     """Create (if missing) and return the CA and serving certificate under `directory`."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     out = ServingCert(d / "ca.crt", d / "apiserver.crt", d / "apiserver.key")
     if out.ca_file.exists() and out.cert_file.exists() and out.key_file.exists():
         return out

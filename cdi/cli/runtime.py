@@ -27,7 +27,8 @@ class Runtime:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
         self.data_dir = Path(cfg.data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.chmod(0o700)  # token, kubeconfig, TLS key, Secrets in state.db, volumes: owner only
         self.kubeconfig = self.data_dir / "kubeconfig"
         settings = Settings(token=_token(self.data_dir), db_path=str(self.data_dir / "state.db"),
                             watch_history=cfg.api.watch_history)

@@ -38,3 +38,31 @@ def test_bad_settings_fail_at_start(args: list[str], message: str) -> None:
     proc = serve(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+def test_the_data_directory_and_everything_secret_in_it_is_owner_only(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from cdi.cli.runtime import Runtime
+    from cdi.cli.serve import ServeConfig
+    from cdi.kube import SECRET
+
+    data = tmp_path / "d"
+    data.mkdir(mode=0o755)  # an existing, world-readable directory is tightened too
+    cfg = ServeConfig(data_dir=str(data))
+    cfg.api.port = 0
+    runtime = Runtime(cfg).start()
+    try:
+        runtime.client.create(SECRET, {"metadata": {"name": "s", "namespace": "default"}, "data": {"k": "dg=="}})
+    finally:
+        runtime.stop()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.iterdir(), *(data / "tls").iterdir()]}
+    assert modes["d"] == 0o700, modes
+    for name in ("state.db", "token", "kubeconfig", "apiserver.key", "tls"):
+        found = [m for n, m in modes.items() if n == name]
+        assert found and found[0] & 0o077 == 0, (name, oct(found[0]) if found else None)
+    for name, mode in modes.items():
+        if name.startswith("state.db"):
+            assert mode & 0o077 == 0, (name, oct(mode))
+    assert os.access(data / "state.db", os.R_OK)

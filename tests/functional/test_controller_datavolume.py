@@ -1,0 +1,184 @@
+"""The DataVolume controller and the local node together against the in-process API server, in seconds.
+
+Real importer processes against a real HTTP server on 127.0.0.1; no ``cdi serve`` subprocess, so a
+change to a reconciler is checked quickly: phases, transient and permanent failures, restartCount,
+deletion in every phase, and the create/delete race.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdi.controller.manager import ControllerManager
+from cdi.controller.resources import ControllerSettings
+from cdi.kube import DATAVOLUME, EVENT, POD, PVC, Obj
+from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
+from tests.support import images
+from tests.support.httpserver import HttpServer, Route
+
+
+class Env:
+    def __init__(self, node: NodeEnv, http: HttpServer, raw: Path) -> None:
+        self.node = node
+        self.client = node.client
+        self.http = http
+        self.raw = raw
+
+    def dv(self, name: str, url: str, size: str = "16Mi", **spec: Any) -> Obj:
+        body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"source": {"http": {"url": url}}, "storage": {"resources": {"requests": {"storage": size}}},
+                         **spec}}
+        return self.client.create(DATAVOLUME, body)
+
+    def wait_dv(self, name: str, predicate: Callable[[Obj], Any], timeout: float = 20) -> Obj:
+        return self.node.wait(DATAVOLUME, name, predicate, timeout)
+
+    def phase(self, name: str, *phases: str, timeout: float = 20) -> Obj:
+        return self.wait_dv(name, lambda d: (d.get("status") or {}).get("phase") in phases, timeout)
+
+    def volume_dirs(self, name: str) -> list[Path]:
+        return list((self.node.data_dir / "volumes" / NS).glob(f"{name}-*"))
+
+    def wait_all_gone(self, name: str, timeout: float = 10) -> None:
+        """The DataVolume, its PVC, its importer pod and its volume on disk are all gone."""
+        deadline = time.monotonic() + timeout
+        left: list[str] = []
+        while time.monotonic() < deadline:
+            left = [k.kind for k, n in ((DATAVOLUME, name), (PVC, name), (POD, f"importer-{name}"))
+                    if self.client.find(k, NS, n) is not None]
+            left += [str(p) for p in self.volume_dirs(name)]
+            if not left:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"left behind {timeout}s after deletion of {name}: {left}")
+
+    def delete(self, name: str) -> float:
+        start = time.monotonic()
+        self.client.delete(DATAVOLUME, NS, name)
+        self.wait_all_gone(name)
+        return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("controller")
+    node = make_env(work, max_running_pods=4)
+    manager = ControllerManager(node.client, ControllerSettings(progress_interval=0.2), workers=2).start()
+    raw = images.make_raw(work / "disk.raw", 2 << 20)
+    with HttpServer() as http:
+        http.add("/disk.raw", Route(path=str(raw)))
+        http.add("/missing.raw", Route(status=404))
+        http.add("/slow.raw", Route(path=str(raw), rate=64 << 10))
+        yield Env(node, http, raw)
+    manager.stop()
+    node.node.stop()
+    node.cluster.server.stop()
+
+
+def until(predicate: Callable[[], Any], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s")
+        time.sleep(0.05)
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/disk.raw"
+
+
+def test_import_succeeds_with_a_decimal_exponent_size(env: Env) -> None:
+    # "1.6e7" is a valid quantity: admission, controller and node must read it the same way.
+    env.dv("exp", env.http.url("/disk.raw"), size="1.6e7")
+    dv = env.phase("exp", "Succeeded", "Failed")
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    assert dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.volumeDigest"].startswith("sha256")
+    pvc = env.client.get(PVC, NS, "exp")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "17Mi"  # 1.6e7 / 0.94, MiB-aligned
+    data = (env.volume_dirs("exp")[0] / "disk.img").read_bytes()
+    source = env.raw.read_bytes()
+    assert data[:len(source)] == source and not data[len(source):].strip(b"\0")
+
+
+def test_a_404_fails_for_good_without_retries(env: Env) -> None:
+    env.dv("gone", env.http.url("/missing.raw"))
+    dv = env.phase("gone", "Failed")
+    running = next(c for c in dv["status"]["conditions"] if c["type"] == "Running")
+    assert "404" in running["message"]
+    assert dv["status"].get("restartCount", 0) == 0
+    assert any(e["reason"] == "ImportFailed" and "404" in e["message"] for e in env.node.events("gone"))
+
+
+def test_a_transient_failure_is_retried_then_deletion_finishes_in_seconds(env: Env) -> None:
+    # The importer gives up on a closed port after its own reconnects; the node restarts it.
+    env.dv("retry", closed_port_url())
+    dv = env.wait_dv("retry", lambda d: (d.get("status") or {}).get("restartCount", 0) >= 1, timeout=60)
+    assert dv["status"]["phase"] == "ImportInProgress"
+    until(lambda: any(e["reason"] == "ImportRetry" for e in env.node.events("retry")))
+    for event in (e for e in env.node.events("retry") if e["reason"] == "ImportRetry"):
+        why = event["message"].split(":", 1)[1].strip()
+        assert why, f"an ImportRetry event without a reason: {event['message']!r}"
+    # Deleting it while the importer fails and is restarted must not leave the PVC Terminating.
+    assert env.delete("retry") < 10
+
+
+def test_delete_while_pending(env: Env) -> None:
+    env.dv("pending", env.http.url("/disk.raw"), size="900Ei")  # more than any disk: never provisioned
+    env.wait_dv("pending", lambda d: any(c["type"] == "Bound" and c["status"] == "False"
+                                         for c in (d.get("status") or {}).get("conditions") or []))
+    env.delete("pending")
+
+
+def test_delete_while_the_import_runs_stops_the_importer(env: Env) -> None:
+    env.dv("running", env.http.url("/slow.raw"))
+    env.phase("running", "ImportInProgress")
+    env.node.wait(POD, "importer-running", lambda p: "running" in (
+        ((p.get("status") or {}).get("containerStatuses") or [{}])[0].get("state") or {}))
+    assert env.delete("running") < 10
+
+
+def test_delete_after_success_and_after_failure(env: Env) -> None:
+    env.dv("done", env.http.url("/disk.raw"))
+    env.phase("done", "Succeeded")
+    env.delete("done")
+    env.delete("gone")
+
+
+def test_create_then_delete_at_once_leaves_nothing_behind(env: Env) -> None:
+    names = [f"race-{i}" for i in range(10)]
+    for name in names:
+        env.dv(name, env.http.url("/disk.raw"))
+        env.client.delete(DATAVOLUME, NS, name)
+    for name in names:
+        env.wait_all_gone(name, timeout=15)
+    pvcs = [p["metadata"]["name"] for p in env.client.list(PVC, NS)[0] if p["metadata"]["name"].startswith("race-")]
+    pods = [p["metadata"]["name"] for p in env.client.list(POD, NS)[0] if "race-" in p["metadata"]["name"]]
+    assert pvcs == [] and pods == []
+
+
+def test_a_pvc_deleted_under_a_live_datavolume_is_released_then_made_again(env: Env) -> None:
+    env.dv("lost", env.http.url("/slow.raw"))
+    first = env.node.wait(PVC, "lost", lambda p: (p.get("status") or {}).get("phase") == "Bound")
+    env.phase("lost", "ImportInProgress")
+    env.client.delete(PVC, NS, "lost")
+    again = env.node.wait(PVC, "lost", lambda p: p["metadata"]["uid"] != first["metadata"]["uid"], timeout=15)
+    assert again["metadata"]["ownerReferences"][0]["name"] == "lost"
+    env.delete("lost")
+
+
+def test_every_event_says_what_happened(env: Env) -> None:
+    events = env.client.list(EVENT, NS)[0]
+    assert events
+    empty = [(e["reason"], e["involvedObject"]["name"]) for e in events if not (e.get("message") or "").strip()]
+    assert empty == []
