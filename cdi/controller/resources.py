@@ -8,6 +8,7 @@ volume at /data (Filesystem) or /dev/cdi-block-volume (Block), restarts OnFailur
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,18 @@ class ControllerSettings:
 
 
 def importer_pod_name(dv_name: str) -> str:
-    return f"importer-{dv_name}"[:253]
+    return child_name("importer-", dv_name)
+
+
+def child_name(prefix: str, name: str, limit: int = 253) -> str:
+    """``prefix + name``, or, when that is longer than ``limit``, a cut of it with a hash of the whole
+    name, so that two long names with the same beginning still get different children (CDI's
+    naming.GetResourceName does the same)."""
+    full = prefix + name
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{full[:limit - 9].rstrip('-.')}-{digest}"
 
 
 def owner_ref(obj: Obj) -> Obj:

@@ -201,7 +201,7 @@ class Client:
         stamp = now_iso()
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta.get('name', 'object')}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "metadata": {"name": event_name(str(meta.get("name") or "object")), "namespace": namespace},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
                                "namespace": namespace, "uid": meta.get("uid"),
                                "resourceVersion": meta.get("resourceVersion")},
@@ -213,6 +213,11 @@ class Client:
             self.create(EVENT, event)
         except ApiError as e:
             log.warning("cannot record event reason=%s error=%s", reason, e)
+
+
+def event_name(name: str) -> str:
+    """``<object name>.<16 hex>``, as kube's recorder names events, cut to fit a 253-character name."""
+    return f"{name[:253 - 17].rstrip('-.')}.{uuid.uuid4().hex[:16]}"
 
 
 def wait_for(predicate: Any, *, timeout: float, interval: float = 0.05) -> Any:

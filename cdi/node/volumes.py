@@ -36,6 +36,12 @@ COMPONENT = "cdi-local-provisioner"
 IN_USE_RECHECK = 0.5
 
 
+def volume_dir_name(name: str, uid: str) -> str:
+    """``<claim>-<uid8>``; a claim name may have 253 characters, a file name at most 255 bytes, so a long
+    one is cut (the uid keeps it unique)."""
+    return f"{name[:200]}-{uid[:8]}"
+
+
 class ProvisioningError(Exception):
     """The claim cannot be provisioned now; the message says why (shown in an event)."""
 
@@ -103,7 +109,7 @@ class VolumeProvisioner:
     # -- provisioning -------------------------------------------------------------------------------
 
     def _volume_dirs(self, ns: str, name: str, uid: str) -> list[Path]:
-        path = self.settings.volumes_dir / ns / f"{name}-{uid[:8]}"
+        path = self.settings.volumes_dir / ns / volume_dir_name(name, uid)
         return [path] if uid and path.exists() else []
 
     def _provision(self, pvc: Obj) -> None:
@@ -147,7 +153,7 @@ class VolumeProvisioner:
 
     def _make_volume(self, ns: str, name: str, uid: str, mode: str, size: int, request: str) -> tuple[Path, str]:
         """Create (or find, after a crash) the volume; return its host path and capacity quantity."""
-        vdir = self.settings.volumes_dir / ns / f"{name}-{uid[:8]}"
+        vdir = self.settings.volumes_dir / ns / volume_dir_name(name, uid)
         if mode not in ("Filesystem", "Block"):
             raise ProvisioningError(f"unsupported volumeMode {mode!r}")
         if mode == "Block":

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from cdi.controller.manager import ControllerManager
-from cdi.controller.resources import ControllerSettings
+from cdi.controller.resources import ControllerSettings, importer_pod_name
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, Obj
+from cdi.node.volumes import volume_dir_name
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
@@ -28,6 +29,7 @@ class Env:
         self.client = node.client
         self.http = http
         self.raw = raw
+        self.claim_uids: dict[str, set[str]] = {}
 
     def dv(self, name: str, url: str, size: str = "16Mi", **spec: Any) -> Obj:
         body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
@@ -43,14 +45,22 @@ class Env:
         return self.wait_dv(name, lambda d: (d.get("status") or {}).get("phase") in phases, timeout)
 
     def volume_dirs(self, name: str) -> list[Path]:
-        return list((self.node.data_dir / "volumes" / NS).glob(f"{name}-*"))
+        """The volume of the DataVolume's PVC on disk (of every PVC it had: each gets its own)."""
+        pvc = self.client.find(PVC, NS, name)
+        if pvc is not None:
+            self.claim_uids.setdefault(name, set()).add(pvc["metadata"]["uid"])
+        root = self.node.data_dir / "volumes" / NS
+        if not self.claim_uids.get(name) and len(name) <= 200:
+            return list(root.glob(f"{name}-*"))
+        return [root / volume_dir_name(name, uid) for uid in self.claim_uids.get(name, ())
+                if (root / volume_dir_name(name, uid)).exists()]
 
     def wait_all_gone(self, name: str, timeout: float = 10) -> None:
         """The DataVolume, its PVC, its importer pod and its volume on disk are all gone."""
         deadline = time.monotonic() + timeout
         left: list[str] = []
         while time.monotonic() < deadline:
-            left = [k.kind for k, n in ((DATAVOLUME, name), (PVC, name), (POD, f"importer-{name}"))
+            left = [k.kind for k, n in ((DATAVOLUME, name), (PVC, name), (POD, importer_pod_name(name)))
                     if self.client.find(k, NS, n) is not None]
             left += [str(p) for p in self.volume_dirs(name)]
             if not left:
@@ -175,6 +185,23 @@ def test_a_pvc_deleted_under_a_live_datavolume_is_released_then_made_again(env: 
     again = env.node.wait(PVC, "lost", lambda p: p["metadata"]["uid"] != first["metadata"]["uid"], timeout=15)
     assert again["metadata"]["ownerReferences"][0]["name"] == "lost"
     env.delete("lost")
+
+
+@pytest.mark.parametrize("length", [253, 246, 237])
+def test_every_valid_name_works_on_disk_and_in_events(env: Env, length: int) -> None:
+    # Two names of the same length that differ only at the end: their children must not collide.
+    names = [("n" * (length - 2)) + suffix for suffix in ("-a", "-b")]
+    for name in names:
+        env.dv(name, env.http.url("/disk.raw"))
+    for name in names:
+        dv = env.phase(name, "Succeeded", "Failed", timeout=30)
+        assert dv["status"]["phase"] == "Succeeded", dv["status"]
+        reasons = {e["reason"] for e in env.node.events(name)}
+        assert {"Pending", "ImportScheduled", "Succeeded"} <= reasons, reasons
+        assert len(env.volume_dirs(name)) == 1
+    assert importer_pod_name(names[0]) != importer_pod_name(names[1])
+    for name in names:
+        env.delete(name)
 
 
 def test_every_event_says_what_happened(env: Env) -> None:
