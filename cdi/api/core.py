@@ -1,4 +1,4 @@
-"""Core (`v1`) kinds: namespaces, PVCs, pods, secrets, configmaps, events and services.
+"""Core (`v1`) kinds: namespaces, PVCs, pods, secrets, configmaps, events, services and nodes.
 
 Columns follow what kube-apiserver's built-in table printers show, so `kubectl get pods` prints
 NAME READY STATUS RESTARTS AGE as it does against a real cluster. Validation is deliberately
@@ -135,6 +135,28 @@ def _default_service(obj: Obj) -> None:
     for p in spec.get("ports") or []:
         if isinstance(p, dict):
             p.setdefault("protocol", "TCP")
+
+
+def _node_status(obj: Obj) -> str:
+    """kubectl's node STATUS: Ready, NotReady or Unknown, then SchedulingDisabled when cordoned."""
+    ready = next((c for c in get_path(obj, ".status.conditions") or [] if c.get("type") == "Ready"), None)
+    status = "Unknown" if ready is None or ready.get("status") == "Unknown" else (
+        "Ready" if ready.get("status") == "True" else "NotReady")
+    return f"{status},SchedulingDisabled" if get_path(obj, ".spec.unschedulable") else status
+
+
+def _node_roles(obj: Obj) -> str:
+    prefix = "node-role.kubernetes.io/"
+    roles = sorted(k[len(prefix):] for k in (get_path(obj, ".metadata.labels") or {}) if k.startswith(prefix))
+    return ",".join(roles) or "<none>"
+
+
+def _node_address(kind: str) -> Any:
+    def cell(obj: Obj) -> str:
+        found = [a.get("address") for a in get_path(obj, ".status.addresses") or [] if a.get("type") == kind]
+        return ",".join(str(a) for a in found) or "<none>"
+
+    return cell
 
 
 def _validate_event(obj: Obj, old: Obj | None) -> list[str]:
@@ -286,5 +308,28 @@ def core_kinds() -> list[ResourceKind]:
                 ),
             ),
             default=_default_service,
+        ),
+        ResourceKind(
+            group="",
+            version="v1",
+            kind="Node",
+            plural="nodes",
+            singular="node",
+            namespaced=False,
+            short_names=("no",),
+            status_subresource=True,
+            columns=(
+                Column("Status", func=_node_status),
+                Column("Roles", func=_node_roles),
+                Column("Age", "date", ".metadata.creationTimestamp", description="CreationTimestamp of the object."),
+                Column("Version", json_path=".status.nodeInfo.kubeletVersion"),
+                Column("Internal-IP", func=_node_address("InternalIP"), priority=1),
+                Column("External-IP", func=_node_address("ExternalIP"), priority=1),
+                Column("OS-Image", json_path=".status.nodeInfo.osImage", priority=1),
+                Column("Kernel-Version", json_path=".status.nodeInfo.kernelVersion", priority=1),
+                Column("Container-Runtime", json_path=".status.nodeInfo.containerRuntimeVersion", priority=1),
+            ),
+            age_column=False,  # kube prints AGE before VERSION for nodes
+            selectable_fields=("spec.unschedulable",),
         ),
     ]

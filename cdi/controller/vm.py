@@ -68,8 +68,8 @@ class VmReconciler:
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         vm = self.client.find(VM, namespace, name)
-        if vm is None:
-            return None
+        if vm is None or deleting(vm):
+            return None  # its VMI and DataVolumes are collected with it: never create one for it now
         status = copy.deepcopy(vm.get("status") or {})
         strategy = run_strategy(vm)
         dv_phases = self._data_volumes(vm)

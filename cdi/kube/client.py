@@ -199,6 +199,9 @@ class Client:
         meta = obj.get("metadata", {})
         namespace = meta.get("namespace") or "default"
         stamp = now_iso()
+        if not message.strip():  # a bug of the caller; a user must still read what happened
+            log.warning("event without a message reason=%s object=%s", reason, meta.get("name"))
+            message = f"{reason} ({obj.get('kind', 'object')} {meta.get('name', '')})"
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": event_name(str(meta.get("name") or "object")), "namespace": namespace},

@@ -2,7 +2,7 @@
 
 A pod whose PersistentVolumeClaims are all Bound (and whose ``spec.nodeName``, if set, names this
 node) is scheduled here (condition PodScheduled, hostIP,
-podIP 127.0.0.1, startTime); ``spec`` stays untouched. It is then admitted when a slot is free: at
+podIP 127.0.0.1, startTime) and bound to it (``spec.nodeName``). It is then admitted when a slot is free: at
 most ``max_running_pods`` containers run at once, and waiting pods (``ContainerCreating`` with a
 message saying the node is at its limit) are admitted in creation order. Each container of
 ``spec.containers`` runs as a process (see ``containers`` and ``podspec``); init containers,
@@ -189,6 +189,8 @@ class PodRunner:
                 self.queue.add_after(rt.key, RETRY)
                 return
             rt.scheduled, rt.start_time = True, now_iso()
+            if not (rt.pod.get("spec") or {}).get("nodeName"):  # bound to this node, as the scheduler does
+                rt.pod = self.client.patch(POD, rt.namespace, rt.name, {"spec": {"nodeName": self.settings.node_name}})
             self.client.event(rt.pod, reason="Scheduled", component="default-scheduler",
                               message=f"Successfully assigned {rt.namespace}/{rt.name} to {self.settings.node_name}")
         if not rt.admitted and not self._admit(rt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_same_disk_same_digest_across_formats(image_factory, tmp_path: Path) -> 
         digests.add(run_import(ImportJob(source=str(image_factory.get(name)), target=str(out))).digest)
     dense = tmp_path / "dense.img"
     subprocess.run(["cp", "--sparse=never", str(image_factory.raw), str(dense)], check=True)
-    cli = subprocess.run([".venv/bin/cdi", "digest", str(dense)], capture_output=True, text=True, check=True)
+    cli = subprocess.run([sys.executable, "-m", "cdi.cli.main", "digest", str(dense)], capture_output=True, text=True,
+                         check=True)
     digests.add(cli.stdout.strip())
     assert len(digests) == 1, digests

@@ -67,7 +67,7 @@ def test_pod_sees_env_volumes_and_reports_status(node_env: NodeEnv) -> None:
     assert conditions["PodScheduled"]["status"] == "True"
     assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "PodCompleted"
     assert done["status"]["podIP"] == "127.0.0.1" and done["status"]["startTime"]
-    assert "nodeName" not in done["spec"]
+    assert done["spec"]["nodeName"] == "cdi-local"
 
     # The container's output through the real kubectl and the log provider.
     out = node_env.cluster.kubectl("logs", "env")
@@ -324,3 +324,17 @@ def test_containers_run_without_capabilities_or_new_privileges(node_env: NodeEnv
     status = json.loads(node_env.cluster.kubectl("logs", "caps").stdout)
     assert status == {"CapEff": "0" * 16, "CapPrm": "0" * 16, "CapBnd": "0" * 16, "NoNewPrivs": "1"}
     node_env.client.delete(POD, NS, "caps")
+
+
+def test_kubectl_get_nodes_shows_the_local_node_and_pods_are_bound_to_it(node_env: NodeEnv) -> None:
+    table = node_env.cluster.kubectl("get", "nodes").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert table[1].split()[:3] == ["cdi-local", "Ready", "cdi-local"], table
+    wide = node_env.cluster.kubectl("get", "node", "cdi-local", "-o", "wide").stdout
+    assert "127.0.0.1" in wide and "INTERNAL-IP" in wide
+    node_env.client.create(POD, pod("placed", "print('hi')"))
+    done = node_env.wait_pod_phase("placed", "Succeeded")
+    assert done["spec"]["nodeName"] == "cdi-local"
+    listed = node_env.cluster.kubectl("get", "pods", "--field-selector", "spec.nodeName=cdi-local", "-o", "name")
+    assert "pod/placed" in listed.stdout.split()
+    node_env.client.delete(POD, NS, "placed")
