@@ -74,6 +74,14 @@ class Invalid(ApiServerError):
 
     @classmethod
     def of(cls, kind: ResourceKind, name: str, errors: list[str]) -> Invalid:
+        details: Obj = {"name": name, "kind": kind.kind}
+        if kind.group:
+            details["group"] = kind.group
+        return cls.named(kind.qualified_kind, name, errors, details=details)
+
+    @classmethod
+    def named(cls, qualified_kind: str, name: str, errors: list[str], *, details: Obj | None = None) -> Invalid:
+        """`<Kind.group> "<name>" is invalid: ...` for any kind, e.g. CreateOptions.meta.k8s.io."""
         causes = []
         for e in errors:
             fld, sep, msg = e.partition(": ")
@@ -82,10 +90,13 @@ class Invalid(ApiServerError):
             reason = next((r for p, r in CAUSE_REASONS.items() if msg.startswith(p)), "FieldValueInvalid")
             causes.append({"reason": reason, "message": msg, "field": fld})
         joined = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
-        details = {"name": name, "kind": kind.kind, "causes": causes}
-        if kind.group:
-            details["group"] = kind.group
-        return cls(f'{kind.qualified_kind} "{name}" is invalid: {joined}', details=details)
+        if details is None:
+            kind, _, group = qualified_kind.partition(".")
+            details = {"name": name, "kind": kind}
+            if group:
+                details["group"] = group
+        details = {**details, "causes": causes}
+        return cls(f'{qualified_kind} "{name}" is invalid: {joined}', details=details)
 
 
 class BadRequest(ApiServerError):

@@ -200,7 +200,7 @@ class Objects:
             if kind is self.namespaces and name in PROTECTED_NAMESPACES:
                 raise Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted')
             if dry_run:
-                return obj, True
+                return self._dry_run_delete(kind, obj, policy)
             if policy == "Orphan":
                 self._orphan_dependents(meta["uid"])
             if kind is self.namespaces:
@@ -219,6 +219,23 @@ class Objects:
                 self._delete_dependents(meta["uid"])
                 obj = self._maybe_finish_foreground(kind, obj)
             return obj, False
+
+    def _dry_run_delete(self, kind: ResourceKind, obj: Obj, policy: str) -> tuple[Obj, bool]:
+        """What a delete would answer, computed without writing, cascading or touching finalizers."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if policy == "Foreground" and FOREGROUND not in finalizers and self._dependents(meta["uid"]):
+            finalizers.append(FOREGROUND)
+        if kind is not self.namespaces and not finalizers:
+            return obj, True
+        held = copy.deepcopy(obj)
+        held["metadata"].setdefault("deletionTimestamp", now_rfc3339())
+        held["metadata"]["deletionGracePeriodSeconds"] = 0
+        if finalizers:
+            held["metadata"]["finalizers"] = finalizers
+        if kind is self.namespaces:
+            held.setdefault("status", {})["phase"] = "Terminating"
+        return held, False
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import protobuf
+from cdi.apiserver import options, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -96,7 +96,6 @@ class ResourceHandlers:
             raise NotFound("the server could not find the requested resource")
         method = request.method
         q = request.query_params
-        dry_run = bool(q.get("dryRun"))
         ns = t.namespace or ""
         if method == "GET":
             if t.name is None:
@@ -110,15 +109,18 @@ class ResourceHandlers:
                     f"the server does not allow this method on the requested resource "
                     f"(post {t.kind.group_resource}): create needs a namespace"
                 )
-            created = self.objects.create(t.kind, ns, await self._body(request), dry_run=dry_run)
+            opts = options.parse("CreateOptions", q)
+            created = self.objects.create(t.kind, ns, await self._body(request), dry_run=opts.dry_run)
             return json_response(created, 201)
         if method == "PUT" and t.name is not None and sub in (None, "status"):
+            opts = options.parse("UpdateOptions", q)
             return json_response(
                 self.objects.update(
-                    t.kind, ns, t.name, await self._body(request), status=sub == "status", dry_run=dry_run
+                    t.kind, ns, t.name, await self._body(request), status=sub == "status", dry_run=opts.dry_run
                 )
             )
         if method == "PATCH" and t.name is not None and sub in (None, "status"):
+            opts = options.parse("PatchOptions", q)
             body = await request.body()
             patched = self.objects.patch(
                 t.kind,
@@ -127,14 +129,14 @@ class ResourceHandlers:
                 request.headers.get("content-type", ""),
                 body,
                 status=sub == "status",
-                dry_run=dry_run,
+                dry_run=opts.dry_run,
             )
             return json_response(patched)
         if method == "DELETE" and sub is None:
-            options = await self._delete_options(request)
+            delete_opts, opts = options.delete_options(await request.body(), q)
             if t.name is None:
-                return self._delete_collection(request, t, options, dry_run)
-            obj, finished = self.objects.delete(t.kind, ns, t.name, options, dry_run=dry_run)
+                return self._delete_collection(request, t, delete_opts, opts.dry_run)
+            obj, finished = self.objects.delete(t.kind, ns, t.name, delete_opts, dry_run=opts.dry_run)
             if finished:
                 details: Obj = {"name": t.name, "kind": t.kind.plural, "uid": obj["metadata"].get("uid")}
                 if t.kind.group:
@@ -169,27 +171,6 @@ class ResourceHandlers:
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data
-
-    async def _delete_options(self, request: Request) -> Obj:
-        raw = await request.body()
-        options: Obj = {}
-        if raw.strip():
-            try:
-                options = json.loads(raw)
-            except ValueError as e:
-                raise BadRequest(f"error decoding DeleteOptions: {e}") from e
-        q = request.query_params
-        if q.get("propagationPolicy"):
-            options["propagationPolicy"] = q["propagationPolicy"]
-        if q.get("orphanDependents"):
-            options["orphanDependents"] = _flag(q["orphanDependents"])
-        policy = options.get("propagationPolicy")
-        if policy not in (None, "Background", "Foreground", "Orphan"):
-            raise BadRequest(
-                f"propagationPolicy: Unsupported value: {policy!r}: supported values: "
-                '"Background", "Foreground", "Orphan"'
-            )
-        return options
 
     def _matchers(self, request: Request, kind: ResourceKind) -> tuple[Any, ...]:
         q = request.query_params
@@ -267,14 +248,14 @@ class ResourceHandlers:
             }
         )
 
-    def _delete_collection(self, request: Request, t: Target, options: Obj, dry_run: bool) -> Response:
+    def _delete_collection(self, request: Request, t: Target, delete_opts: Obj, dry_run: bool) -> Response:
         items, _ = self.objects.select(t.kind, t.namespace, *self._matchers(request, t.kind))
         deleted = []
         for o in items:
             meta = o["metadata"]
             try:
                 obj, _ = self.objects.delete(
-                    t.kind, meta.get("namespace", ""), meta["name"], options, dry_run=dry_run
+                    t.kind, meta.get("namespace", ""), meta["name"], delete_opts, dry_run=dry_run
                 )
             except NotFound:
                 continue

@@ -1,0 +1,117 @@
+"""Write semantics kube users rely on: dryRun, request and object sizes, Secrets' stringData,
+field validation, strategic merge patch and server-side apply, with the real kubectl and the client."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.functional.apiserver_fixtures import Cluster, cluster, datavolume
+
+__all__ = ["cluster"]
+
+GROUP, VERSION, PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
+
+
+@pytest.fixture()
+def custom(cluster: Cluster) -> Iterator[client.CustomObjectsApi]:
+    with cluster.api_client() as api:
+        yield client.CustomObjectsApi(api)
+
+
+@pytest.fixture()
+def core(cluster: Cluster) -> Iterator[client.CoreV1Api]:
+    with cluster.api_client() as api:
+        yield client.CoreV1Api(api)
+
+
+def http(cluster: Cluster) -> httpx.Client:
+    ctx = ssl.create_default_context(cafile=str(cluster.server.tls.ca_file))
+    headers = {"Authorization": f"Bearer {cluster.server.settings.token}"}
+    return httpx.Client(base_url=cluster.server.url, headers=headers, verify=ctx)
+
+
+def rv(cluster: Cluster) -> int:
+    """The store's newest resourceVersion: every write, event or cascade moves it."""
+    return int(cluster.server.app.state.store.resource_version)
+
+
+def owned_pvc(name: str, owner: dict) -> dict:
+    ref = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "name": owner["metadata"]["name"],
+           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "ownerReferences": [ref]},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+# -- dryRun -------------------------------------------------------------------------------------
+
+
+def test_kubectl_delete_dry_run_server_deletes_nothing(cluster: Cluster) -> None:
+    cluster.apply(datavolume("dry-del"))
+    dv = yaml.safe_load(cluster.kubectl("get", "dv", "dry-del", "-o", "yaml").stdout)
+    cluster.apply(owned_pvc("dry-del", dv))
+    before = rv(cluster)
+    out = cluster.kubectl("delete", "dv", "dry-del", "--dry-run=server").stdout
+    assert out.strip() == 'datavolume.cdi.kubevirt.io "dry-del" deleted (server dry run)'
+    out = cluster.kubectl("delete", "pvc", "--all", "--dry-run=server").stdout
+    assert 'persistentvolumeclaim "dry-del" deleted (server dry run)' in out
+    assert rv(cluster) == before  # nothing written, no event, no cascade
+    cluster.kubectl("get", "dv/dry-del", "pvc/dry-del")
+    assert cluster.kubectl("label", "dv", "dry-del", "a=b", "--dry-run=server").returncode == 0
+    assert cluster.kubectl("apply", "-f", "-", "--dry-run=server",
+                           input=yaml.safe_dump(datavolume("dry-new"))).returncode == 0
+    assert rv(cluster) == before
+    assert cluster.kubectl("get", "dv", "dry-new", check=False).returncode == 1
+
+
+def test_every_verb_honours_dry_run_from_query_and_body(
+    cluster: Cluster, custom: client.CustomObjectsApi, core: client.CoreV1Api
+) -> None:
+    cm = core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "dry-cm", "finalizers": ["x/y"]}, "data": {"a": "1"}}
+    )
+    before = rv(cluster)
+    made = core.create_namespaced_config_map("default", {"metadata": {"generateName": "dry-"}}, dry_run="All")
+    assert made.metadata.uid and made.metadata.name.startswith("dry-")
+    cm.data = {"a": "2"}
+    assert core.replace_namespaced_config_map("dry-cm", "default", cm, dry_run="All").data == {"a": "2"}
+    patched = core.patch_namespaced_config_map("dry-cm", "default", {"data": {"a": "3"}}, dry_run="All")
+    assert patched.data == {"a": "3"}
+    # The DeleteOptions body alone asks for the dry run, as kubectl sends it.
+    held = core.delete_namespaced_config_map("dry-cm", "default", body=client.V1DeleteOptions(dry_run=["All"]))
+    assert held["metadata"]["deletionTimestamp"] and held["metadata"]["finalizers"] == ["x/y"]
+    core.delete_collection_namespaced_config_map("default", dry_run="All")
+    assert rv(cluster) == before
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, datavolume("dry-st"))
+    before = rv(cluster)
+    st = custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "default", PLURAL, "dry-st", {"status": {"phase": "Succeeded"}}, dry_run="All"
+    )
+    assert st["status"]["phase"] == "Succeeded"
+    custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "dry-st", dry_run="All")
+    assert rv(cluster) == before
+    assert core.read_namespaced_config_map("dry-cm", "default").data == {"a": "1"}
+    assert "status" not in custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "dry-st")
+
+
+def test_dry_run_still_validates_and_bad_values_are_refused(cluster: Cluster) -> None:
+    with http(cluster) as c:
+        bad = datavolume("dry-bad", source={"http": {"url": "ftp://x"}}, storage={})
+        r = c.post(f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}?dryRun=All", json=bad)
+        assert r.status_code == 422, r.text
+        r = c.post("/api/v1/namespaces/default/configmaps?dryRun=Yes", json={"metadata": {"name": "x"}})
+        assert r.status_code == 422
+        assert r.json()["message"] == (
+            'CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: []string{"Yes"}: '
+            'supported values: "All"'
+        )
+        r = c.request("DELETE", "/api/v1/namespaces/default/configmaps/x",
+                      content=json.dumps({"dryRun": ["Nope"]}))
+        assert r.status_code == 422 and r.json()["details"]["kind"] == "DeleteOptions"
