@@ -135,6 +135,14 @@ class Timeout(ApiServerError):
     pass
 
 
+class RequestEntityTooLarge(ApiServerError):
+    """413: a request body over kube's limit, or an object larger than the store accepts."""
+
+
+class InternalError(ApiServerError):
+    """500 with a message safe to show; the cause stays in the server log."""
+
+
 # Error class -> (HTTP status, Status.reason). The single place where domain errors meet HTTP.
 STATUS_TABLE: dict[type[ApiServerError], tuple[int, str]] = {
     BadRequest: (400, "BadRequest"),
@@ -147,7 +155,9 @@ STATUS_TABLE: dict[type[ApiServerError], tuple[int, str]] = {
     Conflict: (409, "Conflict"),
     Expired: (410, "Expired"),
     UnsupportedMediaType: (415, "UnsupportedMediaType"),
+    RequestEntityTooLarge: (413, "RequestEntityTooLarge"),
     Invalid: (422, "Invalid"),
+    InternalError: (500, "InternalError"),
     Timeout: (504, "Timeout"),
 }
 

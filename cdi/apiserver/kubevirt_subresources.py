@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +31,8 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import options
-from cdi.apiserver.errors import ApiServerError, BadRequest, Conflict, NotFound, to_status
+from cdi.apiserver import limits, options
+from cdi.apiserver.errors import ApiServerError, Conflict, NotFound, to_status
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.routes import json_response
 
@@ -195,10 +194,7 @@ def install(app: FastAPI, objects: Objects, registry: Registry) -> None:
         if action not in ("start", "stop", "restart"):
             raise NotFound("the server could not find the requested resource")
         body = await request.body()
-        try:
-            sent = json.loads(body) if body.strip() else {}
-        except ValueError as e:
-            raise BadRequest(f"Can not unmarshal Request body to struct: {e}") from e
+        sent = limits.decode(body, "Can not unmarshal Request body to struct") if body.strip() else {}
         body_dry_run = sent.get("dryRun") or [] if isinstance(sent, dict) else []
         opts = options.parse("UpdateOptions", request.query_params, body_dry_run=body_dry_run)
         actions.run(action, ns, name, dry_run=opts.dry_run)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from cdi.apiserver import limits
 from cdi.apiserver.errors import BadRequest, Invalid
 
 Obj = dict[str, Any]
@@ -90,10 +91,7 @@ def delete_options(raw: bytes, query: Any) -> tuple[Obj, WriteOptions]:
     """The DeleteOptions body (merged with its query-string form) and the parsed WriteOptions."""
     options: Obj = {}
     if raw.strip():
-        try:
-            options = json.loads(raw)
-        except ValueError as e:
-            raise BadRequest(f"error decoding DeleteOptions: {e}") from e
+        options = limits.decode(raw, "error decoding DeleteOptions")
         if not isinstance(options, dict):
             raise BadRequest("DeleteOptions must be a JSON object")
     if query.get("propagationPolicy"):

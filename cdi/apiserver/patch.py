@@ -15,9 +15,9 @@ Lists not named in `MERGE_KEYS` are replaced, as in a merge patch.
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
+from cdi.apiserver import limits
 from cdi.apiserver.errors import BadRequest, Conflict, UnsupportedMediaType
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -214,10 +214,7 @@ def apply_patch(content_type: str, current: Any, body: bytes) -> Any:
             "server-side apply (application/apply-patch+yaml) is not supported by this server; "
             "use client-side `kubectl apply` (the default) or a merge patch"
         )
-    try:
-        patch = json.loads(body or b"null")
-    except ValueError as e:
-        raise BadRequest(f"error decoding patch: {e}") from e
+    patch = limits.decode(body, "error decoding patch")
     if media == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise BadRequest("merge patch must be a JSON object")

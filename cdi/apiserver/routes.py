@@ -14,13 +14,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import options, protobuf
+from cdi.apiserver import limits, options, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -161,13 +160,8 @@ class ResourceHandlers:
         ctype = request.headers.get("content-type", JSON).split(";")[0].strip()
         if ctype == PROTOBUF:
             return protobuf.decode(raw)
-        try:
-            if ctype in ("application/yaml", "application/x-yaml"):
-                data = yaml.safe_load(raw)
-            else:
-                data = json.loads(raw or b"null")
-        except (ValueError, yaml.YAMLError) as e:
-            raise BadRequest(f"error decoding request body: {e}") from e
+        as_yaml = ctype in ("application/yaml", "application/x-yaml")
+        data = limits.decode(raw, "error decoding request body", as_yaml=as_yaml)
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data

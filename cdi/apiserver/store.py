@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdi.apiserver.errors import Expired
+from cdi.apiserver.limits import MAX_OBJECT_BYTES, object_too_large
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,12 @@ class Hub:
 class Store:
     """Objects and watch history in one SQLite database (WAL mode)."""
 
-    def __init__(self, path: str, *, history: int = 1000) -> None:
+    def __init__(self, path: str, *, history: int = 1000, max_object_bytes: int = MAX_OBJECT_BYTES) -> None:
         if history < 1:
             raise ValueError("watch history must keep at least one event")
         self.history = history
+        # etcd's default request limit: a larger object is refused, as etcd would refuse it.
+        self.max_object_bytes = max_object_bytes
         self.lock = threading.RLock()
         self.hub = Hub()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -218,9 +221,12 @@ class Store:
     def _commit(self, resource: str, namespace: str, name: str, obj: Obj, event_type: str) -> Obj:
         """One transaction: the object written (or deleted), its indexes, the event; then the watchers."""
         with self.lock:
-            rv = self._next_rv()
+            rv = self._rv + 1
             obj["metadata"]["resourceVersion"] = str(rv)
             body = json.dumps(obj, separators=(",", ":"))
+            if event_type != "DELETED" and len(body) > self.max_object_bytes:
+                raise object_too_large()
+            self._rv = rv
             self._db.execute("BEGIN")
             try:
                 if event_type == "DELETED":
@@ -256,10 +262,6 @@ class Store:
         self.hub.close()
         with self.lock:
             self._db.close()
-
-    def _next_rv(self) -> int:
-        self._rv += 1
-        return self._rv
 
     def _record(self, rv: int, resource: str, namespace: str, event_type: str, body: str) -> None:
         self._db.execute(

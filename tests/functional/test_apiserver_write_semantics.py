@@ -115,3 +115,45 @@ def test_dry_run_still_validates_and_bad_values_are_refused(cluster: Cluster) ->
         r = c.request("DELETE", "/api/v1/namespaces/default/configmaps/x",
                       content=json.dumps({"dryRun": ["Nope"]}))
         assert r.status_code == 422 and r.json()["details"]["kind"] == "DeleteOptions"
+
+
+# -- sizes and internal errors ----------------------------------------------------------------
+
+
+def test_request_and_object_size_limits(cluster: Cluster) -> None:
+    big = cluster.workdir / "big.bin"
+    big.write_bytes(b"x" * (3 * 1024 * 1024 + 10))
+    proc = cluster.kubectl("create", "configmap", "too-big", f"--from-file={big}", check=False)
+    assert proc.returncode == 1
+    assert "Request entity too large: limit is 3145728" in proc.stderr
+    with http(cluster) as c:
+        r = c.post("/api/v1/namespaces/default/configmaps", content=b"{" + b" " * (4 << 20) + b"}")
+        assert r.status_code == 413 and r.json()["reason"] == "RequestEntityTooLarge"
+        before = rv(cluster)
+        two_mib = {"metadata": {"name": "two-mib"}, "data": {"k": "y" * (2 << 20)}}
+        r = c.post("/api/v1/namespaces/default/configmaps", json=two_mib)
+        assert (r.status_code, r.json()["message"]) == (413, "etcdserver: request is too large")
+        assert rv(cluster) == before
+        deep = '{"metadata":{"name":"deep"},"data":' + '{"a":' * 5000 + "1" + "}" * 5001
+        r = c.post("/api/v1/namespaces/default/configmaps", content=deep)
+        assert r.status_code == 400 and "max depth" in r.json()["message"]
+        c.post("/api/v1/namespaces/default/configmaps", json={"metadata": {"name": "deep-target"}})
+        r = c.patch("/api/v1/namespaces/default/configmaps/deep-target", content="[" * 100000 + "]" * 100000,
+                    headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 400, r.text
+
+
+def test_internal_error_does_not_echo_the_exception(cluster: Cluster, core: client.CoreV1Api) -> None:
+    def broken(_req: object) -> str:
+        raise RuntimeError("/var/lib/secret-internal-path exploded")
+
+    core.create_namespaced_pod("default", {"metadata": {"name": "logs-500"},
+                                           "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    cluster.server.set_log_provider(broken)
+    try:
+        with http(cluster) as c:
+            r = c.get("/api/v1/namespaces/default/pods/logs-500/log")
+    finally:
+        cluster.server.set_log_provider(None)
+    assert r.status_code == 500 and r.json()["reason"] == "InternalError"
+    assert "secret-internal-path" not in r.text
