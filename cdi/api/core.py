@@ -7,6 +7,7 @@ light: the few required fields controllers and kubectl rely on.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from cdi.api.registry import Column, Obj, ResourceKind, get_path
@@ -126,7 +127,15 @@ def _default_namespace(obj: Obj) -> None:
 
 
 def _default_secret(obj: Obj) -> None:
+    """Type Opaque by default; `stringData` merged into `data` (base64) and never stored, as kube does."""
     obj.setdefault("type", "Opaque")
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = obj.get("data")
+        data = dict(data) if isinstance(data, dict) else {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
 
 
 def _default_service(obj: Obj) -> None:

@@ -157,3 +157,21 @@ def test_internal_error_does_not_echo_the_exception(cluster: Cluster, core: clie
         cluster.server.set_log_provider(None)
     assert r.status_code == 500 and r.json()["reason"] == "InternalError"
     assert "secret-internal-path" not in r.text
+
+
+# -- Secrets ----------------------------------------------------------------------------------
+
+
+def test_secret_string_data_is_merged_into_data_and_never_stored(cluster: Cluster) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+              "data": {"user": "YWRtaW4="}, "stringData": {"password": "s3cret", "user": "root"}}
+    cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(secret))
+    got = yaml.safe_load(cluster.kubectl("get", "secret", "creds", "-o", "yaml").stdout)
+    assert "stringData" not in got
+    assert got["data"] == {"user": "cm9vdA==", "password": "czNjcmV0"}  # stringData wins, as in kube
+    patch = json.dumps({"stringData": {"token": "abc"}})
+    cluster.kubectl("patch", "secret", "creds", "--type=merge", "-p", patch)
+    got = yaml.safe_load(cluster.kubectl("get", "secret", "creds", "-o", "json").stdout)
+    assert "stringData" not in got and got["data"]["token"] == "YWJj" and got["data"]["password"] == "czNjcmV0"
+    stored = cluster.server.app.state.store.get("/secrets", "default", "creds")
+    assert "stringData" not in stored
