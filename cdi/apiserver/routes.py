@@ -8,7 +8,6 @@ stream) is chosen from the query and the Accept header as kube-apiserver does.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import limits, options, protobuf
+from cdi.apiserver import limits, options, pagination, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -203,25 +202,17 @@ class ResourceHandlers:
                 is_disconnected=request.is_disconnected,
             )
             return StreamingResponse(stream, media_type=JSON)
+        if q.get("continue") and q.get("resourceVersion") not in (None, ""):
+            raise BadRequest("specifying resource version is not allowed when using continue")
         items, rv = self.objects.select(kind, t.namespace, *matchers)
-        list_meta: Obj = {"resourceVersion": str(rv)}
-        limit = _int(q.get("limit"), "limit")
-        start = 0
-        if q.get("continue"):
-            try:
-                token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
-                start = int(token["start"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise BadRequest("continue key is not valid") from e
-        if limit and limit > 0:
-            page = items[start : start + limit]
-            if start + limit < len(items):
-                token_s = json.dumps({"rv": rv, "start": start + limit}).encode()
-                list_meta["continue"] = base64.urlsafe_b64encode(token_s).decode()
-                list_meta["remainingItemCount"] = len(items) - start - limit
-            items = page
-        elif start:
-            items = items[start:]
+        items, list_meta = pagination.page(
+            items,
+            rv=rv,
+            limit=_int(q.get("limit"), "limit"),
+            token=q.get("continue"),
+            compacted=self.objects.store.compacted,
+            exact_count=not (q.get("labelSelector") or q.get("fieldSelector")),
+        )
         if wants(accept, "Table"):
             return json_response(table(kind, items, include_object=include, list_meta=list_meta))
         if wants(accept, "PartialObjectMetadataList"):
