@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tests.functional.apiserver_fixtures import Cluster, cluster
@@ -72,3 +72,33 @@ def test_kubectl_chunked_get_and_expired_or_bad_tokens(cluster: Cluster, core: c
     with http(cluster) as c:
         r = c.get(f"/api/v1/namespaces/{ns}/configmaps", params={"limit": "2", "continue": "!!garbage"})
         assert r.status_code == 400 and r.json()["reason"] == "BadRequest"
+
+
+# -- watch with selectors -----------------------------------------------------------------------
+
+
+def test_watch_with_selector_sees_objects_leave_and_join(cluster: Cluster, core: client.CoreV1Api) -> None:
+    ns = namespace(core, "sel-watch")
+    start = core.list_namespaced_config_map(ns).metadata.resource_version
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "w", "labels": {"app": "x"}}})
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "other", "labels": {"app": "y"}}})
+    moved = core.patch_namespaced_config_map("w", ns, {"metadata": {"labels": {"app": "z"}}})
+    core.patch_namespaced_config_map("w", ns, {"metadata": {"labels": {"app": "x"}}})
+    core.patch_namespaced_config_map("w", ns, {"data": {"k": "v"}})
+    core.delete_namespaced_config_map("w", ns)
+    seen = []
+    for ev in watch.Watch().stream(core.list_namespaced_config_map, ns, label_selector="app=x",
+                                   resource_version=start, timeout_seconds=10):
+        obj = ev["object"]
+        seen.append((ev["type"], obj.metadata.labels.get("app"), obj.metadata.resource_version))
+        if len(seen) == 5:
+            break
+    # Leaving the selection is a DELETED carrying the last matching content and the new version.
+    assert [s[:2] for s in seen] == [("ADDED", "x"), ("DELETED", "x"), ("ADDED", "x"), ("MODIFIED", "x"),
+                                     ("DELETED", "x")]
+    assert seen[1][2] == moved.metadata.resource_version
+    with http(cluster) as c:  # a field selector follows the same rules
+        r = c.get(f"/api/v1/namespaces/{ns}/configmaps", params={
+            "watch": "1", "resourceVersion": start, "fieldSelector": "metadata.name=other",
+            "timeoutSeconds": "1"})
+        assert [line.count('"type":"ADDED"') for line in r.text.splitlines()] == [1]
