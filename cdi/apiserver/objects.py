@@ -171,7 +171,7 @@ class Objects:
     ) -> Obj:
         with self.store.lock:
             old = self.get(kind, ns, name)
-            patched = apply_patch(content_type, old, body)
+            patched = apply_patch(content_type, old, body, custom=kind.custom)
             if not isinstance(patched, dict):
                 raise BadRequest("the patched object is not a JSON object")
             return self.update(kind, ns, name, patched, status=status, dry_run=dry_run)

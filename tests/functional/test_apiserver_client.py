@@ -263,7 +263,7 @@ def test_apply_patch_is_refused_with_415(cluster: Cluster) -> None:
             headers={"Content-Type": "application/apply-patch+yaml"},
         )
     assert r.status_code == 415 and r.json()["reason"] == "UnsupportedMediaType"
-    assert "server-side apply" in r.json()["message"]
+    assert "application/apply-patch+yaml" in r.json()["message"]
 
 
 def test_latency_of_get_list_and_watch_delivery(cluster: Cluster, custom: client.CustomObjectsApi) -> None:

@@ -175,3 +175,30 @@ def test_secret_string_data_is_merged_into_data_and_never_stored(cluster: Cluste
     assert "stringData" not in got and got["data"]["token"] == "YWJj" and got["data"]["password"] == "czNjcmV0"
     stored = cluster.server.app.state.store.get("/secrets", "default", "creds")
     assert "stringData" not in stored
+
+
+# -- strategic merge patch ----------------------------------------------------------------------
+
+
+def test_strategic_merge_patch_refused_on_custom_resources_and_merged_by_key_on_builtins(
+    cluster: Cluster,
+) -> None:
+    cluster.apply(datavolume("smp"))
+    proc = cluster.kubectl("patch", "dv", "smp", "-p", '{"metadata":{"labels":{"a":"b"}}}', check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (  # kubectl's own wording of kube's 415
+        "error: application/strategic-merge-patch+json is not supported by cdi.kubevirt.io/v1beta1, "
+        "Kind=DataVolume: the body of the request was in an unknown format - "
+        "accepted media types include: application/json-patch+json, application/merge-patch+json, "
+        "application/apply-patch+yaml"
+    )
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "smp"},
+           "spec": {"selector": {"app": "x"}, "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}}
+    cluster.apply(svc)
+    cluster.kubectl("patch", "svc", "smp", "-p", '{"spec":{"ports":[{"port":443,"targetPort":8443}]}}')
+    got = json.loads(cluster.kubectl("get", "svc", "smp", "-o", "json").stdout)
+    assert [(p["port"], p.get("targetPort")) for p in got["spec"]["ports"]] == [(80, None), (443, 8443)]
+    svc["spec"]["ports"][0]["port"] = 8080  # client-side apply: a strategic patch with $setElementOrder
+    cluster.apply(svc)
+    got = json.loads(cluster.kubectl("get", "svc", "smp", "-o", "json").stdout)
+    assert [p["port"] for p in got["spec"]["ports"]] == [8080, 443]
