@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver import metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
+from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.patch import apply_patch
 from cdi.apiserver.selectors import Matcher
 from cdi.apiserver.store import Store
@@ -29,8 +30,6 @@ Obj = dict[str, Any]
 
 FOREGROUND = "foregroundDeletion"
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GEN_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -74,8 +73,12 @@ class Objects:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def create(self, kind: ResourceKind, ns: str, body: Obj, *, dry_run: bool = False) -> Obj:
+    def create(
+        self, kind: ResourceKind, ns: str, body: Obj, *, dry_run: bool = False, fields: FieldCheck | None = None
+    ) -> Obj:
         obj = self._check_body(kind, ns, copy.deepcopy(body))
+        if fields is not None:
+            fields.body(kind, obj)
         meta = obj["metadata"]
         with self.store.lock:
             if kind.namespaced:
@@ -85,7 +88,12 @@ class Objects:
                     raise Invalid.of(
                         kind, "", ["metadata.name: Required value: name or generateName is required"]
                     )
-                meta["name"] = meta["generateName"] + "".join(random.choices(_GEN_CHARS, k=5))
+                prefix = metavalidation.generated_prefix(str(meta["generateName"]))
+                meta["name"] = prefix + "".join(random.choices(_GEN_CHARS, k=5))
+                problems = metavalidation.check_name(kind, meta["name"])
+                if problems:  # the random part is valid: the prefix is to blame, as kube says
+                    bad = metavalidation.check_name(kind, prefix + "a", field="metadata.generateName")
+                    raise Invalid.of(kind, "", bad or problems)
             name = meta["name"]
             self._check_name(kind, name)
             if self.store.get(kind.key, meta.get("namespace", ""), name) is not None:
@@ -114,9 +122,12 @@ class Objects:
         *,
         status: bool = False,
         dry_run: bool = False,
+        fields: FieldCheck | None = None,
     ) -> Obj:
         """PUT of the object (or of its status subresource when `status`)."""
         new = self._check_body(kind, ns, copy.deepcopy(body))
+        if fields is not None:
+            fields.body(kind, new)
         if new["metadata"].get("name", name) != name:
             raise BadRequest(
                 f"the name of the object ({new['metadata']['name']}) "
@@ -168,12 +179,15 @@ class Objects:
         *,
         status: bool = False,
         dry_run: bool = False,
+        fields: FieldCheck | None = None,
     ) -> Obj:
         with self.store.lock:
             old = self.get(kind, ns, name)
             patched = apply_patch(content_type, old, body, custom=kind.custom)
             if not isinstance(patched, dict):
                 raise BadRequest("the patched object is not a JSON object")
+            if fields is not None:
+                fields.patched(kind, patched)
             return self.update(kind, ns, name, patched, status=status, dry_run=dry_run)
 
     def delete(
@@ -265,18 +279,9 @@ class Objects:
         return obj
 
     def _check_name(self, kind: ResourceKind, name: str) -> None:
-        pattern, limit = (_LABEL, 63) if kind is self.namespaces else (_SUBDOMAIN, 253)
-        if len(name) > limit or not pattern.match(name):
-            raise Invalid.of(
-                kind,
-                name,
-                [
-                    f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 '
-                    f"{'label' if limit == 63 else 'subdomain'} must consist of lower case alphanumeric "
-                    "characters, '-' or '.', and must start and end with an alphanumeric character "
-                    f"(at most {limit} characters)"
-                ],
-            )
+        problems = metavalidation.check_name(kind, name)
+        if problems:
+            raise Invalid.of(kind, name, problems)
 
     def _check_namespace_open(self, ns: str) -> None:
         assert self.namespaces is not None
@@ -287,10 +292,11 @@ class Objects:
             raise Forbidden(f"unable to create new content in namespace {ns} because it is being terminated")
 
     def _validate(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
+        errors = metavalidation.check_metadata(obj["metadata"])
         if kind.validate:
-            errors = kind.validate(obj, old)
-            if errors:
-                raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
+            errors += kind.validate(obj, old)
+        if errors:
+            raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
 
     def _carry_over(self, kind: ResourceKind, old: Obj, new: Obj) -> None:
         meta, old_meta = new["metadata"], old["metadata"]

@@ -18,8 +18,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import limits, options, pagination, protobuf
+from cdi.apiserver import fieldvalidation, limits, options, pagination, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
+from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.selectors import field_matcher, label_matcher
@@ -41,10 +42,15 @@ class Target:
     subresource: str | None
 
 
-def json_response(obj: Any, status: int = 200, media_type: str = JSON) -> Response:
-    return Response(
+def json_response(
+    obj: Any, status: int = 200, media_type: str = JSON, *, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    response = Response(
         json.dumps(obj, separators=(",", ":")).encode(), status_code=status, media_type=media_type
     )
+    for name, value in headers or []:
+        response.headers.append(name, value)
+    return response
 
 
 def _flag(value: str | None) -> bool:
@@ -108,28 +114,30 @@ class ResourceHandlers:
                     f"(post {t.kind.group_resource}): create needs a namespace"
                 )
             opts = options.parse("CreateOptions", q)
-            created = self.objects.create(t.kind, ns, await self._body(request), dry_run=opts.dry_run)
-            return json_response(created, 201)
+            body, check = await self._body(request, opts)
+            created = self.objects.create(t.kind, ns, body, dry_run=opts.dry_run, fields=check)
+            return json_response(created, 201, headers=check.headers())
         if method == "PUT" and t.name is not None and sub in (None, "status"):
             opts = options.parse("UpdateOptions", q)
-            return json_response(
-                self.objects.update(
-                    t.kind, ns, t.name, await self._body(request), status=sub == "status", dry_run=opts.dry_run
-                )
+            body, check = await self._body(request, opts)
+            updated = self.objects.update(
+                t.kind, ns, t.name, body, status=sub == "status", dry_run=opts.dry_run, fields=check
             )
+            return json_response(updated, headers=check.headers())
         if method == "PATCH" and t.name is not None and sub in (None, "status"):
             opts = options.parse("PatchOptions", q)
-            body = await request.body()
+            check = FieldCheck(opts.field_validation)
             patched = self.objects.patch(
                 t.kind,
                 ns,
                 t.name,
                 request.headers.get("content-type", ""),
-                body,
+                await request.body(),
                 status=sub == "status",
                 dry_run=opts.dry_run,
+                fields=check,
             )
-            return json_response(patched)
+            return json_response(patched, headers=check.headers())
         if method == "DELETE" and sub is None:
             delete_opts, opts = options.delete_options(await request.body(), q)
             if t.name is None:
@@ -154,16 +162,20 @@ class ResourceHandlers:
             f"({method.lower()} {t.kind.group_resource})"
         )
 
-    async def _body(self, request: Request) -> Obj:
+    async def _body(self, request: Request, opts: options.WriteOptions) -> tuple[Obj, FieldCheck]:
+        """The decoded body of a create or update and the field validation it is subject to."""
         raw = await request.body()
         ctype = request.headers.get("content-type", JSON).split(";")[0].strip()
+        check = FieldCheck(opts.field_validation)
         if ctype == PROTOBUF:
-            return protobuf.decode(raw)
-        as_yaml = ctype in ("application/yaml", "application/x-yaml")
-        data = limits.decode(raw, "error decoding request body", as_yaml=as_yaml)
+            data = protobuf.decode(raw)
+        elif ctype in ("application/yaml", "application/x-yaml"):
+            data = limits.decode(raw, "error decoding request body", as_yaml=True)
+        else:
+            data, check.duplicates = fieldvalidation.decode(raw)
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
-        return data
+        return data, check
 
     def _matchers(self, request: Request, kind: ResourceKind) -> tuple[Any, ...]:
         q = request.query_params

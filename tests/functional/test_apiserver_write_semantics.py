@@ -202,3 +202,71 @@ def test_strategic_merge_patch_refused_on_custom_resources_and_merged_by_key_on_
     cluster.apply(svc)
     got = json.loads(cluster.kubectl("get", "svc", "smp", "-o", "json").stdout)
     assert [p["port"] for p in got["spec"]["ports"]] == [8080, 443]
+
+
+# -- field validation -------------------------------------------------------------------------
+
+
+def test_unknown_fields_strict_warn_ignore_with_kubectl(cluster: Cluster) -> None:
+    dv = datavolume("fv")
+    dv["spec"]["foo"] = 1
+    dv["metadata"]["bar"] = "x"
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(dv), check=False)
+    assert proc.returncode == 1
+    assert (
+        'DataVolume in version "v1beta1" cannot be handled as a DataVolume: strict decoding error: '
+        'unknown field "metadata.bar", unknown field "spec.foo"'
+    ) in proc.stderr
+    proc = cluster.kubectl("create", "-f", "-", "--validate=warn", input=yaml.safe_dump(dv))
+    assert 'Warning: unknown field "spec.foo"' in proc.stderr
+    got = json.loads(cluster.kubectl("get", "dv", "fv", "-o", "json").stdout)
+    assert "foo" not in got["spec"] and "bar" not in got["metadata"]  # pruned, as kube prunes
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fv"}, "datta": {"a": "1"}}
+    proc = cluster.kubectl("apply", "-f", "-", "--validate=false", input=yaml.safe_dump(cm))
+    assert proc.stderr == ""
+    assert "datta" not in json.loads(cluster.kubectl("get", "cm", "fv", "-o", "json").stdout)
+
+
+def test_duplicate_fields_and_strict_patches(cluster: Cluster) -> None:
+    with http(cluster) as c:
+        dup = b'{"metadata":{"name":"dup","name":"dup"},"data":{"a":"1"}}'
+        r = c.post("/api/v1/namespaces/default/configmaps?fieldValidation=Strict", content=dup)
+        assert r.status_code == 400
+        assert r.json()["message"] == (
+            'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: '
+            'duplicate field "metadata.name"'
+        )
+        r = c.post("/api/v1/namespaces/default/configmaps?fieldValidation=Warn", content=dup)
+        assert r.status_code == 201 and r.headers["warning"] == '299 - "duplicate field \\"metadata.name\\""'
+        r = c.patch(f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/fv?fieldValidation=Strict",
+                    json={"spec": {"source": {"blank": {"size": 1}}}},
+                    headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["message"].endswith('strict decoding error: unknown field "spec.source.blank.size"')
+        r = c.post("/api/v1/namespaces/default/configmaps?fieldValidation=Loose", json={"metadata": {"name": "x"}})
+        assert r.status_code == 422 and "fieldValidation: Unsupported value" in r.json()["message"]
+
+
+def test_names_labels_and_annotations_validated_as_kube(cluster: Cluster, core: client.CoreV1Api) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "lbl", "labels": {"bad key": "v"}}}
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(cm), check=False)
+    assert 'The ConfigMap "lbl" is invalid: metadata.labels: Invalid value: "bad key": name part must consist' in (
+        proc.stderr
+    )
+    cm["metadata"]["labels"] = {"ok": "v" * 64}
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(cm), check=False)
+    assert "must be no more than 63 characters" in proc.stderr
+    with http(cluster) as c:
+        big = {"metadata": {"name": "ann", "annotations": {"a": "x" * (256 * 1024)}}}
+        r = c.post("/api/v1/namespaces/default/configmaps", json=big)
+        assert r.status_code == 422
+        assert r.json()["details"]["causes"] == [{"reason": "FieldValueTooLong", "field": "metadata.annotations",
+                                                  "message": "Too long: may not be more than 262144 bytes"}]
+        r = c.post("/api/v1/namespaces/default/services", json={"metadata": {"name": "1svc"}, "spec": {}})
+        assert r.status_code == 422 and "a DNS-1035 label must consist" in r.json()["message"]
+        r = c.post("/api/v1/namespaces", json={"metadata": {"name": "a.b"}})
+        assert r.status_code == 422 and "a lowercase RFC 1123 label must consist" in r.json()["message"]
+        r = c.post("/api/v1/namespaces/default/configmaps", json={"metadata": {"generateName": "Bad-"}})
+        assert r.status_code == 422 and r.json()["details"]["causes"][0]["field"] == "metadata.generateName"
+    made = core.create_namespaced_config_map("default", {"metadata": {"generateName": "g" * 70}})
+    assert len(made.metadata.name) == 63
