@@ -102,3 +102,62 @@ def test_watch_with_selector_sees_objects_leave_and_join(cluster: Cluster, core:
             "watch": "1", "resourceVersion": start, "fieldSelector": "metadata.name=other",
             "timeoutSeconds": "1"})
         assert [line.count('"type":"ADDED"') for line in r.text.splitlines()] == [1]
+
+
+# -- pods' and events' tables ---------------------------------------------------------------------
+
+
+def _cs(name: str, state: dict, *, ready: bool = False, restarts: int = 0, last: dict | None = None) -> dict:
+    out = {"name": name, "state": state, "ready": ready, "restartCount": restarts, "image": "x", "imageID": ""}
+    if last:
+        out["lastState"] = last
+    return out
+
+
+POD_STATES = {
+    "done": ("Succeeded", [_cs("a", {"terminated": {"exitCode": 0, "reason": "Completed"}})], "0/1", "Completed"),
+    "failed": ("Failed", [_cs("a", {"terminated": {"exitCode": 3, "reason": "Error"}})], "0/1", "Error"),
+    "noreason": ("Failed", [_cs("a", {"terminated": {"exitCode": 3}})], "0/1", "ExitCode:3"),
+    "crash": ("Running", [_cs("a", {"waiting": {"reason": "CrashLoopBackOff"}}, restarts=4,
+                               last={"terminated": {"exitCode": 1, "finishedAt": "2020-01-01T00:00:00Z"}})],
+              "0/1", "CrashLoopBackOff"),
+    "pull": ("Pending", [_cs("a", {"waiting": {"reason": "ErrImagePull"}})], "0/1", "ErrImagePull"),
+    "creating": ("Pending", [_cs("a", {"waiting": {"reason": "ContainerCreating"}})], "0/1", "ContainerCreating"),
+    "half": ("Running", [_cs("a", {"running": {}}, ready=True),
+                         _cs("b", {"terminated": {"exitCode": 0, "reason": "Completed"}})], "1/2", "Running"),
+}
+
+
+def test_pod_status_ready_and_restarts_columns_as_kubectl_shows_them(cluster: Cluster, core: client.CoreV1Api) -> None:
+    ns = namespace(core, "podtable")
+    for name, (phase, statuses, _, _) in POD_STATES.items():
+        containers = [{"name": s["name"], "image": "x"} for s in statuses]
+        core.create_namespaced_pod(ns, {"metadata": {"name": name}, "spec": {"containers": containers}})
+        conditions = [{"type": "Ready", "status": "True"}] if name == "half" else []
+        core.patch_namespaced_pod_status(name, ns, {"status": {"phase": phase, "containerStatuses": statuses,
+                                                               "conditions": conditions}})
+    core.create_namespaced_pod(ns, {"metadata": {"name": "leaving", "finalizers": ["x/y"]},
+                                    "spec": {"containers": [{"name": "a", "image": "x"}]}})
+    core.delete_namespaced_pod("leaving", ns)
+    rows = {line.split()[0]: line.split()[1:] for line in cluster.kubectl("get", "pods", "-n", ns).stdout.splitlines()}
+    assert rows.pop("NAME") == ["READY", "STATUS", "RESTARTS", "AGE"]
+    for name, (_, _, ready, status) in POD_STATES.items():
+        assert rows[name][:2] == [ready, status], name
+    assert rows["crash"][2] == "4" and rows["crash"][3].startswith("(") and rows["crash"][4] == "ago)"  # 4 (6y ago)
+    assert rows["leaving"][1] == "Terminating"
+
+
+def test_get_events_columns_as_kube_prints_them(cluster: Cluster, core: client.CoreV1Api) -> None:
+    ns = namespace(core, "evtable")
+    core.create_namespaced_event(ns, {
+        "metadata": {"name": "e1"}, "involvedObject": {"kind": "DataVolume", "name": "dv1", "namespace": ns},
+        "reason": "ImportFailed", "message": "  404 at the URL \n", "type": "Warning", "count": 3,
+        "source": {"component": "cdi-controller"}, "firstTimestamp": "2020-01-01T00:00:00Z",
+        "lastTimestamp": "2020-01-02T00:00:00Z"})
+    lines = cluster.kubectl("get", "events", "-n", ns).stdout.splitlines()
+    assert lines[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert lines[1].split()[1:] == ["Warning", "ImportFailed", "datavolume/dv1", "404", "at", "the", "URL"]
+    wide = cluster.kubectl("get", "events", "-n", ns, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE",
+                               "FIRST", "SEEN", "COUNT", "NAME"]
+    assert wide[1].split()[-2:] == ["3", "e1"] and "cdi-controller" in wide[1]
