@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
-from cdi.apiserver import discovery, kubevirt_subresources, openapi
+from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2
 from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
 from cdi.apiserver.limits import BodyLimit
@@ -165,6 +165,15 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     @app.get("/livez")
     async def _health() -> Response:
         return Response("ok", media_type="text/plain")
+
+    @app.get("/openapi/v2")
+    async def _openapi_v2(request: Request) -> Response:
+        media = openapi_v2.negotiate(request.headers.get("accept"))
+        doc = openapi_v2.document(registry)
+        if media == openapi_v2.PROTOBUF:
+            # kube answers with the legacy name: Go's mime parser refuses the '@' of the new one.
+            return Response(openapi_v2.to_protobuf(doc), media_type=openapi_v2.PROTOBUF_LEGACY)
+        return json_response(doc)
 
     @app.get("/openapi/v3")
     async def _openapi_root() -> Response:

@@ -161,3 +161,29 @@ def test_get_events_columns_as_kube_prints_them(cluster: Cluster, core: client.C
     assert wide[0].split() == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "SUBOBJECT", "SOURCE", "MESSAGE",
                                "FIRST", "SEEN", "COUNT", "NAME"]
     assert wide[1].split()[-2:] == ["3", "e1"] and "cdi-controller" in wide[1]
+
+
+# -- OpenAPI v2 ----------------------------------------------------------------------------------
+
+
+def test_openapi_v2_in_protobuf_for_kubectl_explain_and_in_json(cluster: Cluster) -> None:
+    out = cluster.kubectl("explain", "dv.spec.source.http", "--output=plaintext-openapiv2").stdout
+    assert "VERSION:  cdi.kubevirt.io/v1beta1" in out and "certConfigMap" in out
+    assert "url\t<string> -required-" in out
+    with http(cluster) as c:
+        r = c.get("/openapi/v2", headers={"Accept": "application/json"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        doc = r.json()
+        assert doc["swagger"] == "2.0"
+        dv = doc["definitions"]["io.kubevirt.cdi.v1beta1.DataVolume"]
+        assert dv["x-kubernetes-group-version-kind"] == [
+            {"group": "cdi.kubevirt.io", "version": "v1beta1", "kind": "DataVolume"}]
+        text = r.text
+        assert "#/components/" not in text and '"anyOf"' not in text and '"requestBody"' not in text
+        item = doc["paths"]["/apis/cdi.kubevirt.io/v1beta1/namespaces/{namespace}/datavolumes/{name}"]
+        assert {p["name"] for p in item["parameters"]} == {"namespace", "name"}
+        assert item["put"]["parameters"][0]["in"] == "body"
+        ids = [op["operationId"] for i in doc["paths"].values() for m, op in i.items() if m != "parameters"]
+        assert len(ids) == len(set(ids))  # Swagger 2.0 wants them unique
+        r = c.get("/openapi/v2", headers={"Accept": "application/xml"})
+        assert r.status_code == 406 and r.json()["reason"] == "NotAcceptable"
