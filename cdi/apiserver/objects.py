@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import metavalidation
+from cdi.apiserver import limits, managedfields, metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.patch import apply_patch
@@ -74,8 +74,16 @@ class Objects:
     # -- writes ------------------------------------------------------------------------------
 
     def create(
-        self, kind: ResourceKind, ns: str, body: Obj, *, dry_run: bool = False, fields: FieldCheck | None = None
+        self,
+        kind: ResourceKind,
+        ns: str,
+        body: Obj,
+        *,
+        dry_run: bool = False,
+        fields: FieldCheck | None = None,
+        manager: str | None = None,
     ) -> Obj:
+        """POST; `manager` (the request's field manager) takes ownership of every field it set."""
         obj = self._check_body(kind, ns, copy.deepcopy(body))
         if fields is not None:
             fields.body(kind, obj)
@@ -108,6 +116,8 @@ class Objects:
             if kind.default:
                 kind.default(obj)
             self._validate(kind, obj, None)
+            if manager is not None:
+                managedfields.record_update(kind, None, obj, manager)
             if dry_run:
                 return obj
             log.info("create resource=%s ns=%s name=%s", kind.key, ns, name)
@@ -123,6 +133,7 @@ class Objects:
         status: bool = False,
         dry_run: bool = False,
         fields: FieldCheck | None = None,
+        manager: str | None = None,
     ) -> Obj:
         """PUT of the object (or of its status subresource when `status`)."""
         new = self._check_body(kind, ns, copy.deepcopy(body))
@@ -163,6 +174,8 @@ class Objects:
                     new["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
             if _without_rv(new) == _without_rv(old):
                 return old
+            if manager is not None:
+                managedfields.record_update(kind, old, new, manager, subresource="status" if status else "")
             if dry_run:
                 return new
             if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -180,7 +193,9 @@ class Objects:
         status: bool = False,
         dry_run: bool = False,
         fields: FieldCheck | None = None,
+        manager: str | None = None,
     ) -> Obj:
+        """PATCH with a JSON, merge or strategic merge patch (server-side apply is `apply`)."""
         with self.store.lock:
             old = self.get(kind, ns, name)
             patched = apply_patch(content_type, old, body, custom=kind.custom)
@@ -188,7 +203,46 @@ class Objects:
                 raise BadRequest("the patched object is not a JSON object")
             if fields is not None:
                 fields.patched(kind, patched)
-            return self.update(kind, ns, name, patched, status=status, dry_run=dry_run)
+            return self.update(kind, ns, name, patched, status=status, dry_run=dry_run, manager=manager)
+
+    def apply(
+        self,
+        kind: ResourceKind,
+        ns: str,
+        name: str,
+        body: bytes,
+        *,
+        manager: str,
+        force: bool = False,
+        status: bool = False,
+        dry_run: bool = False,
+        fields: FieldCheck | None = None,
+    ) -> tuple[Obj, bool]:
+        """Server-side apply of a YAML (or JSON) configuration by `manager` (see managedfields).
+
+        Returns the object and whether the apply created it.
+        """
+        config = limits.decode(body, "error decoding YAML", as_yaml=True)
+        if not isinstance(config, dict):
+            raise BadRequest("the applied configuration must be an object")
+        config = self._check_body(kind, ns, config)
+        if config["metadata"].get("name", name) != name:
+            raise BadRequest(
+                f"the name of the object ({config['metadata']['name']}) does not match the name on the URL ({name})"
+            )
+        config["metadata"]["name"] = name
+        if fields is not None:
+            fields.patched(kind, config)
+        with self.store.lock:
+            current = self.store.get(kind.key, ns if kind.namespaced else "", name)
+            if current is None and status:
+                raise NotFound.of(kind, name)
+            new = managedfields.apply(
+                kind, current, config, manager, force=force, subresource="status" if status else ""
+            )
+            if current is None:
+                return self.create(kind, ns, new, dry_run=dry_run), True
+            return self.update(kind, ns, name, new, status=status, dry_run=dry_run), False
 
     def delete(
         self, kind: ResourceKind, ns: str, name: str, options: Obj | None = None, *, dry_run: bool = False
@@ -312,6 +366,8 @@ class Objects:
             else:
                 meta.pop(k, None)
         meta["resourceVersion"] = old_meta["resourceVersion"]
+        if "managedFields" not in meta and "managedFields" in old_meta:
+            meta["managedFields"] = old_meta["managedFields"]  # omitted means unchanged, as in kube
         if kind.status_subresource:
             if "status" in old:
                 new["status"] = old["status"]

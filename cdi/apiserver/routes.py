@@ -18,11 +18,12 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import fieldvalidation, limits, options, pagination, protobuf
+from cdi.apiserver import fieldvalidation, limits, managedfields, options, pagination, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
+from cdi.apiserver.patch import APPLY_PATCH
 from cdi.apiserver.selectors import field_matcher, label_matcher
 from cdi.apiserver.tables import partial_metadata, table, wants
 from cdi.apiserver.watch import WatchRequest, watch_stream
@@ -115,27 +116,40 @@ class ResourceHandlers:
                 )
             opts = options.parse("CreateOptions", q)
             body, check = await self._body(request, opts)
-            created = self.objects.create(t.kind, ns, body, dry_run=opts.dry_run, fields=check)
+            created = self.objects.create(
+                t.kind, ns, body, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)
+            )
             return json_response(created, 201, headers=check.headers())
         if method == "PUT" and t.name is not None and sub in (None, "status"):
             opts = options.parse("UpdateOptions", q)
             body, check = await self._body(request, opts)
             updated = self.objects.update(
-                t.kind, ns, t.name, body, status=sub == "status", dry_run=opts.dry_run, fields=check
-            )
-            return json_response(updated, headers=check.headers())
-        if method == "PATCH" and t.name is not None and sub in (None, "status"):
-            opts = options.parse("PatchOptions", q)
-            check = FieldCheck(opts.field_validation)
-            patched = self.objects.patch(
                 t.kind,
                 ns,
                 t.name,
-                request.headers.get("content-type", ""),
-                await request.body(),
+                body,
                 status=sub == "status",
                 dry_run=opts.dry_run,
                 fields=check,
+                manager=self._manager(request, opts),
+            )
+            return json_response(updated, headers=check.headers())
+        if method == "PATCH" and t.name is not None and sub in (None, "status"):
+            ctype = request.headers.get("content-type", "")
+            is_apply = ctype.split(";")[0].strip().lower() == APPLY_PATCH
+            opts = options.parse("PatchOptions", q, apply=is_apply)
+            check = FieldCheck(opts.field_validation)
+            raw = await request.body()
+            manager = self._manager(request, opts)
+            on_status = sub == "status"
+            if is_apply:
+                applied, made = self.objects.apply(
+                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status,
+                    dry_run=opts.dry_run, fields=check,
+                )
+                return json_response(applied, 201 if made else 200, headers=check.headers())
+            patched = self.objects.patch(
+                t.kind, ns, t.name, ctype, raw, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager
             )
             return json_response(patched, headers=check.headers())
         if method == "DELETE" and sub is None:
@@ -176,6 +190,10 @@ class ResourceHandlers:
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data, check
+
+    @staticmethod
+    def _manager(request: Request, opts: options.WriteOptions) -> str:
+        return managedfields.manager_of(opts.field_manager, request.headers.get("user-agent"))
 
     def _matchers(self, request: Request, kind: ResourceKind) -> tuple[Any, ...]:
         q = request.query_params

@@ -270,3 +270,72 @@ def test_names_labels_and_annotations_validated_as_kube(cluster: Cluster, core: 
         assert r.status_code == 422 and r.json()["details"]["causes"][0]["field"] == "metadata.generateName"
     made = core.create_namespaced_config_map("default", {"metadata": {"generateName": "g" * 70}})
     assert len(made.metadata.name) == 63
+
+
+# -- server-side apply ----------------------------------------------------------------------------
+
+
+CM_SSA = """
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {name}
+  labels: {{app: x}}
+data:
+  a: "1"
+  b: "2"
+"""
+
+
+def test_server_side_apply_conflicts_force_and_removal_with_kubectl(cluster: Cluster) -> None:
+    cluster.kubectl("create", "-f", "-", input=CM_SSA.format(name="ssa"))
+    got = yaml.safe_load(cluster.kubectl("get", "cm", "ssa", "-o", "yaml", "--show-managed-fields").stdout)
+    [entry] = got["metadata"]["managedFields"]
+    assert (entry["manager"], entry["operation"], entry["fieldsType"]) == ("kubectl-create", "Update", "FieldsV1")
+    assert entry["fieldsV1"] == {"f:data": {"f:a": {}, "f:b": {}}, "f:metadata": {"f:labels": {"f:app": {}}}}
+    same = cluster.kubectl("apply", "--server-side", "-f", "-", input=CM_SSA.format(name="ssa"))
+    assert same.stdout.strip() == "configmap/ssa serverside-applied"  # equal values: shared, no conflict
+    changed = CM_SSA.format(name="ssa").replace('a: "1"', 'a: "9"')
+    proc = cluster.kubectl("apply", "--server-side", "-f", "-", input=changed, check=False)
+    assert proc.returncode == 1
+    assert 'Apply failed with 1 conflict: conflict with "kubectl-create" using v1 at ' in proc.stderr
+    assert proc.stderr.splitlines()[0].endswith(": .data.a") and "--force-conflicts" in proc.stderr
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=changed)
+    got = yaml.safe_load(cluster.kubectl("get", "cm", "ssa", "-o", "yaml", "--show-managed-fields").stdout)
+    owners = {e["manager"]: e["fieldsV1"]["f:data"] for e in got["metadata"]["managedFields"]}
+    assert owners == {"kubectl-create": {"f:b": {}}, "kubectl": {"f:a": {}, "f:b": {}}}
+    # Left out of the applied configuration: kept while kubectl-create still owns it...
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=changed.replace('  b: "2"\n', ""))
+    assert json.loads(cluster.kubectl("get", "cm", "ssa", "-o", "json").stdout)["data"] == {"a": "9", "b": "2"}
+    # ...and removed when the applier was its only manager.
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=CM_SSA.format(name="ssa2"))
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=CM_SSA.format(name="ssa2").replace('  b: "2"\n', ""))
+    assert json.loads(cluster.kubectl("get", "cm", "ssa2", "-o", "json").stdout)["data"] == {"a": "1"}
+
+
+def test_server_side_apply_creates_custom_resources_and_needs_a_field_manager(
+    cluster: Cluster, custom: client.CustomObjectsApi
+) -> None:
+    out = cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(datavolume("ssa-dv")))
+    assert out.stdout.strip() == "datavolume.cdi.kubevirt.io/ssa-dv serverside-applied"
+    dv = custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "ssa-dv")
+    [entry] = dv["metadata"]["managedFields"]
+    assert entry["manager"] == "kubectl" and entry["operation"] == "Apply"
+    assert entry["fieldsV1"]["f:spec"]["f:source"] == {"f:http": {"f:url": {}}}
+    patch = datavolume("ssa-dv")
+    patch["metadata"]["labels"] = {"team": "a"}
+    applied = custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "ssa-dv", patch,
+                                                    field_manager="robot", _content_type="application/apply-patch+yaml")
+    assert applied["metadata"]["labels"] == {"team": "a"}
+    assert {e["manager"] for e in applied["metadata"]["managedFields"]} == {"kubectl", "robot"}
+    with http(cluster) as c:
+        r = c.patch(f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/ssa-dv", content=yaml.safe_dump(patch),
+                    headers={"Content-Type": "application/apply-patch+yaml"})
+        assert r.status_code == 422
+        assert r.json()["message"] == (
+            'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch'
+        )
+        r = c.patch(f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/ssa-new?fieldManager=m",
+                    content=yaml.safe_dump(datavolume("ssa-new")),
+                    headers={"Content-Type": "application/apply-patch+yaml"})
+        assert r.status_code == 201
