@@ -24,11 +24,31 @@ Obj = dict[str, Any]
 Path = tuple[str, ...]
 
 
+# Map-typed fields (granular maps, which FieldsV1 marks with `.`) of the built-in kinds, by name.
+_BUILTIN_MAPS = ("labels", "annotations", "nodeSelector", "matchLabels", "requests", "limits")
+_BUILTIN_TOP_MAPS = ("data", "binaryData", "stringData")
+
+
 class Shape:
-    """Tells list types apart along a walk through an object of one kind."""
+    """Tells list types and maps apart along a walk through an object of one kind."""
 
     def __init__(self, kind: ResourceKind) -> None:
         self.schema = kind.schema
+        self.kind = kind.kind
+
+    def is_map(self, schema: Obj | None, names: tuple[str, ...]) -> bool:
+        """Whether the object at `names` is a map (string keys of one type) rather than a struct."""
+        if names[-1:] in (("labels",), ("annotations",)) and names[:1] == ("metadata",):
+            return True
+        if schema is not None:
+            return "additionalProperties" in schema and not schema.get("properties")
+        if self.schema is not None:
+            return False
+        return (
+            names[-1] in _BUILTIN_MAPS
+            or (len(names) == 1 and names[0] in _BUILTIN_TOP_MAPS)
+            or (self.kind == "Service" and names == ("spec", "selector"))
+        )
 
     def child(self, schema: Obj | None, name: str) -> Obj | None:
         if schema is None:
@@ -67,6 +87,8 @@ def leaves(obj: Obj, shape: Shape) -> set[Path]:
 
     def walk(value: Any, schema: Obj | None, path: Path, names: tuple[str, ...]) -> None:
         if isinstance(value, dict) and value:
+            if shape.is_map(schema, names):
+                out.add((*path, "."))
             for k, v in value.items():
                 walk(v, shape.child(schema, k), (*path, f"f:{k}"), (*names, k))
             return

@@ -144,6 +144,12 @@ def record_update(kind: ResourceKind, old: Obj | None, new: Obj, manager: str, *
     _write(new, entries)
 
 
+def _owned(path: Path, others: list[Path]) -> bool:
+    """Whether another manager owns `path` or, for a map or list element (`.`), anything inside it."""
+    base = path[:-1] if path[-1:] == (".",) else path
+    return any(o[: len(base)] == base for o in others)
+
+
 def _conflict_error(conflicts: list[tuple[Entry, Path]]) -> Conflict:
     causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {e.describe()}", "field": path_string(p)}
               for e, p in conflicts]
@@ -197,9 +203,9 @@ def apply(
     else:
         body = {k: v for k, v in config.items() if not (k == "status" and kind.status_subresource)}
         new = merge(current, body, shape)
-    others = set().union(*(e.fields for e in entries if e.manager != manager)) if entries else set()
+    others = [f for e in entries if e.manager != manager for f in e.fields]
     for p in sorted(before - mine_now, key=len, reverse=True):
-        if p not in others:
+        if not _owned(p, others):
             remove(new, p)
     if mine is None:
         mine = Entry(manager, APPLY, kind.api_version, subresource)

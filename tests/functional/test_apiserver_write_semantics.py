@@ -292,7 +292,8 @@ def test_server_side_apply_conflicts_force_and_removal_with_kubectl(cluster: Clu
     got = yaml.safe_load(cluster.kubectl("get", "cm", "ssa", "-o", "yaml", "--show-managed-fields").stdout)
     [entry] = got["metadata"]["managedFields"]
     assert (entry["manager"], entry["operation"], entry["fieldsType"]) == ("kubectl-create", "Update", "FieldsV1")
-    assert entry["fieldsV1"] == {"f:data": {"f:a": {}, "f:b": {}}, "f:metadata": {"f:labels": {"f:app": {}}}}
+    assert entry["fieldsV1"] == {"f:data": {".": {}, "f:a": {}, "f:b": {}},
+                                 "f:metadata": {"f:labels": {".": {}, "f:app": {}}}}
     same = cluster.kubectl("apply", "--server-side", "-f", "-", input=CM_SSA.format(name="ssa"))
     assert same.stdout.strip() == "configmap/ssa serverside-applied"  # equal values: shared, no conflict
     changed = CM_SSA.format(name="ssa").replace('a: "1"', 'a: "9"')
@@ -303,7 +304,7 @@ def test_server_side_apply_conflicts_force_and_removal_with_kubectl(cluster: Clu
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=changed)
     got = yaml.safe_load(cluster.kubectl("get", "cm", "ssa", "-o", "yaml", "--show-managed-fields").stdout)
     owners = {e["manager"]: e["fieldsV1"]["f:data"] for e in got["metadata"]["managedFields"]}
-    assert owners == {"kubectl-create": {"f:b": {}}, "kubectl": {"f:a": {}, "f:b": {}}}
+    assert owners == {"kubectl-create": {".": {}, "f:b": {}}, "kubectl": {".": {}, "f:a": {}, "f:b": {}}}
     # Left out of the applied configuration: kept while kubectl-create still owns it...
     cluster.kubectl("apply", "--server-side", "-f", "-", input=changed.replace('  b: "2"\n', ""))
     assert json.loads(cluster.kubectl("get", "cm", "ssa", "-o", "json").stdout)["data"] == {"a": "9", "b": "2"}
