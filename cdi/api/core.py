@@ -113,6 +113,19 @@ def _default_pvc(obj: Obj) -> None:
     obj.setdefault("status", {}).setdefault("phase", "Pending")
 
 
+def _validate_immutable_data(obj: Obj, old: Obj | None) -> list[str]:
+    """A ConfigMap or Secret marked `immutable: true` keeps its data and the mark, as kube enforces."""
+    if old is None or not old.get("immutable"):
+        return []
+    errs = []
+    if not obj.get("immutable"):
+        errs.append("immutable: Forbidden: field is immutable when `immutable` is set")
+    for key in ("data", "binaryData"):
+        if (obj.get(key) or {}) != (old.get(key) or {}):
+            errs.append(f"{key}: Forbidden: field is immutable when `immutable` is set")
+    return errs
+
+
 def _default_namespace(obj: Obj) -> None:
     obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
     obj.setdefault("status", {}).setdefault("phase", "Active")
@@ -217,6 +230,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="secret",
             columns=(Column("Type", json_path=".type"), Column("Data", "integer", func=_count(".data"))),
             default=_default_secret,
+            validate=_validate_immutable_data,
             selectable_fields=("type",),
             non_spec_fields=(),
         ),
@@ -228,6 +242,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="configmap",
             short_names=("cm",),
             columns=(Column("Data", "integer", func=_count(".data")),),
+            validate=_validate_immutable_data,
             non_spec_fields=(),
         ),
         ResourceKind(

@@ -88,6 +88,8 @@ class Objects:
         if fields is not None:
             fields.body(kind, obj)
         meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise BadRequest("resourceVersion should not be set on objects to be created")
         with self.store.lock:
             if kind.namespaced:
                 self._check_namespace_open(ns)

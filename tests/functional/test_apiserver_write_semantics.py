@@ -11,6 +11,7 @@ import httpx
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from tests.functional.apiserver_fixtures import Cluster, cluster, datavolume
 
@@ -340,3 +341,26 @@ def test_server_side_apply_creates_custom_resources_and_needs_a_field_manager(
                     content=yaml.safe_dump(datavolume("ssa-new")),
                     headers={"Content-Type": "application/apply-patch+yaml"})
         assert r.status_code == 201
+
+
+# -- more misuse kube refuses -----------------------------------------------------------------------
+
+
+def test_create_with_resource_version_and_changes_to_immutable_data_are_refused(
+    cluster: Cluster, core: client.CoreV1Api
+) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "frozen", "resourceVersion": "12"},
+          "data": {"a": "1"}, "immutable": True}
+    with pytest.raises(ApiException) as e:  # (kubectl create clears it before sending)
+        core.create_namespaced_config_map("default", cm)
+    assert e.value.status == 400
+    assert json.loads(e.value.body)["message"] == "resourceVersion should not be set on objects to be created"
+    del cm["metadata"]["resourceVersion"]
+    cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(cm))
+    proc = cluster.kubectl("patch", "cm", "frozen", "--type=merge", "-p", '{"data":{"a":"2"}}', check=False)
+    assert 'The ConfigMap "frozen" is invalid: data: Forbidden: field is immutable when `immutable` is set' in (
+        proc.stderr
+    )
+    proc = cluster.kubectl("patch", "cm", "frozen", "--type=merge", "-p", '{"immutable":false}', check=False)
+    assert "immutable: Forbidden: field is immutable when `immutable` is set" in proc.stderr
+    assert core.read_namespaced_config_map("frozen", "default").data == {"a": "1"}
