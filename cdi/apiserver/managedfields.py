@@ -204,7 +204,8 @@ def apply(
         body = {k: v for k, v in config.items() if not (k == "status" and kind.status_subresource)}
         new = merge(current, body, shape)
     others = [f for e in entries if e.manager != manager for f in e.fields]
-    for p in sorted(before - mine_now, key=len, reverse=True):
+    # Whole maps and list elements first: an element's key fields must still be there to find it.
+    for p in sorted(before - mine_now, key=lambda p: (p[-1:] != (".",), len(p))):
         if not _owned(p, others):
             remove(new, p)
     if mine is None:
