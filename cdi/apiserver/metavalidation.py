@@ -5,7 +5,9 @@
   is reported on `metadata.generateName`;
 - label keys and annotation keys are qualified names (`[prefix/]name`), label values at most 63
   characters of `[A-Za-z0-9_.-]` starting and ending alphanumeric;
-- annotations together at most 256 KiB (keys and values), `Too long` in kube 1.32's words.
+- annotations together at most 256 KiB (keys and values), `Too long` in kube 1.32's words;
+- finalizers are qualified names; ownerReferences name their owner fully (apiVersion, kind, name,
+  uid: garbage collection needs the uid) and at most one of them is the controller.
 
 Every problem is a `<field>: <detail>` string, turned into a 422 with one cause each.
 """
@@ -138,6 +140,41 @@ def _annotations(annotations: Any) -> list[str]:
     return errs
 
 
+def _finalizers(finalizers: Any) -> list[str]:
+    if not isinstance(finalizers, list):
+        return [] if finalizers is None else ["metadata.finalizers: Invalid value: must be a list of strings"]
+    errs = []
+    for i, f in enumerate(finalizers):
+        errs += _qualified_name(str(f), f"metadata.finalizers[{i}]")
+    return errs
+
+
+def _owner_references(refs: Any) -> list[str]:
+    """kube's ValidateOwnerReferences: the four identifying fields, at most one controller."""
+    if not isinstance(refs, list):
+        return [] if refs is None else ["metadata.ownerReferences: Invalid value: must be a list"]
+    errs = []
+    controllers = []
+    for ref in refs:
+        ref = ref if isinstance(ref, dict) else {}
+        for key, what in (("apiVersion", "version"), ("kind", "kind"), ("name", "name"), ("uid", "uid")):
+            if not ref.get(key):
+                errs.append(f'metadata.ownerReferences.{key}: Invalid value: "": {what} must not be empty')
+        if ref.get("controller") is True:
+            controllers.append(f"{ref.get('kind')}/{ref.get('name')}")
+    if len(controllers) > 1:
+        errs.append(
+            "metadata.ownerReferences: Invalid value: only one reference can have Controller set to true. "
+            f'Found "true" in references for {" and ".join(controllers)}'
+        )
+    return errs
+
+
 def check_metadata(meta: Obj) -> list[str]:
-    """Label and annotation problems of an object's metadata."""
-    return _labels(meta.get("labels")) + _annotations(meta.get("annotations"))
+    """Label, annotation, finalizer and ownerReference problems of an object's metadata."""
+    return (
+        _labels(meta.get("labels"))
+        + _annotations(meta.get("annotations"))
+        + _finalizers(meta.get("finalizers"))
+        + _owner_references(meta.get("ownerReferences"))
+    )

@@ -68,6 +68,9 @@ def test_kubectl_delete_dry_run_server_deletes_nothing(cluster: Cluster) -> None
     assert cluster.kubectl("label", "dv", "dry-del", "a=b", "--dry-run=server").returncode == 0
     assert cluster.kubectl("apply", "-f", "-", "--dry-run=server",
                            input=yaml.safe_dump(datavolume("dry-new"))).returncode == 0
+    out = cluster.kubectl("apply", "--server-side", "-f", "-", "--dry-run=server",
+                          input=yaml.safe_dump(datavolume("dry-new"))).stdout
+    assert out.strip() == "datavolume.cdi.kubevirt.io/dry-new serverside-applied (server dry run)"
     assert rv(cluster) == before
     assert cluster.kubectl("get", "dv", "dry-new", check=False).returncode == 1
 
@@ -364,3 +367,15 @@ def test_create_with_resource_version_and_changes_to_immutable_data_are_refused(
     proc = cluster.kubectl("patch", "cm", "frozen", "--type=merge", "-p", '{"immutable":false}', check=False)
     assert "immutable: Forbidden: field is immutable when `immutable` is set" in proc.stderr
     assert core.read_namespaced_config_map("frozen", "default").data == {"a": "1"}
+
+
+def test_owner_references_and_finalizers_are_validated(cluster: Cluster) -> None:
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": "", "controller": True}
+    bad = {"metadata": {"name": "orphan-to-be", "ownerReferences": [ref, {**ref, "name": "p", "uid": "u2"}],
+                        "finalizers": ["not a name!"]}}
+    with http(cluster) as c:
+        r = c.post("/api/v1/namespaces/default/configmaps", json=bad)
+    assert r.status_code == 422
+    fields = [cause["field"] for cause in r.json()["details"]["causes"]]
+    assert fields == ["metadata.finalizers[0]", "metadata.ownerReferences.uid", "metadata.ownerReferences"]
+    assert 'uid must not be empty' in r.text and "ConfigMap/o and ConfigMap/p" in r.text
