@@ -17,12 +17,15 @@ and typed decoding drops them from built-in ones. The directive decides what the
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdi.api.registry import ResourceKind
 from cdi.apiserver import limits
 from cdi.apiserver.errors import BadRequest, Invalid
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -111,6 +114,9 @@ def prune_unknown(kind: ResourceKind, obj: Obj) -> list[str]:
                 found.append(key)
                 del obj[key]
     _prune_meta(obj.get("metadata"), "metadata", found)
+    if found:
+        meta = obj.get("metadata") or {}
+        log.info("unknown fields dropped kind=%s name=%s fields=%s", kind.kind, meta.get("name"), ",".join(found))
     return sorted(found)
 
 
