@@ -4,7 +4,9 @@ Create, update, status update, patch and delete as kube-apiserver does them: uid
 creationTimestamp, resourceVersion preconditions (409 on stale writes), generation bumped on spec
 changes only, status preserved by main-resource writes of kinds with a status subresource,
 finalizers and deletionTimestamp, ownerReferences with cascading deletion (Background by default,
-Foreground and Orphan), namespace termination, defaulting and validation from the kind declaration.
+Foreground and Orphan), namespace termination, defaulting and validation from the kind declaration
+and of ObjectMeta (`metavalidation`), field validation (`fieldvalidation`), managedFields and
+server-side apply (`managedfields`), and dry runs that compute the answer without writing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Objects live in one table keyed by (resource, namespace, name) with their JSON body; every write
 takes the next resourceVersion and appends a watch event (ADDED, MODIFIED, DELETED) to the event
-table, which keeps the last `history` events. Watchers are told about new events in-process
+table (with the object's previous state, which selector watches need), which keeps the last
+`history` events. An object larger than etcd would store is refused before it takes a
+resourceVersion. Watchers are told about new events in-process
 (`Hub`), so delivery does not wait for anyone to poll SQLite; the event table is only read to
 replay history to a watch that starts from an older resourceVersion.
 
