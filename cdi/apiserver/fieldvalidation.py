@@ -12,6 +12,8 @@ and typed decoding drops them from built-in ones. The directive decides what the
   decoding error: unknown field "spec.foo"`; a patch answers 422 `patch: Invalid value: ...`;
 - Warn (kube's default when the parameter is absent): `Warning: 299 - "unknown field \\"spec.foo\\""`;
 - Ignore: nothing.
+
+A server-side apply configuration with an unknown field is always refused (`applied`).
 """
 
 from __future__ import annotations
@@ -153,6 +155,19 @@ def decode(raw: bytes) -> tuple[Any, list[str]]:
             elif isinstance(node, list):
                 stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
     return doc, sorted(found)
+
+
+def applied(kind: ResourceKind, config: Obj) -> None:
+    """A server-side apply configuration may not carry unknown fields, whatever the directive: kube
+    cannot build the typed patch and answers 400 naming each field."""
+    unknown = prune_unknown(kind, config)
+    if unknown:
+        meta = config.get("metadata") or {}
+        where = f"{meta.get('namespace', '')}/{meta.get('name', '')}" if kind.namespaced else meta.get("name", "")
+        problems = "\n".join(f".{p}: field not declared in schema" for p in unknown)
+        raise BadRequest(
+            f"failed to create typed patch object ({where}; {kind.api_version}, Kind={kind.kind}): {problems}"
+        )
 
 
 @dataclass

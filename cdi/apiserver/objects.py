@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import limits, managedfields, metavalidation
+from cdi.apiserver import fieldvalidation, limits, managedfields, metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.patch import apply_patch
@@ -220,7 +220,6 @@ class Objects:
         force: bool = False,
         status: bool = False,
         dry_run: bool = False,
-        fields: FieldCheck | None = None,
     ) -> tuple[Obj, bool]:
         """Server-side apply of a YAML (or JSON) configuration by `manager` (see managedfields).
 
@@ -235,8 +234,7 @@ class Objects:
                 f"the name of the object ({config['metadata']['name']}) does not match the name on the URL ({name})"
             )
         config["metadata"]["name"] = name
-        if fields is not None:
-            fields.patched(kind, config)
+        fieldvalidation.applied(kind, config)
         with self.store.lock:
             current = self.store.get(kind.key, ns if kind.namespaced else "", name)
             if current is None and status:

@@ -144,8 +144,7 @@ class ResourceHandlers:
             on_status = sub == "status"
             if is_apply:
                 applied, made = self.objects.apply(
-                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status,
-                    dry_run=opts.dry_run, fields=check,
+                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
                 )
                 return json_response(applied, 201 if made else 200, headers=check.headers())
             patched = self.objects.patch(

@@ -321,6 +321,13 @@ def test_server_side_apply_conflicts_force_and_removal_with_kubectl(cluster: Clu
 def test_server_side_apply_creates_custom_resources_and_needs_a_field_manager(
     cluster: Cluster, custom: client.CustomObjectsApi
 ) -> None:
+    unknown = datavolume("ssa-dv")
+    unknown["spec"]["foo"] = 1
+    proc = cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(unknown), check=False)
+    assert proc.stderr.strip().endswith(
+        "failed to create typed patch object (default/ssa-dv; cdi.kubevirt.io/v1beta1, Kind=DataVolume): "
+        ".spec.foo: field not declared in schema"
+    )
     out = cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump(datavolume("ssa-dv")))
     assert out.stdout.strip() == "datavolume.cdi.kubevirt.io/ssa-dv serverside-applied"
     dv = custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "ssa-dv")
