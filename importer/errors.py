@@ -57,7 +57,7 @@ class FormatError(PermanentError):
 
 
 class ToolError(Error):
-    """An external tool (qemu-img, nbdkit, xz) failed; carries its command and stderr."""
+    """An external tool (qemu-img, xz, zstd) failed; carries its command and stderr."""
 
     reason = "ToolFailed"
 

@@ -17,8 +17,6 @@ import enum
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +37,7 @@ from importer.errors import (
 )
 from importer.http_options import HttpOptions
 from importer.progress import Progress
+from importer.scratch import Scratch
 from importer.sources import Source
 from importer.stream import CHUNK, Peekable, ReadAhead, Reader, Tap, open_decompressor
 from importer.target import (
@@ -368,15 +367,13 @@ class Importer:
         self.step = Step.TRANSFER
         started = time.monotonic()
         scratch_parent = self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
-        os.makedirs(scratch_parent, exist_ok=True)
-        scratch_dir = tempfile.mkdtemp(prefix=".cdi-scratch-", dir=scratch_parent)
-        scratch = os.path.join(scratch_dir, "image")
         limit = None
         if self.target.capacity is not None:  # the image file may carry metadata beyond the virtual size
             limit = self.target.capacity + self.target.capacity // 10 + (64 << 20)
-        log.info("using scratch space path=%s reason=%s", scratch_dir,
-                 "compressed or archived" if self.layers else "source cannot be read at random")
-        try:
+        with Scratch(scratch_parent) as scratch_dir:
+            scratch = os.path.join(scratch_dir, "image")
+            log.info("using scratch space path=%s reason=%s", scratch_dir,
+                     "compressed or archived" if self.layers else "source cannot be read at random")
             writer = SparseWriter(Target(scratch, "file", limit, False))
             try:
                 _copy(top, writer)
@@ -392,8 +389,6 @@ class Importer:
             self.transferred = tap.count
             self._timed(Step.TRANSFER, started)
             self._convert(qemu_img.file_node(scratch), scratch)
-        finally:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
 
     def _extract(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         self.step = Step.TRANSFER

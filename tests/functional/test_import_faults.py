@@ -204,8 +204,9 @@ def test_relative_path_to_vmdk(image_factory, tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path) -> None:
-    fault = faults.add("/d", Fault(path=str(image_factory.get("qcow2")), rate=512 << 10))
+@pytest.mark.parametrize("ranges", [True, False], ids=["remote-convert", "scratch"])
+def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path, ranges) -> None:
+    fault = faults.add("/d", Fault(path=str(image_factory.get("qcow2")), rate=512 << 10, ranges=ranges))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
@@ -213,9 +214,11 @@ def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path) -> No
     proc = subprocess.Popen([*CDI, "import", faults.url("/d"), str(out), "--progress", "none"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while fault.sent < 256 << 10 and time.monotonic() < deadline:  # the convert is reading
+    while fault.sent < 3 << 19 and time.monotonic() < deadline:  # past format detection: converting or spooling
         time.sleep(0.02)
-    assert fault.sent >= 256 << 10
+    assert fault.sent >= 3 << 19
+    if not ranges:
+        assert list(tmp_path.glob(".cdi-scratch-*")), "the killed import was spooling to scratch"
     proc.kill()
     proc.wait()
     fault.rate = None

@@ -84,7 +84,7 @@ def test_basic_auth(image_factory, http_server, tmp_path) -> None:
     assert images.same_content(tmp_path / "out.img", image_factory.raw)
 
 
-def test_basic_auth_direct_convert_passes_credentials_to_nbdkit(image_factory, http_server, tmp_path) -> None:
+def test_basic_auth_direct_convert_passes_credentials_to_range_reads(image_factory, http_server, tmp_path) -> None:
     http_server.add("/d.qcow2", Route(path=str(image_factory.get("qcow2")), user="bob", password="pw:with:colons"))
     result = run_import(_job(http_server.url("/d.qcow2"), tmp_path / "out.img", user="bob", password="pw:with:colons"))
     assert result.scratch_bytes == 0
