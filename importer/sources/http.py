@@ -80,15 +80,16 @@ class _Attempts:
         self.errors = 0
         self.stalls = 0
         self.delay = options.backoff
-        # a try that delivered this much made progress: the next reconnect is immediate and free
+        # a try that delivered this much was healthy: stalls before it are forgiven
         self.progress_bytes = max(1, int(options.speed_limit * options.speed_time))
 
     def failed(self, error: BaseException, received: int, position: int) -> float:
-        if received >= self.progress_bytes:
-            self.errors = self.stalls = 0
-            self.delay = self.options.backoff
-            return 0.0
+        """``received``: bytes the failed try delivered. A try that delivered bytes before a network
+        error made progress: reconnect at once. A stall counts unless the try before it delivered a
+        healthy period's worth (``speed_limit * speed_time``)."""
         opts = self.options
+        if received >= self.progress_bytes:
+            self.stalls = 0
         if isinstance(error, (_LowSpeed, TimeoutError)):
             self.stalls += 1
             if self.stalls > opts.max_stalled_retries:
@@ -97,6 +98,10 @@ class _Attempts:
                     f"{position}, {self.stalls} times in a row, at {self.url} (limits: --speed-limit, "
                     "--speed-time, --max-stalled-retries)"
                 )
+        elif received > 0:
+            self.errors = 0
+            self.delay = opts.backoff
+            return 0.0
         else:
             self.errors += 1
             if self.errors > opts.retries:

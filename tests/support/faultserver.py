@@ -3,8 +3,9 @@ change that an importer meets on a bad network.
 
 Each path is a ``Fault`` (what goes wrong) over a file. Faults, combinable:
 
-- ``drop_p``/``drop_every``: at every ``drop_every`` bytes of a body the connection is dropped with
-  probability ``drop_p`` (seeded, so a run is repeatable);
+- ``drop_p``/``drop_every``: every ``drop_every`` body bytes sent (counted over all answers, so short
+  range answers are hit too) the connection in use is dropped with probability ``drop_p`` (seeded,
+  so a run is repeatable);
 - ``length``: ``exact`` (Content-Length), ``none`` (no Content-Length: the body ends when the
   connection closes), ``chunked``, ``large``/``small`` (a Content-Length ``length_error`` bytes larger
   or smaller than the body; the whole body is sent, then the connection is closed);
@@ -61,6 +62,7 @@ class Fault:
 
     def __post_init__(self) -> None:
         self._rnd.seed(self.seed)
+        self.until_drop = self.drop_every
 
     def current(self) -> tuple[str, str, str]:
         """The file served now, its ETag and Last-Modified."""
@@ -77,9 +79,15 @@ class Fault:
             if self.swap_to and not self.swapped and self.sent >= self.swap_after:
                 self.swapped = True
 
-    def drop_now(self) -> bool:
+    def passed_drop_point(self, n: int, *, more: bool) -> bool:
+        """After ``n`` more bytes: True when a drop point was reached, the dice say drop, and the
+        answer has ``more`` to send (a connection dropped after a complete answer loses nothing)."""
         with self._lock:
-            if self.drop_p and self._rnd.random() < self.drop_p:
+            self.until_drop -= n
+            if self.until_drop > 0:
+                return False
+            self.until_drop = self.drop_every
+            if self._rnd.random() < self.drop_p and more:
                 self.drops += 1
                 return True
             return False
@@ -173,14 +181,13 @@ class _Handler(BaseHTTPRequestHandler):
         piece = 64 << 10
         if fault.rate:
             piece = max(256, fault.rate // 20)
-        next_drop = fault.drop_every
         sent = 0
         with open(path, "rb") as f:
             f.seek(start)
             while sent < length:
                 want = min(piece, length - sent)
                 if fault.drop_p:
-                    want = min(want, next_drop - sent)
+                    want = min(want, fault.until_drop)
                 if fault.stall_after is not None:
                     if fault.sent >= fault.stall_after:
                         self.wfile.flush()
@@ -198,10 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(data)
                 sent += len(data)
                 fault.count(len(data))
-                if fault.drop_p and sent == next_drop and sent < length:
-                    next_drop += fault.drop_every
-                    if fault.drop_now():
-                        raise _Dropped
+                if fault.drop_p and fault.passed_drop_point(len(data), more=sent < length):
+                    raise _Dropped
         if fault.length == "chunked":
             self.wfile.write(b"0\r\n\r\n")
 
