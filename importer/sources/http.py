@@ -96,8 +96,11 @@ class HttpSource:
         at byte 0 (the file changed, or no ranges)."""
         if start and validator:
             self._first({"Range": f"bytes={start}-", "If-Range": validator})
-            if self.position == start:
+            if self.position == start and self.validator == validator:
                 return True
+            if self.position == start:  # a server that ignores If-Range: the answer names another version
+                log.warning("the file changed since the interrupted import (validator %s, now %s)", validator,
+                            self.validator)
             self._close_response()
             self.position = 0
         self._first({"Range": f"bytes=0-{PROBE - 1}"})

@@ -228,3 +228,43 @@ def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path, range
     assert json.loads(done.stdout)["digest"] == volume_digest(str(image_factory.raw))
     assert list(tmp.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.timeout(60)
+def test_qemu_img_timeout_during_a_stall_reports_the_stall(image_factory, faults, tmp_path, monkeypatch) -> None:
+    from importer import qemu_img
+
+    monkeypatch.setattr(qemu_img, "INFO_TIMEOUT", 1.0)
+    faults.add("/d", Fault(path=str(image_factory.get("qcow2")), stall_after=1 << 20))  # the probe, then nothing
+    with pytest.raises(Error, match="stalled") as info:
+        run_import(_job(faults.url("/d"), tmp_path / "out.img", max_stalled_retries=2))
+    assert not info.value.permanent
+    assert not (tmp_path / "out.img").exists()
+
+
+@pytest.mark.timeout(90)
+def test_resume_after_kill_of_a_file_that_changed_meanwhile(image_factory, other, faults, tmp_path) -> None:
+    """A server that ignores If-Range answers the resume with a 206 of the new version: its ETag
+    gives it away, and the import starts over instead of joining two versions."""
+    fault = faults.add("/d", Fault(path=str(image_factory.raw), swap_to=str(other["raw"]), swap_after=1 << 40,
+                                   rate=2 << 20, if_range=False))
+    out = tmp_path / "out.img"
+    point_file = tmp_path / ".out.img.cdi-resume.json"
+    env = {**os.environ, "CDI_RESUME_INTERVAL": str(1 << 20)}
+    args = [*CDI, "import", faults.url("/d"), str(out), "--progress", "none"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    offset = 0
+    while offset < 2 << 20 and time.monotonic() < deadline:  # a durable resume point past 2 MiB
+        try:
+            offset = json.loads(point_file.read_text())["offset"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.02)
+    assert offset >= 2 << 20
+    proc.kill()
+    proc.wait()
+    fault.swapped, fault.rate = True, None
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _same(out, other["raw"])
+    assert json.loads(done.stdout)["digest"] == volume_digest(str(other["raw"]))
