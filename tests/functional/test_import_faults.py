@@ -268,3 +268,18 @@ def test_resume_after_kill_of_a_file_that_changed_meanwhile(image_factory, other
     assert done.returncode == 0, done.stderr
     assert _same(out, other["raw"])
     assert json.loads(done.stdout)["digest"] == volume_digest(str(other["raw"]))
+
+
+def test_importer_environment_carries_the_network_limits(tmp_path) -> None:
+    from importer.errors import PermanentError
+    from importer.job_env import job_from_env
+
+    env = {"IMPORTER_ENDPOINT": "http://127.0.0.1:1/d", "IMPORTER_TARGET_PATH": str(tmp_path / "disk.img"),
+           "IMPORTER_SPEED_LIMIT": "64Ki", "IMPORTER_SPEED_TIME": "7.5", "IMPORTER_MAX_STALLED_RETRIES": "2",
+           "IMPORTER_RETRIES": "9"}
+    http = job_from_env(env).http
+    assert (http.speed_limit, http.speed_time, http.max_stalled_retries, http.retries) == (64 << 10, 7.5, 2, 9)
+    with pytest.raises(PermanentError, match="IMPORTER_SPEED_TIME"):
+        job_from_env({**env, "IMPORTER_SPEED_TIME": "0"})
+    with pytest.raises(PermanentError, match="network limit"):
+        job_from_env({**env, "IMPORTER_MAX_STALLED_RETRIES": "many"})
