@@ -27,6 +27,7 @@ import http.client
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from importer.errors import NetworkError, RestartFromZero, SourceChanged, SourceError, Stalled, TemporaryError
 from importer.http_options import HttpOptions
@@ -44,6 +45,7 @@ from importer.sources.http_client import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROBE = 1 << 20  # bytes asked for by the first request: what format detection reads (formats.SNIFF_BYTES)
 
@@ -72,6 +74,7 @@ class HttpSource:
         self._length_known = False  # the current answer announced its length (or is chunked)
         self._announced: int | None = None  # the Content-Length of a 200
         self._ranged = False  # the first answer was a 206
+        self._refused_total: int | None = None  # the file size a 412/416 answer gave
         self._meter = Meter(self.options)
         self._attempts = Attempts(self.options, url)
         self._attempt_bytes = 0
@@ -95,32 +98,40 @@ class HttpSource:
         rest of that version; returns True when the server continues there, False when reading starts
         at byte 0 (the file changed, or no ranges)."""
         if start and validator:
-            self._first({"Range": f"bytes={start}-", "If-Range": validator})
-            if self.position == start and self.validator == validator:
+            status = self._first({"Range": f"bytes={start}-", "If-Range": validator})
+            if status == 206 and self.position == start and self.validator == validator:
                 return True
-            if self.position == start:  # a server that ignores If-Range: the answer names another version
+            if status == 206 and self.position == start:  # If-Range ignored: the answer names another version
                 log.warning("the file changed since the interrupted import (validator %s, now %s)", validator,
                             self.validator)
             self._close_response()
             self.position = 0
-        self._first({"Range": f"bytes=0-{PROBE - 1}"})
+        status = self._first({"Range": f"bytes=0-{PROBE - 1}"})
+        if status == 416 and self._refused_total == 0:  # an empty file has no byte 0 to give
+            self.size = 0
+            self.capabilities = Capabilities(size=0)
+            self._end_verified = True
+            return False
+        if status in (412, 416):
+            raise SourceError(f"the server refused a range request from byte 0 (HTTP {status}) at {self.url}")
         if self.position != 0:
             raise SourceError(f"the server answered a range request from byte 0 at byte {self.position}")
         return False
 
-    def _first(self, extra: dict[str, str]) -> None:
-        def attempt() -> None:
+    def _first(self, extra: dict[str, str]) -> int:
+        """Send a first request; adopt a 200 or 206; return the status (412 and 416 adopt nothing)."""
+        def attempt() -> int:
             self._meter.reset()
             self._conn, resp = self.client.get(extra)
-            if resp.status == 412:  # only sent with a range: a server may apply If-Range strictly
+            if resp.status in (412, 416):
+                self._refused_total = content_range(resp)[2]
                 resp.close()
-                raise SourceChanged(f"the file at {self.url} changed since the interrupted import")
-            if resp.status == 416:
-                resp.close()
-                raise SourceError(f"the server refused a range request (HTTP 416) at {self.url}")
+                self._close_response()
+                return resp.status
             self._take(resp)
+            return resp.status
 
-        self._retrying(attempt)
+        return self._retrying(attempt)
 
     def _take(self, resp: http.client.HTTPResponse) -> None:
         """Adopt the first answer: the version, the size and what the server proved it can do."""
@@ -233,7 +244,7 @@ class HttpSource:
             self._end_verified = True  # the announced length was met; a 200 here proves nothing more
             return False
 
-        return bool(self._retrying(attempt))
+        return self._retrying(attempt)
 
     def _recover(self, error: BaseException) -> None:
         """The connection failed mid-answer: continue at ``position`` (after a pause when no progress)."""
@@ -297,7 +308,7 @@ class HttpSource:
 
         self._retrying(attempt)
 
-    def _retrying(self, fn: Callable[[], object]) -> object:
+    def _retrying(self, fn: Callable[[], T]) -> T:
         """Run one request, retrying network errors and server errors (5xx) with back-off."""
         while True:
             try:
