@@ -317,8 +317,11 @@ class Importer:
         return True
 
     def _check_end(self, source: Source) -> None:
-        """Data of unproven length is accepted only when a compression layer proved its own end."""
-        if not source.end_verified and not self.layers:
+        """Data of unproven length is accepted only when a layer proved its own end: a compressed
+        stream's end marker, or the size of the tar member imported (a whole archive extracted proves
+        nothing: tar does not check its end-of-archive marker)."""
+        proven = any(layer != "tar" for layer in self.layers) or ("tar" in self.layers and not self.archive)
+        if not source.end_verified and not proven:
             raise SourceError(
                 f"the server sent no Content-Length and no chunked encoding, and does not support range "
                 f"requests: the body stopped at byte {source.position} but the end of the image cannot be "

@@ -52,12 +52,13 @@ def _same(out: Path, raw: Path) -> bool:
 # -- a file that changes during the import ----------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["qcow2", "vmdk", "vhdx"])
-@pytest.mark.parametrize("honours_if_match", [True, False])
+@pytest.mark.parametrize("server", ["honours-if-match", "ignores-if-match", "last-modified-only"])
 def test_file_swapped_during_remote_convert_gives_one_version(
-        image_factory, other, faults, tmp_path, fmt, honours_if_match) -> None:
+        image_factory, other, faults, tmp_path, fmt, server) -> None:
     src = image_factory.get(fmt)
+    honours = server != "ignores-if-match"
     fault = faults.add("/d", Fault(path=str(src), swap_to=str(other[fmt]), swap_after=256 << 10,
-                                   if_match=honours_if_match, if_range=honours_if_match))
+                                   if_match=honours, if_range=honours, etag=server != "last-modified-only"))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert fault.swapped
@@ -96,6 +97,19 @@ def test_close_delimited_body_without_ranges_is_refused(image_factory, faults, t
         run_import(_job(faults.url("/d"), out))
     assert "end of the image cannot be verified" in str(info.value)
     assert not out.exists()
+
+
+def test_close_delimited_archive_without_ranges_is_refused(image_factory, faults, tmp_path) -> None:
+    import tarfile
+
+    tar_path = tmp_path / "site.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(image_factory.raw, arcname="a.raw")
+    faults.add("/d", Fault(path=str(tar_path), length="none", ranges=False, advertise_ranges=False))
+    job = _job(faults.url("/d"), tmp_path / "site")
+    job.content_type = "archive"
+    with pytest.raises(Error, match="no Content-Length"):
+        run_import(job)
 
 
 def test_close_delimited_compressed_body_is_checked_by_its_own_end(image_factory, faults, tmp_path) -> None:
