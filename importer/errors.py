@@ -56,6 +56,10 @@ class FormatError(PermanentError):
     reason = "InvalidImage"
 
 
+class ToolTimedOut(FormatError):
+    """qemu-img took longer than its limit on an untrusted image (a local file: the image is hostile)."""
+
+
 class ToolError(Error):
     """An external tool (qemu-img, xz, zstd) failed; carries its command and stderr."""
 

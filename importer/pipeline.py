@@ -33,6 +33,7 @@ from importer.errors import (
     PermanentError,
     RestartFromZero,
     SourceError,
+    ToolTimedOut,
     UnsafeImage,
 )
 from importer.http_options import HttpOptions
@@ -503,6 +504,9 @@ def _reason(export: Any, error: BaseException) -> BaseException:
     """What made a remote convert fail: the source's own error (a changed file, a stalled or lying
     server) rather than what qemu-img made of the failed read."""
     if export.error is None:
+        if isinstance(error, ToolTimedOut) and export.resumes:  # slow because the network was failing
+            return NetworkError(f"{error.args[0].partition(':')[0]} while reads of the source kept being "
+                                f"interrupted ({export.resumes} times); the network, not the image, is at fault")
         return error
     if isinstance(export.error, Error):
         return export.error
