@@ -57,7 +57,7 @@ def _running(serve: Serve, name: str) -> dict[str, str]:
 def test_drops_at_30_percent_succeed_with_the_right_digest(serve, faults, image_factory, name) -> None:
     src = image_factory.get(name)
     path = "/drops-" + name.replace(".", "-")
-    fault = faults.add(path, Fault(path=str(src), drop_p=0.3, drop_every=256 << 10, seed=5))
+    fault = faults.add(path, Fault(path=str(src), drop_p=0.3, drop_every=100_000, seed=5))
     dv = "drops-" + name.replace(".", "-")
     serve.apply(dv_manifest(dv, {"http": {"url": faults.url(path)}}, size="16Mi", api="pvc"))
     serve.wait_phase(dv, "Succeeded")

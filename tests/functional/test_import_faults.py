@@ -198,7 +198,7 @@ def test_drops_cost_few_extra_bytes(image_factory, faults, tmp_path, name) -> No
     src = image_factory.get(name)
     clean = faults.add("/clean", Fault(path=str(src)))
     run_import(_job(faults.url("/clean"), tmp_path / "clean.img"))
-    fault = faults.add("/d", Fault(path=str(src), drop_p=0.3, drop_every=256 << 10, seed=3))
+    fault = faults.add("/d", Fault(path=str(src), drop_p=0.3, drop_every=100_000, seed=3))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert _same(out, image_factory.raw)
