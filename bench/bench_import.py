@@ -58,7 +58,7 @@ ALL_CASES = ("qcow2", "xz", "gz", "zst", "raw", "sparse-qcow2", "sparse-zst", "r
 # chunk size (128 KiB, which stays in the CPU cache; a 1 MiB buffer measured 2-3x slower here).
 READER_SCRIPT = """
 import sys
-from importer.http_source import HttpSource
+from importer.sources.http import HttpSource
 from importer.stream import READ_AHEAD_CHUNK
 src = HttpSource(sys.argv[1])
 src.open()

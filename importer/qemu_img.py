@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from importer.errors import FormatError, TemporaryError, ToolError, UnsafeImage
+from importer.errors import FormatError, TemporaryError, ToolError, ToolTimedOut, UnsafeImage
 from importer.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def info(spec: str, *, fmt: str | None = None) -> dict[str, Any]:
             cmd, capture_output=True, timeout=INFO_TIMEOUT, preexec_fn=_limits, check=False  # noqa: PLW1509
         )
     except subprocess.TimeoutExpired as e:
-        raise FormatError(f"qemu-img info did not finish within {INFO_TIMEOUT:.0f}s: refusing the image") from e
+        raise ToolTimedOut(f"qemu-img info did not finish within {INFO_TIMEOUT:.0f}s: refusing the image") from e
     except FileNotFoundError as e:
         raise ToolError("qemu-img not found: install qemu-utils", cmd=cmd) from e
     stderr = proc.stderr.decode(errors="replace")
@@ -95,7 +95,7 @@ def check(spec: str) -> None:
             cmd, capture_output=True, timeout=INFO_TIMEOUT, preexec_fn=_limits, check=False  # noqa: PLW1509
         )
     except subprocess.TimeoutExpired as e:
-        raise FormatError(f"qemu-img check did not finish within {INFO_TIMEOUT:.0f}s: refusing the image") from e
+        raise ToolTimedOut(f"qemu-img check did not finish within {INFO_TIMEOUT:.0f}s: refusing the image") from e
     if proc.returncode in (0, 3, 63):
         return
     stderr = proc.stderr.decode(errors="replace")
