@@ -51,7 +51,9 @@ class Runtime:
         c = self.cfg.controller
         self.manager = ControllerManager(self.client, ControllerSettings(
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
-            progress_interval=c.progress_interval), workers=c.workers).start()
+            progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
+            importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries),
+            workers=c.workers).start()
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
         self.vm_manager = VmControllerManager(self.client).start()
         return self

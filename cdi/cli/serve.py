@@ -56,6 +56,11 @@ class ControllerSection:
     filesystem_overhead: float = 0.06
     # Seconds between progress reads of a running import.
     progress_interval: float = 1.0
+    # A source slower than speed_limit bytes/s for speed_time seconds has stalled; an importer gives up
+    # after max_stalled_retries reconnects that made no progress, and is restarted with back-off.
+    speed_limit: int = 16 << 10
+    speed_time: float = 60.0
+    max_stalled_retries: int = 3
 
 
 @dataclass
@@ -89,6 +94,10 @@ class ServeConfig:
             raise ValueError("--filesystem-overhead must be in [0, 1)")
         if self.controller.progress_interval <= 0:
             raise ValueError("--progress-interval must be positive")
+        if self.controller.speed_limit < 0 or self.controller.speed_time <= 0:
+            raise ValueError("--speed-limit must not be negative and --speed-time must be positive")
+        if self.controller.max_stalled_retries < 0:
+            raise ValueError("--max-stalled-retries must not be negative")
         parent = Path(self.data_dir).resolve().parent
         if not parent.is_dir():
             raise ValueError(f"--data-dir {self.data_dir}: parent directory {parent} does not exist")
@@ -117,6 +126,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--importer-image", default=d.controller.importer_image)
     p.add_argument("--filesystem-overhead", type=float, default=d.controller.filesystem_overhead)
     p.add_argument("--progress-interval", type=float, default=d.controller.progress_interval)
+    p.add_argument("--speed-limit", default=str(d.controller.speed_limit), metavar="BYTES",
+                   help="importers treat a source slower than this (bytes/s, e.g. 16Ki; 0: off) as stalled")
+    p.add_argument("--speed-time", type=float, default=d.controller.speed_time,
+                   help="seconds below --speed-limit before a source counts as stalled")
+    p.add_argument("--max-stalled-retries", type=int, default=d.controller.max_stalled_retries,
+                   help="reconnects after a stall before an importer run fails")
     p.add_argument("--show-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--demo", action="store_true", help="serve the sample image and import it into DataVolume 'demo'")
     p.set_defaults(func=run_serve)
@@ -130,10 +145,21 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                          block_devices=list(args.block_device)),
         controller=ControllerSection(workers=args.workers, importer_image=args.importer_image,
                                      filesystem_overhead=args.filesystem_overhead,
-                                     progress_interval=args.progress_interval),
+                                     progress_interval=args.progress_interval,
+                                     speed_limit=_size_arg("--speed-limit", args.speed_limit),
+                                     speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries),
     )
     cfg.validate()
     return cfg
+
+
+def _size_arg(flag: str, text: str) -> int:
+    from cdi.units import QuantityError, parse_size
+
+    try:
+        return parse_size(text)
+    except QuantityError as e:
+        raise ValueError(f"{flag}: {e}") from e
 
 
 def _token(data_dir: Path) -> str:

@@ -204,6 +204,12 @@ class DataVolumeReconciler:
         cs = (pstatus.get("containerStatuses") or [{}])[0]
         status["restartCount"] = int(cs.get("restartCount") or 0)
         result = termination(cs)
+        if status["restartCount"] > int((dv.get("status") or {}).get("restartCount") or 0):
+            # Why the run before this one failed: its termination message, or how it ended.
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            why = failure_message(termination({"lastState": cs.get("lastState") or {}}), last)
+            self.client.event(dv, reason="ImportRetry", type="Warning",
+                              message=f"Import restarted ({status['restartCount']}): {why}")
         phase = pstatus.get("phase", "Pending")
         if phase == "Succeeded" and result and result.get("ok"):
             self._record(pvc, {ANN_POD_PHASE: "Succeeded",
@@ -302,8 +308,4 @@ class DataVolumeReconciler:
             message = {c.IMPORT_SCHEDULED: f"Import into {meta['name']} scheduled",
                        c.IMPORT_IN_PROGRESS: f"Import into {meta['name']} in progress"}[new_phase]
             self.client.event(dv, reason=new_phase, message=message)
-        if status.get("restartCount", 0) > old.get("restartCount", 0):
-            running = c.find(status["conditions"], c.RUNNING) or {}
-            why = running.get("message") or running.get("reason") or "the importer failed"
-            self.client.event(dv, reason="ImportRetry", type="Warning",
-                              message=f"Import restarted ({status['restartCount']}): {why}")
+

@@ -43,6 +43,12 @@ class ControllerSettings:
     progress_interval: float = 1.0
     # Default storage class when a DataVolume names none (None: the cluster's default).
     storage_class: str | None = None
+    # Importers give up on a source slower than this many bytes/s for `importer_speed_time` seconds
+    # (curl's --speed-limit/--speed-time), after `importer_max_stalled_retries` reconnects that made no
+    # progress; the pod then fails transiently and is restarted with back-off.
+    importer_speed_limit: int = 16 << 10
+    importer_speed_time: float = 60.0
+    importer_max_stalled_retries: int = 3
 
 
 def importer_pod_name(dv_name: str) -> str:
@@ -133,6 +139,9 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
         {"name": "OWNER_UID", "value": meta["uid"]},
         {"name": "FILESYSTEM_OVERHEAD", "value": str(settings.filesystem_overhead)},
         {"name": "IMPORTER_PROGRESS", "value": "json"},
+        {"name": "IMPORTER_SPEED_LIMIT", "value": str(settings.importer_speed_limit)},
+        {"name": "IMPORTER_SPEED_TIME", "value": f"{settings.importer_speed_time:g}"},
+        {"name": "IMPORTER_MAX_STALLED_RETRIES", "value": str(settings.importer_max_stalled_retries)},
     ]
     volumes: list[Obj] = [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
     mounts: list[Obj] = []

@@ -20,6 +20,7 @@ from cdi.kube import DATAVOLUME, EVENT, POD, PVC, Obj
 from cdi.node.volumes import volume_dir_name
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
 from tests.support import images
+from tests.support.faultserver import Fault, FaultServer
 from tests.support.httpserver import HttpServer, Route
 
 
@@ -79,9 +80,13 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("controller")
     node = make_env(work, max_running_pods=4)
-    manager = ControllerManager(node.client, ControllerSettings(progress_interval=0.2), workers=2).start()
+    # A source that sends nothing for 2 s has stalled, and an importer run gives up on the first stall.
+    settings = ControllerSettings(progress_interval=0.2, importer_speed_time=2, importer_max_stalled_retries=0)
+    manager = ControllerManager(node.client, settings, workers=2).start()
     raw = images.make_raw(work / "disk.raw", 2 << 20)
-    with HttpServer() as http:
+    with HttpServer() as http, FaultServer() as faults:
+        faults.add("/stalled.raw", Fault(path=str(raw), stall_after=0))
+        http.faults = faults  # type: ignore[attr-defined]
         http.add("/disk.raw", Route(path=str(raw)))
         http.add("/missing.raw", Route(status=404))
         http.add("/slow.raw", Route(path=str(raw), rate=64 << 10))
@@ -91,11 +96,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     node.cluster.server.stop()
 
 
-def until(predicate: Callable[[], Any], timeout: float = 10) -> None:
+def until(predicate: Callable[[], Any], timeout: float = 10, what: Callable[[], Any] = lambda: None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s")
+            raise AssertionError(f"not true within {timeout}s: {what()}")
         time.sleep(0.05)
 
 
@@ -141,6 +146,16 @@ def test_a_transient_failure_is_retried_then_deletion_finishes_in_seconds(env: E
         assert why, f"an ImportRetry event without a reason: {event['message']!r}"
     # Deleting it while the importer fails and is restarted must not leave the PVC Terminating.
     assert env.delete("retry") < 10
+
+
+def test_a_stalled_server_fails_the_run_saying_so_and_is_retried(env: Env) -> None:
+    # The controller passes the stall limits on to importer pods (cdi serve --speed-time ...).
+    env.dv("stalled", env.http.faults.url("/stalled.raw"))  # type: ignore[attr-defined]
+    dv = env.wait_dv("stalled", lambda d: (d.get("status") or {}).get("restartCount", 0) >= 1, timeout=40)
+    assert dv["status"]["phase"] == "ImportInProgress"
+    until(lambda: any("stalled" in e["message"] for e in env.node.events("stalled") if e["reason"] == "ImportRetry"),
+          what=lambda: [(e["reason"], e["message"]) for e in env.node.events("stalled")])
+    env.delete("stalled")
 
 
 def test_delete_while_pending(env: Env) -> None:
