@@ -8,10 +8,12 @@ light: the few required fields controllers and kubectl rely on.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from cdi.api import podprinter
 from cdi.api.registry import Column, Obj, ResourceKind, get_path
+from cdi.units import QuantityError, parse_quantity
 
 _ACCESS_MODE_SHORT = {
     "ReadWriteOnce": "RWO",
@@ -90,9 +92,18 @@ def _validate_pod(obj: Obj, old: Obj | None) -> list[str]:
     if not containers:
         return ["spec.containers: Required value"]
     errs: list[str] = []
-    for i, c in enumerate(containers):
-        if not isinstance(c, dict) or not c.get("name"):
-            errs.append(f"spec.containers[{i}].name: Required value")
+    for group in ("initContainers", "containers"):
+        for i, c in enumerate(get_path(obj, f".spec.{group}") or []):
+            if not isinstance(c, dict) or not c.get("name"):
+                errs.append(f"spec.{group}[{i}].name: Required value")
+                continue
+            for j, mount in enumerate(c.get("volumeMounts") or []):
+                sub = mount.get("subPath") if isinstance(mount, dict) else None
+                field = f"spec.{group}[{i}].volumeMounts[{j}].subPath"
+                if isinstance(sub, str) and sub.startswith("/"):
+                    errs.append(f'{field}: Invalid value: "{sub}": must be a relative path')
+                elif isinstance(sub, str) and ".." in sub.split("/"):
+                    errs.append(f"{field}: Invalid value: \"{sub}\": must not contain '..'")
     return errs
 
 
@@ -105,12 +116,58 @@ def _default_pod(obj: Obj) -> None:
 def _validate_pvc(obj: Obj, old: Obj | None) -> list[str]:
     errs = _required(obj, ".spec.accessModes", "spec.accessModes")
     errs += _required(obj, ".spec.resources.requests.storage", "spec.resources[storage]")
+    for part in ("requests", "limits"):
+        for name, value in (get_path(obj, f".spec.resources.{part}") or {}).items():
+            field = f"spec.resources.{part}[{name}]"
+            try:
+                quantity = parse_quantity(value)
+            except QuantityError as e:
+                errs.append(f'{field}: Invalid value: "{value}": {e}')
+                continue
+            if quantity < 0:
+                errs.append(f'{field}: Invalid value: "{value}": must be greater than or equal to 0')
+            elif name == "storage" and part == "requests" and quantity == 0:
+                errs.append(f'{field}: Invalid value: "{value}": must be greater than zero')
     return errs
 
 
 def _default_pvc(obj: Obj) -> None:
-    obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("volumeMode", "Filesystem")
+    for key in ("requests", "limits"):
+        part = (spec.get("resources") or {}).get(key)
+        if not isinstance(part, dict):
+            continue
+        for name, value in part.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                part[name] = str(value)  # a quantity is a string on the wire, as kube writes it back
     obj.setdefault("status", {}).setdefault("phase", "Pending")
+
+
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _validate_config_data(obj: Obj, old: Obj | None) -> list[str]:
+    """Keys of a ConfigMap or Secret as kube's IsConfigMapKey, and the immutable rule."""
+    errs = _validate_immutable_data(obj, old)
+    seen: set[str] = set()
+    for section in ("data", "binaryData", "stringData"):
+        for key in obj.get(section) or {}:
+            field = f"{section}[{key}]"
+            if len(key) > 253:
+                errs.append(f'{field}: Invalid value: "{key}": must be no more than 253 characters')
+            if not _CONFIG_KEY.match(key):
+                errs.append(f'{field}: Invalid value: "{key}": a valid config key must consist of alphanumeric '
+                            "characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', "
+                            "regex used for validation is '[-._a-zA-Z0-9]+')")
+            elif key in (".", ".."):
+                errs.append(f'{field}: Invalid value: "{key}": must not be \'{key}\'')
+            elif key.startswith(".."):
+                errs.append(f'{field}: Invalid value: "{key}": must not start with \'..\'')
+            if key in seen and section != "stringData":
+                errs.append(f'{field}: Invalid value: "{key}": duplicate of key present in data')
+            seen.add(key)
+    return errs
 
 
 def _validate_immutable_data(obj: Obj, old: Obj | None) -> list[str]:
@@ -252,7 +309,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="secret",
             columns=(Column("Type", json_path=".type"), Column("Data", "integer", func=_count(".data"))),
             default=_default_secret,
-            validate=_validate_immutable_data,
+            validate=_validate_config_data,
             selectable_fields=("type",),
             non_spec_fields=(),
         ),
@@ -264,7 +321,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="configmap",
             short_names=("cm",),
             columns=(Column("Data", "integer", func=_count(".data")),),
-            validate=_validate_immutable_data,
+            validate=_validate_config_data,
             non_spec_fields=(),
         ),
         ResourceKind(

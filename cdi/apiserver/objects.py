@@ -467,7 +467,11 @@ class Objects:
         if not refs:
             return
         ns = meta.get("namespace", "")
-        dangling = [r.get("uid") for r in refs if self._find_by_uid(r.get("uid"), ns) is None]
+        # An owner of a kind this server does not serve cannot be looked up: kube's collector leaves
+        # such a dependent alone rather than guess.
+        dangling = [r.get("uid") for r in refs if self.registry.by_kind(str(r.get("apiVersion") or ""),
+                                                                        str(r.get("kind") or "")) is not None
+                    and self._find_by_uid(r.get("uid"), ns) is None]
         if not dangling:
             return
         if len(dangling) == len(refs):

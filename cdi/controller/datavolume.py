@@ -108,14 +108,26 @@ class DataVolumeReconciler:
         kind = next(iter(source), "sourceRef" if dv["spec"].get("sourceRef") else "none")
         if kind not in SUPPORTED_SOURCES:
             status["phase"] = c.PENDING
-            c.set_condition(conds, c.RUNNING, "False", "UnsupportedSource",
-                            f"source {kind} is not supported yet by this controller")
+            message = f"source {kind} is not supported yet by this controller"
+            if (c.find(conds, c.RUNNING) or {}).get("reason") != "UnsupportedSource":
+                self.client.event(dv, reason="UnsupportedSource", type="Warning", message=message)
+            c.set_condition(conds, c.RUNNING, "False", "UnsupportedSource", message)
             return None
         pvc = self._ensure_pvc(dv, ctx)
         if pvc is None:
             status["phase"] = c.PENDING
-            c.set_condition(conds, c.BOUND, "False", "NotOwned",
-                            f"PVC {name} exists and is not owned by this DataVolume")
+            old = self.client.find(PVC, dv["metadata"]["namespace"], name)
+            if old is not None and old["metadata"].get("deletionTimestamp"):
+                # A claim of an earlier DataVolume of this name is still going: stop what holds it (its
+                # importer), and take the name once it is gone (its deletion wakes this DataVolume).
+                self._delete_pod(dv["metadata"]["namespace"], name, owner_uid=old["metadata"]["uid"])
+                c.set_condition(conds, c.BOUND, "False", "ClaimPending",
+                                f"PVC {name} of an earlier DataVolume is being deleted; waiting to create it again")
+                return None
+            message = f"PVC {name} exists and is not owned by this DataVolume"
+            if (c.find(conds, c.BOUND) or {}).get("reason") != "NotOwned":
+                self.client.event(dv, reason="ErrClaimNotOwned", type="Warning", message=message)
+            c.set_condition(conds, c.BOUND, "False", "NotOwned", message)
             return None
         if pvc["metadata"].get("deletionTimestamp"):
             # Someone deleted the claim: let its deletion finish (no pod may hold it), then start over.
@@ -290,9 +302,16 @@ class DataVolumeReconciler:
         if not retain:
             self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
 
-    def _delete_pod(self, namespace: str, dv_name: str) -> None:
+    def _delete_pod(self, namespace: str, dv_name: str, *, owner_uid: str | None = None) -> None:
+        """Delete the DataVolume's importer pod (with ``owner_uid``: only if that claim owns it)."""
+        name = importer_pod_name(dv_name)
+        if owner_uid is not None:
+            pod = self.client.find(POD, namespace, name)
+            owners = {o.get("uid") for o in ((pod or {}).get("metadata") or {}).get("ownerReferences") or []}
+            if pod is None or owner_uid not in owners:
+                return
         try:
-            self.client.delete(POD, namespace, importer_pod_name(dv_name))
+            self.client.delete(POD, namespace, name)
         except NotFound:
             pass
 

@@ -72,9 +72,10 @@ class Launcher:
             c.state = {"waiting": {"reason": "ErrImagePull", "message": str(e)}}
             log.info("[%s/%s] container=%s image refused error=%s", rt.namespace, rt.name, c.name, e)
             return False
+        ignored: list[str] = []
         try:
             env = container_env(self.client, rt.pod, c.spec, node_name=self.settings.node_name,
-                                volumes=rt.volumes, workdir=workdir, termination_file=term)
+                                volumes=rt.volumes, workdir=workdir, termination_file=term, ignored=ignored)
             argv = [program[0], *(expand(a, env) for a in program[1:])]
         except ConfigError as e:
             if c.state.get("waiting", {}).get("message") != str(e):
@@ -83,6 +84,10 @@ class Launcher:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             log.info("[%s/%s] container=%s config error=%s", rt.namespace, rt.name, c.name, e)
             return False
+        if ignored and not c.ever_ran:
+            self.client.event(rt.pod, reason="EnvIgnored", type="Warning", component=COMPONENT,
+                              message=f"container {c.name}: environment variables {', '.join(sorted(ignored))} "
+                                      "are not passed on: on this node they would change the host program itself")
         if c.ever_ran:
             c.restart_count += 1
         workdir.mkdir(parents=True, exist_ok=True)

@@ -96,5 +96,8 @@ def resolve(container: Mapping[str, object], images: Mapping[str, Image], python
         program, rest = found, command[len(found.command):]
     argv = [*program.command, *rest, *args]
     if argv[0] == PYTHON:
-        argv[0] = python
+        # -I: isolated mode, so that nothing of the pod's choosing (PYTHON* variables, a user site,
+        # the working directory) decides which code the interpreter loads; -u: unbuffered output, as
+        # PYTHONUNBUFFERED (ignored under -I) gave, so that logs and progress lines arrive as written.
+        argv[0:1] = [python, "-I", "-u"]
     return argv

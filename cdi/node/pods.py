@@ -31,8 +31,9 @@ import time
 
 from cdi.kube import POD, PVC, ApiError, Client, Informer, Key, NotFound, Obj, WorkQueue, now_iso
 from cdi.kube.loop import work
+from cdi.node.claims import claim_path
 from cdi.node.containers import COMPONENT, Launcher
-from cdi.node.podspec import LOCAL_PATH, MountError, grace_period, prepare_volumes
+from cdi.node.podspec import MountError, grace_period, prepare_volumes
 from cdi.node.process import Process
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime, pod_status, restore_container
@@ -201,7 +202,8 @@ class PodRunner:
             return
         if rt.volumes is None:
             try:
-                rt.volumes = prepare_volumes(self.client, rt.pod, rt.dir / "volumes")
+                rt.volumes = prepare_volumes(self.client, rt.pod, rt.dir / "volumes",
+                                             claims_root=self.settings.volumes_dir)
             except MountError as e:
                 log.info("[%s/%s] mount failed error=%s", rt.namespace, rt.name, e)
                 if rt.containers and next(iter(rt.containers.values())).state.get("waiting", {}).get(
@@ -247,8 +249,7 @@ class PodRunner:
                 return f'0/1 nodes are available: persistentvolumeclaim "{claim}" not found.'
             if pvc["metadata"].get("deletionTimestamp"):
                 return f'0/1 nodes are available: persistentvolumeclaim "{claim}" is being deleted.'
-            annotations = pvc["metadata"].get("annotations") or {}
-            if (pvc.get("status") or {}).get("phase") != "Bound" or LOCAL_PATH not in annotations:
+            if claim_path(self.settings.volumes_dir, pvc) is None:
                 return "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
         return ""
 

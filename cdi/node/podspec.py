@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cdi.kube import CONFIGMAP, PVC, SECRET, Client, Kind, NotFound, Obj
+from cdi.node.claims import claim_path
 from cdi.units import QuantityError, quantity_bytes
 
 LOCAL_PATH = "cdi.kubevirt.io/local-path"
@@ -125,9 +126,32 @@ def _field(pod: Obj, path: str, node_name: str) -> str:
     raise ConfigError(f"unsupported fieldRef fieldPath {path!r}")
 
 
+# A container's environment reaches a host process here, not a program inside an image: variables that
+# make the dynamic loader, the interpreter or a library load code or files of the user's choosing
+# (LD_PRELOAD, PYTHONPATH, OPENSSL_CONF, ...) would run the user's code as the node. They are dropped.
+_UNSAFE_PREFIXES = ("LD_", "PYTHON", "OPENSSL_", "SSL_", "GCONV", "GLIBC_", "MALLOC_", "DYLD_", "NODE_", "PERL",
+                    "RUBY", "QEMU_", "XDG_", "GIO_", "GTK_", "LIBGUESTFS", "NBDKIT_", "BASH_FUNC_")
+_UNSAFE_NAMES = {"PATH", "HOME", "BASH_ENV", "ENV", "IFS", "CDPATH", "NLSPATH", "LOCPATH", "HOSTALIASES",
+                 "RES_OPTIONS", "LOCALDOMAIN", "TZDIR", "TMPDIR", "SHELLOPTS", "PS4", "CURL_CA_BUNDLE",
+                 "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+                 "https_proxy", "all_proxy", "no_proxy", "CDI_VOLUME_MOUNTS", "CDI_VOLUME_CAPACITY",
+                 "TERMINATION_MESSAGE_PATH"}
+
+
+def host_safe(name: str) -> bool:
+    """Whether a container may set ``name`` in the environment of its host process."""
+    if name == "PYTHONUNBUFFERED":
+        return True
+    return name not in _UNSAFE_NAMES and not name.startswith(_UNSAFE_PREFIXES)
+
+
 def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, volumes: PodVolumes,
-                  workdir: Path, termination_file: Path) -> dict[str, str]:
-    """The process environment of ``container``: the node's base, envFrom, env, then the env contract."""
+                  workdir: Path, termination_file: Path, ignored: list[str] | None = None) -> dict[str, str]:
+    """The process environment of ``container``: the node's base, envFrom, env, then the env contract.
+
+    Variables a host process must not take from a pod (``host_safe``) are left out and their names
+    appended to ``ignored``."""
+    ignored = [] if ignored is None else ignored
     meta = pod["metadata"]
     sources = _Sources(client, meta["namespace"])
     env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -162,7 +186,11 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
             value = expand(str(var.get("value", "")), env)
         if value is not None:
             env[var["name"]] = value
-    env.setdefault("HOME", str(workdir))
+    for name in [n for n in env if not host_safe(n)]:
+        del env[name]
+        ignored.append(name)
+    env["HOME"] = str(workdir)
+    env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     mounts, capacity = volume_contract(container, volumes)
     env["CDI_VOLUME_MOUNTS"] = json.dumps(mounts, sort_keys=True)
     env["CDI_VOLUME_CAPACITY"] = json.dumps(capacity, sort_keys=True)
@@ -182,13 +210,25 @@ def volume_contract(container: Obj, volumes: PodVolumes) -> tuple[dict[str, str]
             raise ConfigError(f"volume {name!r} of {target} is not a volume of the pod")
         host = volumes.host_paths[name]
         if entry.get("subPath"):
-            host = host / entry["subPath"]
-            if host.parent.is_dir():
-                host.mkdir(exist_ok=True)
+            host = _sub_path(host, str(entry["subPath"]), target)
         mounts[target] = str(host)
         if name in volumes.capacities:
             capacity[target] = volumes.capacities[name]
     return mounts, capacity
+
+
+def _sub_path(root: Path, sub: str, target: str) -> Path:
+    """``root/sub`` for a volumeMount's subPath, which must stay inside the volume (as kubelet checks)."""
+    rel = Path(sub)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ConfigError(f"subPath {sub!r} of {target} must be a relative path without '..'")
+    host = root / rel
+    if root.is_dir():
+        host.mkdir(parents=True, exist_ok=True)
+    real_root, real = os.path.realpath(root), os.path.realpath(host)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise ConfigError(f"subPath {sub!r} of {target} leads outside its volume")
+    return host
 
 
 def _write_items(target: Path, data: dict[str, bytes], spec: Obj, default_mode: int, what: str) -> None:
@@ -213,8 +253,10 @@ def _write_items(target: Path, data: dict[str, bytes], spec: Obj, default_mode: 
         os.chmod(path, int(item.get("mode", mode)))
 
 
-def prepare_volumes(client: Client, pod: Obj, volumes_dir: Path) -> PodVolumes:
-    """Resolve every volume of the pod to a host path, writing Secret/ConfigMap files and emptyDirs."""
+def prepare_volumes(client: Client, pod: Obj, volumes_dir: Path, *, claims_root: Path) -> PodVolumes:
+    """Resolve every volume of the pod to a host path, writing Secret/ConfigMap files and emptyDirs.
+
+    ``volumes_dir`` is the pod's own directory for them; ``claims_root`` the node's volumes directory."""
     namespace = pod["metadata"]["namespace"]
     sources = _Sources(client, namespace)
     out = PodVolumes()
@@ -224,10 +266,10 @@ def prepare_volumes(client: Client, pod: Obj, volumes_dir: Path) -> PodVolumes:
         if "persistentVolumeClaim" in vol:
             claim = vol["persistentVolumeClaim"].get("claimName", "")
             pvc = _read(client, PVC, namespace, claim)
-            path = ((pvc or {}).get("metadata", {}).get("annotations") or {}).get(LOCAL_PATH)
-            if pvc is None or not path:
+            path = claim_path(claims_root, pvc) if pvc is not None else None
+            if pvc is None or path is None:
                 raise MountError(f'persistentvolumeclaim "{claim}" is not bound to a local volume')
-            out.host_paths[name] = Path(path)
+            out.host_paths[name] = path
             size = ((pvc.get("status") or {}).get("capacity") or {}).get("storage")
             try:
                 out.capacities[name] = quantity_bytes(size) if size is not None else 0

@@ -25,21 +25,15 @@ from pathlib import Path
 
 from cdi.kube import PVC, Client, Informer, Key, NotFound, Obj, WorkQueue
 from cdi.kube.loop import work
+from cdi.node.claims import FINALIZER, volume_dir_name
 from cdi.node.podspec import LOCAL_PATH
 from cdi.node.settings import NodeSettings
 from cdi.units import QuantityError, quantity_bytes
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "cdi.kubevirt.io/local-volume"
 COMPONENT = "cdi-local-provisioner"
 IN_USE_RECHECK = 0.5
-
-
-def volume_dir_name(name: str, uid: str) -> str:
-    """``<claim>-<uid8>``; a claim name may have 253 characters, a file name at most 255 bytes, so a long
-    one is cut (the uid keeps it unique)."""
-    return f"{name[:200]}-{uid[:8]}"
 
 
 class ProvisioningError(Exception):

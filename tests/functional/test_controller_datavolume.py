@@ -17,7 +17,7 @@ import pytest
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings, importer_pod_name
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, Obj
-from cdi.node.volumes import volume_dir_name
+from cdi.node.claims import volume_dir_name
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
 from tests.support import images
 from tests.support.faultserver import Fault, FaultServer
@@ -217,6 +217,29 @@ def test_every_valid_name_works_on_disk_and_in_events(env: Env, length: int) -> 
     assert importer_pod_name(names[0]) != importer_pod_name(names[1])
     for name in names:
         env.delete(name)
+
+
+def test_a_name_deleted_and_made_again_at_once_gets_a_fresh_import(env: Env) -> None:
+    # The first DataVolume's importer keeps failing; its successor of the same name must not wait on it.
+    env.dv("reuse", closed_port_url())
+    env.phase("reuse", "ImportScheduled", "ImportInProgress")
+    env.client.delete(DATAVOLUME, NS, "reuse")
+    second = env.dv("reuse", env.http.url("/disk.raw"))
+    dv = env.phase("reuse", "Succeeded", "Failed", timeout=30)
+    assert dv["metadata"]["uid"] == second["metadata"]["uid"] and dv["status"]["phase"] == "Succeeded", dv["status"]
+    pvc = env.client.get(PVC, NS, "reuse")
+    assert pvc["metadata"]["ownerReferences"][0]["uid"] == second["metadata"]["uid"]
+    env.delete("reuse")
+
+
+def test_an_unsupported_source_says_so_in_an_event(env: Env) -> None:
+    body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "unsup", "namespace": NS},
+            "spec": {"source": {"s3": {"url": "http://127.0.0.1:1/b/o"}},
+                     "storage": {"resources": {"requests": {"storage": "1Mi"}}}}}
+    env.client.create(DATAVOLUME, body)
+    until(lambda: any(e["reason"] == "UnsupportedSource" for e in env.node.events("unsup")))
+    env.delete("unsup")
 
 
 def test_every_event_says_what_happened(env: Env) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
-from cdi.kube import CONFIGMAP, POD, PVC, SECRET, NotFound, Obj
+import pytest
+
+from cdi.kube import CONFIGMAP, POD, PVC, SECRET, Invalid, NotFound, Obj
 from tests.functional.test_node_fixtures import NS, TEST_IMAGE, NodeEnv, container_status, node_env, pod, pvc, secret
 
 __all__ = ["node_env"]
@@ -338,3 +341,69 @@ def test_kubectl_get_nodes_shows_the_local_node_and_pods_are_bound_to_it(node_en
     listed = node_env.cluster.kubectl("get", "pods", "--field-selector", "spec.nodeName=cdi-local", "-o", "name")
     assert "pod/placed" in listed.stdout.split()
     node_env.client.delete(POD, NS, "placed")
+
+
+def test_loader_and_interpreter_variables_never_reach_the_host_process(node_env: NodeEnv) -> None:
+    # A module the pod's PYTHONPATH would load: if the interpreter imported it, the marker would appear.
+    evil = node_env.work / "evil-site"
+    evil.mkdir(exist_ok=True)
+    marker = node_env.work / "sitecustomize-ran"
+    (evil / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    bad = {"PYTHONPATH": str(evil), "PYTHONWARNINGS": "ignore::evil.W", "LD_PRELOAD": str(evil / "x.so"),
+           "PATH": str(evil), "HOME": str(evil), "OPENSSL_CONF": str(evil / "o.cnf"), "PYTHONSTARTUP": "x"}
+    script = f"import json, os, sys; print(json.dumps({{k: os.environ.get(k) for k in {sorted(bad)!r}}}))"
+    env = [{"name": k, "value": v} for k, v in bad.items()] + [{"name": "KEPT", "value": "yes"}]
+    node_env.client.create(POD, pod("envsafe", script + "; print(os.environ['KEPT'])", env=env))
+    node_env.wait_pod_phase("envsafe", "Succeeded", "Failed")
+    lines = node_env.cluster.kubectl("logs", "envsafe").stdout.splitlines()
+    seen = json.loads(lines[0])
+    assert lines[1] == "yes"
+    assert not marker.exists()
+    for name in ("PYTHONPATH", "PYTHONWARNINGS", "LD_PRELOAD", "OPENSSL_CONF", "PYTHONSTARTUP"):
+        assert seen[name] is None, (name, seen[name])
+    assert seen["PATH"] != str(evil) and seen["HOME"] != str(evil)
+    assert any(e["reason"] == "EnvIgnored" and "LD_PRELOAD" in e["message"] for e in node_env.events("envsafe"))
+    node_env.client.delete(POD, NS, "envsafe")
+
+
+def test_sub_paths_cannot_leave_their_volume(node_env: NodeEnv) -> None:
+    c = node_env.client
+    c.create(PVC, pvc("subs", "4Mi"))
+    target = node_env.work / "escaped"
+    script = "import json, os; open(json.loads(os.environ['CDI_VOLUME_MOUNTS'])['/data'] + '/f', 'w').write('x')"
+    # The API refuses what kube refuses...
+    for sub, words in (("../../escaped", "must not contain '..'"), (str(target), "must be a relative path")):
+        spec = pod("sub-api", script, volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "subs"}}],
+                   container={"volumeMounts": [{"name": "v", "mountPath": "/data", "subPath": sub}]})
+        with pytest.raises(Invalid, match=re.escape(words)):
+            c.create(POD, spec)
+    # ...and the node refuses a subPath that a symlink inside the volume would take elsewhere.
+    c.create(POD, pod("mk-link", "import os; os.symlink('/tmp', os.path.join(__import__('json').loads("
+                                 "os.environ['CDI_VOLUME_MOUNTS'])['/data'], 'out'))",
+                      volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "subs"}}],
+                      container={"volumeMounts": [{"name": "v", "mountPath": "/data"}]}))
+    node_env.wait_pod_phase("mk-link", "Succeeded")
+    c.create(POD, pod("via-link", script, volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "subs"}}],
+                      container={"volumeMounts": [{"name": "v", "mountPath": "/data", "subPath": "out"}]}))
+    got = node_env.wait(POD, "via-link", lambda p: container_status(p).get("state", {}).get("waiting", {}).get(
+        "reason") == "CreateContainerConfigError")
+    assert "leads outside its volume" in container_status(got)["state"]["waiting"]["message"]
+    assert not (Path("/tmp") / "f").exists() or (Path("/tmp") / "f").read_text() != "x"
+    for name in ("mk-link", "via-link"):
+        c.delete(POD, NS, name)
+
+
+def test_the_local_path_annotation_is_never_read_as_a_path(node_env: NodeEnv) -> None:
+    c = node_env.client
+    c.create(PVC, pvc("annot", "4Mi"))
+    bound = node_env.wait(PVC, "annot", lambda p: p.get("status", {}).get("phase") == "Bound")
+    elsewhere = node_env.work / "not-a-volume"
+    elsewhere.mkdir()
+    c.patch(PVC, NS, "annot", {"metadata": {"annotations": {"cdi.kubevirt.io/local-path": str(elsewhere)}}})
+    script = "import json, os; print(json.loads(os.environ['CDI_VOLUME_MOUNTS'])['/data'])"
+    c.create(POD, pod("annot-user", script, volumes=[{"name": "v", "persistentVolumeClaim": {"claimName": "annot"}}],
+                      container={"volumeMounts": [{"name": "v", "mountPath": "/data"}]}))
+    node_env.wait_pod_phase("annot-user", "Succeeded")
+    mounted = node_env.cluster.kubectl("logs", "annot-user").stdout.strip()
+    assert mounted == bound["metadata"]["annotations"]["cdi.kubevirt.io/local-path"] != str(elsewhere)
+    c.delete(POD, NS, "annot-user")

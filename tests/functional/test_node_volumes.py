@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from cdi.kube import POD, PVC, Obj
-from cdi.node.volumes import FINALIZER
+from cdi.node.claims import FINALIZER
 from tests.functional.test_node_fixtures import NS, NodeEnv, node_env, pod, pvc
 
 __all__ = ["node_env"]

@@ -79,10 +79,10 @@ def test_expand_replaces_known_variables_only() -> None:
 def test_worker_images_run_their_own_program_with_the_node_python() -> None:
     importer = {"image": "quay.io/kubevirt/cdi-importer:v1.60@sha256:abc", "command": ["python3", "-m", "importer"],
                 "args": ["x"]}
-    assert resolve(importer, WORKER_IMAGES, "/venv/python") == ["/venv/python", "-m", "importer", "x"]
-    assert resolve({"image": "cdi-importer"}, WORKER_IMAGES, "/py") == ["/py", "-m", "importer"]
+    assert resolve(importer, WORKER_IMAGES, "/venv/python") == ["/venv/python", "-I", "-u", "-m", "importer", "x"]
+    assert resolve({"image": "cdi-importer"}, WORKER_IMAGES, "/py") == ["/py", "-I", "-u", "-m", "importer"]
     tail = {"image": "cdi-virt-launcher:latest", "command": ["/usr/bin/python3", "-m", "vm_runtime.virt_tail"]}
-    assert resolve(tail, WORKER_IMAGES, "/py") == ["/py", "-m", "vm_runtime.virt_tail"]
+    assert resolve(tail, WORKER_IMAGES, "/py") == ["/py", "-I", "-u", "-m", "vm_runtime.virt_tail"]
 
 
 @pytest.mark.parametrize("container, words", [
