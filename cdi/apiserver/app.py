@@ -23,11 +23,13 @@ from cdi.api import default_registry
 from cdi.api.registry import Registry
 from cdi.apiserver import bootstrap_policy, discovery, kubevirt_subresources, openapi, openapi_v2, reviews
 from cdi.apiserver.authn import Authenticator, StaticTokens
+from cdi.apiserver.clone_admission import CloneSourceCheck
 from cdi.apiserver.errors import ApiServerError, NotFound, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
 from cdi.apiserver.limits import BodyLimit
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.rbac import Authorizer
+from cdi.apiserver.rbac_admission import EscalationCheck
 from cdi.apiserver.routes import JSON, ResourceHandlers, json_response
 from cdi.apiserver.serviceaccounts import DEFAULT_ISSUER, TokenIssuer, keep_default_service_accounts
 from cdi.apiserver.store import Store
@@ -81,6 +83,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         objects.ensure_namespace(ns)
     bootstrap_policy.ensure(objects)
     authorizer = Authorizer(store)
+    objects.admission += [EscalationCheck(authorizer), CloneSourceCheck(authorizer, store)]
     issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
                          issuer=settings.service_account_issuer)
     authenticator = Authenticator(settings.token, StaticTokens(settings.users_file), issuer)

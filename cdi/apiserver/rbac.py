@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,6 +45,10 @@ class User:
     uid: str = ""
     groups: tuple[str, ...] = ()
     extra: dict[str, list[str]] = field(default_factory=dict, hash=False, compare=False)
+
+
+# The user of the request being served (set by the access filter); None for the server's own writes.
+CURRENT_USER: ContextVar[User | None] = ContextVar("current_user", default=None)
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ class Authorizer:
                     rules.extend(self._cluster_role_rules(other_name, seen | {name}) or [])
         return rules
 
-    def _role_rules(self, ref: Obj, namespace: str) -> tuple[list[Obj], str]:
+    def role_rules(self, ref: Obj, namespace: str) -> tuple[list[Obj], str]:
         """The rules a roleRef names, and an error (kube's words) when the role does not exist."""
         kind, name = ref.get("kind"), str(ref.get("name"))
         if kind == "ClusterRole":
@@ -210,7 +215,7 @@ class Authorizer:
             if subject is None:
                 continue
             ref = binding.get("roleRef") or {}
-            rules, error = self._role_rules(ref, ns)
+            rules, error = self.role_rules(ref, ns)
             name = binding["metadata"]["name"]
             label = f'RoleBinding "{name}/{ns}"' if ns else f'ClusterRoleBinding "{name}"'
             yield f'{label} of {ref.get("kind")} "{ref.get("name")}" to {_describe_subject(subject, ns)}', rules, error

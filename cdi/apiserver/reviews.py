@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cdi.apiserver import limits, protobuf
 from cdi.apiserver.authn import Authenticator
 from cdi.apiserver.errors import ApiServerError, BadRequest, Invalid, MethodNotAllowed, Unauthorized, to_status
-from cdi.apiserver.rbac import AUTHENTICATED, Attributes, Authorizer, User, forbidden, request_attributes
+from cdi.apiserver.rbac import AUTHENTICATED, CURRENT_USER, Attributes, Authorizer, User, forbidden, request_attributes
 from cdi.apiserver.routes import json_response
 from cdi.apiserver.serviceaccounts import TokenIssuer, token_request
 
@@ -66,7 +66,11 @@ class AccessFilter:
             await json_response(body, code)(scope, receive, send)
             return
         scope.setdefault("state", {})["user"] = user
-        await self.app(scope, receive, send)
+        token = CURRENT_USER.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_USER.reset(token)
 
 
 def _user_info(user: User) -> Obj:

@@ -285,3 +285,56 @@ def test_default_roles_carry_cdi_and_kubevirt_rules(env: tuple[Cluster, As, As])
     review["spec"]["resourceAttributes"]["namespace"] = "default"
     answer = json.loads(c.kubectl("create", "-f", "-", "-o", "json", input=json.dumps(review)).stdout)
     assert answer["status"] == {"allowed": False}
+
+
+def test_rbac_writes_cannot_grant_more_than_the_writer_holds(env: tuple[Cluster, As, As]) -> None:
+    c, alice, bob = env
+    refused = alice.kubectl("create", "rolebinding", "bob-root", "--clusterrole=cluster-admin", "--user=bob",
+                            check=False)
+    assert refused.stderr.strip() == (
+        'error: failed to create rolebinding: rolebindings.rbac.authorization.k8s.io "bob-root" is forbidden: '
+        'user "alice" (groups=["dev" "system:authenticated"]) is attempting to grant RBAC permissions not currently '
+        'held:\n{APIGroups:["*"], Resources:["*"], Verbs:["*"]}\n{NonResourceURLs:["*"], Verbs:["*"]}')
+    refused = alice.kubectl("create", "role", "node-maker", "--verb=create,delete", "--resource=nodes", check=False)
+    assert refused.stderr.strip() == (
+        'Error from server (Forbidden): roles.rbac.authorization.k8s.io "node-maker" is forbidden: user "alice" '
+        '(groups=["dev" "system:authenticated"]) is attempting to grant RBAC permissions not currently held:\n'
+        '{APIGroups:[""], Resources:["nodes"], Verbs:["create" "delete"]}')
+    # What she holds she may hand on: a role of her own rights, and a binding to it.
+    alice.kubectl("create", "role", "dv-maker", "--verb=get,create", "--resource=datavolumes.cdi.kubevirt.io")
+    alice.kubectl("create", "rolebinding", "bob-dv-maker", "--role=dv-maker", "--user=bob")
+    assert bob.kubectl("auth", "can-i", "create", "datavolumes", "-n", "alice").stdout.strip() == "yes"
+    # The `bind` verb lets a user bind a role they do not hold, as in kube.
+    c.kubectl("create", "role", "binder", "--verb=bind", "--resource=clusterroles.rbac.authorization.k8s.io",
+              "--resource-name=cluster-admin", "-n", "alice")
+    c.kubectl("create", "rolebinding", "alice-binder", "--role=binder", "--user=alice", "-n", "alice")
+    alice.kubectl("create", "rolebinding", "bob-root", "--clusterrole=cluster-admin", "--user=bob")
+    assert bob.kubectl("auth", "can-i", "delete", "nodes", "-n", "alice").stdout.strip() == "yes"
+    alice.kubectl("delete", "rolebinding", "bob-root", "bob-dv-maker")
+
+
+def _clone(name: str, source_ns: str) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+        "spec": {"source": {"pvc": {"namespace": source_ns, "name": "golden"}},
+                 "storage": {"resources": {"requests": {"storage": "1Gi"}}}}})
+
+
+def test_a_clone_from_another_namespace_needs_datavolumes_source_there(env: tuple[Cluster, As, As]) -> None:
+    c, alice, bob = env
+    c.kubectl("create", "namespace", "bobs")
+    c.kubectl("create", "rolebinding", "bob-admin", "--clusterrole=admin", "--user=bob", "-n", "bobs")
+    refused = bob.kubectl("create", "-n", "bobs", "-f", "-", input=_clone("copy", "alice"), check=False)
+    assert refused.stderr.strip() == (
+        'Error from server: error when creating "STDIN": admission webhook "datavolume-mutate.cdi.kubevirt.io" '
+        "denied the request:  User bob has insufficient permissions in clone source namespace alice")
+    refused = bob.kubectl("create", "-n", "bobs", "-f", "-", input=_clone("copy", "nowhere"), check=False)
+    assert refused.stderr.strip() == (
+        'Error from server: error when creating "STDIN": admission webhook "datavolume-mutate.cdi.kubevirt.io" '
+        'denied the request: namespaces "nowhere" not found')
+    # A clone within one's own namespace needs nothing more.
+    bob.kubectl("create", "-n", "bobs", "-f", "-", input=_clone("local-copy", "bobs"))
+    # alice lets bob clone from her namespace with CDI's clone-sourcer role.
+    alice.kubectl("create", "rolebinding", "bob-clones", "--clusterrole=cdi.kubevirt.io:clone-sourcer", "--user=bob")
+    out = bob.kubectl("create", "-n", "bobs", "-f", "-", input=_clone("copy", "alice")).stdout.strip()
+    assert out == "datavolume.cdi.kubevirt.io/copy created"
