@@ -56,11 +56,11 @@ def parse_token_file(text: str, *, source: str = "token file") -> list[StaticUse
 
 
 class StaticTokens:
-    """The users of a static token file, reloaded when its modification time or size changes."""
+    """The users of a static token file, reloaded when it is replaced or its time or size changes."""
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path else None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: list[StaticUser] = []
         self._lock = threading.Lock()
 
@@ -72,7 +72,7 @@ class StaticTokens:
         except FileNotFoundError:
             self._users, self._stamp = [], None
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a replaced file has a new inode
         if stamp == self._stamp:
             return
         try:
