@@ -11,6 +11,7 @@ Three kinds of token, tried in this order:
 
 Every authenticated user is also in `system:authenticated`. A request with no token, or a token
 none of these knows, is answered 401 with kube's Status (anonymous requests are not enabled).
+`impersonate` then applies kube's Impersonate-* headers (`kubectl --as`) when RBAC allows it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdi.apiserver.rbac import AUTHENTICATED, MASTERS, User
+from cdi.apiserver.errors import BadRequest
+from cdi.apiserver.rbac import AUTHENTICATED, MASTERS, SA_PREFIX, Attributes, Authorizer, User, forbidden
 from cdi.apiserver.serviceaccounts import TokenIssuer
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,47 @@ class Authenticator:
             if sa is not None:
                 return User(sa.name, sa.uid, _with_authenticated(sa.groups), sa.extra)
         return None
+
+
+def impersonate(authorizer: Authorizer, user: User, headers: list[tuple[bytes, bytes]]) -> User:
+    """kube's impersonation filter: `Impersonate-User/-Group/-Uid/-Extra-*` (`kubectl --as`), each
+    allowed by RBAC's `impersonate` verb on users, groups, serviceaccounts, uids or userextras."""
+    wanted = {k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in headers}
+    name = wanted.get("impersonate-user", "")
+    groups = [v.decode("utf-8", "replace") for k, v in headers if k.lower() == b"impersonate-group"]
+    extra: dict[str, list[str]] = {}
+    for k, v in headers:
+        key = k.decode("latin-1").lower()
+        if key.startswith("impersonate-extra-"):
+            extra.setdefault(key[len("impersonate-extra-"):], []).append(v.decode("utf-8", "replace"))
+    uid = wanted.get("impersonate-uid", "")
+    if not name:
+        if groups or extra or uid:
+            raise BadRequest("requested impersonation of groups, extra or uid without impersonating a user")
+        return user
+    checks: list[Attributes] = []
+    implied: list[str] = []  # a ServiceAccount's groups, not asked for and so not checked
+    if name.startswith(SA_PREFIX) and name.count(":") == 3:
+        ns, sa = name[len(SA_PREFIX):].split(":")
+        checks.append(Attributes(user, "impersonate", True, namespace=ns, resource="serviceaccounts", name=sa))
+        if not groups:
+            implied = ["system:serviceaccounts", f"system:serviceaccounts:{ns}"]
+    else:
+        checks.append(Attributes(user, "impersonate", True, resource="users", name=name))
+    checks += [Attributes(user, "impersonate", True, resource="groups", name=g) for g in groups]
+    checks += [Attributes(user, "impersonate", True, group="authentication.k8s.io", resource="userextras",
+                          subresource=k, name=v) for k, values in extra.items() for v in values]
+    if uid:
+        checks.append(Attributes(user, "impersonate", True, group="authentication.k8s.io", resource="uids", name=uid))
+    for attrs in checks:
+        decision = authorizer.authorize(attrs)
+        if not decision.allowed:
+            raise forbidden(attrs, decision.reason)
+    groups = implied + groups
+    if name != "system:anonymous" and not {AUTHENTICATED, "system:unauthenticated"} & set(groups):
+        groups.append(AUTHENTICATED)
+    log.info("impersonation user=%s as=%s", user.name, name)
+    return User(name, uid, tuple(groups), extra)
 
 
 def _with_authenticated(groups: tuple[str, ...]) -> tuple[str, ...]:

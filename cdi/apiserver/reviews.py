@@ -1,8 +1,9 @@
 """Who-is-asking endpoints: access reviews, rules reviews, self review, TokenRequest; and the filter.
 
-- `AccessFilter` (ASGI middleware) authenticates every request (`authn`) and authorizes it (`rbac`)
-  before any handler runs: 401 without a known token, 403 with kube's message when RBAC does not
-  allow it. The user is left in the request's state (`request.state.user`).
+- `AccessFilter` (ASGI middleware) authenticates every request (`authn`), applies impersonation
+  (`kubectl --as`, kube's Impersonate-* headers) and authorizes it (`rbac`) before any handler
+  runs: 401 without a known token, 403 with kube's message when RBAC does not allow it. The user is
+  left in the request's state (`request.state.user`) and in `rbac.CURRENT_USER`.
 - `install(app, ...)` adds, before the catch-all resource routes:
   `authorization.k8s.io/v1` SubjectAccessReview, SelfSubjectAccessReview and SelfSubjectRulesReview
   (`kubectl auth can-i [--list]`), `authentication.k8s.io/v1` SelfSubjectReview
@@ -19,7 +20,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdi.apiserver import limits, protobuf
-from cdi.apiserver.authn import Authenticator
+from cdi.apiserver.authn import Authenticator, impersonate
 from cdi.apiserver.errors import ApiServerError, BadRequest, Invalid, MethodNotAllowed, Unauthorized, to_status
 from cdi.apiserver.rbac import AUTHENTICATED, CURRENT_USER, Attributes, Authorizer, User, forbidden, request_attributes
 from cdi.apiserver.routes import json_response
@@ -44,12 +45,18 @@ class AccessFilter:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        header = next((v for k, v in scope.get("headers", []) if k == b"authorization"), b"")
+        headers = scope.get("headers", [])
+        header = next((v for k, v in headers if k == b"authorization"), b"")
         user = self.authenticator.authenticate(header)
         error: ApiServerError | None = None
         if user is None:
             error = Unauthorized("Unauthorized")
         else:
+            try:
+                user = impersonate(self.authorizer, user, headers)
+            except ApiServerError as e:
+                error = e
+        if user is not None and error is None:
             method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
             query = scope.get("query_string", b"").decode("latin-1")
             attrs = request_attributes(user, method, scope["path"], query)

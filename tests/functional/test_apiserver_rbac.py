@@ -338,3 +338,24 @@ def test_a_clone_from_another_namespace_needs_datavolumes_source_there(env: tupl
     alice.kubectl("create", "rolebinding", "bob-clones", "--clusterrole=cdi.kubevirt.io:clone-sourcer", "--user=bob")
     out = bob.kubectl("create", "-n", "bobs", "-f", "-", input=_clone("copy", "alice")).stdout.strip()
     assert out == "datavolume.cdi.kubevirt.io/copy created"
+
+
+def test_impersonation_needs_the_impersonate_verb(env: tuple[Cluster, As, As]) -> None:
+    c, alice, _ = env
+    # The admin may be anyone: `kubectl --as` answers as that user would be answered.
+    assert c.kubectl("auth", "can-i", "list", "datavolumes", "-n", "default", "--as=bob",
+                     check=False).stdout.strip() == "no"
+    who = json.loads(c.kubectl("auth", "whoami", "-o", "json", "--as=bob", "--as-group=qa").stdout)
+    assert who["status"]["userInfo"]["groups"] == ["qa", "system:authenticated"]
+    refused = alice.kubectl("get", "dv", "--as=bob", check=False)
+    assert refused.stderr.strip() == ('Error from server (Forbidden): users "bob" is forbidden: User "alice" cannot '
+                                      'impersonate resource "users" in API group "" at the cluster scope')
+    # edit and admin may impersonate the ServiceAccounts of their namespace, as in kube.
+    alice.kubectl("create", "serviceaccount", "helper")
+    who = json.loads(alice.kubectl("auth", "whoami", "-o", "json", "--as=system:serviceaccount:alice:helper").stdout)
+    assert who["status"]["userInfo"]["groups"] == ["system:serviceaccounts", "system:serviceaccounts:alice",
+                                                   "system:authenticated"]
+    refused = alice.kubectl("get", "dv", "--as=system:serviceaccount:default:default", check=False)
+    assert refused.stderr.strip() == (
+        'Error from server (Forbidden): serviceaccounts "default" is forbidden: User "alice" cannot impersonate '
+        'resource "serviceaccounts" in API group "" in the namespace "default"')
