@@ -77,7 +77,7 @@ class TokenIssuer:
         public = self._key.public_key().public_bytes(serialization.Encoding.DER,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
         self._kid = hashlib.sha256(public).hexdigest()[:43]
-        self._pod_kind = objects.registry.lookup("", "v1", "pods")
+        self.pod_kind = objects.registry.lookup("", "v1", "pods")
 
     def issue(self, sa: Obj, *, audiences: list[str], seconds: int, pod: Obj | None = None) -> tuple[str, int]:
         """A signed token for the ServiceAccount (bound to `pod` if given) and its expiry (epoch s)."""
@@ -115,7 +115,7 @@ class TokenIssuer:
         extra = {CREDENTIAL_ID: [f"JTI={claims.get('jti')}"]}
         pod_ref = kube.get("pod")
         if pod_ref:
-            pod = self.objects.store.get(self._pod_kind.key, ns, str(pod_ref.get("name"))) if self._pod_kind else None
+            pod = self.objects.store.get(self.pod_kind.key, ns, str(pod_ref.get("name"))) if self.pod_kind else None
             if pod is None or pod["metadata"]["uid"] != pod_ref.get("uid"):
                 log.info("service account token refused: bound pod %s/%s is gone", ns, pod_ref.get("name"))
                 return None
@@ -145,9 +145,9 @@ def token_request(issuer: TokenIssuer, ns: str, name: str, body: Obj) -> Obj:
     pod = None
     bound = spec.get("boundObjectRef") or None
     if bound:
-        if bound.get("kind") != "Pod" or issuer._pod_kind is None:
+        if bound.get("kind") != "Pod" or issuer.pod_kind is None:
             raise BadRequest(f"cannot bind token to object of kind {bound.get('kind')}: only Pod is supported")
-        pod = issuer.objects.get(issuer._pod_kind, ns, str(bound.get("name")))
+        pod = issuer.objects.get(issuer.pod_kind, ns, str(bound.get("name")))
         if bound.get("uid") and bound["uid"] != pod["metadata"]["uid"]:
             raise Conflict(f'Operation cannot be fulfilled on pods "{pod["metadata"]["name"]}": the UID in the '
                            f"bound object reference ({bound['uid']}) does not match the UID in record. The object "

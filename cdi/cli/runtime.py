@@ -12,7 +12,7 @@ from cdi.apiserver import Settings
 from cdi.apiserver.kubevirt_subresources import set_console_provider
 from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
-from cdi.cli.user import users_file
+from cdi.cli.user import refresh_user_kubeconfigs, users_file
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
@@ -43,6 +43,7 @@ class Runtime:
     def start(self) -> Runtime:
         self.api.start()
         self.api.write_kubeconfig(self.kubeconfig)
+        refresh_user_kubeconfigs(self.data_dir)
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
         self.node = LocalNode(self.client, NodeSettings(
             data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,

@@ -3,7 +3,8 @@
 Users live in ``DIR/users.csv``, kube-apiserver's static token file format
 (``token,user,uid,"group1,group2"``), readable by its owner only; a running ``cdi serve`` reads the
 file again when it changes, so a new user can log in at once and a removed one is refused at once.
-``add`` writes a kubeconfig for the user with the server and CA of the admin's ``DIR/kubeconfig``.
+``add`` writes a kubeconfig for the user with the server and CA of the admin's ``DIR/kubeconfig``
+(``DIR/users/NAME.kubeconfig`` by default; ``cdi serve`` updates those on every start).
 What a user may do is RBAC's business: bind them to a role, e.g.
 ``kubectl create rolebinding alice-admin --clusterrole=admin --user=alice -n alice``.
 """
@@ -83,6 +84,32 @@ def write_user_kubeconfig(data_dir: str | os.PathLike[str], user: StaticUser, ou
     ca = cluster.get("certificate-authority-data")
     return write_kubeconfig(out, cluster["server"], user.token, ca_pem=base64.b64decode(ca) if ca else None,
                             namespace=namespace, name=f"cdi-{user.name}")
+
+
+def refresh_user_kubeconfigs(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """Point the kubeconfigs under DIR/users at the server and CA of the admin's DIR/kubeconfig.
+
+    `cdi serve` calls this on every start, after writing its own kubeconfig, so users' kubeconfigs
+    follow a new port (`--port 0`) as the admin's does. Kubeconfigs of removed users are left alone.
+    """
+    admin = yaml.safe_load((Path(data_dir) / "kubeconfig").read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    names = {u.name for u in read_users(users_file(data_dir))}
+    refreshed = []
+    for path in sorted((Path(data_dir) / "users").glob("*.kubeconfig")):
+        if path.name.removesuffix(".kubeconfig") not in names:
+            continue
+        config = yaml.safe_load(path.read_text())
+        if config["clusters"][0]["cluster"] == cluster:
+            continue
+        config["clusters"][0]["cluster"] = cluster
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+        os.replace(tmp, path)
+        refreshed.append(path)
+    return refreshed
 
 
 def _add(args: argparse.Namespace) -> int:
