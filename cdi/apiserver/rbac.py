@@ -9,7 +9,8 @@
 - `Authorizer.authorize(attrs)`: members of `system:masters` may do anything (kube's privileged
   group authorizer); otherwise the ClusterRoleBindings, then the RoleBindings of the request's
   namespace, are searched for a rule that allows the request. ClusterRoles with an
-  `aggregationRule` also hold the rules of the ClusterRoles their selectors match.
+  `aggregationRule` also hold the rules of the ClusterRoles their selectors match. What was read
+  is reused until the store's resourceVersion moves (any write), so decisions are never stale.
 - `forbidden(attrs, reason)` is the 403 kube answers, word for word.
 """
 
@@ -172,33 +173,60 @@ class Decision:
     reason: str = ""
 
 
-class Authorizer:
-    """RBAC over the objects in the store, read fresh on every decision."""
+class _Snapshot:
+    """The RBAC objects as of one resourceVersion of the store, with resolved rules memoized."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        with store.lock:  # the version first: a write after it makes the snapshot stale, never wrong
+            self.rv = store.resource_version
+            self.cluster_roles = {o["metadata"]["name"]: o for o in store.items(f"{RBAC}/clusterroles")}
+            self.cluster_bindings = store.items(f"{RBAC}/clusterrolebindings")
+        self._role_bindings: dict[str, list[Obj]] = {}
+        self._resolved: dict[str, list[Obj] | None] = {}
 
-    def _cluster_role_rules(self, name: str, seen: frozenset[str] = frozenset()) -> list[Obj] | None:
-        role = self.store.get(f"{RBAC}/clusterroles", "", name)
-        if role is None:
-            return None
-        rules = list(role.get("rules") or [])
-        selectors = (role.get("aggregationRule") or {}).get("clusterRoleSelectors") or []
-        if selectors:
-            for other in self.store.items(f"{RBAC}/clusterroles"):
-                other_name = other["metadata"]["name"]
+    def role_bindings(self, namespace: str) -> list[Obj]:
+        if namespace not in self._role_bindings:
+            self._role_bindings[namespace] = self.store.items(f"{RBAC}/rolebindings", namespace)
+        return self._role_bindings[namespace]
+
+    def cluster_role_rules(self, name: str, seen: frozenset[str] = frozenset()) -> list[Obj] | None:
+        """A ClusterRole's rules, with those of the ClusterRoles its aggregationRule selects."""
+        if not seen and name in self._resolved:
+            return self._resolved[name]
+        role = self.cluster_roles.get(name)
+        rules: list[Obj] | None = None
+        if role is not None:
+            rules = list(role.get("rules") or [])
+            selectors = (role.get("aggregationRule") or {}).get("clusterRoleSelectors") or []
+            for other_name, other in self.cluster_roles.items() if selectors else ():
                 labels = other["metadata"].get("labels") or {}
-                if other_name == name or other_name in seen:
-                    continue
-                if any(_selector_matches(s, labels) for s in selectors):
-                    rules.extend(self._cluster_role_rules(other_name, seen | {name}) or [])
+                if other_name != name and other_name not in seen and any(
+                        _selector_matches(s, labels) for s in selectors):
+                    rules.extend(self.cluster_role_rules(other_name, seen | {name}) or [])
+        if not seen:
+            self._resolved[name] = rules
         return rules
+
+
+class Authorizer:
+    """RBAC over the objects in the store, as of the store's current resourceVersion."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._snapshot: _Snapshot | None = None
+
+    def snapshot(self) -> _Snapshot:
+        snap = self._snapshot
+        if snap is None or snap.rv != self.store.resource_version:
+            snap = self._snapshot = _Snapshot(self.store)
+        return snap
 
     def role_rules(self, ref: Obj, namespace: str) -> tuple[list[Obj], str]:
         """The rules a roleRef names, and an error (kube's words) when the role does not exist."""
         kind, name = ref.get("kind"), str(ref.get("name"))
         if kind == "ClusterRole":
-            found = self._cluster_role_rules(name)
+            found = self.snapshot().cluster_role_rules(name)
             return (found, "") if found is not None else ([], f'clusterrole.{RBAC} "{name}" not found')
         role = self.store.get(f"{RBAC}/roles", namespace, name) if kind == "Role" else None
         if role is None:
@@ -207,9 +235,10 @@ class Authorizer:
 
     def visit(self, user: User, namespace: str) -> Iterator[tuple[str, list[Obj], str]]:
         """(source description, rules, error) for every binding that applies to the user."""
-        bindings = [(b, "") for b in self.store.items(f"{RBAC}/clusterrolebindings")]
+        snap = self.snapshot()
+        bindings = [(b, "") for b in snap.cluster_bindings]
         if namespace:
-            bindings += [(b, namespace) for b in self.store.items(f"{RBAC}/rolebindings", namespace)]
+            bindings += [(b, namespace) for b in snap.role_bindings(namespace)]
         for binding, ns in bindings:
             subject = next((s for s in binding.get("subjects") or [] if applies_to(user, s, ns)), None)
             if subject is None:
