@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from cdi.apiserver.authn import StaticUser, parse_token_file
+from cdi.apiserver.authn import ADMIN_USER, StaticUser, parse_token_file
 from cdi.apiserver.server import write_kubeconfig
 
 USERS_FILE = "users.csv"
@@ -54,6 +54,8 @@ def add_user(data_dir: str | os.PathLike[str], name: str, groups: list[str]) -> 
     """Add a user with a fresh token; ValueError if the name is taken or not usable."""
     if not name or any(c in name for c in ",\n\r\"") or name.startswith("system:"):
         raise ValueError(f"{name!r} is not a usable user name (no commas, quotes or 'system:' prefix)")
+    if name == ADMIN_USER:
+        raise ValueError(f'"{name}" is the name of the admin token\'s user; choose another name')
     if any("," in g or "\n" in g or not g for g in groups):
         raise ValueError("group names must be non-empty and contain no commas")
     path = users_file(data_dir)

@@ -90,6 +90,9 @@ def test_user_files_are_owner_only_and_listed(env: tuple[Cluster, As, As]) -> No
     assert [line.split()[0] for line in listing] == ["NAME", "alice", "bob"]
     assert listing[1].split()[2] == "dev"
     assert cdi("user", "add", "alice", "--data-dir", str(c.workdir)).returncode == 1
+    taken = cdi("user", "add", "admin", "--data-dir", str(c.workdir))
+    assert (taken.returncode, taken.stderr.strip()) == (
+        1, 'cdi user add: error: "admin" is the name of the admin token\'s user; choose another name')
 
 
 def test_whoami_names_the_user_and_groups(env: tuple[Cluster, As, As]) -> None:
