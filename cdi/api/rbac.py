@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+
 from cdi.api.registry import Column, Obj, ResourceKind, get_path
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -69,7 +71,10 @@ def _validate_binding(obj: Obj, old: Obj | None) -> list[str]:
         if s.get("kind") == "ServiceAccount" and not namespaced and not s.get("namespace"):
             errs.append(f"{path}.namespace: Required value")
     if old is not None and (old.get("roleRef") or {}) != ref:
-        errs.append(f"roleRef: Invalid value: {ref}: cannot change roleRef")
+        # kube prints the Go value: rbac.RoleRef{APIGroup:"...", Kind:"...", Name:"..."}
+        fields = ", ".join(f"{go}:{json.dumps(str(ref.get(key, '')))}"
+                           for go, key in (("APIGroup", "apiGroup"), ("Kind", "kind"), ("Name", "name")))
+        errs.append(f"roleRef: Invalid value: rbac.RoleRef{{{fields}}}: cannot change roleRef")
     return errs
 
 

@@ -98,3 +98,16 @@ def test_static_token_file_as_kube_reads_it() -> None:
         ("t1", "alice", "u1", ("dev", "ops")), ("t2", "bob", "u2", ()), ("t3", "carol", "u3", ())]
     with pytest.raises(ValueError, match="users.csv:2: expected"):
         parse_token_file("t1,alice,u1\nt2,bob\n", source="users.csv")
+
+
+def test_a_bindings_role_ref_cannot_change() -> None:
+    from cdi.api.rbac import ROLEBINDING
+
+    assert ROLEBINDING.validate is not None
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}
+    old = {"kind": "RoleBinding", "metadata": {"name": "b"}, "roleRef": ref, "subjects": []}
+    new = {**old, "roleRef": {**ref, "name": "edit"}}
+    assert ROLEBINDING.validate(new, old) == [
+        'roleRef: Invalid value: rbac.RoleRef{APIGroup:"rbac.authorization.k8s.io", Kind:"ClusterRole", '
+        'Name:"edit"}: cannot change roleRef']
+    assert ROLEBINDING.validate(old, old) == []
