@@ -9,12 +9,13 @@ from __future__ import annotations
 from cdi.api.core import core_kinds
 from cdi.api.datavolume import DATAVOLUME
 from cdi.api.kubevirt import KUBEVIRT_KINDS
+from cdi.api.rbac import RBAC_KINDS
 from cdi.api.registry import Column, Registry, ResourceKind, get_path
 
 
 def default_registry() -> Registry:
-    """A new registry holding the core kinds, the DataVolume and KubeVirt's VirtualMachine kinds."""
-    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS])
+    """A new registry: core kinds, RBAC and review kinds, the DataVolume, KubeVirt's VM kinds."""
+    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS, *RBAC_KINDS])
 
 
 __all__ = ["Column", "DATAVOLUME", "Registry", "ResourceKind", "default_registry", "get_path"]

@@ -1,13 +1,16 @@
 """The FastAPI application of the embedded API server: settings, authentication, routes.
 
 `create_app(settings)` wires the store, the object semantics, discovery, OpenAPI and the resource
-handlers into one app. Every request must carry `Authorization: Bearer <token>` (compared in
-constant time); errors become kube `Status` objects through `errors.to_status`.
+handlers into one app. Every request must carry `Authorization: Bearer <token>`: the admin token
+(superuser), a static user's token or a ServiceAccount token (`authn`), and RBAC must allow what
+it asks (`rbac`, with kube's default roles from `bootstrap_policy`); errors become kube `Status`
+objects through `errors.to_status`.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,16 +18,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
-from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2
-from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
+from cdi.apiserver import bootstrap_policy, discovery, kubevirt_subresources, openapi, openapi_v2, reviews
+from cdi.apiserver.authn import Authenticator, StaticTokens
+from cdi.apiserver.clone_admission import CloneSourceCheck
+from cdi.apiserver.errors import ApiServerError, NotFound, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
 from cdi.apiserver.limits import BodyLimit
 from cdi.apiserver.objects import Objects
+from cdi.apiserver.rbac import Authorizer
+from cdi.apiserver.rbac_admission import EscalationCheck
 from cdi.apiserver.routes import JSON, ResourceHandlers, json_response
+from cdi.apiserver.serviceaccounts import DEFAULT_ISSUER, TokenIssuer, keep_default_service_accounts
 from cdi.apiserver.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,8 @@ log = logging.getLogger(__name__)
 class Settings:
     """Settings of the embedded API server."""
 
-    # Bearer token every request must present. Required; an empty token is refused at start.
+    # The admin's bearer token (user "admin" in system:masters, allowed everything). Required; an
+    # empty token is refused at start.
     token: str
     # SQLite database file holding the objects (":memory:" keeps nothing across restarts).
     db_path: str = ":memory:"
@@ -48,6 +56,14 @@ class Settings:
     aggregated_discovery: bool = True
     # Namespaces that exist from the start.
     initial_namespaces: tuple[str, ...] = field(default=("default", "kube-system"))
+    # Static users: kube's token file (`token,user,uid,"group1,group2"` per line), read again when
+    # it changes. None: only the admin token and ServiceAccount tokens are known.
+    users_file: str | None = None
+    # PEM file of the EC P-256 key signing ServiceAccount tokens (created, owner-only, when missing).
+    # None: a key made for this process, so its tokens do not survive a restart.
+    service_account_key_file: str | None = None
+    # The `iss` of ServiceAccount tokens, also the audience they are issued for by default.
+    service_account_issuer: str = DEFAULT_ISSUER
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -58,30 +74,6 @@ class Settings:
             raise ValueError("bookmark_interval must be positive")
 
 
-class BearerAuth:
-    """ASGI middleware: 401 Status unless the request carries the expected bearer token."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header = b""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                header = value
-                break
-        if not hmac.compare_digest(header, self.expected):
-            _, body = to_status(Unauthorized("Unauthorized"))
-            response = json_response(body, 401)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
     registry = registry or default_registry()
@@ -89,13 +81,22 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     objects = Objects(store, registry)
     for ns in settings.initial_namespaces:
         objects.ensure_namespace(ns)
+    bootstrap_policy.ensure(objects)
+    authorizer = Authorizer(store)
+    objects.admission += [EscalationCheck(authorizer), CloneSourceCheck(authorizer, store)]
+    issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
+                         issuer=settings.service_account_issuer)
+    authenticator = Authenticator(settings.token, StaticTokens(settings.users_file), issuer)
     hooks = Hooks()
     handlers = ResourceHandlers(objects, registry, hooks, bookmark_interval=settings.bookmark_interval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service_accounts = asyncio.create_task(keep_default_service_accounts(objects))
         yield
         store.hub.close()  # end open watches so the server can stop
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(service_accounts, 5)
 
     app = FastAPI(
         title="cdi embedded API server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
@@ -106,8 +107,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.registry = registry
     app.state.hooks = hooks
     app.add_middleware(BodyLimit)
-    app.add_middleware(BearerAuth, token=settings.token)
+    app.add_middleware(reviews.AccessFilter, authenticator=authenticator, authorizer=authorizer)
+    app.state.authorizer = authorizer
     kubevirt_subresources.install(app, objects, registry)  # before the catch-all /apis/{group} routes
+    reviews.install(app, authorizer, issuer)  # likewise
 
     @app.exception_handler(ApiServerError)
     async def _api_error(request: Request, exc: ApiServerError) -> Response:

@@ -15,7 +15,9 @@ Obj = dict[str, Any]
 
 AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 AGGREGATED_V2BETA1 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
-SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"]}
+SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"], "token": ["create"]}
+# Subresources answering with another kind than their resource's: (group, version, kind).
+SUBRESOURCE_KINDS = {"log": ("", "v1", "Pod"), "token": ("authentication.k8s.io", "v1", "TokenRequest")}
 
 VERSION_INFO: Obj = {
     "major": "1",
@@ -75,7 +77,7 @@ def resource_list(registry: Registry, group: str, version: str) -> Obj:
                     "name": f"{kind.plural}/{sub}",
                     "singularName": "",
                     "namespaced": kind.namespaced,
-                    "kind": "Pod" if sub == "log" else kind.kind,
+                    "kind": SUBRESOURCE_KINDS[sub][2] if sub in SUBRESOURCE_KINDS else kind.kind,
                     "verbs": SUBRESOURCE_VERBS[sub],
                 }
             )
@@ -130,7 +132,10 @@ def _aggregated_resource(kind: ResourceKind) -> Obj:
         entry["categories"] = list(kind.categories)
     subs = []
     for sub in _subresources(kind):
-        kind_of = {"group": "", "version": "v1", "kind": "Pod"} if sub == "log" else gvk
+        kind_of = gvk
+        if sub in SUBRESOURCE_KINDS:
+            g, v, k = SUBRESOURCE_KINDS[sub]
+            kind_of = {"group": g, "version": v, "kind": k}
         subs.append({"subresource": sub, "responseKind": kind_of, "verbs": SUBRESOURCE_VERBS[sub]})
     if subs:
         entry["subresources"] = subs

@@ -108,7 +108,23 @@ class Unauthorized(ApiServerError):
 
 
 class Forbidden(ApiServerError):
-    pass
+    @classmethod
+    def of(cls, kind: ResourceKind, name: str, why: str) -> Forbidden:
+        """`<resource>.<group> "<name>" is forbidden: <why>`, as kube's NewForbidden words it."""
+        subject = f'{kind.group_resource} "{name}"' if name else kind.group_resource
+        return cls(f"{subject} is forbidden: {why}", details=_details(kind, name))
+
+
+class WebhookDenied(ApiServerError):
+    """422 worded as kube reports an admission webhook's refusal (no reason, causes in details)."""
+
+    @classmethod
+    def by(cls, webhook: str, message: str, *, details: Obj | None = None) -> WebhookDenied:
+        return cls(f'admission webhook "{webhook}" denied the request: {message}', details=details)
+
+
+class WebhookError(WebhookDenied):
+    """400: an admission webhook that could not decide (e.g. a lookup failed), as kube reports it."""
 
 
 class MethodNotAllowed(ApiServerError):
@@ -158,6 +174,8 @@ STATUS_TABLE: dict[type[ApiServerError], tuple[int, str]] = {
     RequestEntityTooLarge: (413, "RequestEntityTooLarge"),
     Invalid: (422, "Invalid"),
     InternalError: (500, "InternalError"),
+    WebhookDenied: (422, ""),
+    WebhookError: (400, ""),
     Timeout: (504, "Timeout"),
 }
 
@@ -173,6 +191,8 @@ def status_object(code: int, reason: str, message: str, details: Obj | None = No
         "reason": reason,
         "code": code,
     }
+    if not reason:
+        del out["reason"]  # omitted when empty, as in kube's Status
     if details:
         out["details"] = details
     return out

@@ -52,9 +52,19 @@ NAME_RULES: dict[str, tuple[str, int, str]] = {
         "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
         f"regex used for validation is '{_DNS1035_LABEL}')",
     ),
+    # kube's ValidateRBACName (path.IsValidPathSegmentName): `system:discovery` is a valid role name.
+    "path": (
+        r"(?!\.\.?$)[^/%]+",
+        253,
+        "may not be '.' or '..' and may not contain '/' or '%'",
+    ),
 }
-# Kinds whose names are stricter than a subdomain, as kube validates them.
-NAME_RULE_OF_KIND = {("", "Namespace"): "label", ("", "Service"): "dns1035"}
+# Kinds whose names are stricter than a subdomain, or looser, as kube validates them.
+NAME_RULE_OF_KIND = {
+    ("", "Namespace"): "label",
+    ("", "Service"): "dns1035",
+    **{("rbac.authorization.k8s.io", k): "path" for k in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")},
+}
 
 
 def _q(value: Any) -> str:

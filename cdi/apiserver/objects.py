@@ -15,6 +15,7 @@ import copy
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,10 @@ from cdi.apiserver.store import Store
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+# An admission check run on every create and update of an object (after its own validation, dry
+# runs included): raises an ApiServerError to refuse. Checks that depend on who is asking read
+# `cdi.apiserver.rbac.CURRENT_USER`.
+Admission = Callable[[ResourceKind, Obj, Obj | None], None]
 
 FOREGROUND = "foregroundDeletion"
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -55,6 +60,7 @@ class Objects:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        self.admission: list[Admission] = []
         self.namespaces = registry.lookup("", "v1", "namespaces")
         if self.namespaces is None:
             raise ValueError("the registry must hold the core namespaces kind")
@@ -355,6 +361,8 @@ class Objects:
             errors += kind.validate(obj, old)
         if errors:
             raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
+        for admit in self.admission:
+            admit(kind, obj, old)
 
     def _carry_over(self, kind: ResourceKind, old: Obj, new: Obj) -> None:
         meta, old_meta = new["metadata"], old["metadata"]

@@ -1,8 +1,9 @@
 """Minimal decoding of Kubernetes protobuf request bodies for the kinds kubectl creates imperatively.
 
-`kubectl create namespace|configmap|secret` send `application/vnd.kubernetes.protobuf` and do not
-fall back to JSON, so the server decodes those three kinds (field numbers from
-k8s.io/api/core/v1/generated.proto and apimachinery's ObjectMeta). Other kinds get 415 with a hint
+`kubectl create namespace|configmap|secret|serviceaccount|role|rolebinding|clusterrole|
+clusterrolebinding` send `application/vnd.kubernetes.protobuf` and do not fall back to JSON, so the
+server decodes those kinds (field numbers from k8s.io/api/core/v1 and rbac/v1 generated.proto and
+apimachinery's ObjectMeta). Other kinds get 415 with a hint
 to use `kubectl apply -f` / `create -f`, which send JSON. Responses are always JSON.
 """
 
@@ -82,11 +83,92 @@ def _object_meta(buf: bytes) -> Obj:
     return meta
 
 
+def _message(buf: int | bytes, names: dict[int, str], repeated: tuple[int, ...] = ()) -> Obj:
+    """A message of string fields (`repeated` ones as lists); empty strings are left out."""
+    out: Obj = {}
+    for n, v in _fields(buf if isinstance(buf, bytes) else b""):
+        if n in repeated:
+            out.setdefault(names[n], []).append(_str(v))
+        elif n in names and v:
+            out[names[n]] = _str(v)
+    return out
+
+
+_RULE = {1: "verbs", 2: "apiGroups", 3: "resources", 4: "resourceNames", 5: "nonResourceURLs"}
+_SUBJECT = {1: "kind", 2: "apiGroup", 3: "name", 4: "namespace"}
+_ROLE_REF = {1: "apiGroup", 2: "kind", 3: "name"}
+_REQUIREMENT = {1: "key", 2: "operator", 3: "values"}
+
+
+def _label_selector(buf: int | bytes) -> Obj:
+    out: Obj = {}
+    for n, v in _fields(buf if isinstance(buf, bytes) else b""):
+        if n == 1:
+            k, val = _map_entry(v)
+            out.setdefault("matchLabels", {})[k] = val.decode()
+        elif n == 2:
+            out.setdefault("matchExpressions", []).append(_message(v, _REQUIREMENT, repeated=(3,)))
+    return out
+
+
+def _decode_rbac(kind: str, n: int, v: int | bytes, obj: Obj) -> None:
+    if kind in ("Role", "ClusterRole") and n == 2:
+        rule = _message(v, _RULE, repeated=(1, 2, 3, 4, 5))
+        rule.setdefault("verbs", [])
+        obj.setdefault("rules", []).append(rule)
+    elif kind == "ClusterRole" and n == 3:
+        selectors = [_label_selector(x) for m, x in _fields(v if isinstance(v, bytes) else b"") if m == 1]
+        obj["aggregationRule"] = {"clusterRoleSelectors": selectors}
+    elif kind in ("RoleBinding", "ClusterRoleBinding") and n == 2:
+        obj.setdefault("subjects", []).append(_message(v, _SUBJECT))
+    elif kind in ("RoleBinding", "ClusterRoleBinding") and n == 3:
+        obj["roleRef"] = _message(v, _ROLE_REF)
+
+
+_RESOURCE_ATTRIBUTES = {1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource",
+                        7: "name"}
+_NON_RESOURCE_ATTRIBUTES = {1: "path", 2: "verb"}
+_BOUND_OBJECT = {1: "kind", 2: "apiVersion", 3: "name", 4: "uid"}
+
+
+def _review_spec(kind: str, buf: int | bytes) -> Obj:
+    """The spec of an access or rules review, or of a TokenRequest (authorization/v1, authentication/v1)."""
+    spec: Obj = {}
+    for n, v in _fields(buf if isinstance(buf, bytes) else b""):
+        if kind == "SelfSubjectRulesReview":
+            if n == 1 and v:
+                spec["namespace"] = _str(v)
+        elif kind == "TokenRequest":
+            if n == 1:
+                spec.setdefault("audiences", []).append(_str(v))
+            elif n == 3:
+                spec["boundObjectRef"] = _message(v, _BOUND_OBJECT)
+            elif n == 4 and isinstance(v, int):
+                spec["expirationSeconds"] = v
+        elif n == 1:
+            spec["resourceAttributes"] = _message(v, _RESOURCE_ATTRIBUTES)
+        elif n == 2:
+            spec["nonResourceAttributes"] = _message(v, _NON_RESOURCE_ATTRIBUTES)
+        elif n == 3 and v:
+            spec["user"] = _str(v)
+        elif n == 4:
+            spec.setdefault("groups", []).append(_str(v))
+        elif n == 6 and v:
+            spec["uid"] = _str(v)
+    return spec
+
+
 def _decode_kind(kind: str, raw: bytes) -> Obj:
     obj: Obj = {}
     for n, v in _fields(raw):
         if n == 1 and isinstance(v, bytes):
             obj["metadata"] = _object_meta(v)
+        elif kind in _REVIEW_KINDS and n == 2:
+            obj["spec"] = _review_spec(kind, v)
+        elif kind in _RBAC_KINDS:
+            _decode_rbac(kind, n, v, obj)
+        elif kind == "ServiceAccount" and n == 3:
+            obj["automountServiceAccountToken"] = bool(v)
         elif kind == "Namespace" and n == 2 and isinstance(v, bytes):
             obj["spec"] = {"finalizers": [_str(x) for m, x in _fields(v) if m == 1]}
         elif kind == "ConfigMap" and n in (2, 3):
@@ -108,8 +190,19 @@ def _decode_kind(kind: str, raw: bytes) -> Obj:
     return obj
 
 
+_RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+_AUTHZ_REVIEWS = ("SelfSubjectAccessReview", "SubjectAccessReview", "SelfSubjectRulesReview")
+_REVIEW_KINDS = (*_AUTHZ_REVIEWS, "SelfSubjectReview", "TokenRequest")
+SUPPORTED = (
+    {("v1", k) for k in ("Namespace", "ConfigMap", "Secret", "ServiceAccount")}
+    | {("rbac.authorization.k8s.io/v1", k) for k in _RBAC_KINDS}
+    | {("authorization.k8s.io/v1", k) for k in _AUTHZ_REVIEWS}
+    | {("authentication.k8s.io/v1", k) for k in ("SelfSubjectReview", "TokenRequest")}
+)
+
+
 def decode(body: bytes) -> Obj:
-    """Decode a protobuf-encoded Namespace, ConfigMap or Secret to its JSON form."""
+    """Decode a protobuf-encoded kind of `SUPPORTED` to its JSON form."""
     if not body.startswith(MAGIC):
         raise BadRequest("protobuf body without the k8s envelope")
     api_version = kind = ""
@@ -123,9 +216,10 @@ def decode(body: bytes) -> Obj:
                     kind = _str(x)
         elif n == 2 and isinstance(v, bytes):
             raw = v
-    if api_version != "v1" or kind not in ("Namespace", "ConfigMap", "Secret"):
+    if (api_version, kind) not in SUPPORTED:
         raise UnsupportedMediaType(
-            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap and Secret, not "
+            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap, Secret and ServiceAccount "
+            f"and rbac.authorization.k8s.io/v1 kinds, not "
             f"{api_version} {kind}; send JSON (for example `kubectl apply -f` or `kubectl create -f`)"
         )
     obj = _decode_kind(kind, raw)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import demo, importcmd, serve, vm
+from cdi.cli import demo, importcmd, serve, user, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     importcmd.register(sub)
     demo.register(sub)
     serve.register(sub)
+    user.register(sub)
     vm.register(sub)
     return parser
 

@@ -12,6 +12,7 @@ from cdi.apiserver import Settings
 from cdi.apiserver.kubevirt_subresources import set_console_provider
 from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
+from cdi.cli.user import refresh_user_kubeconfigs, users_file
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
@@ -31,7 +32,8 @@ class Runtime:
         self.data_dir.chmod(0o700)  # token, kubeconfig, TLS key, Secrets in state.db, volumes: owner only
         self.kubeconfig = self.data_dir / "kubeconfig"
         settings = Settings(token=_token(self.data_dir), db_path=str(self.data_dir / "state.db"),
-                            watch_history=cfg.api.watch_history)
+                            watch_history=cfg.api.watch_history, users_file=str(users_file(self.data_dir)),
+                            service_account_key_file=str(self.data_dir / "serviceaccount.key"))
         self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
         self.node: LocalNode | None = None
         self.manager: ControllerManager | None = None
@@ -41,6 +43,7 @@ class Runtime:
     def start(self) -> Runtime:
         self.api.start()
         self.api.write_kubeconfig(self.kubeconfig)
+        refresh_user_kubeconfigs(self.data_dir)
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
         self.node = LocalNode(self.client, NodeSettings(
             data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,

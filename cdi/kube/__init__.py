@@ -13,10 +13,22 @@ from cdi.kube.errors import (
     TemporaryError,
 )
 from cdi.kube.informer import Informer, Key, WorkQueue
-from cdi.kube.kinds import CONFIGMAP, DATAVOLUME, EVENT, NAMESPACE, NODE, POD, PVC, SECRET, SERVICE, Kind
+from cdi.kube.kinds import (
+    CONFIGMAP,
+    DATAVOLUME,
+    EVENT,
+    NAMESPACE,
+    NODE,
+    POD,
+    PVC,
+    SECRET,
+    SERVICE,
+    SERVICEACCOUNT,
+    Kind,
+)
 
 __all__ = [
     "AlreadyExists", "ApiError", "CONFIGMAP", "Client", "Conflict", "DATAVOLUME", "EVENT", "Forbidden", "Gone",
     "Informer", "Invalid", "Key", "Kind", "NAMESPACE", "NODE", "NotFound", "Obj", "POD", "PVC", "PermanentError",
-    "SECRET", "SERVICE", "TemporaryError", "WorkQueue", "now_iso",
+    "SECRET", "SERVICE", "SERVICEACCOUNT", "TemporaryError", "WorkQueue", "now_iso",
 ]

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from cdi.kube.errors import ApiError, NotFound, from_response
-from cdi.kube.kinds import EVENT, POD, Kind
+from cdi.kube.kinds import EVENT, POD, SERVICEACCOUNT, Kind
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,31 @@ class Client:
             return raw
         data = resp.read()
         return json.loads(data) if data else {}
+
+    # -- identity ----------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The API server's base URL."""
+        return str(self.api.configuration.host)
+
+    def server_ca(self) -> bytes | None:
+        """The CA the client verifies the API server with (None: the system's CAs or no verification)."""
+        path = self.api.configuration.ssl_ca_cert
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    def request_token(self, namespace: str, service_account: str, *, seconds: int, pod: Obj | None = None) -> Obj:
+        """A TokenRequest for the ServiceAccount (bound to `pod` when given); the answer's status has the token."""
+        spec: Obj = {"expirationSeconds": seconds}
+        if pod is not None:
+            meta = pod["metadata"]
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]}
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        result: Obj = self._call("POST", SERVICEACCOUNT.path(namespace, service_account, "token"), body=body)
+        return result
 
     # -- CRUD --------------------------------------------------------------------------------------
 

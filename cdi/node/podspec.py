@@ -10,6 +10,13 @@ learns where they are from its environment (the node's env contract):
 ``TERMINATION_MESSAGE_PATH`` host file standing for the container's ``terminationMessagePath``.
 ``HOME``                the pod's working directory (unless the pod's env sets it).
 
+A pod that names a ``serviceAccountName`` (and does not set ``automountServiceAccountToken: false``)
+gets what kubelet projects for it: a directory with ``token`` (a TokenRequest bound to the pod, so
+it dies with it), ``ca.crt`` and ``namespace``, mounted at kube's
+``/var/run/secrets/kubernetes.io/serviceaccount`` in ``CDI_VOLUME_MOUNTS``, and
+``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` naming the API server. The token is not
+refreshed: it lasts an hour (kube's 3607 s), longer than the node's worker pods run.
+
 Errors a kubelet reports as ``CreateContainerConfigError`` raise ``ConfigError`` with kubelet's words;
 volumes that cannot be set up raise ``MountError`` (the pod stays ``ContainerCreating``).
 """
@@ -24,12 +31,16 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from cdi.kube import CONFIGMAP, PVC, SECRET, Client, Kind, NotFound, Obj
+from cdi.kube import CONFIGMAP, PVC, SECRET, ApiError, Client, Kind, NotFound, Obj
 from cdi.node.claims import claim_path
 from cdi.units import QuantityError, quantity_bytes
 
 LOCAL_PATH = "cdi.kubevirt.io/local-path"
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_ACCOUNT_DIR = "kube-api-access"  # under the pod's volumes directory
+TOKEN_SECONDS = 3607  # what kube's ServiceAccount admission asks kubelet to request
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -45,6 +56,8 @@ class MountError(Exception):
 class PodVolumes:
     host_paths: dict[str, Path] = field(default_factory=dict)  # volume name -> host path
     capacities: dict[str, int] = field(default_factory=dict)  # PVC volume name -> bytes
+    service_account: Path | None = None  # the projected token, ca.crt and namespace, if any
+    api_server: str = ""  # the API server's URL, for KUBERNETES_SERVICE_HOST/PORT
 
 
 def expand(text: str, env: dict[str, str]) -> str:
@@ -191,6 +204,10 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
         ignored.append(name)
     env["HOME"] = str(workdir)
     env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if volumes.service_account is not None and volumes.api_server:
+        url = urlsplit(volumes.api_server)
+        env["KUBERNETES_SERVICE_HOST"] = url.hostname or "127.0.0.1"
+        env["KUBERNETES_SERVICE_PORT"] = str(url.port or 443)
     mounts, capacity = volume_contract(container, volumes)
     env["CDI_VOLUME_MOUNTS"] = json.dumps(mounts, sort_keys=True)
     env["CDI_VOLUME_CAPACITY"] = json.dumps(capacity, sort_keys=True)
@@ -214,6 +231,8 @@ def volume_contract(container: Obj, volumes: PodVolumes) -> tuple[dict[str, str]
         mounts[target] = str(host)
         if name in volumes.capacities:
             capacity[target] = volumes.capacities[name]
+    if volumes.service_account is not None:
+        mounts.setdefault(SERVICE_ACCOUNT_MOUNT, str(volumes.service_account))
     return mounts, capacity
 
 
@@ -291,7 +310,31 @@ def prepare_volumes(client: Client, pod: Obj, volumes_dir: Path, *, claims_root:
         else:
             kinds = sorted(k for k in vol if k != "name")
             raise MountError(f"volume {name}: unsupported volume type {kinds} on the local node")
+    out.service_account = _project_service_account(client, pod, volumes_dir / SERVICE_ACCOUNT_DIR)
+    out.api_server = client.server
     return out
+
+
+def _project_service_account(client: Client, pod: Obj, target: Path) -> Path | None:
+    """Write the pod's ServiceAccount token, the API's CA and the namespace, as kubelet projects them."""
+    spec = pod.get("spec") or {}
+    account = spec.get("serviceAccountName")
+    if not account or spec.get("automountServiceAccountToken") is False:
+        return None
+    namespace = pod["metadata"]["namespace"]
+    try:
+        answer = client.request_token(namespace, account, seconds=TOKEN_SECONDS, pod=pod)
+    except ApiError as e:
+        raise MountError(f'failed to fetch token for serviceaccount "{account}": {e}') from e
+    files = {"token": str((answer.get("status") or {}).get("token") or "").encode(), "namespace": namespace.encode(),
+             "ca.crt": client.server_ca() or b""}
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = target / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return target
 
 
 def grace_period(pod: Obj | None) -> float:
