@@ -104,7 +104,36 @@ def _validate_pod(obj: Obj, old: Obj | None) -> list[str]:
                     errs.append(f'{field}: Invalid value: "{sub}": must be a relative path')
                 elif isinstance(sub, str) and ".." in sub.split("/"):
                     errs.append(f"{field}: Invalid value: \"{sub}\": must not contain '..'")
+    if old is not None and _pod_spec_changes(obj.get("spec") or {}, old.get("spec") or {}):
+        errs.append(_POD_UPDATE_FORBIDDEN)
     return errs
+
+
+_POD_UPDATE_FORBIDDEN = (
+    "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,"
+    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing "
+    "tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)")
+
+
+def _pod_spec_changes(new: Obj, old: Obj) -> bool:
+    """Whether an update changes a pod's spec beyond what kube lets an update change.
+
+    Binding to a node (``nodeName`` set where it was empty) is allowed too: the local node binds the
+    pods it runs that way, where a cluster's scheduler posts a Binding."""
+
+    def masked(spec: Obj, other: Obj) -> Obj:
+        out = dict(spec)
+        for key in ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"):
+            out.pop(key, None)
+        if not other.get("nodeName"):
+            out.pop("nodeName", None)
+        for group in ("containers", "initContainers"):
+            if isinstance(out.get(group), list):
+                out[group] = [{k: v for k, v in c.items() if k != "image"} if isinstance(c, dict) else c
+                              for c in out[group]]
+        return out
+
+    return masked(new, old) != masked(old, old)
 
 
 def _default_pod(obj: Obj) -> None:

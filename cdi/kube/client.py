@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
+EVENT_WINDOW = 600.0  # seconds during which a repeated event is counted on the first one (kube: 10 min)
+EVENT_CACHE = 4096
+
+
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -39,6 +43,7 @@ class Client:
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api = api_client
         self._lock = threading.Lock()
+        self._events: dict[tuple[str, ...], tuple[str, float, int]] = {}  # key -> (name, first seen, count)
 
     @classmethod
     def from_kubeconfig(cls, path: str, *, context: str | None = None) -> Client:
@@ -237,10 +242,34 @@ class Client:
             "source": {"component": component}, "reportingComponent": component,
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
+        # As kube's event correlator: the same event about the same object again within the window
+        # bumps the count and lastTimestamp of the one recorded, instead of piling up copies.
+        key = (namespace, str(meta.get("uid")), reason, message, type, component)
+        with self._lock:
+            seen = self._events.get(key)
+            if seen is not None and time.monotonic() - seen[1] < EVENT_WINDOW:
+                self._events[key] = (seen[0], seen[1], seen[2] + 1)
+            else:
+                seen = None
         try:
-            self.create(EVENT, event)
+            if seen is not None:
+                count = seen[2] + 1
+                self.patch(EVENT, namespace, seen[0], {"count": count, "lastTimestamp": stamp})
+                return
+        except NotFound:
+            pass  # deleted meanwhile: record it anew
+        except ApiError as e:
+            log.warning("cannot update event reason=%s error=%s", reason, e)
+            return
+        try:
+            created = self.create(EVENT, event)
         except ApiError as e:
             log.warning("cannot record event reason=%s error=%s", reason, e)
+            return
+        with self._lock:
+            if len(self._events) >= EVENT_CACHE:
+                self._events.pop(next(iter(self._events)))
+            self._events[key] = (created["metadata"]["name"], time.monotonic(), 1)
 
 
 def event_name(name: str) -> str:

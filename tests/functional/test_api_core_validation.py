@@ -63,3 +63,35 @@ def test_dependents_of_an_owner_kind_not_served_here_are_kept(cluster: Cluster) 
         assert time.monotonic() < deadline, "an orphan of a served kind was not collected"
         time.sleep(0.05)
     assert core.read_namespaced_config_map("by-sts", "default").data == {"k": "v"}
+
+
+def test_a_repeated_event_is_counted_on_the_first(cluster: Cluster) -> None:
+    from cdi.kube import CONFIGMAP, EVENT, Client
+
+    c = Client.from_kubeconfig(str(cluster.kubeconfig))
+    cm = c.create(CONFIGMAP, {"metadata": {"name": "noisy", "namespace": "default"}})
+    for _ in range(3):
+        c.event(cm, reason="Again", message="the same thing happened")
+    c.event(cm, reason="Again", message="something else happened")
+    events = [e for e in c.list(EVENT, "default")[0] if e["involvedObject"]["name"] == "noisy"]
+    counts = sorted((e["message"], e["count"]) for e in events)
+    assert counts == [("something else happened", 1), ("the same thing happened", 3)]
+    table = cluster.kubectl("get", "events", "-o", "wide", "--field-selector", "involvedObject.name=noisy").stdout
+    header = table.splitlines()[0].split()
+    assert "COUNT" in header, table
+    same = next(line for line in table.splitlines() if "the same thing" in line)
+    assert " 3 " in same, table
+
+
+def test_a_pods_spec_changes_only_where_kube_allows(cluster: Cluster) -> None:
+    core = client.CoreV1Api(cluster.api_client())
+    core.create_namespaced_pod("default", {"metadata": {"name": "fixed"}, "spec": {"containers": [
+        {"name": "c", "image": "cdi-importer", "env": [{"name": "A", "value": "1"}]}]}})
+    core.patch_namespaced_pod("fixed", "default", {"spec": {"containers": [{"name": "c", "image": "cdi-importer:v2"}]}})
+    with pytest.raises(client.ApiException) as err:
+        core.patch_namespaced_pod("fixed", "default", {"spec": {"containers": [
+            {"name": "c", "env": [{"name": "A", "value": "2"}]}]}})
+    assert err.value.status == 422 and "pod updates may not change fields" in err.value.body
+    core.patch_namespaced_pod("fixed", "default", {"spec": {"nodeName": "cdi-local"}})  # binding, once
+    with pytest.raises(client.ApiException):
+        core.patch_namespaced_pod("fixed", "default", {"spec": {"nodeName": "elsewhere"}})
