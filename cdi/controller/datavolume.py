@@ -27,11 +27,12 @@ from cdi.controller.resources import (
     build_pvc,
     importer_pod_name,
 )
-from cdi.kube import DATAVOLUME, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
+from cdi.kube import DATAVOLUME, EVENT, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_SOURCES = ("http", "blank")
+PENDING_RECHECK = 5.0
 
 
 def termination(cs: Obj) -> dict[str, Any] | None:
@@ -176,10 +177,10 @@ class DataVolumeReconciler:
         ann = pvc["metadata"].get("annotations") or {}
         if (pvc.get("status") or {}).get("phase") != "Bound":
             status["phase"] = c.PENDING
-            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {name} Pending")
+            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {name} Pending{self._claim_trouble(pvc)}")
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False")
-            return None
+            return PENDING_RECHECK  # a provisioner's events do not touch the claim: look again
         c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {name} Bound")
         outcome = ann.get(ANN_POD_PHASE)
         if outcome == "Succeeded":
@@ -209,6 +210,19 @@ class DataVolumeReconciler:
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Import pod created")
             return None
         return self._from_pod(dv, pvc, pod, status, ctx)
+
+    def _claim_trouble(self, pvc: Obj) -> str:
+        """": <why>" from the newest warning about an unbound claim (a provisioner's failure), or ""."""
+        meta = pvc["metadata"]
+        try:
+            events, _ = self.client.list(EVENT, meta["namespace"], field_selector=f"involvedObject.uid={meta['uid']}")
+        except ApiError:
+            return ""
+        warnings = [e for e in events if e.get("type") == "Warning"]
+        if not warnings:
+            return ""
+        newest = max(warnings, key=lambda e: str(e.get("lastTimestamp") or ""))
+        return f": {newest.get('reason')}: {newest.get('message')}"
 
     def _from_pod(self, dv: Obj, pvc: Obj, pod: Obj, status: Obj, ctx: str) -> float | None:
         conds = status["conditions"]

@@ -160,7 +160,9 @@ def test_a_stalled_server_fails_the_run_saying_so_and_is_retried(env: Env) -> No
 
 def test_delete_while_pending(env: Env) -> None:
     env.dv("pending", env.http.url("/disk.raw"), size="900Ei")  # more than any disk: never provisioned
+    # The DataVolume says why its claim stays Pending, not only that it does.
     env.wait_dv("pending", lambda d: any(c["type"] == "Bound" and c["status"] == "False"
+                                         and "ProvisioningFailed" in c["message"] and "free" in c["message"]
                                          for c in (d.get("status") or {}).get("conditions") or []))
     env.delete("pending")
 
