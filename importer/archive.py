@@ -34,6 +34,13 @@ class _TarInput:
         return bytes(buf[:have])
 
 
+def _tar_error(e: tarfile.TarError) -> FormatError:
+    if "unexpected end" in str(e):
+        return FormatError("the tar stream ends early: the file is truncated, or the connection was cut "
+                           "before its end")
+    return FormatError(f"corrupt tar archive: {e}")
+
+
 def open_stream(reader: Reader) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=cast(IO[bytes], _TarInput(reader)), mode="r|", bufsize=CHUNK)
@@ -67,7 +74,7 @@ class MemberReader:
         try:
             return int(cast(Any, self._file).readinto(buf))
         except tarfile.TarError as e:
-            raise FormatError(f"corrupt tar archive: {e}") from e
+            raise _tar_error(e) from e
 
     def close(self) -> None:
         self._tar.close()
@@ -112,7 +119,7 @@ def extract(reader: Reader, dest: str, *, capacity: int | None) -> tuple[int, in
             except tarfile.FilterError as e:
                 raise UnsafeImage(f"tar member {member.name!r} refused: {e}") from e
     except tarfile.TarError as e:
-        raise FormatError(f"corrupt tar archive: {e}") from e
+        raise _tar_error(e) from e
     finally:
         tar.close()
     return files, total

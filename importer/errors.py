@@ -57,7 +57,7 @@ class FormatError(PermanentError):
 
 
 class ToolError(Error):
-    """An external tool (qemu-img, nbdkit, xz) failed; carries its command and stderr."""
+    """An external tool (qemu-img, xz, zstd) failed; carries its command and stderr."""
 
     reason = "ToolFailed"
 
@@ -69,4 +69,28 @@ class ToolError(Error):
 
 
 class RestartFromZero(TemporaryError):
-    """The source cannot continue where it stopped; the transfer starts again from byte 0."""
+    """The source cannot continue where it stopped; the transfer starts again from byte 0.
+
+    ``cut_at``/``announced``: where the body ended and the length the server had announced, so that a
+    server that ends its body at the same byte every time is recognised as lying about its length."""
+
+    def __init__(self, message: str, *, cut_at: int | None = None, announced: int | None = None) -> None:
+        super().__init__(message)
+        self.cut_at = cut_at
+        self.announced = announced
+
+
+class SourceChanged(RestartFromZero):
+    """The file changed on the server during the import: whatever was read of it is discarded."""
+
+
+class Stalled(TemporaryError):
+    """The server sent less than the low-speed limit for too long, too many times."""
+
+    reason = "SourceStalled"
+
+
+class NetworkError(TemporaryError):
+    """The server could not be reached or kept dropping the connection without progress."""
+
+    reason = "NetworkError"

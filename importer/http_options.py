@@ -17,9 +17,12 @@ class HttpOptions:
     ca_file: str | None = None
     insecure: bool = False
     headers: list[tuple[str, str]] = field(default_factory=list)
-    timeout: float = 30.0
-    retries: int = 5
-    backoff: float = 0.5
+    timeout: float = 30.0  # seconds to connect, or to wait for any byte
+    retries: int = 5  # reconnects after errors that made no progress
+    backoff: float = 0.5  # first pause before such a reconnect, doubled each time
+    speed_limit: int = 16 << 10  # bytes/s; slower for speed_time seconds is a stall (0: no check)
+    speed_time: float = 60.0
+    max_stalled_retries: int = 3  # reconnects after stalls that made no progress
 
 
 def parse_header(text: str) -> tuple[str, str]:

@@ -2,7 +2,9 @@
 (IMPORTER_SOURCE, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE, IMPORTER_ACCESS_KEY_ID,
 IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*, /extraheaders), plus our
 own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
-IMPORTER_DEVICE_ZEROED. Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
+IMPORTER_DEVICE_ZEROED, and the network limits IMPORTER_SPEED_LIMIT (bytes/s, a quantity such as 16Ki),
+IMPORTER_SPEED_TIME (seconds), IMPORTER_MAX_STALLED_RETRIES and IMPORTER_RETRIES (see ``cdi import
+--help``). Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
 /certs, /extraheaders). On the local node a process cannot see mounts, so the node passes
 CDI_VOLUME_MOUNTS, a JSON object {mountPath: hostPath}, and every in-pod path is translated through it.
 IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume.
@@ -73,6 +75,20 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         insecure=env.get("INSECURE_TLS", "").lower() == "true",
         headers=headers,
     )
+    try:
+        if env.get("IMPORTER_SPEED_LIMIT"):
+            http.speed_limit = parse_size(env["IMPORTER_SPEED_LIMIT"])
+        if env.get("IMPORTER_SPEED_TIME"):
+            http.speed_time = float(env["IMPORTER_SPEED_TIME"])
+        if env.get("IMPORTER_MAX_STALLED_RETRIES"):
+            http.max_stalled_retries = int(env["IMPORTER_MAX_STALLED_RETRIES"])
+        if env.get("IMPORTER_RETRIES"):
+            http.retries = int(env["IMPORTER_RETRIES"])
+    except ValueError as e:
+        raise PermanentError(f"invalid network limit in the importer environment: {e}") from e
+    if http.speed_time <= 0 or http.max_stalled_retries < 0 or http.retries < 0 or http.speed_limit < 0:
+        raise PermanentError("IMPORTER_SPEED_TIME must be positive; IMPORTER_SPEED_LIMIT, "
+                             "IMPORTER_MAX_STALLED_RETRIES and IMPORTER_RETRIES must not be negative")
     scratch = env.get("IMPORTER_SCRATCH_DIR")
     return ImportJob(
         source=endpoint if source != "none" else "",

@@ -7,7 +7,7 @@ directory for contentType archive) and returns an ``ImportResult``. Each phase h
 - transfer: raw images stream straight into the target, zero blocks left as holes; other formats
   stream into a scratch file only when qemu-img cannot read the source itself;
 - convert: qemu-img converts to raw, from the local file, from scratch, or over the network through
-  nbdkit's curl plugin (no scratch) when the server supports ranges;
+  an NBD export of verified range reads (no scratch) when the source offers random access;
 - verify: the source checksum, then the volume digest.
 """
 
@@ -17,21 +17,19 @@ import enum
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from importer import archive, checkpoint, formats, nbdkit, qemu_img
+from importer import archive, checkpoint, formats, qemu_img, sources
 from importer.digest import volume_digest
 from importer.errors import (
     CapacityExceeded,
     ChecksumMismatch,
     Error,
     FormatError,
+    NetworkError,
     PermanentError,
     RestartFromZero,
     SourceError,
@@ -39,7 +37,9 @@ from importer.errors import (
 )
 from importer.http_options import HttpOptions
 from importer.progress import Progress
-from importer.stream import CHUNK, FileSource, Peekable, ReadAhead, Reader, Tap, open_decompressor
+from importer.scratch import Scratch
+from importer.sources import Source
+from importer.stream import CHUNK, Peekable, ReadAhead, Reader, Tap, open_decompressor
 from importer.target import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_ZERO_RANGE,
@@ -49,9 +49,6 @@ from importer.target import (
     remove_partial,
     resolve_target,
 )
-
-if TYPE_CHECKING:
-    from importer.http_source import HttpSource
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +140,19 @@ class Importer:
         try:
             if not self.job.source:
                 self._blank()
+            cuts: set[tuple[int, int]] = set()
             for attempt in range(MAX_RESTARTS + 1 if self.job.source else 0):
                 try:
                     self._run_once()
                     break
                 except RestartFromZero as e:
+                    if e.cut_at is not None and e.announced is not None:
+                        if (e.cut_at, e.announced) in cuts:
+                            raise SourceError(
+                                f"the server ends its body at byte {e.cut_at} every time, though its "
+                                f"Content-Length says {e.announced}: its Content-Length is larger than the file"
+                            ) from e
+                        cuts.add((e.cut_at, e.announced))
                     if attempt == MAX_RESTARTS:
                         raise
                     self.restarts += 1
@@ -155,7 +160,9 @@ class Importer:
             digest = self._verify()
         except BaseException as e:
             log.warning("import failed step=%s error=%s", self.step.value, e)
-            if not (isinstance(e, Error) and not e.permanent) and not isinstance(e, KeyboardInterrupt):
+            # what was written stays only when a later run can continue from it
+            resumable = isinstance(e, Error) and not e.permanent and os.path.exists(self.ckpt_path)
+            if not resumable and not isinstance(e, KeyboardInterrupt):
                 checkpoint.remove(self.ckpt_path)
                 remove_partial(self.target)
             raise
@@ -198,89 +205,78 @@ class Importer:
 
     # -- probe ------------------------------------------------------------------------------------
 
-    def _open_source(self) -> tuple[Reader, HttpSource | FileSource]:
+    def _open_source(self) -> Source:
         src = self.job.source
-        scheme = urllib.parse.urlsplit(src).scheme
-        source: HttpSource | FileSource
-        if scheme in ("http", "https"):
-            from importer.http_source import HttpSource  # not loaded for blank and local jobs
-
-            source = HttpSource(src, self.job.http)
-            point = checkpoint.load(self.ckpt_path) if self.job.resume else None
-            if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
-                point = None
-            if point and source.open(start=point.offset, validator=point.validator):
-                log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
-                self.resumed_at = point.offset
-                self.target.existed = False  # ours: a previous run of this import created it
-            elif point:
-                log.warning("cannot resume at byte %d: the server sent the whole body (file changed or no "
-                            "ranges); starting over", point.offset)
-                checkpoint.remove(self.ckpt_path)
-            if not point:
-                source.open()
-        elif scheme == "file":
-            source = FileSource(urllib.parse.unquote(urllib.parse.urlsplit(src).path))
-        elif scheme == "" or len(scheme) == 1:
-            source = FileSource(src)
-        else:
-            raise SourceError(f"unsupported source {src!r}: use an http(s) URL, a file:// URL or a path")
-        return source, source
+        source = sources.opener(src)(src, self.job.http)
+        point = checkpoint.load(self.ckpt_path) if self.job.resume else None
+        if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
+            point = None
+        if point and source.open(start=point.offset, validator=point.validator):
+            log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
+            self.resumed_at = point.offset
+            self.target.existed = False  # ours: a previous run of this import created it
+        elif point:
+            log.warning("cannot resume at byte %d: the server sent the whole body (file changed or no "
+                        "ranges); starting over", point.offset)
+            checkpoint.remove(self.ckpt_path)
+        if not point:
+            source.open()
+        return source
 
     def _run_once(self) -> None:
         started = time.monotonic()
         self.layers = []
-        stream, source = self._open_source()
+        source = self._open_source()
+        caps = source.capabilities
         hasher = hashlib.new(self.checksum[0]) if self.checksum else None
         self.progress.plan(["transfer"])
-        self.progress.start_phase("transfer", source.size)
+        self.progress.start_phase("transfer", caps.size)
         if self.resumed_at:
             self.progress.set_done(self.resumed_at)
             if hasher is not None:
                 _rehash(self.target.path, self.resumed_at, hasher)
         tap = Tap(source, hasher=hasher, on_bytes=self.progress.advance)
-        bottom = ReadAhead(tap)
+        bottom = ReadAhead(tap)  # reads ahead only once the plan is to stream
         top = Peekable(bottom)
-        if self.resumed_at:
-            try:
+        try:
+            if self.resumed_at:
                 self.fmt = "raw"
+                bottom.start()
                 self._stream_raw(top, bottom, tap, hasher, source)
                 return
-            finally:
-                top.close()
-        try:
             head = top.peek(formats.SNIFF_BYTES)
             if not head:
                 raise FormatError(f"the source {self.job.source} is empty")
-            content_type = getattr(source, "content_type", None)
-            if formats.looks_like_html(head, content_type):
+            if formats.looks_like_html(head, caps.content_type):
                 raise FormatError(
-                    f"the source returned a web page ({content_type or 'HTML'}), not a disk image: "
+                    f"the source returned a web page ({caps.content_type or 'HTML'}), not a disk image: "
                     "check the URL and credentials"
                 )
             top, head = self._peel_layers(top, head)
             self._timed(Step.PROBE, started)
             if self.archive:
-                self._extract(top, bottom, tap, hasher)
+                bottom.start()
+                self._extract(top, bottom, tap, hasher, source)
                 return
             self.fmt = formats.detect_image(head)
             self._refuse_unsupported(self.fmt, head)
             log.info("detected layers=%s format=%s", ",".join(self.layers) or "none", self.fmt)
             if self.fmt in ("raw", "iso"):
+                bottom.start()
                 self._stream_raw(top, bottom, tap, hasher, source)
                 return
-            if not self.layers and not isinstance(source, FileSource) and self._can_convert_remotely(source):
+            if not self.layers and caps.local_path and hasher is None:
                 top.close()
-                self._convert_remote(source)
+                self._convert(qemu_img.file_node(caps.local_path), caps.local_path)
                 return
-            if not self.layers and isinstance(source, FileSource) and hasher is None:
-                top.close()
-                self._convert(qemu_img.file_node(source.path), source.path)
+            if not self.layers and not caps.local_path and self._can_convert_remotely(source):
+                self._convert_remote(source, head=head, first_bytes=tap.count)
                 return
+            bottom.start()
             self._via_scratch(top, bottom, tap, hasher, source)
         finally:
             top.close()
-            self.resumes += getattr(source, "resumes", 0)
+            self.resumes += source.resumes
 
     def _peel_layers(self, top: Peekable, head: bytes) -> tuple[Peekable, bytes]:
         while True:
@@ -309,44 +305,53 @@ class Importer:
         if fmt in ("qed", "qcow"):
             raise FormatError(f"image format {fmt} is not supported; convert it to qcow2 or raw first")
 
-    def _can_convert_remotely(self, source: HttpSource) -> bool:
+    def _can_convert_remotely(self, source: Source) -> bool:
+        caps = source.capabilities
         if self.checksum is not None:
             log.info("checksum requested: downloading to scratch so the bytes can be verified before use")
             return False
-        if not (source.accepts_ranges and source.size):
-            log.info("server does not support range requests: using scratch space")
-            return False
-        if not nbdkit.available():
-            log.info("nbdkit not installed: using scratch space")
+        if not caps.random_access:
+            log.info("the server did not answer a range request with 206 and a validator (ETag or "
+                     "Last-Modified): using scratch space")
             return False
         return True
 
+    def _check_end(self, source: Source) -> None:
+        """Data of unproven length is accepted only when a compression layer proved its own end."""
+        if not source.end_verified and not self.layers:
+            raise SourceError(
+                f"the server sent no Content-Length and no chunked encoding, and does not support range "
+                f"requests: the body stopped at byte {source.position} but the end of the image cannot be "
+                f"verified (a dropped connection looks the same) at {self.job.source}"
+            )
+
     # -- transfer ----------------------------------------------------------------------------------
 
-    def _stream_raw(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
+    def _stream_raw(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         self.step = Step.TRANSFER
         started = time.monotonic()
-        if (self.target.capacity is not None and not self.layers and source.size
-                and source.size > self.target.capacity + 512):
+        size = source.capabilities.size
+        if self.target.capacity is not None and not self.layers and size and size > self.target.capacity + 512:
             raise CapacityExceeded(
-                f"image virtual size {source.size} is larger than the volume capacity {self.target.capacity}"
+                f"image virtual size {size} is larger than the volume capacity {self.target.capacity}"
             )
         writer = SparseWriter(self.target, device_zeroed=self.job.device_zeroed, resume_at=self.resumed_at,
                               digest=True, drop_cache=True)
         save_point = None
-        if (self.job.resume and not self.layers and not isinstance(source, FileSource) and source.accepts_ranges
-                and source.validator):
-            validator: str = source.validator
+        validator = source.validator
+        if self.job.resume and not self.layers and source.capabilities.resumable and validator:
             url = self.job.source
 
             def save_point() -> None:
-                point = checkpoint.Checkpoint(url, validator, source.size, self.target.path,
+                assert validator is not None
+                point = checkpoint.Checkpoint(url, validator, size, self.target.path,
                                               self.target.capacity, writer.sync())
                 checkpoint.save(self.ckpt_path, point)
 
         try:
             _copy(top, writer, on_interval=save_point)
             _drain(bottom)
+            self._check_end(source)
             self._check_sum(hasher)
             self.virtual_size = writer.finish()
             self.inline_digest = writer.digest
@@ -357,24 +362,23 @@ class Importer:
         self.transferred = tap.count + self.resumed_at
         self._timed(Step.TRANSFER, started)
 
-    def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Any) -> None:
+    def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         """Spool the (decompressed) image to a scratch file, then convert it locally."""
         self.step = Step.TRANSFER
         started = time.monotonic()
         scratch_parent = self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
-        os.makedirs(scratch_parent, exist_ok=True)
-        scratch_dir = tempfile.mkdtemp(prefix=".cdi-scratch-", dir=scratch_parent)
-        scratch = os.path.join(scratch_dir, "image")
         limit = None
         if self.target.capacity is not None:  # the image file may carry metadata beyond the virtual size
             limit = self.target.capacity + self.target.capacity // 10 + (64 << 20)
-        log.info("using scratch space path=%s reason=%s", scratch_dir,
-                 "compressed or archived" if self.layers else "source cannot be read at random")
-        try:
+        with Scratch(scratch_parent) as scratch_dir:
+            scratch = os.path.join(scratch_dir, "image")
+            log.info("using scratch space path=%s reason=%s", scratch_dir,
+                     "compressed or archived" if self.layers else "source cannot be read at random")
             writer = SparseWriter(Target(scratch, "file", limit, False))
             try:
                 _copy(top, writer)
                 _drain(bottom)
+                self._check_end(source)
                 self._check_sum(hasher)
                 writer.finish()
             except CapacityExceeded as e:
@@ -385,10 +389,8 @@ class Importer:
             self.transferred = tap.count
             self._timed(Step.TRANSFER, started)
             self._convert(qemu_img.file_node(scratch), scratch)
-        finally:
-            shutil.rmtree(scratch_dir, ignore_errors=True)
 
-    def _extract(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any) -> None:
+    def _extract(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         self.step = Step.TRANSFER
         started = time.monotonic()
         if "tar" in self.layers or not formats.is_tar(top.peek(1024) if isinstance(top, Peekable) else b""):
@@ -400,6 +402,7 @@ class Importer:
         self.fmt = "archive"
         self.files, size = archive.extract(top, self.target.path, capacity=self.target.capacity)
         _drain(bottom)
+        self._check_end(source)
         self._check_sum(hasher)
         self.virtual_size = size
         self.transferred = tap.count
@@ -443,12 +446,26 @@ class Importer:
         self._finish_converted()
         self._timed(Step.CONVERT, started)
 
-    def _convert_remote(self, source: HttpSource) -> None:
-        log.info("converting over the network url=%s (no scratch)", source.url)
+    def _convert_remote(self, source: Source, *, head: bytes, first_bytes: int) -> None:
+        """Convert from an NBD export of verified range reads of the same version of the file."""
+        from importer.nbd_export import NbdExport
+
+        log.info("converting over the network url=%s (no scratch)", self.job.source)
         self.progress.plan([])
-        with nbdkit.CurlExport(source.url, self.job.http, workdir=self.job.scratch_dir) as sock:
-            self._convert(qemu_img.nbd_node(sock), None)
-        self.transferred = None
+        size = source.capabilities.size
+        assert size is not None
+        export = NbdExport(size, source.range_reader, head=head)
+        source.close()  # the first answer was read to its end by the format detection
+        try:
+            with export as node:
+                self._convert(node, None)
+        except Error as e:
+            raise _reason(export, e) from e
+        finally:
+            self.resumes += export.resumes
+            self.transferred = first_bytes + export.received
+        if export.error is not None:  # qemu-img got past a failed read: never trust such a volume
+            raise _reason(export, export.error)
 
     def _finish_converted(self) -> None:
         """Grow a file to the capacity; zero a block device past the image."""
@@ -477,6 +494,16 @@ class Importer:
         digest = volume_digest(self.target.path, self.target.capacity)
         self._timed(Step.VERIFY, started)
         return digest
+
+
+def _reason(export: Any, error: BaseException) -> BaseException:
+    """What made a remote convert fail: the source's own error (a changed file, a stalled or lying
+    server) rather than what qemu-img made of the failed read."""
+    if export.error is None:
+        return error
+    if isinstance(export.error, Error):
+        return export.error
+    return NetworkError(f"reading the source failed: {export.error}")
 
 
 def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Child processes that die with the importer: qemu-img, xz and nbdkit must not outlive a killed worker."""
+"""Child processes that die with the importer: qemu-img, xz and zstd must not outlive a killed worker."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
 """Readers that the pipeline stacks on each other: every one has ``readinto(buf) -> int``.
 
-- ``FileSource``: a local file (or ``file://`` URL).
 - ``Peekable``: look at the first bytes without consuming them (format detection).
 - ``Tap``: counts bytes for progress, feeds the source checksum, enforces a byte limit.
 - ``ReadAhead``: a thread that reads the next chunks while the consumer works on this one, so the
   network, the decompressor and the writer overlap (they all release the GIL).
-- ``open_decompressor``: gzip (isal), zstd (zstandard), xz (the ``xz`` program, multi-threaded on
-  multi-block files), bzip2.
+- ``open_decompressor``: gzip (isal), zstd (the ``zstd`` program), xz (the ``xz`` program,
+  multi-threaded on multi-block files), bzip2; each reports a stream that ends early.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any, Protocol, cast
 
-from importer.errors import CapacityExceeded, Error, FormatError, SourceError, ToolError
+from importer.errors import CapacityExceeded, Error, FormatError, ToolError
 from importer.procutil import die_with_parent
 
 CHUNK = 1 << 20
@@ -34,32 +33,6 @@ class Reader(Protocol):
     def readinto(self, buf: memoryview | bytearray) -> int: ...
 
     def close(self) -> None: ...
-
-
-class FileSource:
-    """A local file, read sequentially."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        except FileNotFoundError as e:
-            raise SourceError(f"source file {path} does not exist") from e
-        except IsADirectoryError as e:
-            raise SourceError(f"source {path} is a directory, not an image file") from e
-        except PermissionError as e:
-            raise SourceError(f"source file {path} is not readable: permission denied") from e
-        self.size: int | None = os.fstat(self._f.fileno()).st_size
-        self.position = 0
-        os.posix_fadvise(self._f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-    def readinto(self, buf: memoryview | bytearray) -> int:
-        n = self._f.readinto(buf) or 0
-        self.position += n
-        return n
-
-    def close(self) -> None:
-        self._f.close()
 
 
 class Peekable:
@@ -148,7 +121,11 @@ class Tap:
 
 
 class ReadAhead:
-    """Reads ``depth`` chunks ahead of the consumer in a thread. Errors surface in ``readinto``."""
+    """Reads ``depth`` chunks ahead of the consumer in a thread. Errors surface in ``readinto``.
+
+    Until ``start()`` it reads only what is asked for, in the caller's thread: format detection then
+    costs no bytes beyond what it looks at, which matters when the plan is to read the source at
+    random instead (a remote convert)."""
 
     def __init__(self, inner: Reader, *, chunk: int = READ_AHEAD_CHUNK, depth: int = 16) -> None:
         self.inner = inner
@@ -162,7 +139,14 @@ class ReadAhead:
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
-        self._thread.start()
+        self._started = False
+        self._direct = threading.Lock()  # a decompressor's feeder thread may be reading directly
+
+    def start(self) -> None:
+        with self._direct:
+            if not self._started:
+                self._started = True
+                self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -179,6 +163,10 @@ class ReadAhead:
     def readinto(self, buf: memoryview | bytearray) -> int:
         if self._done:
             return 0
+        if not self._started:
+            with self._direct:
+                if not self._started:
+                    return self.inner.readinto(buf)
         if self._current is None:
             item = self._full.get()
             if item is None:
@@ -199,7 +187,7 @@ class ReadAhead:
 
     def close(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():
+        while self._started and self._thread.is_alive():
             try:  # unblock a producer waiting for a free buffer or a queue slot
                 self._full.get_nowait()
             except queue.Empty:
@@ -244,8 +232,14 @@ class _FileLike:
         self.reader.close()
 
 
+def _ends_early(kind: str) -> FormatError:
+    return FormatError(f"the {kind} stream ends early: the file is truncated, or the connection was cut "
+                       "before its end")
+
+
 class _Decoded:
-    """A decompressing reader, wrapping library errors into FormatError."""
+    """A decompressing reader, wrapping library errors into FormatError. A stream that stops before
+    its end-of-stream marker is an error, never a short image."""
 
     def __init__(self, kind: str, stream: Any, inner: Reader) -> None:
         self.kind = kind
@@ -257,14 +251,12 @@ class _Decoded:
             return int(self._stream.readinto(buf) or 0)
         except Error:
             raise
-        except (OSError, EOFError, ValueError) as e:
+        except EOFError as e:
+            raise _ends_early(self.kind) from e
+        except (OSError, ValueError) as e:
             if isinstance(e, OSError) and e.errno is not None:
                 raise
             raise FormatError(f"corrupt {self.kind} data: {e}") from e
-        except Exception as e:
-            if type(e).__name__ == "ZstdError":
-                raise FormatError(f"corrupt zstd data: {e}") from e
-            raise
 
     def close(self) -> None:
         try:
@@ -273,21 +265,22 @@ class _Decoded:
             self._inner.close()
 
 
-class XzProcess:
-    """Decompresses through the ``xz`` program: multi-threaded for multi-block files (python's lzma is
-    single-threaded at about 28 MB/s). A thread feeds stdin; ``readinto`` reads stdout."""
+class ToolDecoder:
+    """Decompresses through a program reading stdin and writing stdout (``xz``: multi-threaded on
+    multi-block files, where python's lzma is single-threaded at about 28 MB/s; ``zstd``: the only
+    decoder here that reports a stream cut inside a frame, which python's zstandard reader ignores).
+    A thread feeds stdin; ``readinto`` reads stdout; a non-zero exit is an error."""
 
-    def __init__(self, inner: Reader, *, threads: int = 0) -> None:
-        xz = os.environ.get("CDI_XZ", shutil.which("xz") or "xz")
-        # 96 MiB keeps two decoder threads on xz -6 blocks (24 MiB) while bounding memory (bench/RESULTS.md)
-        self.cmd = [xz, "-dc", f"-T{threads}", "--memlimit-mt=96MiB", "-q"]
+    def __init__(self, kind: str, cmd: list[str], inner: Reader) -> None:
+        self.kind = kind
+        self.cmd = cmd
         self.inner = inner
         self._proc = subprocess.Popen(
             self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
             preexec_fn=die_with_parent,
         )
         self._error: BaseException | None = None
-        self._feeder = threading.Thread(target=self._feed, name="xz-feed", daemon=True)
+        self._feeder = threading.Thread(target=self._feed, name=f"{kind}-feed", daemon=True)
         self._feeder.start()
 
     def _feed(self) -> None:
@@ -323,8 +316,11 @@ class XzProcess:
                 raise self._error
             rc = self._proc.wait()
             if rc != 0:
-                stderr = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise FormatError(f"corrupt xz data: {stderr.strip() or f'xz exited with {rc}'}")
+                stderr = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+                lowered = stderr.lower()
+                if "unexpected end" in lowered or "premature end" in lowered or "truncated" in lowered:
+                    raise _ends_early(self.kind)
+                raise FormatError(f"corrupt {self.kind} data: {stderr or f'{self.cmd[0]} exited with {rc}'}")
         return n
 
     def close(self) -> None:
@@ -338,6 +334,13 @@ class XzProcess:
         self.inner.close()
 
 
+def _tool(env: str, name: str, package: str) -> str:
+    path = os.environ.get(env, shutil.which(name) or name)
+    if shutil.which(path) is None:
+        raise ToolError(f"the {name} program is needed to decompress {name} images; install {package}")
+    return path
+
+
 def open_decompressor(kind: str, inner: Reader) -> Reader:
     """A reader yielding the decompressed bytes of ``inner``."""
     if kind == "gzip":
@@ -345,15 +348,12 @@ def open_decompressor(kind: str, inner: Reader) -> Reader:
 
         return _Decoded("gzip", igzip.GzipFile(fileobj=cast(IO[bytes], _FileLike(inner)), mode="rb"), inner)
     if kind == "zstd":
-        import zstandard
-
-        dctx = zstandard.ZstdDecompressor()
-        stream = dctx.stream_reader(cast(IO[bytes], _FileLike(inner)), read_size=CHUNK, read_across_frames=True)
-        return _Decoded("zstd", stream, inner)
+        # --memory bounds the window a hostile frame may ask for (zstd's own default, made explicit)
+        return ToolDecoder("zstd", [_tool("CDI_ZSTD", "zstd", "zstd"), "-dcq", "--no-progress", "--memory=128MB"],
+                           inner)
     if kind == "xz":
-        if shutil.which(os.environ.get("CDI_XZ", "xz")) is None:
-            raise ToolError("the xz program is needed to decompress xz images; install xz-utils")
-        return XzProcess(inner)
+        # 96 MiB keeps two decoder threads on xz -6 blocks (24 MiB) while bounding memory (bench/RESULTS.md)
+        return ToolDecoder("xz", [_tool("CDI_XZ", "xz", "xz-utils"), "-dc", "-T0", "--memlimit-mt=96MiB", "-q"], inner)
     if kind == "bzip2":
         return _Decoded("bzip2", bz2.BZ2File(cast(IO[bytes], _FileLike(inner)), mode="rb"), inner)
     raise ValueError(f"unknown compression {kind}")

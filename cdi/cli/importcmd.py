@@ -34,7 +34,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where scratch space goes when it cannot be avoided (default: beside the target)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     p.add_argument("--progress-file", help="also write progress snapshots as JSON to this file")
-    p.add_argument("--retries", type=int, default=5, help="reconnect attempts after a network error (default 5)")
+    p.add_argument("--retries", type=int, default=5,
+                   help="reconnects after network errors that made no progress (default 5)")
+    p.add_argument("--speed-limit", default="16Ki", metavar="BYTES",
+                   help="a connection slower than this many bytes/s for --speed-time is a stall (default 16Ki; "
+                        "0 turns the check off)")
+    p.add_argument("--speed-time", type=float, default=60.0, metavar="SECONDS",
+                   help="how long a connection may stay under --speed-limit (default 60)")
+    p.add_argument("--max-stalled-retries", type=int, default=3, metavar="N",
+                   help="reconnects after stalls that made no progress before giving up (default 3)")
     p.set_defaults(func=run_import_cmd)
 
     d = sub.add_parser("digest", help="volume digest of a raw file or block device")
@@ -64,6 +72,11 @@ def run_import_cmd(args: argparse.Namespace) -> int:
                 password = f.read().rstrip("\r\n")
         if args.retries < 0:
             raise ValueError("--retries must be 0 or more")
+        speed_limit = parse_size(args.speed_limit)
+        if args.speed_time <= 0:
+            raise ValueError("--speed-time must be more than 0 seconds")
+        if args.max_stalled_retries < 0:
+            raise ValueError("--max-stalled-retries must be 0 or more")
     except (ValueError, OSError) as e:
         return _fail(str(e), 2)
     job = ImportJob(
@@ -72,7 +85,9 @@ def run_import_cmd(args: argparse.Namespace) -> int:
         content_type=args.content_type,
         size=size,
         http=HttpOptions(user=args.user, password=password, ca_file=args.ca_file,
-                         insecure=args.insecure_skip_verify, headers=headers, retries=args.retries),
+                         insecure=args.insecure_skip_verify, headers=headers, retries=args.retries,
+                         speed_limit=speed_limit, speed_time=args.speed_time,
+                         max_stalled_retries=args.max_stalled_retries),
         checksum=args.checksum,
         scratch_dir=args.scratch_dir,
     )

@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             return None
         limit = None
-        if route.drop_after is not None and route.drops > 0 and start < route.drop_after:
+        if route.drop_after is not None and route.drops > 0 and start < route.drop_after < start + length:
             route.drops -= 1
             limit = route.drop_after - start
         with open(route.path, "rb") as f:

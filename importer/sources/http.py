@@ -1,0 +1,679 @@
+"""HTTP(S) source: one version of one file, read in order or at random, through a bad network.
+
+Built on the standard library's ``http.client`` because the bulk body is read with ``readinto`` into
+the caller's reused buffer, several times faster than higher-level clients (MEASURED.md).
+
+What the server says is checked, not believed:
+
+- The first request asks for the first ``PROBE`` bytes with ``Range``. A 206 proves that ranges work
+  (a server may advertise ``Accept-Ranges: bytes`` and still answer 200); a 200 is simply the whole
+  file, read in order. Later requests continue from the last byte received.
+- Every later request is tied to the first answer's validator (a strong ETag, else Last-Modified):
+  ``If-Range`` when the stream continues, ``If-Match``/``If-Unmodified-Since`` for random reads, and
+  the ETag, Last-Modified and Content-Range that come back are compared with the first answer. A file
+  that changed raises ``SourceChanged``: the import starts again on the new version, never mixes two.
+- The end of the data is proven: a Content-Length met, a chunked terminator, or the end of the ranges
+  announced by Content-Range; after a body whose length was not announced, a range request past the
+  end must get 416. A Content-Length that disagrees with the body or with Content-Range is an error
+  naming the server's mistake.
+- A connection that delivers less than ``speed_limit`` bytes/s for ``speed_time`` seconds is dropped
+  (as curl's --speed-limit/--speed-time); reconnects that make no progress are bounded
+  (``max_stalled_retries`` for stalls, ``retries`` for errors); a reconnect after progress is free.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+
+from importer.errors import NetworkError, RestartFromZero, SourceChanged, SourceError, Stalled, TemporaryError
+from importer.http_options import HttpOptions
+from importer.sources import Capabilities
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 10
+PROBE = 1 << 20  # bytes asked for by the first request: what format detection reads (formats.SNIFF_BYTES)
+_NETWORK_ERRORS = (OSError, http.client.HTTPException, ssl.SSLError)
+
+
+class _LowSpeed(Exception):
+    """Less than the speed limit for the speed time on one connection."""
+
+
+class _Meter:
+    """curl's low-speed check for one connection: fewer than ``limit`` bytes in ``period`` seconds."""
+
+    def __init__(self, options: HttpOptions) -> None:
+        self.limit = options.speed_limit
+        self.period = options.speed_time
+        self.reset()
+
+    def reset(self) -> None:
+        self._start = time.monotonic()
+        self._count = 0
+
+    def add(self, n: int) -> None:
+        if self.limit <= 0:
+            return
+        self._count += n
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            if self._count < self.limit * (now - self._start):
+                raise _LowSpeed(f"{self._count} bytes in {now - self._start:.1f}s")
+            self._start, self._count = now, 0
+
+
+class _Attempts:
+    """Failures of one transfer: how long to wait before the next try, or give up."""
+
+    def __init__(self, options: HttpOptions, url: str) -> None:
+        self.options = options
+        self.url = url
+        self.errors = 0
+        self.stalls = 0
+        self.delay = options.backoff
+        # a try that delivered this much made progress: the next reconnect is immediate and free
+        self.progress_bytes = max(1, int(options.speed_limit * options.speed_time))
+
+    def failed(self, error: BaseException, received: int, position: int) -> float:
+        if received >= self.progress_bytes:
+            self.errors = self.stalls = 0
+            self.delay = self.options.backoff
+            return 0.0
+        opts = self.options
+        if isinstance(error, (_LowSpeed, TimeoutError)):
+            self.stalls += 1
+            if self.stalls > opts.max_stalled_retries:
+                raise Stalled(
+                    f"the server stalled: less than {opts.speed_limit} bytes/s for {opts.speed_time:g}s at byte "
+                    f"{position}, {self.stalls} times in a row, at {self.url} (limits: --speed-limit, "
+                    "--speed-time, --max-stalled-retries)"
+                )
+        else:
+            self.errors += 1
+            if self.errors > opts.retries:
+                if isinstance(error, TemporaryError):
+                    raise error
+                raise NetworkError(f"cannot reach {self.url}: {error} ({self.errors} tries without progress)")
+        delay, self.delay = self.delay, min(self.delay * 2, 30.0)
+        return delay
+
+
+def _read_some(resp: http.client.HTTPResponse, view: memoryview) -> int:
+    """Read what one receive gives, not a whole buffer: ``HTTPResponse.readinto`` waits until the
+    buffer is full, so a server sending 1 KiB/s would hold it for minutes between speed checks."""
+    fp = resp.fp
+    if fp is None or getattr(resp, "chunked", False):
+        return resp.readinto(view)
+    if resp.length is not None:
+        view = view[: resp.length]
+        if not len(view):
+            resp.close()
+            return 0
+    n = fp.readinto1(view)
+    if resp.length is not None:
+        resp.length -= n
+        if resp.length == 0:
+            resp.close()  # the body is complete: a kept-alive connection can carry the next request
+    return n
+
+
+def _content_range(resp: http.client.HTTPResponse) -> tuple[int | None, int | None, int | None]:
+    """(first, last, total) of a Content-Range header; None for what is missing or ``*``."""
+    value = (resp.getheader("Content-Range") or "").strip().removeprefix("bytes").strip()
+    span, _, total = value.partition("/")
+    first, _, last = span.partition("-")
+
+    def num(s: str) -> int | None:
+        return int(s) if s.strip().isdigit() else None
+
+    return num(first), num(last), num(total)
+
+
+class _Client:
+    """Requests to one URL: TLS, credentials, extra headers, redirects, status codes to errors."""
+
+    def __init__(self, url: str, options: HttpOptions) -> None:
+        self.original_url = url
+        self.url = url
+        self.options = options
+        self._ssl_context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def timeout(self) -> float:
+        if self.options.speed_limit > 0:
+            return min(self.options.timeout, self.options.speed_time)
+        return self.options.timeout
+
+    def _context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._ssl_context is None:
+                if self.options.insecure:
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                else:
+                    ctx = ssl.create_default_context(cafile=self.options.ca_file)
+                    if self.options.ca_file:
+                        ctx.load_default_certs()
+                self._ssl_context = ctx
+            return self._ssl_context
+
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = {"User-Agent": "cdi-importer/0.1", "Accept-Encoding": "identity"}
+        if self.options.user is not None and _same_origin(url, self.original_url):
+            token = f"{self.options.user}:{self.options.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+        for name, value in self.options.headers:
+            headers[name] = value
+        return headers
+
+    def connect(self, url: str) -> http.client.HTTPConnection:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(host, parts.port, timeout=self.timeout(), context=self._context())
+        if parts.scheme == "http":
+            return http.client.HTTPConnection(host, parts.port, timeout=self.timeout())
+        raise SourceError(f"unsupported URL scheme {parts.scheme!r} in {url}: use http or https")
+
+    def get(self, extra: dict[str, str], conn: http.client.HTTPConnection | None = None,
+            ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """GET following redirects, reusing ``conn`` when it is to the right place. Statuses other than
+        200, 206, 412 and 416 become errors; the caller checks those four."""
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            if conn is None:
+                conn = self.connect(url)
+            parts = urllib.parse.urlsplit(url)
+            path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+            try:
+                conn.request("GET", path, headers={**self._headers(url), **extra})
+                resp = conn.getresponse()
+            except ssl.SSLCertVerificationError as e:
+                conn.close()
+                raise SourceError(
+                    f"TLS certificate of {parts.hostname} not trusted ({e.verify_message}): give the CA with "
+                    "certConfigMap / --ca-file, or skip verification explicitly"
+                ) from e
+            except BaseException:
+                conn.close()
+                raise
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.getheader("Location")
+                resp.close()
+                conn.close()
+                conn = None
+                if not location:
+                    raise SourceError(f"HTTP {resp.status} redirect without a Location header at {url}")
+                url = urllib.parse.urljoin(url, location)
+                continue
+            self.url = url
+            if resp.status not in (200, 206, 412, 416):
+                conn.close()
+                self._raise_for(resp, url)
+            return conn, resp
+        raise SourceError(f"more than {MAX_REDIRECTS} redirects starting at {self.original_url}")
+
+    @staticmethod
+    def _raise_for(resp: http.client.HTTPResponse, url: str) -> None:
+        status = resp.status
+        try:
+            body = resp.read(512).decode("utf-8", "replace").strip().splitlines()
+        except _NETWORK_ERRORS:
+            body = []
+        resp.close()
+        hint = f" ({body[0][:120]})" if body else ""
+        if status in (401, 403):
+            raise SourceError(
+                f"access denied: HTTP {status} {resp.reason} at {url}{hint}; check the credentials "
+                "(secretRef / --user, --password-file) and extra headers"
+            )
+        if status == 404:
+            raise SourceError(f"not found: HTTP 404 at {url}; check the URL")
+        if status in (408, 429) or status >= 500:
+            raise TemporaryError(f"server error: HTTP {status} {resp.reason} at {url}{hint}")
+        raise SourceError(f"unexpected HTTP {status} {resp.reason} at {url}{hint}")
+
+
+class _Version:
+    """What identifies the file read: the validator and size of the first answer."""
+
+    def __init__(self, resp: http.client.HTTPResponse) -> None:
+        self.etag = resp.getheader("ETag")
+        self.last_modified = resp.getheader("Last-Modified")
+
+    @property
+    def validator(self) -> str | None:
+        """A strong ETag, else Last-Modified: what ties a later request to this version."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def conditions(self, *, continuing: bool) -> dict[str, str]:
+        """Headers that make the server refuse another version: If-Range for a continuation (a changed
+        file then comes whole, with 200), If-Match/If-Unmodified-Since for a random read (412)."""
+        validator = self.validator
+        if validator is None:
+            return {}
+        if continuing:
+            return {"If-Range": validator}
+        if validator == self.etag:
+            return {"If-Match": validator}
+        return {"If-Unmodified-Since": validator}
+
+    def check(self, resp: http.client.HTTPResponse, url: str) -> None:
+        """Raise SourceChanged when the answer names another version than the first."""
+        etag, modified = resp.getheader("ETag"), resp.getheader("Last-Modified")
+        if self.etag and etag and etag != self.etag:
+            raise SourceChanged(f"the file at {url} changed during the import (ETag {self.etag} became {etag})")
+        if not self.etag and self.last_modified and modified and modified != self.last_modified:
+            raise SourceChanged(
+                f"the file at {url} changed during the import (Last-Modified {self.last_modified} became {modified})"
+            )
+
+
+def _check_lengths(resp: http.client.HTTPResponse, url: str) -> tuple[int, int, int | None]:
+    """A 206's (first, last, total); its Content-Length must agree with its Content-Range."""
+    first, last, total = _content_range(resp)
+    if first is None or last is None or last < first:
+        resp.close()
+        raise SourceError(f"the server answered a range request with HTTP 206 but no valid Content-Range at {url}")
+    length = resp.getheader("Content-Length")
+    if length is not None and length.isdigit() and int(length) != last - first + 1:
+        resp.close()
+        word = "larger" if int(length) > last - first + 1 else "smaller"
+        raise SourceError(
+            f"the server's Content-Length {length} is {word} than the {last - first + 1} bytes of its "
+            f"Content-Range {first}-{last} at {url}: the server miscounts its body"
+        )
+    return first, last, total
+
+
+class HttpSource:
+    """Sequential reader of one version of one URL, resuming where a dropped connection stopped.
+
+    ``readinto`` returns 0 only at the end of the data; ``end_verified`` then says whether that end was
+    proven. ``range_reader()`` gives random access to the same version when ``capabilities``
+    say so.
+    """
+
+    def __init__(self, url: str, options: HttpOptions | None = None) -> None:
+        self.options = options or HttpOptions()
+        self.client = _Client(url, self.options)
+        self.capabilities = Capabilities()
+        self.version: _Version | None = None
+        self.size: int | None = None
+        self.position = 0
+        self.resumes = 0
+        self.received = 0  # body bytes received, all requests included
+        self._end_verified = False
+        self._conn: http.client.HTTPConnection | None = None
+        self._resp: http.client.HTTPResponse | None = None
+        self._resp_end: int | None = None  # position after the last byte the current answer announced
+        self._length_known = False  # the current answer announced its length (or is chunked)
+        self._announced: int | None = None  # the Content-Length of a 200
+        self._ranged = False  # the first answer was a 206
+        self._meter = _Meter(self.options)
+        self._attempts = _Attempts(self.options, url)
+        self._attempt_bytes = 0
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    @property
+    def end_verified(self) -> bool:
+        return self._end_verified
+
+    @property
+    def validator(self) -> str | None:
+        return self.version.validator if self.version is not None else None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def open(self, *, start: int = 0, validator: str | None = None) -> bool:
+        """Send the first request. With ``start`` and the ``validator`` of an earlier run, ask for the
+        rest of that version; returns True when the server continues there, False when reading starts
+        at byte 0 (the file changed, or no ranges)."""
+        if start and validator:
+            self._first({"Range": f"bytes={start}-", "If-Range": validator})
+            if self.position == start:
+                return True
+            self._close_response()
+            self.position = 0
+        self._first({"Range": f"bytes=0-{PROBE - 1}"})
+        if self.position != 0:
+            raise SourceError(f"the server answered a range request from byte 0 at byte {self.position}")
+        return False
+
+    def _first(self, extra: dict[str, str]) -> None:
+        def attempt() -> None:
+            self._meter.reset()
+            self._conn, resp = self.client.get(extra)
+            if resp.status == 412:  # only sent with a range: a server may apply If-Range strictly
+                resp.close()
+                raise SourceChanged(f"the file at {self.url} changed since the interrupted import")
+            if resp.status == 416:
+                resp.close()
+                raise SourceError(f"the server refused a range request (HTTP 416) at {self.url}")
+            self._take(resp)
+
+        self._retrying(attempt)
+
+    def _take(self, resp: http.client.HTTPResponse) -> None:
+        """Adopt the first answer: the version, the size and what the server proved it can do."""
+        self.version = _Version(resp)
+        content_type = resp.getheader("Content-Type")
+        length = resp.getheader("Content-Length")
+        if resp.status == 206:
+            first, last, total = _check_lengths(resp, self.url)
+            self.size = total
+            self.position = first
+            self._resp_end = last + 1
+            self._length_known = True
+            self._ranged = ranges = True
+        else:
+            self.size = int(length) if length and length.isdigit() else None
+            self._announced = self.size
+            self.position = 0
+            self._resp_end = self.size
+            self._length_known = self.size is not None or bool(getattr(resp, "chunked", False))
+            ranges = False
+        self._resp = resp
+        validated = ranges and self.version.validator is not None
+        self.capabilities = Capabilities(
+            size=self.size, resumable=validated, random_access=validated and self.size is not None,
+            content_type=content_type,
+        )
+        if ranges and not validated:
+            log.info("server honours ranges but sends no ETag or Last-Modified: reading once, in order")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """Fill ``buf`` with the next bytes; 0 only at the end of the data."""
+        while True:
+            if self._resp is None:
+                if self._end_verified or not self._next_answer(None):
+                    return 0
+                continue
+            view = memoryview(buf)
+            if self._resp_end is not None:
+                view = view[: max(0, self._resp_end - self.position)]
+            try:
+                n = _read_some(self._resp, view) if len(view) else 0
+                self._meter.add(n)
+            except (_LowSpeed, *_NETWORK_ERRORS) as e:
+                self._recover(e)
+                continue
+            if n:
+                self.position += n
+                self.received += n
+                self._attempt_bytes += n
+                return n
+            if not self._next_answer(self._resp):
+                return 0
+
+    def _next_answer(self, resp: http.client.HTTPResponse | None) -> bool:
+        """The current answer ended (or none is open): continue with the next one, or prove the end.
+        Returns False at the end of the data."""
+        ended_early = (resp is not None and self._resp_end is not None and self.position < self._resp_end)
+        if ended_early:
+            self._recover(ConnectionError(f"connection closed at byte {self.position} of {self._resp_end}"))
+            return True
+        self._close_response()
+        if self.size is not None and self.position >= self.size:
+            return self._prove_end()
+        if self.size is None and self._resp_end is None:  # a body of unknown length ended
+            if not self._length_known:
+                log.info("body without Content-Length ended at byte %d; checking the end", self.position)
+            return self._prove_end() if self.capabilities.resumable else self._unverified_end()
+        # the announced range is done and more follows: ask for the rest
+        self._continue(drop=None)
+        return True
+
+    def _unverified_end(self) -> bool:
+        self._end_verified = self._length_known  # a chunked terminator proves the end; a closed connection not
+        return False
+
+    def _prove_end(self) -> bool:
+        """After the last byte of a file of known size: a range request past it must get 416."""
+        if not self.capabilities.resumable:
+            self._end_verified = self._length_known
+            return False
+        assert self.version is not None
+        version = self.version
+
+        def attempt() -> bool:
+            self._meter.reset()
+            conn, resp = self.client.get({"Range": f"bytes={self.position}-", **version.conditions(continuing=True)})
+            status = resp.status
+            _, _, total = _content_range(resp)
+            resp.close()
+            conn.close()
+            if status in (206, 416) and total == self.position:  # 416, or a sloppy 206 of nothing
+                self._end_verified = True
+                return False
+            if status == 416:
+                if total is not None and total != self.position:
+                    raise SourceError(f"the server's data ended at byte {self.position} but it says the file has "
+                                      f"{total} bytes (HTTP 416 at {self.url})")
+                self._end_verified = True
+                return False
+            if status == 206:
+                raise SourceError(
+                    f"the server said the file has {self.size} bytes (Content-Length/Content-Range) but a range "
+                    f"request from byte {self.position} returned more data (file size {total}) at {self.url}: its "
+                    "Content-Length is smaller than the file"
+                )
+            if status == 412:
+                raise SourceChanged(f"the file at {self.url} changed during the import")
+            self._end_verified = True  # the announced length was met; a 200 here proves nothing more
+            return False
+
+        return bool(self._retrying(attempt))
+
+    def _recover(self, error: BaseException) -> None:
+        """The connection failed mid-answer: continue at ``position`` (after a pause when no progress)."""
+        self._close_response()
+        if not self.capabilities.resumable:
+            why = "sends no ETag or Last-Modified" if self._ranged else "does not support range requests"
+            raise RestartFromZero(f"transfer interrupted at byte {self.position} ({error}); server {why}",
+                                  cut_at=self.position, announced=self._announced)
+        self.resumes += 1
+        log.warning("http transfer interrupted at=%d error=%s resuming=range", self.position, error)
+        self._continue(drop=error)
+
+    def _continue(self, drop: BaseException | None) -> None:
+        """Ask for the data from ``position`` on, of the same version."""
+        assert self.version is not None
+        if drop is not None:
+            delay = self._attempts.failed(drop, self._attempt_bytes, self.position)
+            if delay:
+                time.sleep(delay)
+        self._attempt_bytes = 0
+        # an interrupted answer is continued to its own end (the first one only covers format detection)
+        upto = str(self._resp_end - 1) if drop is not None and self._resp_end is not None else ""
+
+        def attempt() -> None:
+            self._meter.reset()
+            extra = {"Range": f"bytes={self.position}-{upto}", **self.version.conditions(continuing=True)}  # type: ignore[union-attr]
+            conn, resp = self.client.get(extra)
+            if resp.status == 206:
+                first, last, total = _check_lengths(resp, self.url)
+                self.version.check(resp, self.url)  # type: ignore[union-attr]
+                if first != self.position:
+                    resp.close()
+                    conn.close()
+                    raise RestartFromZero(f"server resumed at byte {first} instead of byte {self.position}")
+                if self.size is not None and total is not None and total != self.size:
+                    resp.close()
+                    conn.close()
+                    raise SourceChanged(f"the file at {self.url} changed size during the import "
+                                        f"({self.size} bytes, now {total})")
+                self._conn, self._resp, self._resp_end = conn, resp, last + 1
+                return
+            resp.close()
+            conn.close()
+            if resp.status == 416 and self.size is None:  # a file of unknown size ends here
+                self._end_verified = True
+                return
+            if resp.status == 416:
+                _, _, total = _content_range(resp)
+                announced = self._announced if self._announced is not None else self.size
+                raise SourceError(
+                    f"the server's Content-Length {announced} is larger than the file: its data ends at byte "
+                    f"{self.position}" + (f" (HTTP 416, file size {total})" if total is not None else " (HTTP 416)")
+                    + f" at {self.url}"
+                )
+            if resp.status == 412:
+                raise SourceChanged(f"the file at {self.url} changed during the import")
+            raise SourceChanged(
+                f"transfer interrupted at byte {self.position}; the server answered the resume with the whole "
+                "body (the file changed or ranges are not honoured)"
+            )
+
+        self._retrying(attempt)
+
+    def _retrying(self, fn: Callable[[], object]) -> object:
+        """Run one request, retrying network errors and server errors (5xx) with back-off."""
+        while True:
+            try:
+                return fn()
+            except (_LowSpeed, *_NETWORK_ERRORS) as e:
+                error: BaseException = e
+            except TemporaryError as e:
+                if isinstance(e, (RestartFromZero, Stalled, NetworkError)):
+                    raise
+                error = e
+            self._close_response()
+            delay = self._attempts.failed(error, 0, self.position)
+            log.warning("http request failed error=%s retry_in=%.2fs", error, delay)
+            time.sleep(delay)
+
+    def range_reader(self) -> RangeReader:
+        """Random reads of the version opened; only when ``capabilities.random_access``."""
+        assert self.version is not None and self.size is not None
+        return RangeReader(self.client, self.version, self.size)
+
+    def _close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self._close_response()
+
+
+class RangeReader:
+    """Random reads of one version of the file over one keep-alive connection (one per thread).
+
+    Every answer must be a 206 for exactly the range asked, of the same version (If-Match, ETag and
+    Content-Range checked); a read cut by the network continues where it stopped."""
+
+    def __init__(self, client: _Client, version: _Version, size: int) -> None:
+        self.client = client
+        self.version = version
+        self.size = size
+        self.options = client.options
+        self.resumes = 0
+        self.received = 0
+        self._conn: http.client.HTTPConnection | None = None
+        self._meter = _Meter(self.options)
+
+    def pread(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the bytes at ``offset``."""
+        if offset + len(view) > self.size:
+            raise SourceError(f"read past the end of the file ({offset + len(view)} > {self.size})")
+        attempts = _Attempts(self.options, self.client.url)
+        got = 0
+        while got < len(view):
+            start = got
+            try:
+                self._meter.reset()
+                resp = self._request(offset + got, offset + len(view) - 1)
+                while got < len(view):
+                    n = _read_some(resp, view[got:])
+                    self._meter.add(n)
+                    if not n:
+                        raise ConnectionError(f"connection closed at byte {offset + got}")
+                    got += n
+                    self.received += n
+                if resp.will_close:
+                    self.close()
+                continue
+            except (_LowSpeed, *_NETWORK_ERRORS) as e:
+                error: BaseException = e
+            except TemporaryError as e:
+                if isinstance(e, (RestartFromZero, Stalled, NetworkError)):
+                    self.close()
+                    raise
+                error = e
+            except BaseException:
+                self.close()
+                raise
+            self.close()
+            delay = attempts.failed(error, got - start, offset + got)
+            self.resumes += 1
+            log.warning("http range read interrupted at=%d error=%s retry_in=%.2fs", offset + got, error, delay)
+            if delay:
+                time.sleep(delay)
+
+    def _request(self, first: int, last: int) -> http.client.HTTPResponse:
+        extra = {"Range": f"bytes={first}-{last}", **self.version.conditions(continuing=False)}
+        if self._conn is not None:
+            try:  # a kept-alive connection the server has closed in the meantime is not a failure
+                self._conn, resp = self.client.get(extra, self._conn)
+            except (http.client.RemoteDisconnected, ConnectionError):
+                self._conn, resp = self.client.get(extra)
+        else:
+            self._conn, resp = self.client.get(extra)
+        url = self.client.url
+        if resp.status == 206:
+            try:
+                a, b, total = _check_lengths(resp, url)
+                self.version.check(resp, url)
+            except BaseException:
+                self.close()
+                raise
+            if (a, b) != (first, last) or (total is not None and total != self.size):
+                self.close()
+                if total is not None and total != self.size:
+                    raise SourceChanged(f"the file at {url} changed size during the import ({self.size} bytes, "
+                                        f"now {total})")
+                raise SourceError(f"the server answered the range {first}-{last} with {a}-{b} at {url}")
+            return resp
+        self.close()
+        if resp.status == 412:
+            raise SourceChanged(f"the file at {url} changed during the import (the server refused If-Match)")
+        if resp.status == 416:
+            raise SourceError(f"the server's Content-Length {self.size} is larger than the file: a range "
+                              f"request at byte {first} got HTTP 416 at {url}")
+        raise RestartFromZero(f"the server answered a range request with the whole file (HTTP {resp.status}) at "
+                              f"{url}: ranges are not honoured")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+def is_network_error(e: BaseException) -> bool:
+    return isinstance(e, (*_NETWORK_ERRORS, socket.timeout))
