@@ -7,8 +7,10 @@ light: the few required fields controllers and kubectl rely on.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
+from cdi.api import podprinter
 from cdi.api.registry import Column, Obj, ResourceKind, get_path
 
 _ACCESS_MODE_SHORT = {
@@ -17,32 +19,6 @@ _ACCESS_MODE_SHORT = {
     "ReadWriteMany": "RWX",
     "ReadWriteOncePod": "RWOP",
 }
-
-
-def _pod_ready(obj: Obj) -> str:
-    containers = get_path(obj, ".spec.containers") or []
-    statuses = get_path(obj, ".status.containerStatuses") or []
-    ready = sum(1 for s in statuses if s.get("ready"))
-    return f"{ready}/{len(containers)}"
-
-
-def _pod_status(obj: Obj) -> str:
-    if get_path(obj, ".metadata.deletionTimestamp"):
-        return "Terminating"
-    reason = get_path(obj, ".status.reason")
-    if reason:
-        return str(reason)
-    for s in get_path(obj, ".status.containerStatuses") or []:
-        state = s.get("state") or {}
-        for key in ("waiting", "terminated"):
-            r = (state.get(key) or {}).get("reason")
-            if r and r != "Completed":
-                return str(r)
-    return str(get_path(obj, ".status.phase") or "Pending")
-
-
-def _pod_restarts(obj: Obj) -> int:
-    return sum(int(s.get("restartCount") or 0) for s in get_path(obj, ".status.containerStatuses") or [])
 
 
 def _none_dash(path: str) -> Any:
@@ -71,15 +47,32 @@ def _count(path: str) -> Any:
 
 def _event_object(obj: Obj) -> str:
     kind = str(get_path(obj, ".involvedObject.kind") or "").lower()
-    return f"{kind}/{get_path(obj, '.involvedObject.name') or ''}"
+    name = get_path(obj, ".involvedObject.name")
+    return f"{kind}/{name}" if name else kind
+
+
+def _event_first_seen(obj: Obj) -> Any:
+    return get_path(obj, ".firstTimestamp") or get_path(obj, ".eventTime")
 
 
 def _event_last_seen(obj: Obj) -> Any:
+    """kube's printEvent: the series' last observation, else lastTimestamp, else the first one."""
     return (
-        get_path(obj, ".lastTimestamp")
-        or get_path(obj, ".eventTime")
-        or get_path(obj, ".metadata.creationTimestamp")
+        get_path(obj, ".series.lastObservedTime")
+        or get_path(obj, ".lastTimestamp")
+        or _event_first_seen(obj)
     )
+
+
+def _event_count(obj: Obj) -> int:
+    series = get_path(obj, ".series.count")
+    return int(series if series is not None else (get_path(obj, ".count") or 1))
+
+
+def _event_source(obj: Obj) -> str:
+    component = get_path(obj, ".source.component") or get_path(obj, ".reportingComponent") or ""
+    host = get_path(obj, ".source.host") or get_path(obj, ".reportingInstance") or ""
+    return f"{component}, {host}" if host else str(component)
 
 
 def _service_ports(obj: Obj) -> str:
@@ -120,13 +113,34 @@ def _default_pvc(obj: Obj) -> None:
     obj.setdefault("status", {}).setdefault("phase", "Pending")
 
 
+def _validate_immutable_data(obj: Obj, old: Obj | None) -> list[str]:
+    """A ConfigMap or Secret marked `immutable: true` keeps its data and the mark, as kube enforces."""
+    if old is None or not old.get("immutable"):
+        return []
+    errs = []
+    if not obj.get("immutable"):
+        errs.append("immutable: Forbidden: field is immutable when `immutable` is set")
+    for key in ("data", "binaryData"):
+        if (obj.get(key) or {}) != (old.get(key) or {}):
+            errs.append(f"{key}: Forbidden: field is immutable when `immutable` is set")
+    return errs
+
+
 def _default_namespace(obj: Obj) -> None:
     obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
     obj.setdefault("status", {}).setdefault("phase", "Active")
 
 
 def _default_secret(obj: Obj) -> None:
+    """Type Opaque by default; `stringData` merged into `data` (base64) and never stored, as kube does."""
     obj.setdefault("type", "Opaque")
+    string_data = obj.pop("stringData", None)
+    if isinstance(string_data, dict) and string_data:
+        data = obj.get("data")
+        data = dict(data) if isinstance(data, dict) else {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
 
 
 def _default_service(obj: Obj) -> None:
@@ -210,9 +224,9 @@ def core_kinds() -> list[ResourceKind]:
             status_subresource=True,
             extra_subresources=("log",),
             columns=(
-                Column("Ready", func=_pod_ready),
-                Column("Status", func=_pod_status),
-                Column("Restarts", "string", func=lambda o: str(_pod_restarts(o))),
+                Column("Ready", func=podprinter.ready_cell),
+                Column("Status", func=podprinter.status_cell),
+                Column("Restarts", "string", func=podprinter.restarts_cell),
                 Column("IP", func=_none_dash(".status.podIP"), priority=1),
                 Column("Node", func=_none_dash(".spec.nodeName"), priority=1),
                 Column("Nominated Node", func=_none_dash(".status.nominatedNodeName"), priority=1),
@@ -238,6 +252,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="secret",
             columns=(Column("Type", json_path=".type"), Column("Data", "integer", func=_count(".data"))),
             default=_default_secret,
+            validate=_validate_immutable_data,
             selectable_fields=("type",),
             non_spec_fields=(),
         ),
@@ -249,6 +264,7 @@ def core_kinds() -> list[ResourceKind]:
             singular="configmap",
             short_names=("cm",),
             columns=(Column("Data", "integer", func=_count(".data")),),
+            validate=_validate_immutable_data,
             non_spec_fields=(),
         ),
         ResourceKind(
@@ -260,12 +276,17 @@ def core_kinds() -> list[ResourceKind]:
             short_names=("ev",),
             name_column=False,
             age_column=False,
+            # kube's event printer: the same columns in the same order, the wide ones at priority 1.
             columns=(
                 Column("Last Seen", "date", func=_event_last_seen),
                 Column("Type", json_path=".type"),
                 Column("Reason", json_path=".reason"),
                 Column("Object", func=_event_object),
-                Column("Message", json_path=".message"),
+                Column("Subobject", func=lambda o: get_path(o, ".involvedObject.fieldPath") or "", priority=1),
+                Column("Source", func=_event_source, priority=1),
+                Column("Message", func=lambda o: str(get_path(o, ".message") or "").strip()),
+                Column("First Seen", "date", func=_event_first_seen, priority=1),
+                Column("Count", "integer", func=_event_count, priority=1),
                 Column("Name", json_path=".metadata.name", priority=1, format="name"),
             ),
             validate=_validate_event,

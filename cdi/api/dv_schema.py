@@ -208,7 +208,7 @@ def _condition() -> Schema:
         ["status", "type"],
         type=s("Bound, Ready or Running."),
         status=s("True, False or Unknown."),
-        lastProbeTime=s(format="date-time"),
+        lastHeartbeatTime=s(format="date-time"),
         lastTransitionTime=s(format="date-time"),
         reason=s("A machine-readable reason for the condition."),
         message=s("A human-readable message."),

@@ -101,6 +101,15 @@ class ResourceKind:
         return f"{self.kind}.{self.group}" if self.group else self.kind
 
     @property
+    def custom(self) -> bool:
+        """Whether the kind is a custom resource (a CRD's) rather than one built into kube.
+
+        Built-in kinds live in the core group or in `*.k8s.io` groups (apps and the like are not
+        served here); a CRD's group must contain a dot and is not `*.k8s.io` without approval.
+        """
+        return "." in self.group and not self.group.endswith(".k8s.io")
+
+    @property
     def key(self) -> str:
         """Storage key of the resource: `group/plural` (core group is empty)."""
         return f"{self.group}/{self.plural}"

@@ -19,9 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
-from cdi.apiserver import discovery, kubevirt_subresources, openapi
+from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2
 from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
+from cdi.apiserver.limits import BodyLimit
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.routes import JSON, ResourceHandlers, json_response
 from cdi.apiserver.store import Store
@@ -104,6 +105,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.objects = objects
     app.state.registry = registry
     app.state.hooks = hooks
+    app.add_middleware(BodyLimit)
     app.add_middleware(BearerAuth, token=settings.token)
     kubevirt_subresources.install(app, objects, registry)  # before the catch-all /apis/{group} routes
 
@@ -117,8 +119,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
+        # The exception's text may name files, queries or internals: it goes to the log only.
         log.exception("internal error method=%s path=%s", request.method, request.url.path)
-        return json_response(status_object(500, "InternalError", f"Internal error occurred: {exc}"), 500)
+        message = "Internal error occurred: the server could not complete the request (see its log)"
+        return json_response(status_object(500, "InternalError", message), 500)
 
     def _discovery(request: Request, core: bool, legacy: dict[str, Any]) -> Response:
         version = discovery.aggregated_version(request.headers.get("accept"))
@@ -161,6 +165,15 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     @app.get("/livez")
     async def _health() -> Response:
         return Response("ok", media_type="text/plain")
+
+    @app.get("/openapi/v2")
+    async def _openapi_v2(request: Request) -> Response:
+        media = openapi_v2.negotiate(request.headers.get("accept"))
+        doc = openapi_v2.document(registry)
+        if media == openapi_v2.PROTOBUF:
+            # kube answers with the legacy name: Go's mime parser refuses the '@' of the new one.
+            return Response(openapi_v2.to_protobuf(doc), media_type=openapi_v2.PROTOBUF_LEGACY)
+        return json_response(doc)
 
     @app.get("/openapi/v3")
     async def _openapi_root() -> Response:

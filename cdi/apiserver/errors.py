@@ -74,6 +74,14 @@ class Invalid(ApiServerError):
 
     @classmethod
     def of(cls, kind: ResourceKind, name: str, errors: list[str]) -> Invalid:
+        details: Obj = {"name": name, "kind": kind.kind}
+        if kind.group:
+            details["group"] = kind.group
+        return cls.named(kind.qualified_kind, name, errors, details=details)
+
+    @classmethod
+    def named(cls, qualified_kind: str, name: str, errors: list[str], *, details: Obj | None = None) -> Invalid:
+        """`<Kind.group> "<name>" is invalid: ...` for any kind, e.g. CreateOptions.meta.k8s.io."""
         causes = []
         for e in errors:
             fld, sep, msg = e.partition(": ")
@@ -82,10 +90,13 @@ class Invalid(ApiServerError):
             reason = next((r for p, r in CAUSE_REASONS.items() if msg.startswith(p)), "FieldValueInvalid")
             causes.append({"reason": reason, "message": msg, "field": fld})
         joined = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
-        details = {"name": name, "kind": kind.kind, "causes": causes}
-        if kind.group:
-            details["group"] = kind.group
-        return cls(f'{kind.qualified_kind} "{name}" is invalid: {joined}', details=details)
+        if details is None:
+            kind, _, group = qualified_kind.partition(".")
+            details = {"name": name, "kind": kind}
+            if group:
+                details["group"] = group
+        details = {**details, "causes": causes}
+        return cls(f'{qualified_kind} "{name}" is invalid: {joined}', details=details)
 
 
 class BadRequest(ApiServerError):
@@ -124,6 +135,14 @@ class Timeout(ApiServerError):
     pass
 
 
+class RequestEntityTooLarge(ApiServerError):
+    """413: a request body over kube's limit, or an object larger than the store accepts."""
+
+
+class InternalError(ApiServerError):
+    """500 with a message safe to show; the cause stays in the server log."""
+
+
 # Error class -> (HTTP status, Status.reason). The single place where domain errors meet HTTP.
 STATUS_TABLE: dict[type[ApiServerError], tuple[int, str]] = {
     BadRequest: (400, "BadRequest"),
@@ -136,7 +155,9 @@ STATUS_TABLE: dict[type[ApiServerError], tuple[int, str]] = {
     Conflict: (409, "Conflict"),
     Expired: (410, "Expired"),
     UnsupportedMediaType: (415, "UnsupportedMediaType"),
+    RequestEntityTooLarge: (413, "RequestEntityTooLarge"),
     Invalid: (422, "Invalid"),
+    InternalError: (500, "InternalError"),
     Timeout: (504, "Timeout"),
 }
 

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver import limits, options
 from cdi.apiserver.errors import ApiServerError, Conflict, NotFound, to_status
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.routes import json_response
@@ -88,7 +89,7 @@ class VmActions:
         self.vm_kind: ResourceKind = vm
         self.vmi_kind: ResourceKind = vmi
 
-    def run(self, action: str, ns: str, name: str) -> None:
+    def run(self, action: str, ns: str, name: str, *, dry_run: bool = False) -> None:
         with self.objects.store.lock:
             vm = self.objects.get(self.vm_kind, ns, name)
             try:
@@ -97,7 +98,7 @@ class VmActions:
                 vmi = None
             new, status = getattr(self, f"_{action}")(vm, vmi, _strategy(vm))
             log.info("vm %s ns=%s name=%s", action, ns, name)
-            self.objects.update(self.vm_kind, ns, name, new, status=status)
+            self.objects.update(self.vm_kind, ns, name, new, status=status, dry_run=dry_run)
 
     def _start(self, vm: Obj, vmi: Obj | None, strategy: str) -> tuple[Obj, bool]:
         name = vm["metadata"]["name"]
@@ -192,7 +193,11 @@ def install(app: FastAPI, objects: Objects, registry: Registry) -> None:
     async def _vm_action(request: Request, ns: str, name: str, action: str) -> Response:
         if action not in ("start", "stop", "restart"):
             raise NotFound("the server could not find the requested resource")
-        actions.run(action, ns, name)
+        body = await request.body()
+        sent = limits.decode(body, "Can not unmarshal Request body to struct") if body.strip() else {}
+        body_dry_run = sent.get("dryRun") or [] if isinstance(sent, dict) else []
+        opts = options.parse("UpdateOptions", request.query_params, body_dry_run=body_dry_run)
+        actions.run(action, ns, name, dry_run=opts.dry_run)
         return Response(status_code=202)
 
     @app.websocket(PREFIX + "/namespaces/{ns}/virtualmachineinstances/{name}/console")

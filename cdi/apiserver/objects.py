@@ -4,7 +4,9 @@ Create, update, status update, patch and delete as kube-apiserver does them: uid
 creationTimestamp, resourceVersion preconditions (409 on stale writes), generation bumped on spec
 changes only, status preserved by main-resource writes of kinds with a status subresource,
 finalizers and deletionTimestamp, ownerReferences with cascading deletion (Background by default,
-Foreground and Orphan), namespace termination, defaulting and validation from the kind declaration.
+Foreground and Orphan), namespace termination, defaulting and validation from the kind declaration
+and of ObjectMeta (`metavalidation`), field validation (`fieldvalidation`), managedFields and
+server-side apply (`managedfields`), and dry runs that compute the answer without writing.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver import fieldvalidation, limits, managedfields, metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
+from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.patch import apply_patch
 from cdi.apiserver.selectors import Matcher
 from cdi.apiserver.store import Store
@@ -29,8 +32,6 @@ Obj = dict[str, Any]
 
 FOREGROUND = "foregroundDeletion"
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GEN_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -74,9 +75,23 @@ class Objects:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def create(self, kind: ResourceKind, ns: str, body: Obj, *, dry_run: bool = False) -> Obj:
+    def create(
+        self,
+        kind: ResourceKind,
+        ns: str,
+        body: Obj,
+        *,
+        dry_run: bool = False,
+        fields: FieldCheck | None = None,
+        manager: str | None = None,
+    ) -> Obj:
+        """POST; `manager` (the request's field manager) takes ownership of every field it set."""
         obj = self._check_body(kind, ns, copy.deepcopy(body))
+        if fields is not None:
+            fields.body(kind, obj)
         meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise BadRequest("resourceVersion should not be set on objects to be created")
         with self.store.lock:
             if kind.namespaced:
                 self._check_namespace_open(ns)
@@ -85,7 +100,12 @@ class Objects:
                     raise Invalid.of(
                         kind, "", ["metadata.name: Required value: name or generateName is required"]
                     )
-                meta["name"] = meta["generateName"] + "".join(random.choices(_GEN_CHARS, k=5))
+                prefix = metavalidation.generated_prefix(str(meta["generateName"]))
+                meta["name"] = prefix + "".join(random.choices(_GEN_CHARS, k=5))
+                problems = metavalidation.check_name(kind, meta["name"])
+                if problems:  # the random part is valid: the prefix is to blame, as kube says
+                    bad = metavalidation.check_name(kind, prefix + "a", field="metadata.generateName")
+                    raise Invalid.of(kind, "", bad or problems)
             name = meta["name"]
             self._check_name(kind, name)
             if self.store.get(kind.key, meta.get("namespace", ""), name) is not None:
@@ -100,6 +120,8 @@ class Objects:
             if kind.default:
                 kind.default(obj)
             self._validate(kind, obj, None)
+            if manager is not None:
+                managedfields.record_update(kind, None, obj, manager)
             if dry_run:
                 return obj
             log.info("create resource=%s ns=%s name=%s", kind.key, ns, name)
@@ -116,9 +138,13 @@ class Objects:
         *,
         status: bool = False,
         dry_run: bool = False,
+        fields: FieldCheck | None = None,
+        manager: str | None = None,
     ) -> Obj:
         """PUT of the object (or of its status subresource when `status`)."""
         new = self._check_body(kind, ns, copy.deepcopy(body))
+        if fields is not None:
+            fields.body(kind, new)
         if new["metadata"].get("name", name) != name:
             raise BadRequest(
                 f"the name of the object ({new['metadata']['name']}) "
@@ -154,6 +180,8 @@ class Objects:
                     new["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
             if _without_rv(new) == _without_rv(old):
                 return old
+            if manager is not None:
+                managedfields.record_update(kind, old, new, manager, subresource="status" if status else "")
             if dry_run:
                 return new
             if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
@@ -170,13 +198,55 @@ class Objects:
         *,
         status: bool = False,
         dry_run: bool = False,
+        fields: FieldCheck | None = None,
+        manager: str | None = None,
     ) -> Obj:
+        """PATCH with a JSON, merge or strategic merge patch (server-side apply is `apply`)."""
         with self.store.lock:
             old = self.get(kind, ns, name)
-            patched = apply_patch(content_type, old, body)
+            patched = apply_patch(content_type, old, body, custom=kind.custom)
             if not isinstance(patched, dict):
                 raise BadRequest("the patched object is not a JSON object")
-            return self.update(kind, ns, name, patched, status=status, dry_run=dry_run)
+            if fields is not None:
+                fields.patched(kind, patched)
+            return self.update(kind, ns, name, patched, status=status, dry_run=dry_run, manager=manager)
+
+    def apply(
+        self,
+        kind: ResourceKind,
+        ns: str,
+        name: str,
+        body: bytes,
+        *,
+        manager: str,
+        force: bool = False,
+        status: bool = False,
+        dry_run: bool = False,
+    ) -> tuple[Obj, bool]:
+        """Server-side apply of a YAML (or JSON) configuration by `manager` (see managedfields).
+
+        Returns the object and whether the apply created it.
+        """
+        config = limits.decode(body, "error decoding YAML", as_yaml=True)
+        if not isinstance(config, dict):
+            raise BadRequest("the applied configuration must be an object")
+        config = self._check_body(kind, ns, config)
+        if config["metadata"].get("name", name) != name:
+            raise BadRequest(
+                f"the name of the object ({config['metadata']['name']}) does not match the name on the URL ({name})"
+            )
+        config["metadata"]["name"] = name
+        fieldvalidation.applied(kind, config)
+        with self.store.lock:
+            current = self.store.get(kind.key, ns if kind.namespaced else "", name)
+            if current is None and status:
+                raise NotFound.of(kind, name)
+            new = managedfields.apply(
+                kind, current, config, manager, force=force, subresource="status" if status else ""
+            )
+            if current is None:
+                return self.create(kind, ns, new, dry_run=dry_run), True
+            return self.update(kind, ns, name, new, status=status, dry_run=dry_run), False
 
     def delete(
         self, kind: ResourceKind, ns: str, name: str, options: Obj | None = None, *, dry_run: bool = False
@@ -202,7 +272,7 @@ class Objects:
             if kind is self.namespaces and name in PROTECTED_NAMESPACES:
                 raise Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted')
             if dry_run:
-                return obj, True
+                return self._dry_run_delete(kind, obj, policy)
             if policy == "Orphan":
                 self._orphan_dependents(meta["uid"])
             if kind is self.namespaces:
@@ -221,6 +291,23 @@ class Objects:
                 self._delete_dependents(meta["uid"])
                 obj = self._maybe_finish_foreground(kind, obj)
             return obj, False
+
+    def _dry_run_delete(self, kind: ResourceKind, obj: Obj, policy: str) -> tuple[Obj, bool]:
+        """What a delete would answer, computed without writing, cascading or touching finalizers."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if policy == "Foreground" and FOREGROUND not in finalizers and self._dependents(meta["uid"]):
+            finalizers.append(FOREGROUND)
+        if kind is not self.namespaces and not finalizers:
+            return obj, True
+        held = copy.deepcopy(obj)
+        held["metadata"].setdefault("deletionTimestamp", now_rfc3339())
+        held["metadata"]["deletionGracePeriodSeconds"] = 0
+        if finalizers:
+            held["metadata"]["finalizers"] = finalizers
+        if kind is self.namespaces:
+            held.setdefault("status", {})["phase"] = "Terminating"
+        return held, False
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -250,18 +337,9 @@ class Objects:
         return obj
 
     def _check_name(self, kind: ResourceKind, name: str) -> None:
-        pattern, limit = (_LABEL, 63) if kind is self.namespaces else (_SUBDOMAIN, 253)
-        if len(name) > limit or not pattern.match(name):
-            raise Invalid.of(
-                kind,
-                name,
-                [
-                    f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 '
-                    f"{'label' if limit == 63 else 'subdomain'} must consist of lower case alphanumeric "
-                    "characters, '-' or '.', and must start and end with an alphanumeric character "
-                    f"(at most {limit} characters)"
-                ],
-            )
+        problems = metavalidation.check_name(kind, name)
+        if problems:
+            raise Invalid.of(kind, name, problems)
 
     def _check_namespace_open(self, ns: str) -> None:
         assert self.namespaces is not None
@@ -272,10 +350,11 @@ class Objects:
             raise Forbidden(f"unable to create new content in namespace {ns} because it is being terminated")
 
     def _validate(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
+        errors = metavalidation.check_metadata(obj["metadata"])
         if kind.validate:
-            errors = kind.validate(obj, old)
-            if errors:
-                raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
+            errors += kind.validate(obj, old)
+        if errors:
+            raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
 
     def _carry_over(self, kind: ResourceKind, old: Obj, new: Obj) -> None:
         meta, old_meta = new["metadata"], old["metadata"]
@@ -291,6 +370,8 @@ class Objects:
             else:
                 meta.pop(k, None)
         meta["resourceVersion"] = old_meta["resourceVersion"]
+        if "managedFields" not in meta and "managedFields" in old_meta:
+            meta["managedFields"] = old_meta["managedFields"]  # omitted means unchanged, as in kube
         if kind.status_subresource:
             if "status" in old:
                 new["status"] = old["status"]

@@ -6,8 +6,8 @@ What kubectl needs from them:
   `fieldValidation` query parameter to decide that the server validates, so every kind gets its
   paths with that parameter.
 Kinds without a declared schema get no component schema, so kubectl's apply falls back to its
-compiled-in types for the strategic merge patch of built-in kinds. OpenAPI v2 is not served: its
-client only speaks protobuf, and kubectl 1.32 uses v3 when /openapi/v3 exists.
+compiled-in types for the strategic merge patch of built-in kinds. The OpenAPI v2 document
+(`openapi_v2.py`) is derived from these; kubectl 1.32 uses v3 when /openapi/v3 exists.
 """
 
 from __future__ import annotations
@@ -38,10 +38,21 @@ def _gvk(kind: ResourceKind) -> Obj:
     return {"group": kind.group, "version": kind.version, "kind": kind.kind}
 
 
-def _operation(kind: ResourceKind, action: str, *, body: bool) -> Obj:
+_VERB_OF_ACTION = {"get": "read", "put": "replace", "patch": "patch", "delete": "delete", "list": "list",
+                   "post": "create"}
+
+
+def operation_id(kind: ResourceKind, action: str, subresource: str = "") -> str:
+    """kube's operation ids, unique per document: readCoreV1NamespacedPodStatus, listCdiKubevirtIoV1beta1..."""
+    group = "".join(p.capitalize() for p in kind.group.split(".")) if kind.group else "Core"
+    scope = "Namespaced" if kind.namespaced else ""
+    return f"{_VERB_OF_ACTION[action]}{group}{kind.version.capitalize()}{scope}{kind.kind}{subresource.capitalize()}"
+
+
+def _operation(kind: ResourceKind, action: str, *, body: bool, subresource: str = "") -> Obj:
     ref = {"$ref": f"#/components/schemas/{schema_name(kind)}"} if kind.schema else {"type": "object"}
     op: Obj = {
-        "operationId": f"{action}{kind.kind}",
+        "operationId": operation_id(kind, action, subresource),
         "x-kubernetes-action": action,
         "x-kubernetes-group-version-kind": _gvk(kind),
         "parameters": [
@@ -70,9 +81,9 @@ def _paths(kind: ResourceKind) -> Obj:
     paths = {base: collection, f"{base}/{{name}}": item}
     if kind.status_subresource:
         paths[f"{base}/{{name}}/status"] = {
-            "get": _operation(kind, "get", body=False),
-            "put": _operation(kind, "put", body=True),
-            "patch": _operation(kind, "patch", body=True),
+            "get": _operation(kind, "get", body=False, subresource="status"),
+            "put": _operation(kind, "put", body=True, subresource="status"),
+            "patch": _operation(kind, "patch", body=True, subresource="status"),
         }
     return paths
 

@@ -1,47 +1,22 @@
 """Patch formats: JSON merge patch (RFC 7386), JSON patch (RFC 6902), strategic merge patch.
 
-Strategic merge patch is done as a merge patch with the parts of the strategy kubectl relies on:
-- lists of objects named in `MERGE_KEYS` (containers by name, conditions by type, ...) are merged
-  element by element on their merge key instead of replaced, and `$patch: delete` in such an
-  element removes it;
-- `finalizers` is merged as a set, with `$deleteFromPrimitiveList/finalizers` removing entries;
-- `$patch: replace` on a map replaces it, `$patch: delete` on a map deletes it;
-- `$retainKeys` keeps only the listed keys of the map after merging;
-- `$setElementOrder/<list>` is accepted and ignored (order of merged lists is the stored order
-  followed by new elements).
-Lists not named in `MERGE_KEYS` are replaced, as in a merge patch.
+Strategic merge patch lives in `strategic.py` and is accepted for built-in kinds only: for custom
+resources kube-apiserver answers 415 listing the types it accepts, and so do we.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
+from cdi.apiserver import limits
 from cdi.apiserver.errors import BadRequest, Conflict, UnsupportedMediaType
+from cdi.apiserver.strategic import strategic_merge_patch
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
-
-# Field name -> merge key of lists merged element-wise by strategic merge patch.
-MERGE_KEYS = {
-    "containers": "name",
-    "initContainers": "name",
-    "ephemeralContainers": "name",
-    "env": "name",
-    "volumes": "name",
-    "volumeMounts": "mountPath",
-    "volumeDevices": "devicePath",
-    "ports": "containerPort",
-    "conditions": "type",
-    "ownerReferences": "uid",
-    "imagePullSecrets": "name",
-    "containerStatuses": "name",
-    "initContainerStatuses": "name",
-}
-PRIMITIVE_SET_LISTS = ("finalizers",)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -154,81 +129,30 @@ def json_patch(doc: Any, ops: Any) -> Any:
     return doc
 
 
-def _merge_keyed_list(target: list[Any], patch: list[Any], key: str) -> list[Any]:
-    if not all(isinstance(x, dict) and key in x for x in [*target, *patch]):
-        return copy.deepcopy([x for x in patch if not (isinstance(x, dict) and "$patch" in x)])
-    result = [copy.deepcopy(x) for x in target]
-    for item in patch:
-        idx = next((i for i, x in enumerate(result) if x[key] == item[key]), None)
-        if item.get("$patch") == "delete":
-            if idx is not None:
-                result.pop(idx)
-            continue
-        if idx is None:
-            result.append(strategic_merge_patch({}, item))
-        else:
-            result[idx] = strategic_merge_patch(result[idx], item)
-    return result
+def accepted_types(*, custom: bool) -> list[str]:
+    """PATCH media types kube-apiserver accepts: custom resources have no strategic merge patch."""
+    types = [JSON_PATCH, MERGE_PATCH] + ([] if custom else [STRATEGIC_PATCH])
+    return [*types, APPLY_PATCH]
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
-    """Strategic merge patch for the directives kubectl emits (see module docstring)."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    directive = patch.get("$patch")
-    if directive == "delete":
-        return None
-    if directive == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    retain = patch.get("$retainKeys")
-    for key, value in patch.items():
-        if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
-            continue
-        if key.startswith("$deleteFromPrimitiveList/"):
-            name = key.split("/", 1)[1]
-            result[name] = [x for x in result.get(name) or [] if x not in (value or [])]
-            continue
-        if value is None:
-            result.pop(key, None)
-        elif key in MERGE_KEYS and isinstance(value, list) and isinstance(result.get(key), list):
-            result[key] = _merge_keyed_list(result[key], value, MERGE_KEYS[key])
-        elif key in PRIMITIVE_SET_LISTS and isinstance(value, list) and isinstance(result.get(key), list):
-            result[key] = list(dict.fromkeys([*result[key], *value]))
-        else:
-            merged = strategic_merge_patch(result.get(key), value)
-            if merged is None:
-                result.pop(key, None)
-            else:
-                result[key] = merged
-    if isinstance(retain, list):
-        result = {k: v for k, v in result.items() if k in retain}
-    return result
+def apply_patch(content_type: str, current: Any, body: bytes, *, custom: bool = False) -> Any:
+    """Apply a PATCH body of the given media type to `current` and return the patched document.
 
-
-def apply_patch(content_type: str, current: Any, body: bytes) -> Any:
-    """Apply a PATCH body of the given media type to `current` and return the patched document."""
+    `custom` marks a custom resource. Server-side apply is handled by the caller (`managedfields`).
+    """
     media = content_type.split(";")[0].strip().lower()
-    if media == APPLY_PATCH:
+    if media not in accepted_types(custom=custom) or media == APPLY_PATCH:
         raise UnsupportedMediaType(
-            "server-side apply (application/apply-patch+yaml) is not supported by this server; "
-            "use client-side `kubectl apply` (the default) or a merge patch"
+            "the body of the request was in an unknown format - accepted media types include: "
+            + ", ".join(accepted_types(custom=custom))
         )
-    try:
-        patch = json.loads(body or b"null")
-    except ValueError as e:
-        raise BadRequest(f"error decoding patch: {e}") from e
+    patch = limits.decode(body, "error decoding patch")
     if media == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise BadRequest("merge patch must be a JSON object")
         return merge_patch(current, patch)
     if media == JSON_PATCH:
         return json_patch(current, patch)
-    if media == STRATEGIC_PATCH:
-        if not isinstance(patch, dict):
-            raise BadRequest("strategic merge patch must be a JSON object")
-        return strategic_merge_patch(current, patch)
-    raise UnsupportedMediaType(
-        f"the body of the request was in an unknown format - accepted media types include: "
-        f"{JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_PATCH}"
-    )
+    if not isinstance(patch, dict):
+        raise BadRequest("strategic merge patch must be a JSON object")
+    return strategic_merge_patch(current, patch)

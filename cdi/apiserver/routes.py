@@ -8,22 +8,22 @@ stream) is chosen from the query and the Accept header as kube-apiserver does.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import protobuf
+from cdi.apiserver import fieldvalidation, limits, managedfields, options, pagination, protobuf
 from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
+from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
+from cdi.apiserver.patch import APPLY_PATCH
 from cdi.apiserver.selectors import field_matcher, label_matcher
 from cdi.apiserver.tables import partial_metadata, table, wants
 from cdi.apiserver.watch import WatchRequest, watch_stream
@@ -43,10 +43,15 @@ class Target:
     subresource: str | None
 
 
-def json_response(obj: Any, status: int = 200, media_type: str = JSON) -> Response:
-    return Response(
+def json_response(
+    obj: Any, status: int = 200, media_type: str = JSON, *, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    response = Response(
         json.dumps(obj, separators=(",", ":")).encode(), status_code=status, media_type=media_type
     )
+    for name, value in headers or []:
+        response.headers.append(name, value)
+    return response
 
 
 def _flag(value: str | None) -> bool:
@@ -96,7 +101,6 @@ class ResourceHandlers:
             raise NotFound("the server could not find the requested resource")
         method = request.method
         q = request.query_params
-        dry_run = bool(q.get("dryRun"))
         ns = t.namespace or ""
         if method == "GET":
             if t.name is None:
@@ -110,31 +114,48 @@ class ResourceHandlers:
                     f"the server does not allow this method on the requested resource "
                     f"(post {t.kind.group_resource}): create needs a namespace"
                 )
-            created = self.objects.create(t.kind, ns, await self._body(request), dry_run=dry_run)
-            return json_response(created, 201)
-        if method == "PUT" and t.name is not None and sub in (None, "status"):
-            return json_response(
-                self.objects.update(
-                    t.kind, ns, t.name, await self._body(request), status=sub == "status", dry_run=dry_run
-                )
+            opts = options.parse("CreateOptions", q)
+            body, check = await self._body(request, opts)
+            created = self.objects.create(
+                t.kind, ns, body, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)
             )
-        if method == "PATCH" and t.name is not None and sub in (None, "status"):
-            body = await request.body()
-            patched = self.objects.patch(
+            return json_response(created, 201, headers=check.headers())
+        if method == "PUT" and t.name is not None and sub in (None, "status"):
+            opts = options.parse("UpdateOptions", q)
+            body, check = await self._body(request, opts)
+            updated = self.objects.update(
                 t.kind,
                 ns,
                 t.name,
-                request.headers.get("content-type", ""),
                 body,
                 status=sub == "status",
-                dry_run=dry_run,
+                dry_run=opts.dry_run,
+                fields=check,
+                manager=self._manager(request, opts),
             )
-            return json_response(patched)
+            return json_response(updated, headers=check.headers())
+        if method == "PATCH" and t.name is not None and sub in (None, "status"):
+            ctype = request.headers.get("content-type", "")
+            is_apply = ctype.split(";")[0].strip().lower() == APPLY_PATCH
+            opts = options.parse("PatchOptions", q, apply=is_apply)
+            check = FieldCheck(opts.field_validation)
+            raw = await request.body()
+            manager = self._manager(request, opts)
+            on_status = sub == "status"
+            if is_apply:
+                applied, made = self.objects.apply(
+                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
+                )
+                return json_response(applied, 201 if made else 200, headers=check.headers())
+            patched = self.objects.patch(
+                t.kind, ns, t.name, ctype, raw, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager
+            )
+            return json_response(patched, headers=check.headers())
         if method == "DELETE" and sub is None:
-            options = await self._delete_options(request)
+            delete_opts, opts = options.delete_options(await request.body(), q)
             if t.name is None:
-                return self._delete_collection(request, t, options, dry_run)
-            obj, finished = self.objects.delete(t.kind, ns, t.name, options, dry_run=dry_run)
+                return self._delete_collection(request, t, delete_opts, opts.dry_run)
+            obj, finished = self.objects.delete(t.kind, ns, t.name, delete_opts, dry_run=opts.dry_run)
             if finished:
                 details: Obj = {"name": t.name, "kind": t.kind.plural, "uid": obj["metadata"].get("uid")}
                 if t.kind.group:
@@ -154,42 +175,24 @@ class ResourceHandlers:
             f"({method.lower()} {t.kind.group_resource})"
         )
 
-    async def _body(self, request: Request) -> Obj:
+    async def _body(self, request: Request, opts: options.WriteOptions) -> tuple[Obj, FieldCheck]:
+        """The decoded body of a create or update and the field validation it is subject to."""
         raw = await request.body()
         ctype = request.headers.get("content-type", JSON).split(";")[0].strip()
+        check = FieldCheck(opts.field_validation)
         if ctype == PROTOBUF:
-            return protobuf.decode(raw)
-        try:
-            if ctype in ("application/yaml", "application/x-yaml"):
-                data = yaml.safe_load(raw)
-            else:
-                data = json.loads(raw or b"null")
-        except (ValueError, yaml.YAMLError) as e:
-            raise BadRequest(f"error decoding request body: {e}") from e
+            data = protobuf.decode(raw)
+        elif ctype in ("application/yaml", "application/x-yaml"):
+            data = limits.decode(raw, "error decoding request body", as_yaml=True)
+        else:
+            data, check.duplicates = fieldvalidation.decode(raw)
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
-        return data
+        return data, check
 
-    async def _delete_options(self, request: Request) -> Obj:
-        raw = await request.body()
-        options: Obj = {}
-        if raw.strip():
-            try:
-                options = json.loads(raw)
-            except ValueError as e:
-                raise BadRequest(f"error decoding DeleteOptions: {e}") from e
-        q = request.query_params
-        if q.get("propagationPolicy"):
-            options["propagationPolicy"] = q["propagationPolicy"]
-        if q.get("orphanDependents"):
-            options["orphanDependents"] = _flag(q["orphanDependents"])
-        policy = options.get("propagationPolicy")
-        if policy not in (None, "Background", "Foreground", "Orphan"):
-            raise BadRequest(
-                f"propagationPolicy: Unsupported value: {policy!r}: supported values: "
-                '"Background", "Foreground", "Orphan"'
-            )
-        return options
+    @staticmethod
+    def _manager(request: Request, opts: options.WriteOptions) -> str:
+        return managedfields.manager_of(opts.field_manager, request.headers.get("user-agent"))
 
     def _matchers(self, request: Request, kind: ResourceKind) -> tuple[Any, ...]:
         q = request.query_params
@@ -228,25 +231,17 @@ class ResourceHandlers:
                 is_disconnected=request.is_disconnected,
             )
             return StreamingResponse(stream, media_type=JSON)
+        if q.get("continue") and q.get("resourceVersion") not in (None, ""):
+            raise BadRequest("specifying resource version is not allowed when using continue")
         items, rv = self.objects.select(kind, t.namespace, *matchers)
-        list_meta: Obj = {"resourceVersion": str(rv)}
-        limit = _int(q.get("limit"), "limit")
-        start = 0
-        if q.get("continue"):
-            try:
-                token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
-                start = int(token["start"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise BadRequest("continue key is not valid") from e
-        if limit and limit > 0:
-            page = items[start : start + limit]
-            if start + limit < len(items):
-                token_s = json.dumps({"rv": rv, "start": start + limit}).encode()
-                list_meta["continue"] = base64.urlsafe_b64encode(token_s).decode()
-                list_meta["remainingItemCount"] = len(items) - start - limit
-            items = page
-        elif start:
-            items = items[start:]
+        items, list_meta = pagination.page(
+            items,
+            rv=rv,
+            limit=_int(q.get("limit"), "limit"),
+            token=q.get("continue"),
+            compacted=self.objects.store.compacted,
+            exact_count=not (q.get("labelSelector") or q.get("fieldSelector")),
+        )
         if wants(accept, "Table"):
             return json_response(table(kind, items, include_object=include, list_meta=list_meta))
         if wants(accept, "PartialObjectMetadataList"):
@@ -267,14 +262,14 @@ class ResourceHandlers:
             }
         )
 
-    def _delete_collection(self, request: Request, t: Target, options: Obj, dry_run: bool) -> Response:
+    def _delete_collection(self, request: Request, t: Target, delete_opts: Obj, dry_run: bool) -> Response:
         items, _ = self.objects.select(t.kind, t.namespace, *self._matchers(request, t.kind))
         deleted = []
         for o in items:
             meta = o["metadata"]
             try:
                 obj, _ = self.objects.delete(
-                    t.kind, meta.get("namespace", ""), meta["name"], options, dry_run=dry_run
+                    t.kind, meta.get("namespace", ""), meta["name"], delete_opts, dry_run=dry_run
                 )
             except NotFound:
                 continue

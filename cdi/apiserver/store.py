@@ -2,7 +2,9 @@
 
 Objects live in one table keyed by (resource, namespace, name) with their JSON body; every write
 takes the next resourceVersion and appends a watch event (ADDED, MODIFIED, DELETED) to the event
-table, which keeps the last `history` events. Watchers are told about new events in-process
+table (with the object's previous state, which selector watches need), which keeps the last
+`history` events. An object larger than etcd would store is refused before it takes a
+resourceVersion. Watchers are told about new events in-process
 (`Hub`), so delivery does not wait for anyone to poll SQLite; the event table is only read to
 replay history to a watch that starts from an older resourceVersion.
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdi.apiserver.errors import Expired
+from cdi.apiserver.limits import MAX_OBJECT_BYTES, object_too_large
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (resource, namespace, name));
 CREATE TABLE IF NOT EXISTS events (
     rv INTEGER PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL,
-    type TEXT NOT NULL, body TEXT NOT NULL);
+    type TEXT NOT NULL, body TEXT NOT NULL, prev TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS uids (
     uid TEXT PRIMARY KEY, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL);
@@ -51,6 +54,9 @@ class WatchEvent:
     namespace: str
     type: str
     obj: Obj
+    # The object before this event (None for ADDED): a watch with a selector needs it to tell an
+    # object that stopped matching (DELETED) from one that started to (ADDED).
+    prev: Obj | None = None
 
 
 class Subscription:
@@ -121,10 +127,12 @@ def _owner_only(path: str) -> None:
 class Store:
     """Objects and watch history in one SQLite database (WAL mode)."""
 
-    def __init__(self, path: str, *, history: int = 1000) -> None:
+    def __init__(self, path: str, *, history: int = 1000, max_object_bytes: int = MAX_OBJECT_BYTES) -> None:
         if history < 1:
             raise ValueError("watch history must keep at least one event")
         self.history = history
+        # etcd's default request limit: a larger object is refused, as etcd would refuse it.
+        self.max_object_bytes = max_object_bytes
         self.lock = threading.RLock()
         self.hub = Hub()
         _owner_only(path)
@@ -135,6 +143,9 @@ class Store:
                 os.chmod(path + suffix, 0o600)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = [r[1] for r in self._db.execute("PRAGMA table_info(events)").fetchall()]
+        if "prev" not in columns:  # a database written before events kept the previous object
+            self._db.execute("ALTER TABLE events ADD COLUMN prev TEXT")
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
         self._rv = int(row[0]) if row else 1
         row = self._db.execute("SELECT value FROM meta WHERE key='compacted'").fetchone()
@@ -234,9 +245,16 @@ class Store:
     def _commit(self, resource: str, namespace: str, name: str, obj: Obj, event_type: str) -> Obj:
         """One transaction: the object written (or deleted), its indexes, the event; then the watchers."""
         with self.lock:
-            rv = self._next_rv()
+            rv = self._rv + 1
             obj["metadata"]["resourceVersion"] = str(rv)
             body = json.dumps(obj, separators=(",", ":"))
+            if event_type != "DELETED" and len(body) > self.max_object_bytes:
+                raise object_too_large()
+            self._rv = rv
+            row = self._db.execute(
+                "SELECT body FROM objects WHERE resource=? AND namespace=? AND name=?", (resource, namespace, name)
+            ).fetchone()
+            prev_body = row[0] if row else None
             self._db.execute("BEGIN")
             try:
                 if event_type == "DELETED":
@@ -249,12 +267,13 @@ class Store:
                         (resource, namespace, name, rv, body),
                     )
                     self._index(resource, namespace, name, obj)
-                self._record(rv, resource, namespace, event_type, body)
+                self._record(rv, resource, namespace, event_type, body, prev_body)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self.hub.publish(WatchEvent(rv, resource, namespace, event_type, obj))
+        prev = json.loads(prev_body) if prev_body else None
+        self.hub.publish(WatchEvent(rv, resource, namespace, event_type, obj, prev))
         return obj
 
     def events_since(self, resource: str, rv: int) -> list[WatchEvent]:
@@ -263,24 +282,25 @@ class Store:
             if rv < self._compacted:
                 raise Expired.too_old(rv, self._compacted + 1)
             rows = self._db.execute(
-                "SELECT rv, namespace, type, body FROM events WHERE resource=? AND rv>? ORDER BY rv",
+                "SELECT rv, namespace, type, body, prev FROM events WHERE resource=? AND rv>? ORDER BY rv",
                 (resource, rv),
             ).fetchall()
-        return [WatchEvent(r[0], resource, r[1], r[2], json.loads(r[3])) for r in rows]
+        return [
+            WatchEvent(r[0], resource, r[1], r[2], json.loads(r[3]), json.loads(r[4]) if r[4] else None)
+            for r in rows
+        ]
 
     def close(self) -> None:
         self.hub.close()
         with self.lock:
             self._db.close()
 
-    def _next_rv(self) -> int:
-        self._rv += 1
-        return self._rv
-
-    def _record(self, rv: int, resource: str, namespace: str, event_type: str, body: str) -> None:
+    def _record(
+        self, rv: int, resource: str, namespace: str, event_type: str, body: str, prev: str | None
+    ) -> None:
         self._db.execute(
-            "INSERT INTO events (rv, resource, namespace, type, body) VALUES (?,?,?,?,?)",
-            (rv, resource, namespace, event_type, body),
+            "INSERT INTO events (rv, resource, namespace, type, body, prev) VALUES (?,?,?,?,?,?)",
+            (rv, resource, namespace, event_type, body, prev),
         )
         self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rv', ?)", (rv,))
         cutoff = rv - self.history

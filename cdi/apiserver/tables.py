@@ -10,43 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from cdi.api.duration import human_duration
 from cdi.api.registry import Column, ResourceKind
 
 Obj = dict[str, Any]
 
+__all__ = ["age", "human_duration", "partial_metadata", "table", "wants"]
+
 TABLE_TYPES = {"string", "integer", "number", "boolean", "date"}
-
-
-def human_duration(seconds: float) -> str:
-    """kube's duration.HumanDuration: short, coarser as it grows."""
-    s = int(seconds)
-    if s < -1:
-        return "<invalid>"
-    if s < 0:
-        s = 0
-    if s < 120:
-        return f"{s}s"
-    minutes = s // 60
-    if minutes < 10:
-        rest = s % 60
-        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h{rest}m" if rest else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        rest = hours % 24
-        return f"{hours // 24}d{rest}h" if rest else f"{hours // 24}d"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        days = (hours // 24) % 365
-        return f"{hours // 24 // 365}y{days}d" if days else f"{hours // 24 // 365}y"
-    return f"{hours // 24 // 365}y"
 
 
 def age(timestamp: Any, now: datetime | None = None) -> str:

@@ -5,12 +5,14 @@ current objects (no resourceVersion or "0": synthetic ADDED events) or the recor
 the asked resourceVersion, then streams live events; events already replayed are skipped by their
 resourceVersion. A resourceVersion older than the kept history ends the stream with an ERROR event
 carrying a 410 Expired Status, as kube-apiserver does. Objects are filtered by namespace and
-selectors (an object that stops matching is not reported as DELETED: a simplification).
+selectors as kube's watch cache does: an object that stops matching is sent as DELETED (its
+previous content with the event's resourceVersion), one that starts to match as ADDED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +67,21 @@ async def watch_stream(
             return False
         return all(m(obj) for m in req.matchers)
 
+    def seen_as(ev: WatchEvent) -> tuple[str, Obj] | None:
+        """The event this watcher gets for `ev` (type and object), or None: kube's cacher rules."""
+        now = ev.type != "DELETED" and matches(ev.namespace, ev.obj)
+        before_obj = ev.prev if ev.prev is not None else (ev.obj if ev.type == "DELETED" else None)
+        before = before_obj is not None and matches(ev.namespace, before_obj)
+        if now:
+            return ("MODIFIED" if before and ev.type != "ADDED" else "ADDED"), ev.obj
+        if not before or before_obj is None:
+            return None
+        if ev.type == "DELETED":
+            return "DELETED", ev.obj
+        gone = copy.deepcopy(before_obj)
+        gone.setdefault("metadata", {})["resourceVersion"] = str(ev.rv)
+        return "DELETED", gone
+
     def encode(event_type: str, obj: Obj) -> bytes:
         nonlocal headers_sent
         if req.as_table and event_type in ("ADDED", "MODIFIED", "DELETED"):
@@ -96,8 +113,9 @@ async def watch_stream(
                 return
         for ev in backlog:
             last = max(last, ev.rv)
-            if matches(ev.namespace, ev.obj):
-                yield encode(ev.type, ev.obj)
+            seen = seen_as(ev)
+            if seen is not None:
+                yield encode(*seen)
         last_bookmark = loop.time()
         while True:
             wait = POLL_SECONDS
@@ -130,7 +148,8 @@ async def watch_stream(
             if ev_or_none.rv <= last:
                 continue
             last = ev_or_none.rv
-            if matches(ev_or_none.namespace, ev_or_none.obj):
-                yield encode(ev_or_none.type, ev_or_none.obj)
+            seen = seen_as(ev_or_none)
+            if seen is not None:
+                yield encode(*seen)
     finally:
         store.hub.unsubscribe(sub)

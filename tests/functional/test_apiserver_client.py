@@ -247,25 +247,6 @@ def test_core_pvcs_and_pods_with_selectors(core: client.CoreV1Api) -> None:
     assert core.list_pod_for_all_namespaces(field_selector="metadata.namespace=work").items == []
 
 
-def test_apply_patch_is_refused_with_415(cluster: Cluster) -> None:
-    with http(cluster) as c:
-        r = c.patch(
-            "/api/v1/namespaces/default/configmaps/x",
-            content="a: b",
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
-    assert r.status_code in (404, 415)
-    with http(cluster) as c:
-        c.post("/api/v1/namespaces/default/configmaps", json={"metadata": {"name": "ssa"}})
-        r = c.patch(
-            "/api/v1/namespaces/default/configmaps/ssa",
-            content="a: b",
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
-    assert r.status_code == 415 and r.json()["reason"] == "UnsupportedMediaType"
-    assert "server-side apply" in r.json()["message"]
-
-
 def test_latency_of_get_list_and_watch_delivery(cluster: Cluster, custom: client.CustomObjectsApi) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, datavolume("timed"))
     path = "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes"

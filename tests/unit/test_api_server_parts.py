@@ -17,9 +17,10 @@ from cdi.apiserver.errors import (
     UnsupportedMediaType,
 )
 from cdi.apiserver.objects import Objects
-from cdi.apiserver.patch import apply_patch, json_patch, merge_patch, strategic_merge_patch
+from cdi.apiserver.patch import apply_patch, json_patch, merge_patch
 from cdi.apiserver.selectors import field_matcher, label_matcher
 from cdi.apiserver.store import Store
+from cdi.apiserver.strategic import strategic_merge_patch
 from cdi.apiserver.tables import human_duration, table
 
 REG = default_registry()
@@ -86,13 +87,34 @@ def test_strategic_merge_patch_directives() -> None:
     }
 
 
+def test_strategic_merge_keys_depend_on_the_path() -> None:
+    svc = {"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}}
+    out = strategic_merge_patch(svc, {"spec": {"ports": [{"port": 443, "targetPort": 8443}]}})
+    assert out["spec"]["ports"] == [{"port": 80, "name": "http"}, {"port": 443, "name": "https", "targetPort": 8443}]
+    container = {"name": "c", "ports": [{"containerPort": 1}], "env": [{"name": "A", "value": "1"}]}
+    pod = {"spec": {"containers": [container]}}
+    patch = {"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 2}],
+                                      "env": [{"name": "B", "value": "2"}, {"name": "A", "$patch": "delete"}]}]}}
+    c = strategic_merge_patch(pod, patch)["spec"]["containers"][0]
+    assert c["ports"] == [{"containerPort": 1}, {"containerPort": 2}] and c["env"] == [{"name": "B", "value": "2"}]
+    replaced = strategic_merge_patch(pod, {"spec": {"containers": [{"$patch": "replace"}, {"name": "d"}]}})
+    assert replaced["spec"]["containers"] == [{"name": "d"}]
+    ordered = strategic_merge_patch(svc, {"spec": {"$setElementOrder/ports": [{"port": 443}, {"port": 80}]}})
+    assert [p["port"] for p in ordered["spec"]["ports"]] == [443, 80]
+    ns = {"spec": {"finalizers": ["kubernetes"]}, "metadata": {"finalizers": ["a"]}}
+    out = strategic_merge_patch(ns, {"spec": {"finalizers": ["x"]}, "metadata": {"finalizers": ["b"]}})
+    assert out == {"spec": {"finalizers": ["x"]}, "metadata": {"finalizers": ["a", "b"]}}
+
+
 def test_apply_patch_media_types() -> None:
     assert apply_patch("application/merge-patch+json; charset=utf-8", {"a": 1}, b'{"b":2}') == {
         "a": 1,
         "b": 2,
     }
-    with pytest.raises(UnsupportedMediaType, match="server-side apply"):
+    with pytest.raises(UnsupportedMediaType, match="apply-patch"):
         apply_patch("application/apply-patch+yaml", {}, b"a: b")
+    with pytest.raises(UnsupportedMediaType, match="merge-patch[+]json, application/apply-patch[+]yaml$"):
+        apply_patch("application/strategic-merge-patch+json", {}, b"{}", custom=True)
     with pytest.raises(UnsupportedMediaType):
         apply_patch("text/plain", {}, b"{}")
     with pytest.raises(BadRequest):

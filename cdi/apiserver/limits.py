@@ -1,0 +1,95 @@
+"""Size and shape limits of requests and stored objects, as kube-apiserver and etcd enforce them.
+
+- A request body over 3 MiB is refused before it is read in full: 413 `Request entity too large:
+  limit is 3145728` (kube-apiserver's `limitedReadBody`).
+- A stored object over 1.5 MiB is refused the way etcd refuses it (`etcdserver: request is too
+  large`), but as a 413 Status rather than an opaque 500.
+- JSON or YAML nested deeper than `MAX_DEPTH` is a 400: nothing real nests that deep, and deeper
+  documents would exhaust Python's recursion while being copied or merged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cdi.apiserver.errors import BadRequest, RequestEntityTooLarge, to_status
+
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+MAX_OBJECT_BYTES = 1536 * 1024
+MAX_DEPTH = 100
+
+
+def body_too_large() -> RequestEntityTooLarge:
+    return RequestEntityTooLarge(f"Request entity too large: limit is {MAX_REQUEST_BYTES}")
+
+
+def object_too_large() -> RequestEntityTooLarge:
+    return RequestEntityTooLarge("etcdserver: request is too large")
+
+
+def check_depth(doc: Any, what: str) -> None:
+    """BadRequest when `doc` nests maps and lists deeper than MAX_DEPTH (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"{what}: exceeded max depth of {MAX_DEPTH}")
+        stack.extend((c, depth + 1) for c in children)
+
+
+def decode(raw: bytes, what: str, *, as_yaml: bool = False) -> Any:
+    """Parse JSON (or YAML) from a request, mapping malformed or too deep input to a 400."""
+    try:
+        doc = yaml.safe_load(raw) if as_yaml else json.loads(raw or b"null")
+    except RecursionError as e:
+        raise BadRequest(f"{what}: exceeded max depth of {MAX_DEPTH}") from e
+    except (ValueError, yaml.YAMLError) as e:
+        raise BadRequest(f"{what}: {e}") from e
+    check_depth(doc, what)
+    return doc
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit`, from Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _reply(body_too_large(), scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise body_too_large()
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _reply(err: RequestEntityTooLarge, scope: Scope, receive: Receive, send: Send) -> None:
+    code, body = to_status(err)
+    response = Response(json.dumps(body).encode(), status_code=code, media_type="application/json")
+    await response(scope, receive, send)
