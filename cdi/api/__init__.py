@@ -10,11 +10,12 @@ from cdi.api.core import core_kinds
 from cdi.api.datavolume import DATAVOLUME
 from cdi.api.kubevirt import KUBEVIRT_KINDS
 from cdi.api.registry import Column, Registry, ResourceKind, get_path
+from cdi.api.upload import UPLOAD_KINDS
 
 
 def default_registry() -> Registry:
     """A new registry holding the core kinds, the DataVolume and KubeVirt's VirtualMachine kinds."""
-    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS])
+    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS, *UPLOAD_KINDS])
 
 
 __all__ = ["Column", "DATAVOLUME", "Registry", "ResourceKind", "default_registry", "get_path"]

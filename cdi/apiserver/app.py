@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
-from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2
+from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2, upload_tokens
 from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
 from cdi.apiserver.limits import BodyLimit
@@ -108,6 +108,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.add_middleware(BodyLimit)
     app.add_middleware(BearerAuth, token=settings.token)
     kubevirt_subresources.install(app, objects, registry)  # before the catch-all /apis/{group} routes
+    upload_tokens.install(app)
 
     @app.exception_handler(ApiServerError)
     async def _api_error(request: Request, exc: ApiServerError) -> Response:
