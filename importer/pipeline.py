@@ -572,3 +572,26 @@ def run_import(job: ImportJob, progress: Progress | None = None) -> ImportResult
         raise
     except OSError as e:
         raise PermanentError(f"I/O error: {e}") from e
+
+
+class _GivenSource(Importer):
+    """An import from a source made by the caller (an upload body) rather than opened from a URL."""
+
+    def __init__(self, job: ImportJob, source: Source, progress: Progress | None) -> None:
+        super().__init__(job, progress)
+        self._given = source
+
+    def _open_source(self) -> Source:
+        self._given.open()
+        return self._given
+
+
+def run_with_source(job: ImportJob, source: Source, progress: Progress | None = None) -> ImportResult:
+    """Run ``job`` reading from ``source`` once (``job.source`` only names it in messages)."""
+    job.resume = False
+    try:
+        return _GivenSource(job, source, progress).run()
+    except Error:
+        raise
+    except OSError as e:
+        raise PermanentError(f"I/O error: {e}") from e

@@ -59,12 +59,25 @@ class ControllerSection:
 
 
 @dataclass
+class UploadProxySection:
+    # Address of the upload proxy (HTTPS; uploads need a token from an UploadTokenRequest).
+    address: str = "127.0.0.1"
+    # TCP port of the upload proxy (0 picks a free one; CDIConfig 'config' publishes the URL).
+    port: int = 8443
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}:{self.port}" if self.port else "(a free port chosen at start)"
+
+
+@dataclass
 class ServeConfig:
     # Directory holding the token, kubeconfig, TLS files, state.db and the volumes.
     data_dir: str = "./cdi-data"
     api: ApiSection = field(default_factory=ApiSection)
     node: NodeSection = field(default_factory=NodeSection)
     controller: ControllerSection = field(default_factory=ControllerSection)
+    upload_proxy: UploadProxySection = field(default_factory=UploadProxySection)
 
     def validate(self) -> None:
         """Raise ValueError with a message naming the setting and what it accepts."""
@@ -74,6 +87,12 @@ class ServeConfig:
             raise ValueError(f"--address {self.api.address!r} is not an IP address") from e
         if not 0 <= self.api.port <= 65535:
             raise ValueError(f"--port {self.api.port} is out of range 0-65535")
+        if not 0 <= self.upload_proxy.port <= 65535:
+            raise ValueError(f"--uploadproxy-port {self.upload_proxy.port} is out of range 0-65535")
+        try:
+            ipaddress.ip_address(self.upload_proxy.address)
+        except ValueError as e:
+            raise ValueError(f"--uploadproxy-address {self.upload_proxy.address!r} is not an IP address") from e
         if self.api.watch_history < 1:
             raise ValueError("--watch-history must be at least 1")
         if self.node.max_running_pods < 1:
@@ -96,6 +115,7 @@ class ServeConfig:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["data_dir"] = str(Path(self.data_dir).resolve())
+        data["upload_proxy"]["url"] = self.upload_proxy.url
         return data
 
 
@@ -117,6 +137,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--importer-image", default=d.controller.importer_image)
     p.add_argument("--filesystem-overhead", type=float, default=d.controller.filesystem_overhead)
     p.add_argument("--progress-interval", type=float, default=d.controller.progress_interval)
+    p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
+    p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
+                   help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
     p.add_argument("--show-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--demo", action="store_true", help="serve the sample image and import it into DataVolume 'demo'")
     p.set_defaults(func=run_serve)
@@ -131,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         controller=ControllerSection(workers=args.workers, importer_image=args.importer_image,
                                      filesystem_overhead=args.filesystem_overhead,
                                      progress_interval=args.progress_interval),
+        upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
     )
     cfg.validate()
     return cfg
@@ -164,11 +188,13 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         runtime = Runtime(cfg).start()
     except OSError as e:
-        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port}? "
-              "pass --port)", file=sys.stderr)
+        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port} or "
+              f"{cfg.upload_proxy.port}? pass --port and --uploadproxy-port)", file=sys.stderr)
         return 1
     kubeconfig = runtime.kubeconfig
     print(f"cdi serve: API at {runtime.api.url}, data in {runtime.data_dir}", file=sys.stderr)
+    if runtime.upload_proxy is not None:
+        print(f"cdi serve: upload proxy at {runtime.upload_proxy.url}", file=sys.stderr)
     print(f"  export KUBECONFIG={kubeconfig}\n  kubectl get dv", file=sys.stderr, flush=True)
     if args.demo:
         runtime.start_demo()

@@ -1,0 +1,174 @@
+"""Request bodies read as streams, never whole: Content-Length, chunked, and one multipart/form-data part.
+
+Each reader has ``readinto`` (0 at the end) and ``complete``, true only once the body's own framing
+proved its end: the announced length met, the chunked terminator read, the closing boundary seen. A
+connection that closes early leaves ``complete`` false, which the pipeline treats as a cut upload.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+MAX_LINE = 8192
+
+
+class BodyError(Exception):
+    """The body's framing is broken (a bad chunk size, a form without the ``file`` part)."""
+
+
+class Reader(Protocol):
+    def readinto(self, buf: memoryview | bytearray) -> int: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+
+class LengthBody:
+    def __init__(self, stream: io.BufferedIOBase, length: int) -> None:
+        self.stream = stream
+        self.left = length
+        self.cut = False
+
+    @property
+    def complete(self) -> bool:
+        return self.left == 0
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        if self.left <= 0 or self.cut:
+            return 0
+        view = memoryview(buf)[: min(len(buf), self.left)]
+        n = self.stream.readinto(view) or 0
+        if n == 0:
+            self.cut = True
+        self.left -= n
+        return n
+
+
+class ChunkedBody:
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        self.stream = stream
+        self.left = 0
+        self.done = False
+        self.cut = False
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def _line(self) -> bytes:
+        line = self.stream.readline(MAX_LINE)
+        if not line:
+            self.cut = True
+        return line
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        if self.done or self.cut:
+            return 0
+        if self.left == 0:
+            line = self._line()
+            if self.cut:
+                return 0
+            try:
+                self.left = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as e:
+                raise BodyError(f"bad chunk size line {line[:40]!r}") from e
+            if self.left == 0:
+                while self._line() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self.done = not self.cut
+                return 0
+        view = memoryview(buf)[: min(len(buf), self.left)]
+        n = self.stream.readinto(view) or 0
+        if n == 0:
+            self.cut = True
+            return 0
+        self.left -= n
+        if self.left == 0 and self._line() not in (b"\r\n", b"\n"):
+            self.cut = True
+        return n
+
+
+class MultipartFile:
+    """The content of the form part named ``file`` (CDI's upload-form), streamed.
+
+    Holds at most one buffer plus the boundary's length of the part in memory: the bytes that might be
+    the start of the closing delimiter are kept back until the next read shows they are not.
+    """
+
+    def __init__(self, inner: Reader, boundary: bytes, *, chunk: int = 1 << 20) -> None:
+        self.inner = inner
+        self.delim = b"\r\n--" + boundary
+        self.chunk = chunk
+        self.pending = bytearray()
+        self.in_part = False
+        self.ended_part = False
+        self.eof = False
+        self._open_part()
+
+    @property
+    def complete(self) -> bool:
+        return self.ended_part and self.inner.complete
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        buf = bytearray(self.chunk)
+        n = self.inner.readinto(buf)
+        if n == 0:
+            self.eof = True
+            return False
+        self.pending += memoryview(buf)[:n]
+        return True
+
+    def _open_part(self) -> None:
+        """Skip to the headers of the ``file`` part and past them."""
+        self.pending = bytearray(b"\r\n")  # the first delimiter has no CRLF before it
+        while True:
+            while (i := self.pending.find(self.delim)) < 0:
+                if len(self.pending) > MAX_LINE * 4 + len(self.delim):
+                    del self.pending[: -len(self.delim)]
+                if not self._fill():
+                    raise BodyError("the form has no part named 'file'")
+            del self.pending[: i + len(self.delim)]
+            while (j := self.pending.find(b"\r\n\r\n")) < 0:
+                if len(self.pending) > MAX_LINE * 4 or not self._fill():
+                    raise BodyError("a form part's headers are missing or too long")
+            headers = bytes(self.pending[:j]).decode("latin-1").lower()
+            del self.pending[: j + 4]
+            if 'name="file"' in headers:
+                self.in_part = True
+                return
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        if self.ended_part:
+            return 0
+        while True:
+            i = self.pending.find(self.delim)
+            if i >= 0:
+                if i == 0:
+                    self.ended_part = True
+                    self._drain()
+                    return 0
+                n = min(i, len(buf))
+            else:
+                n = min(len(self.pending) - len(self.delim) + 1, len(buf))
+            if n > 0:
+                memoryview(buf)[:n] = self.pending[:n]
+                del self.pending[:n]
+                return n
+            if not self._fill():
+                return 0  # cut: ``complete`` stays false
+
+    def _drain(self) -> None:
+        """Read the rest of the form (other parts, the closing boundary) so the body's end is proven."""
+        while self._fill():
+            del self.pending[: max(0, len(self.pending) - len(self.delim) - 4)]
+
+
+def boundary_of(content_type: str) -> bytes:
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "boundary" and value:
+            return value.strip('"').encode("latin-1")
+    raise BodyError("multipart/form-data without a boundary")
