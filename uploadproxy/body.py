@@ -8,7 +8,9 @@ connection that closes early leaves ``complete`` false, which the pipeline treat
 from __future__ import annotations
 
 import io
-from typing import Protocol
+import select
+import time
+from typing import Any, Protocol
 
 MAX_LINE = 8192
 
@@ -22,6 +24,13 @@ class Reader(Protocol):
 
     @property
     def complete(self) -> bool: ...
+
+
+def _read(stream: io.BufferedIOBase, view: memoryview) -> int:
+    try:
+        return stream.readinto(view) or 0
+    except OSError:  # a reset or a TLS connection closed without close_notify: the body is cut
+        return 0
 
 
 class LengthBody:
@@ -38,7 +47,7 @@ class LengthBody:
         if self.left <= 0 or self.cut:
             return 0
         view = memoryview(buf)[: min(len(buf), self.left)]
-        n = self.stream.readinto(view) or 0
+        n = _read(self.stream, view)
         if n == 0:
             self.cut = True
         self.left -= n
@@ -57,7 +66,10 @@ class ChunkedBody:
         return self.done
 
     def _line(self) -> bytes:
-        line = self.stream.readline(MAX_LINE)
+        try:
+            line = self.stream.readline(MAX_LINE)
+        except OSError:  # a reset or a TLS connection closed without close_notify: the body is cut
+            line = b""
         if not line:
             self.cut = True
         return line
@@ -79,7 +91,7 @@ class ChunkedBody:
                 self.done = not self.cut
                 return 0
         view = memoryview(buf)[: min(len(buf), self.left)]
-        n = self.stream.readinto(view) or 0
+        n = _read(self.stream, view)
         if n == 0:
             self.cut = True
             return 0
@@ -172,3 +184,30 @@ def boundary_of(content_type: str) -> bytes:
         if key.lower() == "boundary" and value:
             return value.strip('"').encode("latin-1")
     raise BodyError("multipart/form-data without a boundary")
+
+
+def close_lingering(sock: Any, seconds: float = 2.0) -> None:
+    """Close a connection whose peer may still be sending (an early refusal): read and drop what comes
+    for a moment first, so that our answer is not lost to a reset (a lingering close, as web servers do)."""
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(1 << 16):
+                break
+    except (OSError, ValueError):
+        pass
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def answered(sock: Any) -> bool:
+    """The peer has sent something (an early answer) while we are still sending."""
+    if sock is None:
+        return False
+    if getattr(sock, "pending", None) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])

@@ -29,6 +29,7 @@ from cdi.controller.upload_pod import ANN_CONTENT_TYPE, ANN_POD_READY, ANN_UPLOA
 from cdi.controller.upload_tls import CLIENT_NAME, CLIENT_SIGNER, SERVER_SIGNER, ensure_signers, issue, read_pair
 from cdi.kube import PVC, Client
 from cdi.uploadtoken import OPERATION_UPLOAD, TokenError, Validator
+from uploadproxy.body import answered, close_lingering
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ CORS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type",
     "Access-Control-Expose-Headers": "Content-Range, Range",
 }
+
+
+class ClientGone(Exception):
+    """The client's body stopped early: the upload server must see the cut, not wait for more."""
+
+
+class EarlyAnswer(Exception):
+    """The upload server answered before the whole body was sent (a refusal)."""
 
 
 class NotReady(Exception):
@@ -183,7 +192,16 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 if self.headers.get(key) is not None:
                     conn.putheader(key, self.headers[key])
             conn.endheaders()
-            self._stream_body(conn)
+            try:
+                self._stream_body(conn)
+            except (OSError, EarlyAnswer) as e:  # the server answered early (503, 409, 400): relay that
+                log.info("upload server stopped reading the body pvc=%s error=%s", name, e)
+                self.close_connection = True
+            except ClientGone as e:
+                log.warning("upload cut pvc=%s: %s", name, e)
+                conn.close()  # the upload server sees the body end early and refuses it
+                self.close_connection = True
+                return
             resp = conn.getresponse()
             body = resp.read(1 << 16)
             headers = {k: v for k, v in resp.getheaders() if k.lower() in ("content-range", "range")}
@@ -197,33 +215,54 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             conn.close()
 
+    def _read_client(self, view: memoryview) -> int:
+        try:
+            return self.rfile.readinto(view) or 0
+        except OSError as e:  # reset, or TLS closed without close_notify
+            raise ClientGone(f"the client's connection broke: {e}") from e
+
+    def _client_line(self) -> bytes:
+        try:
+            line = self.rfile.readline(8192)
+        except OSError as e:
+            raise ClientGone(f"the client's connection broke: {e}") from e
+        if not line:
+            raise ClientGone("the client closed the connection in the middle of its chunked body")
+        return line
+
     def _stream_body(self, conn: http.client.HTTPSConnection) -> None:
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             while True:  # relay the chunked framing as it is: the server checks it
-                line = self.rfile.readline(8192)
-                conn.send(line)
+                line = self._client_line()
+                _send(conn, line)
                 size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    while (trailer := self.rfile.readline(8192)) not in (b"\r\n", b"\n", b""):
-                        conn.send(trailer)
-                    conn.send(b"\r\n")
+                    while (trailer := self._client_line()) not in (b"\r\n", b"\n", b""):
+                        _send(conn, trailer)
+                    _send(conn, b"\r\n")
                     return
                 left = size + 2
                 while left:
-                    n = self.rfile.readinto(view[: min(CHUNK, left)]) or 0
+                    n = self._read_client(view[: min(CHUNK, left)])
                     if n == 0:
-                        return
-                    conn.send(view[:n])
+                        raise ClientGone("the client closed the connection in the middle of a chunk")
+                    _send(conn, view[:n])
                     left -= n
         left = int(self.headers.get("Content-Length") or 0)
         while left > 0:
-            n = self.rfile.readinto(view[: min(CHUNK, left)]) or 0
+            n = self._read_client(view[: min(CHUNK, left)])
             if n == 0:
-                return  # the client went away: the server sees a short body and refuses it
-            conn.send(view[:n])
+                raise ClientGone(f"the client closed the connection {left} bytes before the end of its body")
+            _send(conn, view[:n])
             left -= n
+
+
+def _send(conn: http.client.HTTPSConnection, data: bytes | memoryview) -> None:
+    if answered(conn.sock):
+        raise EarlyAnswer("the upload server answered before the end of the body")
+    conn.send(data)
 
 
 class ProxyServer(ThreadingHTTPServer):
@@ -249,7 +288,10 @@ class ProxyServer(ThreadingHTTPServer):
             request.close()
             return
         request.settimeout(300)
-        super().finish_request(request, client_address)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            close_lingering(request)
 
     def wait_ready(self, namespace: str, name: str) -> dict[str, Any]:
         deadline = time.monotonic() + WAIT_READY

@@ -32,7 +32,7 @@ from importer.errors import CapacityExceeded, Error
 from importer.pipeline import ImportJob, ImportResult, run_with_source
 from importer.progress import Progress
 from importer.sources.upload import UploadSource
-from uploadproxy.body import BodyError, ChunkedBody, LengthBody, MultipartFile, boundary_of
+from uploadproxy.body import BodyError, ChunkedBody, LengthBody, MultipartFile, boundary_of, close_lingering
 
 log = logging.getLogger("uploadproxy.server")
 
@@ -248,7 +248,10 @@ class UploadHTTPServer(ThreadingHTTPServer):
                 request.close()
                 return
             request.settimeout(None)
-        super().finish_request(request, client_address)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            close_lingering(request)
 
     def finish(self, outcome: dict[str, Any]) -> None:
         """After a successful upload: record it and stop serving; a failed one leaves the server up."""
@@ -275,6 +278,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.num_tickets = 0  # nothing arrives unasked after the handshake: readable means an (early) answer
     ctx.load_cert_chain(_write_private("tls.crt", settings.cert), _write_private("tls.key", settings.key))
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=settings.client_ca)
