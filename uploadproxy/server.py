@@ -160,11 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:
-            done = self._run(job, source)
-            self._answer(done, source)
-            if "result" in done:
-                self.server.finish(done)
-            return False
+            return self._answer_then_finish(self._run(job, source), source)
         outcome: dict[str, Any] = {}
         replied = threading.Event()
         finished = threading.Event()
@@ -189,13 +185,20 @@ class Handler(BaseHTTPRequestHandler):
                 replied.set()
         if replied.is_set():
             log.info("async upload received bytes=%d; processing continues", source.position)
-            replied.set()
             self._reply(200, "")
             return True
         finished.wait()
+        return self._answer_then_finish(outcome, source)
+
+    def _answer_then_finish(self, outcome: dict[str, Any], source: UploadSource) -> bool:
+        """Record a success before answering (a request after it gets 409), stop serving after."""
+        if "result" in outcome:
+            with self.server.state.lock:
+                self.server.state.done = True
+                self.server.state.result = outcome["result"]
         self._answer(outcome, source)
         if "result" in outcome:
-            self.server.finish(outcome)
+            self.server.state.finished.set()
         return False
 
     def _run(self, job: ImportJob, source: UploadSource) -> dict[str, Any]:

@@ -266,3 +266,20 @@ def test_cut_body_is_refused_then_a_full_upload_succeeds(env: Env) -> None:
     assert code == 200
     env.phase("up-cut", "Succeeded", timeout=10)
     env.check_volume("up-cut", env.raw)
+
+
+def test_bare_pvc_marked_as_upload_target(env: Env) -> None:
+    env.client.create(PVC, {"metadata": {"name": "up-pvc", "namespace": NS,
+                                         "annotations": {"cdi.kubevirt.io/storage.upload.target": ""}},
+                            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                                     "resources": {"requests": {"storage": "8Mi"}}}})
+
+    def ann(p: Obj) -> dict[str, str]:
+        return p["metadata"].get("annotations") or {}
+
+    env.node.wait(PVC, "up-pvc", lambda p: ann(p).get("cdi.kubevirt.io/storage.pod.ready") == "true", 30)
+    code, _ = env.curl("/v1beta1/upload", "--data-binary", f"@{env.raw}", token=env.token("up-pvc"))
+    assert code == 200
+    pvc = env.node.wait(PVC, "up-pvc", lambda p: ann(p).get("cdi.kubevirt.io/storage.pod.phase") == "Succeeded")
+    assert ann(pvc)[DIGEST] == volume_digest(str(env.raw))
+    assert images.same_content(env.volume("up-pvc"), env.raw)
