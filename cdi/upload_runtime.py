@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cdi.api.upload import CDICONFIG as CDICONFIG_KIND
 from cdi.apiserver.server import ApiServer
 from cdi.apiserver.upload_tokens import set_token_signer
-from cdi.kube import AlreadyExists, Client, Kind
+from cdi.kube import AlreadyExists, Client
+from cdi.kube.kinds import CDICONFIG
 from cdi.node.ports import resolve_service
 from cdi.uploadtoken import Signer, ensure_key, public_pem
 from uploadproxy.proxy import UploadProxy
 
 log = logging.getLogger(__name__)
 
-CDICONFIG = Kind(CDICONFIG_KIND.group, CDICONFIG_KIND.version, CDICONFIG_KIND.kind, CDICONFIG_KIND.plural,
-                 namespaced=False)
 KEY_FILE = "upload-token.key"
 
 

@@ -205,9 +205,12 @@ class Importer:
 
     # -- probe ------------------------------------------------------------------------------------
 
+    def _new_source(self) -> Source:
+        return sources.opener(self.job.source)(self.job.source, self.job.http)
+
     def _open_source(self) -> Source:
         src = self.job.source
-        source = sources.opener(src)(src, self.job.http)
+        source = self._new_source()
         point = checkpoint.load(self.ckpt_path) if self.job.resume else None
         if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
             point = None
@@ -581,14 +584,13 @@ class _GivenSource(Importer):
         super().__init__(job, progress)
         self._given = source
 
-    def _open_source(self) -> Source:
-        self._given.open()
+    def _new_source(self) -> Source:
         return self._given
 
 
 def run_with_source(job: ImportJob, source: Source, progress: Progress | None = None) -> ImportResult:
-    """Run ``job`` reading from ``source`` once (``job.source`` only names it in messages)."""
-    job.resume = False
+    """Run ``job`` reading from ``source`` once (``job.source`` names it in messages and resume points:
+    a source that is ``resumable`` continues the run whose resume point has its ``validator``)."""
     try:
         return _GivenSource(job, source, progress).run()
     except Error:

@@ -42,6 +42,7 @@ WAIT_READY = 10.0
 WAIT_INTERVAL = 0.25
 CONNECT_RETRY = 10.0
 CHUNK = 1 << 20
+RELAYED = ("content-range", "range", "upload-offset", "upload-length")
 FORWARDED = ("content-type", "x-cdi-content-type", "content-range", "content-length", "transfer-encoding")
 # (namespace, service name, port) -> (address, port) of a ready pod behind the Service
 Resolver = Callable[[str, str, int], tuple[str, int]]
@@ -49,7 +50,7 @@ CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PUT, GET, HEAD, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type",
-    "Access-Control-Expose-Headers": "Content-Range, Range",
+    "Access-Control-Expose-Headers": "Content-Range, Range, Upload-Offset, Upload-Length",
 }
 
 
@@ -111,6 +112,13 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _head_reply(self, code: int, headers: dict[str, str]) -> None:
+        self.send_response(code)
+        for k, v in {**CORS, **headers}.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's naming
         self._reply(200)
 
@@ -121,6 +129,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._reply(404, "not found")
 
     def do_PUT(self) -> None:  # noqa: N802
+        self.do_POST()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        """How much of an interrupted upload the server holds (``Upload-Offset``), token checked as for POST."""
         self.do_POST()
 
     def do_POST(self) -> None:  # noqa: N802
@@ -193,7 +205,8 @@ class ProxyHandler(BaseHTTPRequestHandler):
                     conn.putheader(key, self.headers[key])
             conn.endheaders()
             try:
-                self._stream_body(conn)
+                if self.command != "HEAD":
+                    self._stream_body(conn)
             except (OSError, EarlyAnswer) as e:  # the server answered early (503, 409, 400): relay that
                 log.info("upload server stopped reading the body pvc=%s error=%s", name, e)
                 self.close_connection = True
@@ -203,9 +216,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             resp = conn.getresponse()
-            body = resp.read(1 << 16)
-            headers = {k: v for k, v in resp.getheaders() if k.lower() in ("content-range", "range")}
-            self._reply(resp.status, body.decode(errors="replace"), headers)
+            body = resp.read(1 << 16) if self.command != "HEAD" else b""
+            headers = {k: v for k, v in resp.getheaders() if k.lower() in RELAYED}
+            if self.command == "HEAD":
+                self._head_reply(resp.status, headers)
+            else:
+                self._reply(resp.status, body.decode(errors="replace"), headers)
         except (OSError, http.client.HTTPException) as e:
             log.warning("upload forwarding failed pvc=%s error=%s", name, e)
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -28,10 +29,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from cdi.podenv import MountsError, PathMap
+from importer import checkpoint
 from importer.errors import CapacityExceeded, Error
 from importer.pipeline import ImportJob, ImportResult, run_with_source
 from importer.progress import Progress
-from importer.sources.upload import UploadSource
+from importer.sources.upload import UploadSource, upload_validator
+from importer.target import resolve_target
 from uploadproxy.body import BodyError, ChunkedBody, LengthBody, MultipartFile, boundary_of, close_lingering
 
 log = logging.getLogger("uploadproxy.server")
@@ -42,6 +45,9 @@ ARCHIVE = ("/v1beta1/upload-archive", "/v1alpha1/upload-archive")
 FORM = ("/v1beta1/upload-form", "/v1alpha1/upload-form")
 FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
+OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
+LENGTH_HEADER = "Upload-Length"
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
 class Settings:
@@ -103,7 +109,19 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, "not found")
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self.send_response(200 if self.path.split("?")[0] in (*ASYNC, *FORM_ASYNC, "/healthz") else 404)
+        """200 on the upload paths (CDI's async check), with how much of an interrupted upload is held."""
+        path = self.path.split("?")[0]
+        known = path in (*SYNC, *ASYNC, *ARCHIVE, *FORM, *FORM_ASYNC, "/healthz")
+        if known and path != "/healthz" and not self._authorized():
+            self.send_response(401)
+        else:
+            self.send_response(200 if known else 404)
+            point = self.server.resume_point()
+            if known and point is not None:
+                self.send_header(OFFSET_HEADER, str(point.offset))
+                self.send_header(LENGTH_HEADER, str(point.size))
+            elif known:
+                self.send_header(OFFSET_HEADER, "0")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -133,7 +151,8 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.busy = False
 
-    def _body(self, form: bool) -> tuple[Any, int | None]:
+    def _body(self, form: bool) -> tuple[Any, int | None, int]:
+        """The body reader, the size of the whole image when known, and where in it the body starts."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             body: Any = ChunkedBody(self.rfile)
             size = None
@@ -141,9 +160,14 @@ class Handler(BaseHTTPRequestHandler):
             size = int(self.headers.get("Content-Length") or 0)
             body = LengthBody(self.rfile, size)
         if form:
-            body = MultipartFile(body, boundary_of(self.headers.get("Content-Type") or ""))
-            size = None
-        return body, size
+            return MultipartFile(body, boundary_of(self.headers.get("Content-Type") or "")), None, 0
+        ranged = self.headers.get("Content-Range")
+        if not ranged:
+            return body, size, 0
+        m = CONTENT_RANGE.match(ranged.strip())
+        if not m or size is None or int(m.group(2)) - int(m.group(1)) + 1 != size or int(m.group(2)) >= int(m.group(3)):
+            raise BodyError(f"invalid Content-Range {ranged!r} for a body of {size} bytes")
+        return body, int(m.group(3)), int(m.group(1))
 
     def _upload(self, path: str) -> bool:
         """Run one upload; True when it goes on in the background (async) and frees the server itself."""
@@ -152,11 +176,23 @@ class Handler(BaseHTTPRequestHandler):
         if path in ARCHIVE:
             content_type = "archive"
         try:
-            body, size = self._body(path in FORM or path in FORM_ASYNC)
+            body, size, offset = self._body(path in FORM or path in FORM_ASYNC)
         except (BodyError, ValueError) as e:
             self._reply(400, f"Saving stream failed: {e}")
             return False
-        source = UploadSource(body, size=size)
+        if offset:
+            point = self.server.resume_point()
+            if point is None or point.offset != offset or point.validator != upload_validator(size):
+                held = point.offset if point is not None and point.validator == upload_validator(size) else 0
+                self.send_response(416)
+                self.send_header(OFFSET_HEADER, str(held))
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                return False
+            log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+        source = UploadSource(body, size=size, offset=offset)
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:
@@ -240,6 +276,20 @@ class UploadHTTPServer(ThreadingHTTPServer):
         self.state = State()
         self.progress = progress
         super().__init__(("127.0.0.1" if os.environ.get("CDI_PORTS") else "0.0.0.0", settings.port), Handler)
+
+    def resume_point(self) -> checkpoint.Checkpoint | None:
+        """The durable part of an interrupted raw upload into this volume, if there is one."""
+        settings = self.settings
+        if settings.content_type == "archive":
+            return None
+        try:
+            target = resolve_target(settings.destination, size=settings.size, archive=False)
+        except Error:
+            return None
+        point = checkpoint.load(checkpoint.path_for(target.path, target.kind, settings.scratch))
+        if point is None or point.target != target.path or point.capacity != target.capacity:
+            return None
+        return point
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.context is not None:  # the handshake runs in the connection's thread, not the accept loop

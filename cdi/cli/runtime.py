@@ -54,7 +54,8 @@ class Runtime:
         c = self.cfg.controller
         self.manager = ControllerManager(self.client, ControllerSettings(
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
-            progress_interval=c.progress_interval), workers=c.workers).start()
+            progress_interval=c.progress_interval, upload_resume_interval=c.upload_resume_interval),
+            workers=c.workers).start()
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
         self.vm_manager = VmControllerManager(self.client).start()
         self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,

@@ -56,6 +56,8 @@ class ControllerSection:
     filesystem_overhead: float = 0.06
     # Seconds between progress reads of a running import.
     progress_interval: float = 1.0
+    # Bytes between durable resume points of a raw upload (a dropped upload continues from the last one).
+    upload_resume_interval: int = 64 << 20
 
 
 @dataclass
@@ -108,6 +110,8 @@ class ServeConfig:
             raise ValueError("--filesystem-overhead must be in [0, 1)")
         if self.controller.progress_interval <= 0:
             raise ValueError("--progress-interval must be positive")
+        if self.controller.upload_resume_interval < 1 << 20:
+            raise ValueError("--upload-resume-interval must be at least 1 MiB")
         parent = Path(self.data_dir).resolve().parent
         if not parent.is_dir():
             raise ValueError(f"--data-dir {self.data_dir}: parent directory {parent} does not exist")
@@ -137,6 +141,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--importer-image", default=d.controller.importer_image)
     p.add_argument("--filesystem-overhead", type=float, default=d.controller.filesystem_overhead)
     p.add_argument("--progress-interval", type=float, default=d.controller.progress_interval)
+    p.add_argument("--upload-resume-interval", type=int, default=d.controller.upload_resume_interval,
+                   help="bytes between durable resume points of a raw upload")
     p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
     p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
                    help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
@@ -153,7 +159,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                          block_devices=list(args.block_device)),
         controller=ControllerSection(workers=args.workers, importer_image=args.importer_image,
                                      filesystem_overhead=args.filesystem_overhead,
-                                     progress_interval=args.progress_interval),
+                                     progress_interval=args.progress_interval,
+                                     upload_resume_interval=args.upload_resume_interval),
         upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
     )
     cfg.validate()

@@ -108,7 +108,8 @@ class UploadReconciler:
         if pod is None:
             pod = self._create(POD, build_pod(pvc, image=self.settings.uploadserver_image,
                                               image_size=self._image_size(pvc),
-                                              filesystem_overhead=self.settings.filesystem_overhead), ctx)
+                                              filesystem_overhead=self.settings.filesystem_overhead,
+                                              resume_interval=self.settings.upload_resume_interval), ctx)
             self._record(pvc, {ANN_POD_PHASE: "Pending", ANN_POD_READY: "false"})
             return None
         return self._from_pod(pvc, pod, ctx)

@@ -56,7 +56,8 @@ def build_service(pvc: Obj) -> Obj:
                                 "targetPort": SERVER_PORT}]}}
 
 
-def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: float) -> Obj:
+def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: float,
+              resume_interval: int = 64 << 20) -> Obj:
     meta = pvc["metadata"]
     name = upload_name(meta["name"])
     block = pvc["spec"].get("volumeMode") == "Block"
@@ -78,6 +79,7 @@ def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: flo
             {"name": "UPLOAD_IMAGE_SIZE", "value": str(image_size)},
             {"name": "UPLOAD_CONTENT_TYPE", "value": content_type},
             {"name": "FILESYSTEM_OVERHEAD", "value": str(filesystem_overhead)},
+            {"name": "CDI_RESUME_INTERVAL", "value": str(resume_interval)},
         ],
         "ports": [{"name": "uploadserver", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "terminationMessagePath": "/dev/termination-log",

@@ -6,6 +6,10 @@ multipart closing boundary). A body that stops before its announced length raise
 at once, so the pipeline never finishes a volume from a cut upload. No ranges and no random access:
 a resumed upload is continued by the server at the offset it holds, and qcow2 is converted from
 what streams in (or from scratch when its layout needs it).
+
+Resume: a body that starts at ``offset`` of an image of ``size`` bytes (a ranged PUT) continues the
+interrupted run whose resume point has the same validator, ``upload:<size>``, at exactly that offset;
+the pipeline keeps resume points only for raw images, which are written byte for byte.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ class Body(Protocol):
     def complete(self) -> bool: ...
 
 
+def upload_validator(size: int | None) -> str | None:
+    return f"upload:{size}" if size is not None else None
+
+
 class UploadSource:
     def __init__(self, body: Body, *, size: int | None, content_type: str | None = None, offset: int = 0) -> None:
         self.body = body
-        self.capabilities = Capabilities(size=size, content_type=content_type)
+        self.capabilities = Capabilities(size=size, content_type=content_type, resumable=size is not None)
         self.position = 0
         self.resumes = 0
         self.offset = offset  # where in the image this body starts (a resumed upload)
@@ -39,10 +47,11 @@ class UploadSource:
 
     @property
     def validator(self) -> str | None:
-        return None
+        return upload_validator(self.capabilities.size)
 
     def open(self, *, start: int = 0, validator: str | None = None) -> bool:
-        return False
+        """True when this body continues the run at ``start`` (the pipeline asks with its resume point)."""
+        return self.offset > 0 and start == self.offset and validator == self.validator
 
     def range_reader(self) -> RangeReader:
         raise NotImplementedError("an upload body is read once, in order")
