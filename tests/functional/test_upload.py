@@ -26,7 +26,7 @@ from kubernetes import config as k8s_config
 
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
-from cdi.kube import DATAVOLUME, PVC, Obj
+from cdi.kube import DATAVOLUME, POD, PVC, SECRET, SERVICE, Obj
 from cdi.upload_runtime import KEY_FILE, start_upload_proxy
 from cdi.uploadtoken import Signer, ensure_key
 from importer.digest import volume_digest
@@ -243,7 +243,13 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     dv = env.running_message("up-big", "larger than the volume capacity")
     assert dv["status"]["phase"] == "UploadReady"  # another try may still come
     assert any(e["reason"] == "UploadFailed" for e in env.node.events("up-big"))
-    env.client.delete(DATAVOLUME, NS, "up-big")
+    env.client.delete(DATAVOLUME, NS, "up-big")  # a DataVolume deleted while its upload server runs
+    deadline = time.monotonic() + 15
+    while left := [k.kind for k, n in ((DATAVOLUME, "up-big"), (PVC, "up-big"), (POD, "cdi-upload-up-big"),
+                                       (SERVICE, "cdi-upload-up-big"), (SECRET, "cdi-upload-up-big"))
+                   if env.client.find(k, NS, n) is not None]:
+        assert time.monotonic() < deadline, f"left behind after deletion: {left}"
+        time.sleep(0.05)
 
 
 def _send_cut(env: Env, token: str, data: bytes, announced: int) -> None:
