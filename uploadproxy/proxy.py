@@ -43,13 +43,14 @@ WAIT_INTERVAL = 0.25
 CONNECT_RETRY = 10.0
 CHUNK = 1 << 20
 RELAYED = ("content-range", "range", "upload-offset", "upload-length")
-FORWARDED = ("content-type", "x-cdi-content-type", "content-range", "content-length", "transfer-encoding")
+FORWARDED = ("content-type", "x-cdi-content-type", "content-range", "content-length", "transfer-encoding",
+             "upload-length")
 # (namespace, service name, port) -> (address, port) of a ready pod behind the Service
 Resolver = Callable[[str, str, int], tuple[str, int]]
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PUT, GET, HEAD, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type, Upload-Length",
     "Access-Control-Expose-Headers": "Content-Range, Range, Upload-Offset, Upload-Length",
 }
 

@@ -35,7 +35,16 @@ from importer.pipeline import ImportJob, ImportResult, run_with_source
 from importer.progress import Progress
 from importer.sources.upload import UploadSource, upload_validator
 from importer.target import resolve_target
-from uploadproxy.body import BodyError, ChunkedBody, LengthBody, MultipartFile, boundary_of, close_lingering
+from uploadproxy.body import (
+    EXTENTS_TYPE,
+    BodyError,
+    ChunkedBody,
+    ExtentsBody,
+    LengthBody,
+    MultipartFile,
+    boundary_of,
+    close_lingering,
+)
 
 log = logging.getLogger("uploadproxy.server")
 
@@ -161,6 +170,11 @@ class Handler(BaseHTTPRequestHandler):
             body = LengthBody(self.rfile, size)
         if form:
             return MultipartFile(body, boundary_of(self.headers.get("Content-Type") or "")), None, 0
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() == EXTENTS_TYPE:
+            length = int(self.headers.get(LENGTH_HEADER) or -1)
+            if length < 0 or self.headers.get("Content-Range"):
+                raise BodyError(f"an extents body needs {LENGTH_HEADER} (the image size) and no Content-Range")
+            return ExtentsBody(body, length), length, -1
         ranged = self.headers.get("Content-Range")
         if not ranged:
             return body, size, 0
@@ -180,7 +194,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BodyError, ValueError) as e:
             self._reply(400, f"Saving stream failed: {e}")
             return False
-        if offset:
+        if offset > 0:
             point = self.server.resume_point()
             if point is None or point.offset != offset or point.validator != upload_validator(size):
                 held = point.offset if point is not None and point.validator == upload_validator(size) else 0
@@ -192,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return False
             log.info("continuing an interrupted upload at byte %d of %d", offset, size)
-        source = UploadSource(body, size=size, offset=offset)
+        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:

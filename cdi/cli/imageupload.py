@@ -26,7 +26,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from cdi.cli import sparse as sparse_mod
 from cdi.cli.vm import CliError, kubeconfig_path, load_endpoint
+from uploadproxy.body import EXTENTS_TYPE
 
 ANN_TARGET = "cdi.kubevirt.io/storage.upload.target"
 ANN_READY = "cdi.kubevirt.io/storage.pod.ready"
@@ -50,6 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--access-mode", help="access mode of the volume to create (e.g. ReadWriteOnce)")
     p.add_argument("--volume-mode", choices=["block", "filesystem"], help="volume mode of the volume to create")
     p.add_argument("--force-bind", action="store_true", help="bind the claim at once (WaitForFirstConsumer classes)")
+    p.add_argument("--sparse", action="store_true",
+                   help="send only the data extents of a raw or qcow2 image (zeros never cross the wire)")
     p.add_argument("--async", dest="async_", action="store_true", help="return once the data is sent")
     p.add_argument("--wait-secs", type=float, default=300, help="seconds to wait for the upload server (300)")
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
@@ -87,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         url = args.uploadproxy_url or _proxy_url(client)
         ctx = _context(args, endpoint.ssl_context)
         uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
-                            archive=bool(args.archive_path))
+                            archive=bool(args.archive_path), sparse=args.sparse)
         print(f"Uploading data to {url}", file=sys.stderr)
         uploader.upload()
         if args.async_:
@@ -215,13 +219,20 @@ def _context(args: argparse.Namespace, kube_ctx: ssl.SSLContext | None) -> ssl.S
 class Uploader:
     """Sends one image, continuing after a dropped connection from what the server holds."""
 
-    def __init__(self, url: str, ctx: ssl.SSLContext, new_token: Any, image: Path, *, archive: bool) -> None:
+    def __init__(self, url: str, ctx: ssl.SSLContext, new_token: Any, image: Path, *, archive: bool,
+                 sparse: bool = False) -> None:
         self.url = urllib.parse.urlsplit(url)
         self.ctx = ctx
         self.new_token = new_token
-        self.token = new_token()
         self.image = image
         self.size = image.stat().st_size
+        self.extents: list[sparse_mod.Extent] | None = None
+        if sparse:
+            try:
+                self.size, self.extents = sparse_mod.data_extents(image)
+            except sparse_mod.SparseError as e:
+                raise CliError(str(e)) from e
+        self.token = new_token()
         self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
         self.resumes = 0
 
@@ -231,6 +242,8 @@ class Uploader:
 
     def held(self) -> int:
         """Bytes of this image the server already holds (0 when it cannot continue)."""
+        if self.extents is not None:
+            return 0  # an extents upload starts over (it sends only data: little to send again)
         conn = self._conn()
         try:
             conn.request("HEAD", self.path, headers={"Authorization": f"Bearer {self.token}"})
@@ -286,6 +299,8 @@ class Uploader:
             return 0
 
     def _send(self, offset: int, bar: Any) -> tuple[int, str, dict[str, str]]:
+        if self.extents is not None:
+            return self._send_extents(self.extents, bar)
         headers = {"Authorization": f"Bearer {self.token}", "Content-Length": str(self.size - offset),
                    "Content-Type": "application/octet-stream"}
         if offset:
@@ -305,6 +320,24 @@ class Uploader:
                 while n := f.readinto(buf):
                     conn.send(memoryview(buf)[:n])
                     bar.update(n)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def _send_extents(self, extents: list[sparse_mod.Extent], bar: Any) -> tuple[int, str, dict[str, str]]:
+        bar.n = 0
+        bar.refresh()
+        conn = self._conn()
+        try:
+            conn.putrequest("POST", self.path)
+            length = sparse_mod.body_length(extents)
+            for k, v in {"Authorization": f"Bearer {self.token}", "Content-Type": EXTENTS_TYPE,
+                         "Upload-Length": str(self.size), "Content-Length": str(length)}.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            sparse_mod.send_extents(self.image, extents, conn.send, bar.update)
+            bar.update(self.size - bar.n)
             resp = conn.getresponse()
             return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}
         finally:

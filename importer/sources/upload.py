@@ -33,9 +33,11 @@ def upload_validator(size: int | None) -> str | None:
 
 
 class UploadSource:
-    def __init__(self, body: Body, *, size: int | None, content_type: str | None = None, offset: int = 0) -> None:
+    def __init__(self, body: Body, *, size: int | None, content_type: str | None = None, offset: int = 0,
+                 resumable: bool = True) -> None:
         self.body = body
-        self.capabilities = Capabilities(size=size, content_type=content_type, resumable=size is not None)
+        self.capabilities = Capabilities(size=size, content_type=content_type,
+                                         resumable=resumable and size is not None)
         self.position = 0
         self.resumes = 0
         self.offset = offset  # where in the image this body starts (a resumed upload)

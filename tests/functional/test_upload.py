@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -289,3 +290,31 @@ def test_bare_pvc_marked_as_upload_target(env: Env) -> None:
     pvc = env.node.wait(PVC, "up-pvc", lambda p: ann(p).get("cdi.kubevirt.io/storage.pod.phase") == "Succeeded")
     assert ann(pvc)[DIGEST] == volume_digest(str(env.raw))
     assert images.same_content(env.volume("up-pvc"), env.raw)
+
+
+def _image_upload(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdi.cli.main", "image-upload", *args,
+                           "--kubeconfig", str(env.node.cluster.kubeconfig), "--uploadproxy-url", env.proxy.url],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_image_upload_sparse_sends_only_data(env: Env, image_factory: Any, fmt: str) -> None:
+    from cdi.cli.sparse import body_length, data_extents
+
+    image = image_factory.get(fmt)
+    size, extents = data_extents(image)
+    assert size == image_factory.raw.stat().st_size and body_length(extents) < size * 0.7
+    out = _image_upload(env, "dv", f"up-sparse-{fmt}", "--size", "16Mi", "--image-path", str(image), "--sparse")
+    assert out.returncode == 0, out.stderr
+    assert "Processing completed successfully" in out.stderr
+    env.check_volume(f"up-sparse-{fmt}", image_factory.raw)
+
+
+def test_image_upload_sparse_refuses_compressed_qcow2(env: Env) -> None:
+    text = env.work / "text.raw"
+    text.write_bytes(b"compressible " * (1 << 18))
+    packed = env.work / "text.qcow2"
+    images.qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(text), str(packed))
+    out = _image_upload(env, "dv", "up-sparse-c", "--size", "16Mi", "--image-path", str(packed), "--sparse")
+    assert out.returncode == 1 and "compressed or encrypted clusters: upload without --sparse" in out.stderr

@@ -39,7 +39,8 @@ def test_other_key_tampering_and_garbage_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TokenError):
         validator.validate(Signer(other).upload_token("ns", "d"))
     head, body, sig = Signer(key).upload_token("ns", "d").split(".")
-    forged = jwt.encode({"name": "other", "iss": "cdi-apiserver"}, "a-shared-secret-of-at-least-32-bytes", algorithm="HS256").split(".")[1]
+    secret = "a-shared-secret-of-at-least-32-bytes"
+    forged = jwt.encode({"name": "other", "iss": "cdi-apiserver"}, secret, algorithm="HS256").split(".")[1]
     with pytest.raises(TokenError):
         validator.validate(f"{head}.{forged}.{sig}")
     with pytest.raises(TokenError):
