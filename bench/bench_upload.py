@@ -3,7 +3,8 @@
 - cdi + curl: ``cdi serve``, a DataVolume with ``source.upload``, an UploadTokenRequest, then curl POSTing
   the file to the upload proxy's sync path as CDI's doc/upload.md shows (the answer comes once the volume
   is complete and verified), then ``sync``.
-- cdi image-upload: the same through ``cdi image-upload dv`` (create, wait, token, upload, processing).
+- cdi image-upload: the same through ``cdi image-upload dv`` (create, wait, token, upload, processing), and
+  with ``--sparse`` (only the data extents are sent; qcow2 read in place, no conversion on the server).
 - ovirt-imageio: its server (file backend, TLS) on 127.0.0.1 and its Python client's ``upload()`` into a
   raw file of the same size, then ``sync``.
 
@@ -253,19 +254,22 @@ class Cdi:
             volume_digest(str(self.volume(name)), size) == expected_digest(raw, size)
         return Result("cdi + curl POST", image.suffix[1:], wall, size, s.rss, s.scratch_peak, int(sent), ok)
 
-    def image_upload(self, name: str, image: Path, raw: Path, size: int) -> Result:
+    def image_upload(self, name: str, image: Path, raw: Path, size: int, *, sparse: bool = False) -> Result:
+        from cdi.cli.sparse import body_length, data_extents
+
         drop_caches()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with Sampler(lambda: self.server_pid(name), lambda: self.workdir(name)) as s:
             start = time.monotonic()
             subprocess.run([PY, "-m", "cdi.cli.main", "image-upload", "dv", name, "--size", str(size),
-                            "--image-path", str(image), "--insecure"], env=env, check=True, cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--image-path", str(image), "--insecure", *(["--sparse"] if sparse else [])],
+                           env=env, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             subprocess.run(["sync"], check=True)
             wall = time.monotonic() - start
         ok = volume_digest(str(self.volume(name)), size) == expected_digest(raw, size)
-        return Result("cdi image-upload (create+wait+upload)", image.suffix[1:], wall, size, s.rss, s.scratch_peak,
-                      image.stat().st_size, ok)
+        sent = body_length(data_extents(image)[1]) if sparse else image.stat().st_size
+        case = "cdi image-upload --sparse (create+wait+upload)" if sparse else "cdi image-upload (create+wait+upload)"
+        return Result(case, image.suffix[1:], wall, size, s.rss, s.scratch_peak, sent, ok)
 
 
 # -- ovirt-imageio ------------------------------------------------------------------------------------
@@ -388,6 +392,8 @@ def main() -> int:
             results.append(cdi.curl(f"curl-{image.suffix[1:]}", image, raw, size))
             log(f"cdi image-upload {image.name}")
             results.append(cdi.image_upload(f"iu-{image.suffix[1:]}", image, raw, size))
+            log(f"cdi image-upload --sparse {image.name}")
+            results.append(cdi.image_upload(f"ius-{image.suffix[1:]}", image, raw, size, sparse=True))
     finally:
         cdi.stop()
     imageio = Imageio()
