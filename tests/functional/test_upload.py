@@ -318,3 +318,23 @@ def test_image_upload_sparse_refuses_compressed_qcow2(env: Env) -> None:
     images.qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(text), str(packed))
     out = _image_upload(env, "dv", "up-sparse-c", "--size", "16Mi", "--image-path", str(packed), "--sparse")
     assert out.returncode == 1 and "compressed or encrypted clusters: upload without --sparse" in out.stderr
+
+
+def test_uploader_gets_a_fresh_token_when_its_token_expired(env: Env) -> None:
+    from cdi.cli.imageupload import Uploader
+
+    env.create_dv("up-expired")
+    env.phase("up-expired", "UploadReady")
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=6)
+    tokens = [Signer(ensure_key(env.work / KEY_FILE)).upload_token(NS, "up-expired", now=old)]
+    issued: list[str] = []
+
+    def new_token() -> str:
+        issued.append(tokens.pop(0) if tokens else env.token("up-expired"))
+        return issued[-1]
+
+    ctx = ssl.create_default_context(cafile=str(env.node.cluster.server.tls.ca_file))
+    Uploader(env.proxy.url, ctx, new_token, env.raw, archive=False).upload()
+    assert len(issued) == 2  # the expired one was refused (401) and replaced
+    env.phase("up-expired", "Succeeded", timeout=15)
+    env.check_volume("up-expired", env.raw)
