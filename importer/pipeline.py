@@ -206,9 +206,12 @@ class Importer:
 
     # -- probe ------------------------------------------------------------------------------------
 
+    def _new_source(self) -> Source:
+        return sources.opener(self.job.source)(self.job.source, self.job.http)
+
     def _open_source(self) -> Source:
         src = self.job.source
-        source = sources.opener(src)(src, self.job.http)
+        source = self._new_source()
         point = checkpoint.load(self.ckpt_path) if self.job.resume else None
         if point and (point.url, point.target, point.capacity) != (src, self.target.path, self.target.capacity):
             point = None
@@ -575,6 +578,28 @@ def run_import(job: ImportJob, progress: Progress | None = None) -> ImportResult
     """Run ``job``; raises ``importer.errors.Error`` with a user-facing message on failure."""
     try:
         return Importer(job, progress).run()
+    except Error:
+        raise
+    except OSError as e:
+        raise PermanentError(f"I/O error: {e}") from e
+
+
+class _GivenSource(Importer):
+    """An import from a source made by the caller (an upload body) rather than opened from a URL."""
+
+    def __init__(self, job: ImportJob, source: Source, progress: Progress | None) -> None:
+        super().__init__(job, progress)
+        self._given = source
+
+    def _new_source(self) -> Source:
+        return self._given
+
+
+def run_with_source(job: ImportJob, source: Source, progress: Progress | None = None) -> ImportResult:
+    """Run ``job`` reading from ``source`` once (``job.source`` names it in messages and resume points:
+    a source that is ``resumable`` continues the run whose resume point has its ``validator``)."""
+    try:
+        return _GivenSource(job, source, progress).run()
     except Error:
         raise
     except OSError as e:

@@ -21,7 +21,15 @@ from fastapi import FastAPI, Request, Response
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
-from cdi.apiserver import bootstrap_policy, discovery, kubevirt_subresources, openapi, openapi_v2, reviews
+from cdi.apiserver import (
+    bootstrap_policy,
+    discovery,
+    kubevirt_subresources,
+    openapi,
+    openapi_v2,
+    reviews,
+    upload_tokens,
+)
 from cdi.apiserver.authn import Authenticator, StaticTokens
 from cdi.apiserver.clone_admission import CloneSourceCheck
 from cdi.apiserver.errors import ApiServerError, NotFound, status_object, to_status
@@ -111,6 +119,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.authorizer = authorizer
     kubevirt_subresources.install(app, objects, registry)  # before the catch-all /apis/{group} routes
     reviews.install(app, authorizer, issuer)  # likewise
+    upload_tokens.install(app)
 
     @app.exception_handler(ApiServerError)
     async def _api_error(request: Request, exc: ApiServerError) -> Response:

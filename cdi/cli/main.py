@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import demo, importcmd, serve, user, vm
+from cdi.cli import demo, imageupload, importcmd, serve, user, vm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     importcmd.register(sub)
+    imageupload.register(sub)
     demo.register(sub)
     serve.register(sub)
     user.register(sub)

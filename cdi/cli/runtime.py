@@ -20,6 +20,8 @@ from cdi.fileserver import FileServer
 from cdi.kube import DATAVOLUME, AlreadyExists, ApiError, Client
 from cdi.node import LocalNode, NodeSettings
 from cdi.node.vm_console import LauncherConsoles
+from cdi.upload_runtime import publish_proxy_url, start_upload_proxy
+from uploadproxy.proxy import UploadProxy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Runtime:
         self.manager: ControllerManager | None = None
         self.vm_manager: VmControllerManager | None = None
         self.fileserver: FileServer | None = None
+        self.upload_proxy: UploadProxy | None = None
 
     def start(self) -> Runtime:
         self.api.start()
@@ -55,13 +58,19 @@ class Runtime:
         self.manager = ControllerManager(self.client, ControllerSettings(
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
             progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
-            importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries),
+            importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries,
+            upload_resume_interval=c.upload_resume_interval),
             workers=c.workers).start()
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
         self.vm_manager = VmControllerManager(self.client).start()
+        self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,
+                                               self.cfg.upload_proxy.address, self.cfg.upload_proxy.port)
+        publish_proxy_url(self.client, self.upload_proxy.url)
         return self
 
     def stop(self) -> None:
+        if self.upload_proxy is not None:
+            self.upload_proxy.stop()
         if self.vm_manager is not None:
             self.vm_manager.stop()
         if self.manager is not None:

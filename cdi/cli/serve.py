@@ -61,6 +61,20 @@ class ControllerSection:
     speed_limit: int = 16 << 10
     speed_time: float = 60.0
     max_stalled_retries: int = 3
+    # Bytes between durable resume points of a raw upload (a dropped upload continues from the last one).
+    upload_resume_interval: int = 64 << 20
+
+
+@dataclass
+class UploadProxySection:
+    # Address of the upload proxy (HTTPS; uploads need a token from an UploadTokenRequest).
+    address: str = "127.0.0.1"
+    # TCP port of the upload proxy (0 picks a free one; CDIConfig 'config' publishes the URL).
+    port: int = 8443
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}:{self.port}" if self.port else "(a free port chosen at start)"
 
 
 @dataclass
@@ -70,6 +84,7 @@ class ServeConfig:
     api: ApiSection = field(default_factory=ApiSection)
     node: NodeSection = field(default_factory=NodeSection)
     controller: ControllerSection = field(default_factory=ControllerSection)
+    upload_proxy: UploadProxySection = field(default_factory=UploadProxySection)
 
     def validate(self) -> None:
         """Raise ValueError with a message naming the setting and what it accepts."""
@@ -79,6 +94,12 @@ class ServeConfig:
             raise ValueError(f"--address {self.api.address!r} is not an IP address") from e
         if not 0 <= self.api.port <= 65535:
             raise ValueError(f"--port {self.api.port} is out of range 0-65535")
+        if not 0 <= self.upload_proxy.port <= 65535:
+            raise ValueError(f"--uploadproxy-port {self.upload_proxy.port} is out of range 0-65535")
+        try:
+            ipaddress.ip_address(self.upload_proxy.address)
+        except ValueError as e:
+            raise ValueError(f"--uploadproxy-address {self.upload_proxy.address!r} is not an IP address") from e
         if self.api.watch_history < 1:
             raise ValueError("--watch-history must be at least 1")
         if self.node.max_running_pods < 1:
@@ -98,6 +119,8 @@ class ServeConfig:
             raise ValueError("--speed-limit must not be negative and --speed-time must be positive")
         if self.controller.max_stalled_retries < 0:
             raise ValueError("--max-stalled-retries must not be negative")
+        if self.controller.upload_resume_interval < 1 << 20:
+            raise ValueError("--upload-resume-interval must be at least 1 MiB")
         parent = Path(self.data_dir).resolve().parent
         if not parent.is_dir():
             raise ValueError(f"--data-dir {self.data_dir}: parent directory {parent} does not exist")
@@ -105,6 +128,7 @@ class ServeConfig:
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["data_dir"] = str(Path(self.data_dir).resolve())
+        data["upload_proxy"]["url"] = self.upload_proxy.url
         return data
 
 
@@ -132,6 +156,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds below --speed-limit before a source counts as stalled")
     p.add_argument("--max-stalled-retries", type=int, default=d.controller.max_stalled_retries,
                    help="reconnects after a stall before an importer run fails")
+    p.add_argument("--upload-resume-interval", type=int, default=d.controller.upload_resume_interval,
+                   help="bytes between durable resume points of a raw upload")
+    p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
+    p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
+                   help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
     p.add_argument("--show-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--demo", action="store_true", help="serve the sample image and import it into DataVolume 'demo'")
     p.set_defaults(func=run_serve)
@@ -147,7 +176,9 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                      filesystem_overhead=args.filesystem_overhead,
                                      progress_interval=args.progress_interval,
                                      speed_limit=_size_arg("--speed-limit", args.speed_limit),
-                                     speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries),
+                                     speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries,
+                                     upload_resume_interval=args.upload_resume_interval),
+        upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
     )
     cfg.validate()
     return cfg
@@ -190,11 +221,13 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         runtime = Runtime(cfg).start()
     except OSError as e:
-        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port}? "
-              "pass --port)", file=sys.stderr)
+        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port} or "
+              f"{cfg.upload_proxy.port}? pass --port and --uploadproxy-port)", file=sys.stderr)
         return 1
     kubeconfig = runtime.kubeconfig
     print(f"cdi serve: API at {runtime.api.url}, data in {runtime.data_dir}", file=sys.stderr)
+    if runtime.upload_proxy is not None:
+        print(f"cdi serve: upload proxy at {runtime.upload_proxy.url}", file=sys.stderr)
     print(f"  export KUBECONFIG={kubeconfig}\n  kubectl get dv", file=sys.stderr, flush=True)
     if args.demo:
         runtime.start_demo()

@@ -10,6 +10,7 @@ import logging
 
 from cdi.controller.datavolume import DataVolumeReconciler
 from cdi.controller.resources import ControllerSettings
+from cdi.controller.upload import UploadReconciler, is_upload_dv, is_upload_target
 from cdi.kube import DATAVOLUME, POD, PVC, Client, Informer, Obj
 from cdi.kube.loop import ReconcileLoop
 
@@ -21,12 +22,20 @@ class ControllerManager:
         self.client = client
         self.settings = settings or ControllerSettings()
         self.reconciler = DataVolumeReconciler(client, self.settings)
-        self.loop = ReconcileLoop("datavolume", self.reconciler.reconcile, workers)
+        self.uploads = UploadReconciler(client, self.settings)
+        self.loop = ReconcileLoop("datavolume", self._reconcile_dv, workers)
         self.queue = self.loop.queue
+        self.upload_loop = ReconcileLoop("upload", self.uploads.reconcile_pvc, workers)
         self.informers = [Informer(client, DATAVOLUME), Informer(client, PVC), Informer(client, POD)]
         self.informers[0].add_handler(self._on_dv)
         self.informers[1].add_handler(self._on_owned)
         self.informers[2].add_handler(self._on_pod)
+
+    def _reconcile_dv(self, namespace: str, name: str) -> float | None:
+        dv = self.client.find(DATAVOLUME, namespace, name)
+        if dv is not None and is_upload_dv(dv) and not dv["metadata"].get("deletionTimestamp"):
+            return self.uploads.reconcile_dv(dv)
+        return self.reconciler.reconcile(namespace, name)
 
     def _on_dv(self, etype: str, obj: Obj) -> None:
         meta = obj["metadata"]
@@ -34,13 +43,21 @@ class ControllerManager:
 
     def _on_owned(self, etype: str, obj: Obj) -> None:
         meta = obj["metadata"]
+        if is_upload_target(obj):
+            self.upload_loop.queue.add((meta["namespace"], meta["name"]))
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "DataVolume":
                 self.queue.add((meta["namespace"], ref["name"]))
 
     def _on_pod(self, etype: str, obj: Obj) -> None:
         meta = obj["metadata"]
-        if (meta.get("labels") or {}).get("cdi.kubevirt.io") != "importer":
+        component = (meta.get("labels") or {}).get("cdi.kubevirt.io")
+        if component == "cdi-upload-server":
+            for ref in meta.get("ownerReferences") or []:
+                if ref.get("kind") == "PersistentVolumeClaim":
+                    self.upload_loop.queue.add((meta["namespace"], ref["name"]))
+            return
+        if component != "importer":
             return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "PersistentVolumeClaim":  # the PVC carries the DataVolume's name
@@ -50,9 +67,11 @@ class ControllerManager:
         for informer in self.informers:
             informer.start()
         self.loop.start()
+        self.upload_loop.start()
         return self
 
     def stop(self) -> None:
         for informer in self.informers:
             informer.stop()
         self.loop.stop()
+        self.upload_loop.stop()

@@ -37,6 +37,10 @@ class ControllerSettings:
 
     # Container image of the importer (what kubelet runs in a cluster; ignored by the local node).
     importer_image: str = "cdi-importer:latest"
+    # Container image of the upload server (what kubelet runs in a cluster; ignored by the local node).
+    uploadserver_image: str = "cdi-uploadserver:latest"
+    # Bytes between durable resume points of a raw upload (an interrupted upload continues from the last).
+    upload_resume_interval: int = 64 << 20
     # Fraction of a Filesystem volume kept for the filesystem itself (CDI's default is 0.06).
     filesystem_overhead: float = 0.06
     # Seconds between progress reads of a running import.

@@ -18,6 +18,7 @@ from pathlib import Path
 from cdi.kube import Client, Obj, now_iso
 from cdi.node.images import ImageError, resolve
 from cdi.node.podspec import ConfigError, container_env, expand
+from cdi.node.ports import PortMap
 from cdi.node.process import ProcessRecord, exit_code, kill_recorded, spawn
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime
@@ -56,6 +57,7 @@ class Launcher:
     def __init__(self, client: Client, settings: NodeSettings) -> None:
         self.client = client
         self.settings = settings
+        self.ports = PortMap(client)
 
     def start(self, rt: PodRuntime, c: ContainerRuntime) -> bool:
         """Start ``c``; on a configuration error set its waiting state and return False."""
@@ -76,6 +78,7 @@ class Launcher:
         try:
             env = container_env(self.client, rt.pod, c.spec, node_name=self.settings.node_name,
                                 volumes=rt.volumes, workdir=workdir, termination_file=term, ignored=ignored)
+            env.update(self.ports.env(rt.pod))  # pods that serve get 127.0.0.1 and their own ports
             argv = [program[0], *(expand(a, env) for a in program[1:])]
         except ConfigError as e:
             if c.state.get("waiting", {}).get("message") != str(e):

@@ -52,6 +52,7 @@ WORKER_IMAGES: dict[str, Image] = {
     image.name: image
     for image in (
         Image("cdi-importer", (_python("importer"),)),
+        Image("cdi-uploadserver", (_python("uploadproxy.server"),)),
         Image("cdi-virt-launcher", (_python("vm_runtime.launcher"), _python("vm_runtime.virt_tail"))),
     )
 }

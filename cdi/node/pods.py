@@ -291,6 +291,7 @@ class PodRunner:
         with self._lock:
             if gone:
                 self._pods.pop(rt.key, None)
+                self.launcher.ports.forget(rt.uid)
             self._dying[rt.uid] = rt
         for c in rt.containers.values():
             if c.running:

@@ -23,6 +23,7 @@ def test_show_config_prints_resolved_settings(tmp_path: Path) -> None:
     assert cfg["api"] == {"address": "127.0.0.1", "port": 7443, "watch_history": 10000}
     assert cfg["node"]["max_running_pods"] == 2
     assert cfg["controller"]["filesystem_overhead"] == 0.06
+    assert cfg["upload_proxy"] == {"address": "127.0.0.1", "port": 8443, "url": "https://127.0.0.1:8443"}
     assert not (tmp_path / "d").exists(), "--show-config must not create anything"
 
 
@@ -52,6 +53,7 @@ def test_the_data_directory_and_everything_secret_in_it_is_owner_only(tmp_path: 
     data.mkdir(mode=0o755)  # an existing, world-readable directory is tightened too
     cfg = ServeConfig(data_dir=str(data))
     cfg.api.port = 0
+    cfg.upload_proxy.port = 0
     runtime = Runtime(cfg).start()
     try:
         runtime.client.create(SECRET, {"metadata": {"name": "s", "namespace": "default"}, "data": {"k": "dg=="}})
@@ -59,7 +61,7 @@ def test_the_data_directory_and_everything_secret_in_it_is_owner_only(tmp_path: 
         runtime.stop()
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.iterdir(), *(data / "tls").iterdir()]}
     assert modes["d"] == 0o700, modes
-    for name in ("state.db", "token", "kubeconfig", "apiserver.key", "tls"):
+    for name in ("state.db", "token", "kubeconfig", "apiserver.key", "tls", "upload-token.key"):
         found = [m for n, m in modes.items() if n == name]
         assert found and found[0] & 0o077 == 0, (name, oct(found[0]) if found else None)
     for name, mode in modes.items():

@@ -1,0 +1,344 @@
+"""``cdi image-upload``: upload a local disk image into a DataVolume or PVC, as ``virtctl image-upload``.
+
+``cdi image-upload dv NAME --size 10Gi --image-path disk.qcow2`` creates the DataVolume (source
+upload), waits for its upload server, asks for a token (UploadTokenRequest), finds the proxy in
+CDIConfig ``config`` (``status.uploadProxyURL``) unless ``--uploadproxy-url`` names it, and sends the
+image with a progress bar (bytes, rate, ETA), then waits until the volume is processed. ``pvc NAME``
+does the same with a bare PVC. Flags as virtctl's: ``--no-create``, ``--storage-class``,
+``--access-mode``, ``--volume-mode``, ``--force-bind``, ``--archive-path``, ``--insecure``,
+``--async`` (return once the data is sent).
+
+Beyond virtctl: a dropped connection does not start the upload over. The client asks the proxy how
+many bytes the server holds (HEAD, ``Upload-Offset``) and sends the rest with a ranged PUT
+(``Content-Range``), with a fresh token when the old one expired. The server keeps durable resume
+points for raw images; other formats start again from byte 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import ssl
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from cdi.cli import sparse as sparse_mod
+from cdi.cli.vm import CliError, kubeconfig_path, load_endpoint
+from uploadproxy.body import EXTENTS_TYPE
+
+ANN_TARGET = "cdi.kubevirt.io/storage.upload.target"
+ANN_READY = "cdi.kubevirt.io/storage.pod.ready"
+ANN_PHASE = "cdi.kubevirt.io/storage.pod.phase"
+CHUNK = 1 << 20
+RETRIES = 20
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("image-upload", help="upload a local disk image into a DataVolume or PVC",
+                       description="Upload a local image, as virtctl image-upload does; resumes after a drop.")
+    p.add_argument("kind", choices=["dv", "pvc"], help="what to upload into")
+    p.add_argument("name", help="name of the DataVolume or PVC")
+    p.add_argument("--image-path", help="the image to upload")
+    p.add_argument("--archive-path", help="a tar archive to extract into the volume (contentType archive)")
+    p.add_argument("--size", help="size of the volume to create, e.g. 10Gi")
+    p.add_argument("--uploadproxy-url", help="URL of the upload proxy (default: CDIConfig status.uploadProxyURL)")
+    p.add_argument("--insecure", action="store_true", help="do not verify the upload proxy's certificate")
+    p.add_argument("--no-create", action="store_true", help="upload into an existing DataVolume or PVC")
+    p.add_argument("--storage-class", help="storage class of the volume to create")
+    p.add_argument("--access-mode", help="access mode of the volume to create (e.g. ReadWriteOnce)")
+    p.add_argument("--volume-mode", choices=["block", "filesystem"], help="volume mode of the volume to create")
+    p.add_argument("--force-bind", action="store_true", help="bind the claim at once (WaitForFirstConsumer classes)")
+    p.add_argument("--sparse", action="store_true",
+                   help="send only the data extents of a raw or qcow2 image (zeros never cross the wire)")
+    p.add_argument("--async", dest="async_", action="store_true", help="return once the data is sent")
+    p.add_argument("--wait-secs", type=float, default=300, help="seconds to wait for the upload server (300)")
+    p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    p.add_argument("--kubeconfig", help="kubeconfig (default $KUBECONFIG, ~/.kube/config, cdi-data/kubeconfig)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except CliError as e:
+        print(f"cdi image-upload: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cdi image-upload: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cdi.kube import ApiError, Client
+
+    path = args.image_path or args.archive_path
+    if not path or (args.image_path and args.archive_path):
+        raise CliError("give exactly one of --image-path and --archive-path")
+    image = Path(path)
+    if not image.is_file():
+        raise CliError(f"{image} is not a readable file")
+    kubeconfig = kubeconfig_path(args.kubeconfig)
+    endpoint = load_endpoint(kubeconfig, args.namespace)
+    ns = endpoint.namespace
+    client = Client.from_kubeconfig(str(kubeconfig))
+    try:
+        _ensure_target(client, args, ns)
+        _wait_ready(client, args, ns)
+        url = args.uploadproxy_url or _proxy_url(client)
+        ctx = _context(args, endpoint.ssl_context)
+        uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
+                            archive=bool(args.archive_path), sparse=args.sparse)
+        print(f"Uploading data to {url}", file=sys.stderr)
+        uploader.upload()
+        if args.async_:
+            print(f"Uploading {image} completed successfully; processing goes on in the background", file=sys.stderr)
+            return 0
+        print("Uploading data completed successfully, waiting for processing to complete, you can hit ctrl-c "
+              "without interrupting the progress", file=sys.stderr)
+        _wait_processed(client, args, ns)
+    except ApiError as e:
+        raise CliError(str(e)) from e
+    print("Processing completed successfully", file=sys.stderr)
+    print(f"Uploading {image} completed successfully", file=sys.stderr)
+    return 0
+
+
+def _ensure_target(client: Any, args: argparse.Namespace, ns: str) -> None:
+    from cdi.kube import DATAVOLUME, PVC
+
+    kind = DATAVOLUME if args.kind == "dv" else PVC
+    existing = client.find(kind, ns, args.name)
+    if existing is not None:
+        if args.kind == "pvc" and ANN_TARGET not in (existing["metadata"].get("annotations") or {}):
+            raise CliError(f"PVC {ns}/{args.name} is not an upload target (no {ANN_TARGET} annotation)")
+        print(f"Using existing {'DataVolume' if args.kind == 'dv' else 'PVC'} {ns}/{args.name}", file=sys.stderr)
+        return
+    if args.no_create:
+        raise CliError(f"{'DataVolume' if args.kind == 'dv' else 'PVC'} {ns}/{args.name} not found")
+    if not args.size:
+        raise CliError("--size is required to create the volume")
+    claim: dict[str, Any] = {"resources": {"requests": {"storage": args.size}}}
+    if args.access_mode:
+        claim["accessModes"] = [args.access_mode]
+    if args.volume_mode:
+        claim["volumeMode"] = "Block" if args.volume_mode == "block" else "Filesystem"
+    if args.storage_class:
+        claim["storageClassName"] = args.storage_class
+    annotations = {"cdi.kubevirt.io/storage.bind.immediate.requested": "true"} if args.force_bind else {}
+    content = "archive" if args.archive_path else "kubevirt"
+    if args.kind == "dv":
+        spec: dict[str, Any] = {"source": {"upload": {}}, "storage": claim}
+        if args.archive_path:
+            spec["contentType"] = "archive"
+        client.create(DATAVOLUME, {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                                   "metadata": {"name": args.name, "namespace": ns, "annotations": annotations},
+                                   "spec": spec})
+        print(f"DataVolume {ns}/{args.name} created", file=sys.stderr)
+    else:
+        claim.setdefault("accessModes", ["ReadWriteOnce"])
+        annotations.update({ANN_TARGET: "", "cdi.kubevirt.io/storage.contentType": content})
+        client.create(PVC, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                            "metadata": {"name": args.name, "namespace": ns, "annotations": annotations},
+                            "spec": claim})
+        print(f"PVC {ns}/{args.name} created", file=sys.stderr)
+
+
+def _wait_ready(client: Any, args: argparse.Namespace, ns: str) -> None:
+    from cdi.kube import PVC
+
+    print(f"Waiting for PVC {args.name} upload pod to be ready...", file=sys.stderr)
+    deadline = time.monotonic() + args.wait_secs
+    while True:
+        pvc = client.find(PVC, ns, args.name)
+        ann = (pvc or {}).get("metadata", {}).get("annotations") or {}
+        if ann.get(ANN_PHASE) == "Succeeded":
+            raise CliError(f"PVC {ns}/{args.name} already successfully imported/cloned/updated")
+        if ann.get(ANN_READY) == "true":
+            print("Pod now ready", file=sys.stderr)
+            return
+        if time.monotonic() > deadline:
+            raise CliError(f"timed out after {args.wait_secs:.0f}s waiting for the upload pod of {args.name}")
+        time.sleep(0.2)
+
+
+def _wait_processed(client: Any, args: argparse.Namespace, ns: str) -> None:
+    from cdi.kube import DATAVOLUME, PVC
+
+    while True:
+        if args.kind == "dv":
+            status = (client.get(DATAVOLUME, ns, args.name).get("status") or {})
+            if status.get("phase") == "Succeeded":
+                return
+            if status.get("phase") == "Failed":
+                running = [c for c in status.get("conditions") or [] if c.get("type") == "Running"]
+                raise CliError(f"processing failed: {(running or [{}])[0].get('message', '')}")
+        else:
+            ann = client.get(PVC, ns, args.name)["metadata"].get("annotations") or {}
+            if ann.get(ANN_PHASE) == "Succeeded":
+                return
+            if ann.get(ANN_PHASE) == "Failed":
+                raise CliError("processing failed: " + ann.get("cdi.kubevirt.io/storage.condition.running.message", ""))
+        time.sleep(0.2)
+
+
+def _proxy_url(client: Any) -> str:
+    from cdi.kube.kinds import CDICONFIG
+
+    config = client.find(CDICONFIG, None, "config")
+    url = ((config or {}).get("status") or {}).get("uploadProxyURL")
+    if not url:
+        raise CliError("uploadproxy URL not found: CDIConfig 'config' has no status.uploadProxyURL "
+                       "(pass --uploadproxy-url)")
+    return str(url) if "://" in str(url) else f"https://{url}"
+
+
+def _token(client: Any, ns: str, pvc: str) -> str:
+    from cdi.kube.kinds import UPLOADTOKENREQUEST
+
+    out = client.create(UPLOADTOKENREQUEST, {
+        "apiVersion": UPLOADTOKENREQUEST.api_version, "kind": "UploadTokenRequest",
+        "metadata": {"name": f"token-for-{pvc}", "namespace": ns}, "spec": {"pvcName": pvc}})
+    token = (out.get("status") or {}).get("token")
+    if not token:
+        raise CliError("the API server returned no upload token")
+    return str(token)
+
+
+def _context(args: argparse.Namespace, kube_ctx: ssl.SSLContext | None) -> ssl.SSLContext:
+    if args.insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        return ctx
+    return kube_ctx or ssl.create_default_context()  # trusts the API server's CA as well (one machine)
+
+
+class Uploader:
+    """Sends one image, continuing after a dropped connection from what the server holds."""
+
+    def __init__(self, url: str, ctx: ssl.SSLContext, new_token: Any, image: Path, *, archive: bool,
+                 sparse: bool = False) -> None:
+        self.url = urllib.parse.urlsplit(url)
+        self.ctx = ctx
+        self.new_token = new_token
+        self.image = image
+        self.size = image.stat().st_size
+        self.extents: list[sparse_mod.Extent] | None = None
+        if sparse:
+            try:
+                self.size, self.extents = sparse_mod.data_extents(image)
+            except sparse_mod.SparseError as e:
+                raise CliError(str(e)) from e
+        self.token = new_token()
+        self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
+        self.resumes = 0
+
+    def _conn(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.url.hostname or "127.0.0.1", self.url.port or 443,
+                                           context=self.ctx, timeout=120)
+
+    def held(self) -> int:
+        """Bytes of this image the server already holds (0 when it cannot continue)."""
+        if self.extents is not None:
+            return 0  # an extents upload starts over (it sends only data: little to send again)
+        conn = self._conn()
+        try:
+            conn.request("HEAD", self.path, headers={"Authorization": f"Bearer {self.token}"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 401:
+                self.token = self.new_token()
+                return self.held()
+            if resp.status != 200 or resp.getheader("Upload-Length") != str(self.size):
+                return 0
+            return int(resp.getheader("Upload-Offset") or 0)
+        finally:
+            conn.close()
+
+    def upload(self) -> None:
+        from tqdm import tqdm
+
+        offset, failures = 0, 0
+        with tqdm(total=self.size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                  dynamic_ncols=True, disable=None) as bar:
+            while True:
+                try:
+                    status, body, headers = self._send(offset, bar)
+                except (OSError, http.client.HTTPException) as e:
+                    failures += 1
+                    if failures > RETRIES:
+                        raise CliError(f"upload failed after {RETRIES} retries: {e}") from e
+                    time.sleep(min(0.5 * failures, 5))
+                    offset = self._held_or_zero()
+                    print(f"\nconnection lost ({e}); continuing at byte {offset}", file=sys.stderr)
+                    self.resumes += 1
+                    continue
+                if status == 200:
+                    return
+                if status == 401:
+                    self.token = self.new_token()
+                elif status == 416:
+                    offset = int(headers.get("upload-offset") or 0)
+                elif status in (502, 503) and failures < RETRIES:  # the server went away, or is busy
+                    failures += 1
+                    time.sleep(min(0.5 * failures, 5))
+                    offset = self._held_or_zero()
+                    print(f"\nupload interrupted ({status}: {body.strip()[:200]}); continuing at byte {offset}",
+                          file=sys.stderr)
+                    self.resumes += 1
+                else:
+                    raise CliError(f"unexpected return value {status}, {body.strip()}")
+
+    def _held_or_zero(self) -> int:
+        try:
+            return self.held()
+        except (OSError, http.client.HTTPException):
+            return 0
+
+    def _send(self, offset: int, bar: Any) -> tuple[int, str, dict[str, str]]:
+        if self.extents is not None:
+            return self._send_extents(self.extents, bar)
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Length": str(self.size - offset),
+                   "Content-Type": "application/octet-stream"}
+        if offset:
+            headers["Content-Range"] = f"bytes {offset}-{self.size - 1}/{self.size}"
+        bar.n = offset
+        bar.refresh()
+        conn = self._conn()
+        try:
+            conn.putrequest("PUT" if offset else "POST", self.path)
+            for k, v in headers.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            buf = bytearray(CHUNK)
+            with open(self.image, "rb", buffering=0) as f:
+                f.seek(offset)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                while n := f.readinto(buf):
+                    conn.send(memoryview(buf)[:n])
+                    bar.update(n)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def _send_extents(self, extents: list[sparse_mod.Extent], bar: Any) -> tuple[int, str, dict[str, str]]:
+        bar.n = 0
+        bar.refresh()
+        conn = self._conn()
+        try:
+            conn.putrequest("POST", self.path)
+            length = sparse_mod.body_length(extents)
+            for k, v in {"Authorization": f"Bearer {self.token}", "Content-Type": EXTENTS_TYPE,
+                         "Upload-Length": str(self.size), "Content-Length": str(length)}.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            sparse_mod.send_extents(self.image, extents, conn.send, bar.update)
+            bar.update(self.size - bar.n)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()

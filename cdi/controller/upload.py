@@ -1,0 +1,292 @@
+"""Uploads: DataVolumes with ``source.upload`` and PVCs annotated ``cdi.kubevirt.io/storage.upload.target``.
+
+Two reconcilers, as in CDI. ``reconcile_pvc`` works on any PVC marked as an upload target once it is
+Bound: it keeps an upload server pod, a Service and the pod's TLS Secret in place, sets
+``cdi.kubevirt.io/storage.pod.ready`` while the server accepts data (the proxy waits for it), copies
+the server's last failure to the PVC's running-condition annotations, and records the outcome
+(``storage.pod.phase`` Succeeded with the volume digest, or Failed) before removing what it created.
+``reconcile_dv`` makes the DataVolume's PVC (marked as an upload target) and turns the PVC's
+annotations into the DataVolume's phase (Pending, UploadScheduled, UploadReady, Succeeded, Failed),
+conditions and events.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+from cdi.controller import conditions as c
+from cdi.controller.datavolume import termination
+from cdi.controller.resources import (
+    ANN_DIGEST,
+    ANN_IMPORT_MESSAGE,
+    ANN_IMPORT_REASON,
+    ANN_POD_PHASE,
+    ControllerSettings,
+    build_pvc,
+    image_size,
+)
+from cdi.controller.upload_pod import (
+    ANN_CONTENT_TYPE,
+    ANN_POD_READY,
+    ANN_UPLOAD_TARGET,
+    build_pod,
+    build_secret,
+    build_service,
+    upload_name,
+)
+from cdi.controller.upload_tls import CLIENT_SIGNER, SERVER_SIGNER, ensure_signers, read_pair
+from cdi.kube import (
+    DATAVOLUME,
+    POD,
+    PVC,
+    SECRET,
+    SERVICE,
+    AlreadyExists,
+    ApiError,
+    Client,
+    NotFound,
+    Obj,
+    PermanentError,
+)
+from cdi.units import parse_size
+
+log = logging.getLogger(__name__)
+
+UPLOAD_SCHEDULED = "UploadScheduled"
+UPLOAD_READY = "UploadReady"
+
+
+def is_upload_dv(dv: Obj) -> bool:
+    return "upload" in ((dv.get("spec") or {}).get("source") or {})
+
+
+def is_upload_target(pvc: Obj) -> bool:
+    return ANN_UPLOAD_TARGET in (pvc["metadata"].get("annotations") or {})
+
+
+def last_failure(log_text: str) -> dict[str, str] | None:
+    """The upload server's last refused upload, from its JSON log lines."""
+    for line in reversed(log_text.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and '"uploadFailed"' in line:
+            try:
+                value = json.loads(line).get("uploadFailed")
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return {"reason": str(value.get("reason") or "Error"), "message": str(value.get("message") or "")}
+    return None
+
+
+class UploadReconciler:
+    def __init__(self, client: Client, settings: ControllerSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self._signers_ready = False
+
+    # -- the PVC: upload server, Service, Secret ----------------------------------------------------
+
+    def reconcile_pvc(self, namespace: str, name: str) -> float | None:
+        pvc = self.client.find(PVC, namespace, name)
+        if pvc is None or not is_upload_target(pvc) or pvc["metadata"].get("deletionTimestamp"):
+            self._cleanup(namespace, name)
+            return None
+        ann = pvc["metadata"].get("annotations") or {}
+        if ann.get(ANN_POD_PHASE) in ("Succeeded", "Failed"):
+            self._cleanup(namespace, name)
+            return None
+        if (pvc.get("status") or {}).get("phase") != "Bound":
+            return None
+        ctx = f"[{namespace}/{name}]"
+        pod_name = upload_name(name)
+        self._ensure_tls(pvc)
+        if self.client.find(SERVICE, namespace, pod_name) is None:
+            self._create(SERVICE, build_service(pvc), ctx)
+        pod = self.client.find(POD, namespace, pod_name)
+        if pod is None:
+            pod = self._create(POD, build_pod(pvc, image=self.settings.uploadserver_image,
+                                              image_size=self._image_size(pvc),
+                                              filesystem_overhead=self.settings.filesystem_overhead,
+                                              resume_interval=self.settings.upload_resume_interval), ctx)
+            self._record(pvc, {ANN_POD_PHASE: "Pending", ANN_POD_READY: "false"})
+            return None
+        return self._from_pod(pvc, pod, ctx)
+
+    def _from_pod(self, pvc: Obj, pod: Obj, ctx: str) -> float | None:
+        status = pod.get("status") or {}
+        cs = (status.get("containerStatuses") or [{}])[0]
+        result = termination(cs)
+        phase = status.get("phase", "Pending")
+        if phase == "Succeeded" and result and result.get("ok"):
+            digest = (result.get("result") or {}).get("digest")
+            self._record(pvc, {ANN_POD_PHASE: "Succeeded", ANN_POD_READY: "false", ANN_DIGEST: digest,
+                               ANN_IMPORT_REASON: "Completed", ANN_IMPORT_MESSAGE: ""})
+            log.info("%s upload succeeded digest=%s", ctx, digest)
+            self._cleanup(pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+            return None
+        if phase == "Failed" or (result and not result.get("ok") and result.get("permanent")):
+            reason = str((result or {}).get("reason") or "Error")
+            message = str((result or {}).get("message") or "upload server failed")
+            self._record(pvc, {ANN_POD_PHASE: "Failed", ANN_POD_READY: "false",
+                               ANN_IMPORT_REASON: reason, ANN_IMPORT_MESSAGE: message})
+            self._cleanup(pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+            return None
+        ready = phase == "Running" and "running" in (cs.get("state") or {}) and any(
+            cond.get("type") == "Ready" and cond.get("status") == "True" for cond in status.get("conditions") or [])
+        values = {ANN_POD_PHASE: phase, ANN_POD_READY: str(ready).lower()}
+        if ready:
+            failure = self._failure(pod)
+            if failure:
+                values[ANN_IMPORT_REASON], values[ANN_IMPORT_MESSAGE] = failure["reason"], failure["message"]
+        self._record(pvc, values)
+        return self.settings.progress_interval if ready else None
+
+    def _failure(self, pod: Obj) -> dict[str, str] | None:
+        try:
+            text = self.client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], tail_lines=50)
+        except ApiError:
+            return None
+        return last_failure(text)
+
+    def _image_size(self, pvc: Obj) -> int:
+        capacity = parse_size(str(((pvc.get("status") or {}).get("capacity") or {}).get("storage")
+                                  or pvc["spec"]["resources"]["requests"]["storage"]))
+        owner = next((o for o in pvc["metadata"].get("ownerReferences") or [] if o.get("kind") == "DataVolume"), None)
+        if owner is not None:
+            dv = self.client.find(DATAVOLUME, pvc["metadata"]["namespace"], owner["name"])
+            if dv is not None:
+                return image_size(dv, pvc, self.settings)
+        if pvc["spec"].get("volumeMode") == "Block":
+            return capacity
+        return int(capacity * (1 - self.settings.filesystem_overhead)) // 512 * 512
+
+    def _ensure_tls(self, pvc: Obj) -> None:
+        meta = pvc["metadata"]
+        if self.client.find(SECRET, meta["namespace"], upload_name(meta["name"])) is not None:
+            return
+        if not self._signers_ready:
+            ensure_signers(self.client)
+            self._signers_ready = True
+        client_ca, _ = read_pair(self.client, CLIENT_SIGNER)
+        self._create(SECRET, build_secret(pvc, read_pair(self.client, SERVER_SIGNER), client_ca), "")
+
+    def _create(self, kind: object, obj: Obj, ctx: str) -> Obj:
+        meta = obj["metadata"]
+        try:
+            made = self.client.create(kind, obj)  # type: ignore[arg-type]
+            log.info("%s created %s %s", ctx, obj["kind"], meta["name"])
+            return made
+        except AlreadyExists:
+            return self.client.get(kind, meta["namespace"], meta["name"])  # type: ignore[arg-type]
+
+    def _cleanup(self, namespace: str, name: str) -> None:
+        for kind in (POD, SERVICE, SECRET):
+            try:
+                self.client.delete(kind, namespace, upload_name(name))
+            except NotFound:
+                pass
+
+    def _record(self, pvc: Obj, annotations: dict[str, str | None]) -> None:
+        values = {k: v for k, v in annotations.items() if v is not None}
+        meta = pvc["metadata"]
+        current = meta.get("annotations") or {}
+        if all(current.get(k) == v for k, v in values.items()):
+            return
+        self.client.patch(PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": values}})
+        meta.setdefault("annotations", {}).update(values)
+
+    # -- the DataVolume -----------------------------------------------------------------------------
+
+    def reconcile_dv(self, dv: Obj) -> float | None:
+        meta = dv["metadata"]
+        ctx = f"[{meta['namespace']}/{meta['name']}]"
+        status: Obj = copy.deepcopy(dv.get("status") or {})
+        status.setdefault("conditions", [])
+        status.setdefault("progress", "N/A")
+        status["claimName"] = meta["name"]
+        try:
+            self._dv_status(dv, status, ctx)
+        except PermanentError as e:
+            status["phase"] = c.FAILED
+            c.set_condition(status["conditions"], c.READY, "False")
+            c.set_condition(status["conditions"], c.RUNNING, "False", e.reason, e.message)
+        self._write(dv, status)
+        return None
+
+    def _dv_status(self, dv: Obj, status: Obj, ctx: str) -> None:
+        conds = status["conditions"]
+        meta = dv["metadata"]
+        pvc = self.client.find(PVC, meta["namespace"], meta["name"])
+        if pvc is None:
+            try:
+                wanted = build_pvc(dv, self.settings)
+            except ValueError as e:
+                raise PermanentError("InvalidSpec", str(e)) from e
+            wanted["metadata"]["annotations"][ANN_UPLOAD_TARGET] = ""
+            wanted["metadata"]["annotations"][ANN_CONTENT_TYPE] = dv["spec"].get("contentType") or "kubevirt"
+            pvc = self._create(PVC, wanted, ctx)
+            self.client.event(dv, reason="Pending", message=f"PVC {meta['name']} Pending")
+        if not any(o.get("uid") == meta["uid"] for o in pvc["metadata"].get("ownerReferences") or []):
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "NotOwned",
+                            f"PVC {meta['name']} exists and is not owned by this DataVolume")
+            return
+        if (pvc.get("status") or {}).get("phase") != "Bound":
+            status["phase"] = c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {meta['name']} Pending")
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False")
+            return
+        c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {meta['name']} Bound")
+        ann = pvc["metadata"].get("annotations") or {}
+        phase, ready = ann.get(ANN_POD_PHASE), ann.get(ANN_POD_READY) == "true"
+        reason, message = ann.get(ANN_IMPORT_REASON, ""), ann.get(ANN_IMPORT_MESSAGE, "")
+        if phase == "Succeeded":
+            status["phase"] = c.SUCCEEDED
+            status["progress"] = "100.0%"
+            c.set_condition(conds, c.READY, "True")
+            c.set_condition(conds, c.RUNNING, "False", "Completed")
+            if ann.get(ANN_DIGEST) and (meta.get("annotations") or {}).get(ANN_DIGEST) != ann[ANN_DIGEST]:
+                self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
+                                  {"metadata": {"annotations": {ANN_DIGEST: ann[ANN_DIGEST]}}})
+        elif phase == "Failed":
+            status["phase"] = c.FAILED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", reason or "Error", message)
+        elif ready:
+            status["phase"] = UPLOAD_READY
+            c.set_condition(conds, c.READY, "False")
+            if reason and message:  # the last upload was refused: say why, and stay ready for another
+                c.set_condition(conds, c.RUNNING, "True", reason, message)
+            else:
+                c.set_condition(conds, c.RUNNING, "True", "Pod is running")
+        else:
+            status["phase"] = UPLOAD_SCHEDULED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", "Pending", "Upload server pod not ready")
+
+    def _write(self, dv: Obj, status: Obj) -> None:
+        status["conditions"] = c.ordered(status["conditions"])
+        old = dv.get("status") or {}
+        if old == status:
+            return
+        meta = dv["metadata"]
+        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"status": status}, status=True)
+        new_phase, name = status.get("phase"), meta["name"]
+        if new_phase != old.get("phase"):
+            event = {UPLOAD_SCHEDULED: ("Normal", UPLOAD_SCHEDULED, f"Upload into {name} scheduled"),
+                     UPLOAD_READY: ("Normal", UPLOAD_READY, f"Upload into {name} ready"),
+                     c.SUCCEEDED: ("Normal", "UploadSucceeded", f"Successfully uploaded into {name}"),
+                     c.FAILED: ("Warning", "UploadFailed", str((c.find(status["conditions"], c.RUNNING) or {})
+                                                             .get("message") or f"Upload into {name} failed"))}
+            if new_phase in event:
+                etype, reason, message = event[new_phase]
+                self.client.event(dv, reason=reason, message=message, type=etype)
+        running = c.find(status["conditions"], c.RUNNING) or {}
+        old_running = c.find(old.get("conditions") or [], c.RUNNING) or {}
+        if new_phase == UPLOAD_READY and running.get("message") != old_running.get("message") \
+                and running.get("reason") not in ("", "Pod is running"):
+            self.client.event(dv, reason="UploadFailed", type="Warning", message=str(running.get("message")))
+

@@ -1,0 +1,150 @@
+"""The upload server on its own, in-process, over real mutual TLS: who may upload, one at a time, what is refused."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdi.controller.upload_tls import CLIENT_NAME, issue, new_ca
+from importer.progress import Progress
+from tests.support import images
+from uploadproxy.body import MultipartFile
+from uploadproxy.server import Settings, UploadHTTPServer, tls_context
+
+
+class Pki:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.server_ca = new_ca("server-signer")
+        self.client_ca = new_ca("client-signer")
+
+    def client_context(self, cn: str = CLIENT_NAME, ca: tuple[bytes, bytes] | None = None) -> ssl.SSLContext:
+        cert, key = issue(*(ca or self.client_ca), cn, client=True)
+        (self.work / f"{cn}.crt").write_bytes(cert)
+        (self.work / f"{cn}.key").write_bytes(key)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=self.server_ca[0].decode())
+        ctx.load_cert_chain(str(self.work / f"{cn}.crt"), str(self.work / f"{cn}.key"))
+        return ctx
+
+
+def start(pki: Pki, target: Path, size: int) -> UploadHTTPServer:
+    cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
+    settings = Settings({"DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(size), "CLIENT_NAME": CLIENT_NAME,
+                         "CDI_PORT_8443": "0", "TLS_CERT": cert.decode(), "TLS_KEY": key.decode(),
+                         "CLIENT_CERT": pki.client_ca[0].decode()})
+    server = UploadHTTPServer(settings, tls_context(settings), Progress())
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def post(server: UploadHTTPServer, ctx: ssl.SSLContext, body: bytes, path: str = "/v1beta1/upload",
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=ctx, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Iterator[Pki]:
+    yield Pki(tmp_path)
+
+
+def test_only_the_proxy_certificate_may_upload_and_only_once(pki: Pki, tmp_path: Path) -> None:
+    raw = images.make_raw(tmp_path / "disk.raw", 2 << 20)
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    try:
+        assert post(server, pki.client_context(cn="someone-else"), raw.read_bytes())[0] == 401
+        with pytest.raises((ssl.SSLError, OSError)):  # a certificate of another signer: no handshake
+            post(server, pki.client_context(ca=new_ca("other")), raw.read_bytes())
+        assert post(server, pki.client_context(), raw.read_bytes()) == (200, "")
+        assert server.state.done and server.state.result is not None
+        assert post(server, pki.client_context(), raw.read_bytes())[0] == 409
+        assert images.same_content(tmp_path / "disk.img", _padded(raw, tmp_path / "ref", 4 << 20))
+    finally:
+        server.shutdown()
+
+
+def test_hostile_qcow2_with_a_backing_file_is_refused(pki: Pki, tmp_path: Path) -> None:
+    base = images.make_raw(tmp_path / "base.raw", 1 << 20)
+    evil = tmp_path / "evil.qcow2"
+    images.qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(evil))
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    try:
+        code, body = post(server, pki.client_context(), evil.read_bytes())
+        assert code == 500 and body.startswith("Saving stream failed: ") and "backing" in body
+        assert not server.state.done and not server.state.busy
+        assert not (tmp_path / "disk.img").exists()  # nothing that looks like a volume is left
+    finally:
+        server.shutdown()
+
+
+def test_tar_member_escaping_the_volume_is_refused_for_archives(pki: Pki, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as t:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"bad"))
+    (tmp_path / "vol").mkdir()
+    server = start(pki, tmp_path / "vol", 4 << 20)
+    try:
+        code, _ = post(server, pki.client_context(), data.getvalue(), path="/v1beta1/upload-archive")
+        assert code == 500
+        assert not (tmp_path / "escape.txt").exists()
+    finally:
+        server.shutdown()
+
+
+class _Chunks:
+    """A body delivered in reads of ``step`` bytes, so boundaries fall across reads."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.pos = data, step, 0
+
+    @property
+    def complete(self) -> bool:
+        return self.pos == len(self.data)
+
+    def readinto(self, buf: Any) -> int:
+        n = min(self.step, len(buf), len(self.data) - self.pos)
+        buf[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+@pytest.mark.parametrize("step", [1, 7, 64, 1 << 20])
+def test_multipart_file_part_streams_across_any_read_size(step: int) -> None:
+    payload = bytes(range(256)) * 40 + b"\r\n--notquite" + b"\r\n-" * 30
+    form = (b"--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nvalue\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.img\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + payload + b"\r\n--XyZ--\r\n")
+    reader = MultipartFile(_Chunks(form, step), b"XyZ", chunk=max(step, 16))
+    out = bytearray()
+    buf = bytearray(100)
+    while n := reader.readinto(buf):
+        out += buf[:n]
+    assert bytes(out) == payload and reader.complete
+    cut = MultipartFile(_Chunks(form[: len(form) // 2], step), b"XyZ", chunk=max(step, 16))
+    while cut.readinto(buf):
+        pass
+    assert not cut.complete
+
+
+def _padded(src: Path, dst: Path, size: int) -> Path:
+    dst.write_bytes(src.read_bytes())
+    with open(dst, "r+b") as f:
+        f.truncate(size)
+    return dst

@@ -1,0 +1,394 @@
+"""``python -m uploadproxy.server``: the upload server pod's program (CDI's cdi-uploadserver).
+
+It serves HTTPS on its container port (8443; on the local node the port the node gave it, from
+``CDI_PORT_8443``), accepts only clients whose certificate is signed by ``CLIENT_CERT`` and names
+``CLIENT_NAME`` (the upload proxy), and streams one upload at a time into the volume through the
+importer's pipeline: the body is never held whole, raw and compressed images go straight into the
+volume, sparse, and the digest is taken as it is written.
+
+Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete and verified),
+``/v1beta1/upload-async`` (answers once every byte is in and checked; conversion goes on), the form
+variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
+A second upload while one runs gets 503, one after success 409; an image larger than the volume 400
+with CDI's message. A refused upload is logged as a JSON line ``{"uploadFailed": ...}`` (the controller
+shows it on the DataVolume) and the server waits for another try; after a success it writes its
+termination message and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cdi.podenv import MountsError, PathMap
+from importer import checkpoint
+from importer.errors import CapacityExceeded, Error
+from importer.pipeline import ImportJob, ImportResult, run_with_source
+from importer.progress import Progress
+from importer.sources.upload import UploadSource, upload_validator
+from importer.target import resolve_target
+from uploadproxy.body import (
+    EXTENTS_TYPE,
+    BodyError,
+    ChunkedBody,
+    ExtentsBody,
+    LengthBody,
+    MultipartFile,
+    boundary_of,
+    close_lingering,
+)
+
+log = logging.getLogger("uploadproxy.server")
+
+SYNC = ("/v1beta1/upload", "/v1alpha1/upload")
+ASYNC = ("/v1beta1/upload-async", "/v1alpha1/upload-async")
+ARCHIVE = ("/v1beta1/upload-archive", "/v1alpha1/upload-archive")
+FORM = ("/v1beta1/upload-form", "/v1alpha1/upload-form")
+FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
+CONTENT_TYPE_HEADER = "x-cdi-content-type"
+OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
+LENGTH_HEADER = "Upload-Length"
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+class Settings:
+    def __init__(self, env: dict[str, str]) -> None:
+        paths = PathMap(env)
+        self.destination = paths(env.get("DESTINATION", "/data/disk.img"))
+        self.size = int(env["UPLOAD_IMAGE_SIZE"]) if env.get("UPLOAD_IMAGE_SIZE") else None
+        self.content_type = env.get("UPLOAD_CONTENT_TYPE", "kubevirt") or "kubevirt"
+        self.client_name = env.get("CLIENT_NAME", "")
+        self.port = int(env.get("CDI_PORT_8443") or 8443)
+        self.cert, self.key = env.get("TLS_CERT", ""), env.get("TLS_KEY", "")
+        self.client_ca = env.get("CLIENT_CERT", "")
+        self.scratch = os.getcwd() if paths.confined else None
+
+
+class State:
+    """One upload at a time: uploading/processing/done, as CDI's upload server keeps them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = False
+        self.done = False
+        self.finished = threading.Event()
+        self.result: ImportResult | None = None
+
+
+def _failure_line(reason: str, message: str) -> None:
+    print(json.dumps({"uploadFailed": {"reason": reason, "message": message}}), flush=True)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: UploadHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _reply(self, code: int, text: str = "") -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        if code >= 400:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        subject: Any = (cert or {}).get("subject", ())
+        names = [v for rdn in subject for k, v in rdn if k == "commonName"]
+        return bool(cert) and self.server.settings.client_name in names
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.split("?")[0] == "/healthz":
+            self._reply(200, "OK")
+        else:
+            self._reply(404, "not found")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        """200 on the upload paths (CDI's async check), with how much of an interrupted upload is held."""
+        path = self.path.split("?")[0]
+        known = path in (*SYNC, *ASYNC, *ARCHIVE, *FORM, *FORM_ASYNC, "/healthz")
+        if known and path != "/healthz" and not self._authorized():
+            self.send_response(401)
+        else:
+            self.send_response(200 if known else 404)
+            point = self.server.resume_point()
+            if known and point is not None:
+                self.send_header(OFFSET_HEADER, str(point.offset))
+                self.send_header(LENGTH_HEADER, str(point.size))
+            elif known:
+                self.send_header(OFFSET_HEADER, "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.do_POST()
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0]
+        if path not in (*SYNC, *ASYNC, *ARCHIVE, *FORM, *FORM_ASYNC):
+            self._reply(404, "not found")
+            return
+        if not self._authorized():
+            self._reply(401, "")
+            return
+        state = self.server.state
+        with state.lock:
+            if state.busy:
+                log.warning("concurrent upload refused")
+                self._reply(503, "")
+                return
+            if state.done:
+                log.warning("upload after success refused")
+                self._reply(409, "")
+                return
+            state.busy = True
+        if not self._upload(path):
+            with state.lock:
+                state.busy = False
+
+    def _body(self, form: bool) -> tuple[Any, int | None, int]:
+        """The body reader, the size of the whole image when known, and where in it the body starts."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            body: Any = ChunkedBody(self.rfile)
+            size = None
+        else:
+            size = int(self.headers.get("Content-Length") or 0)
+            body = LengthBody(self.rfile, size)
+        if form:
+            return MultipartFile(body, boundary_of(self.headers.get("Content-Type") or "")), None, 0
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() == EXTENTS_TYPE:
+            length = int(self.headers.get(LENGTH_HEADER) or -1)
+            if length < 0 or self.headers.get("Content-Range"):
+                raise BodyError(f"an extents body needs {LENGTH_HEADER} (the image size) and no Content-Range")
+            return ExtentsBody(body, length), length, -1
+        ranged = self.headers.get("Content-Range")
+        if not ranged:
+            return body, size, 0
+        m = CONTENT_RANGE.match(ranged.strip())
+        if not m or size is None or int(m.group(2)) - int(m.group(1)) + 1 != size or int(m.group(2)) >= int(m.group(3)):
+            raise BodyError(f"invalid Content-Range {ranged!r} for a body of {size} bytes")
+        return body, int(m.group(3)), int(m.group(1))
+
+    def _upload(self, path: str) -> bool:
+        """Run one upload; True when it goes on in the background (async) and frees the server itself."""
+        settings = self.server.settings
+        content_type = self.headers.get(CONTENT_TYPE_HEADER) or settings.content_type
+        if path in ARCHIVE:
+            content_type = "archive"
+        try:
+            body, size, offset = self._body(path in FORM or path in FORM_ASYNC)
+        except (BodyError, ValueError) as e:
+            self._reply(400, f"Saving stream failed: {e}")
+            return False
+        if offset > 0:
+            point = self.server.resume_point()
+            if point is None or point.offset != offset or point.validator != upload_validator(size):
+                held = point.offset if point is not None and point.validator == upload_validator(size) else 0
+                self.send_response(416)
+                self.send_header(OFFSET_HEADER, str(held))
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                return False
+            log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
+        job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
+                        size=settings.size, scratch_dir=settings.scratch)
+        if path not in ASYNC and path not in FORM_ASYNC:
+            return self._answer_then_finish(self._run(job, source), source)
+        outcome: dict[str, Any] = {}
+        replied = threading.Event()
+        finished = threading.Event()
+        decided = threading.Lock()
+
+        def background() -> None:
+            result = self._run(job, source)
+            with decided:
+                outcome.update(result)
+                finished.set()
+                handed_off = replied.is_set()
+            if handed_off:  # the client has its answer: the outcome goes to the log and the controller
+                self.server.finish(outcome)
+                with self.server.state.lock:
+                    self.server.state.busy = False
+
+        threading.Thread(target=background, name="upload-async", daemon=True).start()
+        while not finished.wait(0.1) and not source.ended.is_set():
+            pass
+        with decided:
+            if not finished.is_set() and source.ended.is_set():
+                replied.set()
+        if replied.is_set():
+            log.info("async upload received bytes=%d; processing continues", source.position)
+            self._reply(200, "")
+            return True
+        finished.wait()
+        return self._answer_then_finish(outcome, source)
+
+    def _answer_then_finish(self, outcome: dict[str, Any], source: UploadSource) -> bool:
+        """Record a success before answering (a request after it gets 409), stop serving after."""
+        if "result" in outcome:
+            with self.server.state.lock:
+                self.server.state.done = True
+                self.server.state.result = outcome["result"]
+        self._answer(outcome, source)
+        if "result" in outcome:
+            self.server.state.finished.set()
+        return False
+
+    def _run(self, job: ImportJob, source: UploadSource) -> dict[str, Any]:
+        try:
+            return {"result": run_with_source(job, source, self.server.progress)}
+        except BaseException as e:  # noqa: BLE001 - reported to the client and the log
+            return {"error": e}
+
+    def _answer(self, outcome: dict[str, Any], source: UploadSource) -> None:
+        error = outcome.get("error")
+        if error is None:
+            log.info("upload done bytes=%d digest=%s", source.position, outcome["result"].digest)
+            self._reply(200, "")
+            return
+        message = str(error)
+        if isinstance(error, CapacityExceeded):
+            code, message = 400, f"effective image size is larger than the reported available storage: {message}"
+        elif isinstance(error, (Error, BodyError)):
+            code = 500
+        else:
+            log.exception("upload failed", exc_info=error)
+            code = 500
+        reason = getattr(error, "reason", type(error).__name__)
+        log.warning("upload failed reason=%s message=%s", reason, message)
+        _failure_line(reason, message)
+        try:
+            self._reply(code, f"Saving stream failed: {message}")
+        except OSError:
+            pass  # the client is gone (a cut upload): the log and the DataVolume say why
+
+
+class UploadHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 16
+
+    def __init__(self, settings: Settings, context: ssl.SSLContext | None, progress: Progress) -> None:
+        self.settings = settings
+        self.context = context
+        self.state = State()
+        self.progress = progress
+        super().__init__(("127.0.0.1" if os.environ.get("CDI_PORTS") else "0.0.0.0", settings.port), Handler)
+
+    def resume_point(self) -> checkpoint.Checkpoint | None:
+        """The durable part of an interrupted raw upload into this volume, if there is one."""
+        settings = self.settings
+        if settings.content_type == "archive":
+            return None
+        try:
+            target = resolve_target(settings.destination, size=settings.size, archive=False)
+        except Error:
+            return None
+        point = checkpoint.load(checkpoint.path_for(target.path, target.kind, settings.scratch))
+        if point is None or point.target != target.path or point.capacity != target.capacity:
+            return None
+        return point
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.context is not None:  # the handshake runs in the connection's thread, not the accept loop
+            request.settimeout(60)
+            try:
+                request = self.context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                log.info("TLS handshake failed peer=%s error=%s", client_address, e)
+                request.close()
+                return
+            request.settimeout(None)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            close_lingering(request)
+
+    def finish(self, outcome: dict[str, Any]) -> None:
+        """After a successful upload: record it and stop serving; a failed one leaves the server up."""
+        if "error" in outcome:
+            error = outcome["error"]
+            _failure_line(getattr(error, "reason", type(error).__name__), str(error))
+            return
+        with self.state.lock:
+            self.state.done = True
+            self.state.result = outcome["result"]
+        self.state.finished.set()
+
+
+def _write_private(name: str, data: str) -> str:
+    path = os.path.abspath(name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    return path
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.num_tickets = 0  # nothing arrives unasked after the handshake: readable means an (early) answer
+    ctx.load_cert_chain(_write_private("tls.crt", settings.cert), _write_private("tls.key", settings.key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=settings.client_ca)
+    return ctx
+
+
+def _termination(payload: dict[str, object]) -> None:
+    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    try:
+        with open(path, "w") as f:
+            json.dump(payload, f)
+    except OSError as e:
+        log.warning("cannot write termination message path=%s error=%s", path, e)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        settings = Settings(dict(os.environ))
+        if not settings.cert and os.environ.get("INSECURE_TLS", "").lower() != "true":
+            raise ValueError("TLS_CERT is empty: the upload server serves only over TLS (set INSECURE_TLS=true "
+                             "to serve plain HTTP in tests)")
+        context = tls_context(settings)
+    except (MountsError, ValueError, ssl.SSLError, OSError) as e:
+        log.error("cannot start: %s", e)
+        _termination({"ok": False, "reason": "InvalidJob", "message": str(e), "permanent": True})
+        return 1
+    with Progress(mode="json", stream=sys.stdout, interval=1.0) as progress:
+        server = UploadHTTPServer(settings, context, progress)
+        server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        thread.start()
+        log.info("upload server listening port=%d destination=%s size=%s", settings.port, settings.destination,
+                 settings.size)
+        print(json.dumps({"ready": True}), flush=True)
+        server.state.finished.wait()
+        result = server.state.result
+        server.shutdown()
+    assert result is not None
+    log.info("upload done result=%s", json.dumps(result.to_dict()))
+    _termination({"ok": True, "result": result.to_dict()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
