@@ -6,6 +6,9 @@
   large`), but as a 413 Status rather than an opaque 500.
 - JSON or YAML nested deeper than `MAX_DEPTH` is a 400: nothing real nests that deep, and deeper
   documents would exhaust Python's recursion while being copied or merged.
+- YAML aliases may stand for at most `MAX_ALIASED_NODES` nodes in all: a few hundred bytes of
+  nested aliases otherwise expand to millions of values (go-yaml refuses such documents with
+  `document contains excessive aliasing`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,48 @@ from cdi.apiserver.errors import BadRequest, RequestEntityTooLarge, to_status
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 MAX_OBJECT_BYTES = 1536 * 1024
 MAX_DEPTH = 100
+MAX_ALIASED_NODES = 10000
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """A safe loader that counts the nodes every alias stands for and stops past the budget."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliased = 0
+        self._sizes: dict[int, int] = {}
+
+    def _size(self, node: yaml.Node) -> int:
+        """Nodes under `node`, aliases included (iterative; sizes memoised per node)."""
+        total = 0
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            known = self._sizes.get(id(n))
+            if known is not None:
+                total += known
+                continue
+            total += 1
+            if isinstance(n, yaml.SequenceNode):
+                stack.extend(n.value)
+            elif isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    stack.extend((k, v))
+            if total > MAX_ALIASED_NODES:
+                break
+        return total
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            anchored = self.anchors.get(event.anchor)
+            if anchored is not None:
+                size = self._size(anchored)
+                self._sizes[id(anchored)] = size
+                self._aliased += size
+                if self._aliased > MAX_ALIASED_NODES:
+                    raise yaml.YAMLError("yaml: document contains excessive aliasing")
+        return super().compose_node(parent, index)
 
 
 def body_too_large() -> RequestEntityTooLarge:
@@ -51,7 +96,7 @@ def check_depth(doc: Any, what: str) -> None:
 def decode(raw: bytes, what: str, *, as_yaml: bool = False) -> Any:
     """Parse JSON (or YAML) from a request, mapping malformed or too deep input to a 400."""
     try:
-        doc = yaml.safe_load(raw) if as_yaml else json.loads(raw or b"null")
+        doc = yaml.load(raw, Loader=_BudgetLoader) if as_yaml else json.loads(raw or b"null")  # noqa: S506
     except RecursionError as e:
         raise BadRequest(f"{what}: exceeded max depth of {MAX_DEPTH}") from e
     except (ValueError, yaml.YAMLError) as e:

@@ -67,6 +67,18 @@ def _int(value: str | None, name: str) -> int | None:
         raise BadRequest(f"invalid value for {name}: {value!r}") from e
 
 
+def check_resource_version(value: str | None) -> int | None:
+    """A resourceVersion from the query as kube's storage parses it: an unsigned integer or 400."""
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if not value.isdigit():
+        raise BadRequest(
+            f'resourceVersion: Invalid value: "{value}": strconv.ParseUint: parsing "{value}": invalid syntax'
+        )
+    return int(value)
+
+
 class ResourceHandlers:
     def __init__(
         self, objects: Objects, registry: Registry, hooks: Hooks, *, bookmark_interval: float
@@ -103,6 +115,7 @@ class ResourceHandlers:
         q = request.query_params
         ns = t.namespace or ""
         if method == "GET":
+            check_resource_version(q.get("resourceVersion"))
             if t.name is None:
                 return await self._list_or_watch(request, t)
             if sub == "log":
@@ -143,8 +156,11 @@ class ResourceHandlers:
             manager = self._manager(request, opts)
             on_status = sub == "status"
             if is_apply:
+                # Parsed in a thread: a hostile document must not hold up every other request.
+                config = await run_in_threadpool(limits.decode, raw, "error decoding YAML", as_yaml=True)
                 applied, made = self.objects.apply(
-                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
+                    t.kind, ns, t.name, config,
+                    manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run,
                 )
                 return json_response(applied, 201 if made else 200, headers=check.headers())
             patched = self.objects.patch(
@@ -183,9 +199,9 @@ class ResourceHandlers:
         if ctype == PROTOBUF:
             data = protobuf.decode(raw)
         elif ctype in ("application/yaml", "application/x-yaml"):
-            data = limits.decode(raw, "error decoding request body", as_yaml=True)
+            data = await run_in_threadpool(limits.decode, raw, "error decoding request body", as_yaml=True)
         else:
-            data, check.duplicates = fieldvalidation.decode(raw)
+            data, check.duplicates = await run_in_threadpool(fieldvalidation.decode, raw)
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data, check
