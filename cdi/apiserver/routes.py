@@ -8,6 +8,7 @@ stream) is chosen from the query and the Accept header as kube-apiserver does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
 from cdi.apiserver import fieldvalidation, limits, managedfields, options, pagination, protobuf
-from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
+from cdi.apiserver.errors import BadRequest, Expired, Invalid, MethodNotAllowed, NotFound, Timeout
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -79,6 +80,29 @@ def check_resource_version(value: str | None) -> int | None:
     return int(value)
 
 
+# kube's watch cache waits this long for a resourceVersion it has not reached before answering 504.
+FRESHNESS_WAIT_SECONDS = 3.0
+
+
+async def wait_fresh(store: Any, rv: int | None) -> None:
+    """Wait until the store reaches `rv`; past FRESHNESS_WAIT_SECONDS, kube's 504 `Too large resource
+    version` with its ResourceVersionTooLarge cause (clients retry after a second)."""
+    if not rv:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FRESHNESS_WAIT_SECONDS
+    while store.resource_version < rv:
+        if loop.time() >= deadline:
+            raise Timeout(
+                f"Too large resource version: {rv}, current: {store.resource_version}",
+                details={
+                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": 1,
+                },
+            )
+        await asyncio.sleep(0.05)
+
+
 class ResourceHandlers:
     def __init__(
         self, objects: Objects, registry: Registry, hooks: Hooks, *, bookmark_interval: float
@@ -115,7 +139,7 @@ class ResourceHandlers:
         q = request.query_params
         ns = t.namespace or ""
         if method == "GET":
-            check_resource_version(q.get("resourceVersion"))
+            await wait_fresh(self.objects.store, check_resource_version(q.get("resourceVersion")))
             if t.name is None:
                 return await self._list_or_watch(request, t)
             if sub == "log":
@@ -249,6 +273,7 @@ class ResourceHandlers:
             return StreamingResponse(stream, media_type=JSON)
         if q.get("continue") and q.get("resourceVersion") not in (None, ""):
             raise BadRequest("specifying resource version is not allowed when using continue")
+        self._check_match(q.get("resourceVersionMatch"), check_resource_version(q.get("resourceVersion")))
         items, rv = self.objects.select(kind, t.namespace, *matchers)
         items, list_meta = pagination.page(
             items,
@@ -277,6 +302,29 @@ class ResourceHandlers:
                 "items": items,
             }
         )
+
+    def _check_match(self, match: str | None, rv: int | None) -> None:
+        """resourceVersionMatch as kube validates it; an Exact list from before the kept history is 410.
+
+        Lists are served from the current state: an Exact list of an older, still kept version gets
+        the current items (kube would read them at that revision).
+        """
+        if not match:
+            return
+        if match not in ("Exact", "NotOlderThan"):
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                f'resourceVersionMatch: Unsupported value: "{match}": supported values: "Exact", "NotOlderThan", ""'
+            ])
+        if rv is None:
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+            ])
+        if not rv and match == "Exact":
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+            ])
+        if match == "Exact" and rv is not None and rv < self.objects.store.compacted:
+            raise Expired("The resourceVersion for the provided list is too old.")
 
     def _delete_collection(self, request: Request, t: Target, delete_opts: Obj, dry_run: bool) -> Response:
         items, _ = self.objects.select(t.kind, t.namespace, *self._matchers(request, t.kind))

@@ -134,3 +134,20 @@ def test_create_answer_names_kind_and_api_version(c: httpx.Client) -> None:
     r = c.post(CM, json={"metadata": {"name": "bare"}})
     assert r.status_code == 201
     assert (r.json()["kind"], r.json()["apiVersion"]) == ("ConfigMap", "v1")
+
+
+def test_resource_versions_from_the_future_and_the_past(cluster: Cluster, c: httpx.Client) -> None:
+    store = cluster.server.app.state.store
+    future = store.resource_version + 1000
+    start = time.monotonic()
+    r = c.get(CM, params={"watch": "1", "resourceVersion": str(future)}, timeout=30)
+    assert r.status_code == 504 and time.monotonic() - start >= 2.5
+    body = r.json()
+    assert body["message"].startswith(f"Too large resource version: {future}, current: ")
+    assert body["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
+    for _ in range(60):  # more writes than the kept watch history
+        c.post(CM, json={"metadata": {"generateName": "hist-"}})
+    r = c.get(CM, params={"resourceVersion": "1", "resourceVersionMatch": "Exact"})
+    assert r.status_code == 410 and r.json()["reason"] == "Expired"
+    r = c.get(CM, params={"resourceVersionMatch": "Exact"})
+    assert r.status_code == 422
