@@ -1,7 +1,7 @@
 """Minimal decoding of Kubernetes protobuf request bodies for the kinds kubectl creates imperatively.
 
-`kubectl create namespace|configmap|secret` send `application/vnd.kubernetes.protobuf` and do not
-fall back to JSON, so the server decodes those three kinds (field numbers from
+`kubectl create namespace|configmap|secret|service` send `application/vnd.kubernetes.protobuf` and
+do not fall back to JSON, so the server decodes those four kinds (field numbers from
 k8s.io/api/core/v1/generated.proto and apimachinery's ObjectMeta). Other kinds get 415 with a hint
 to use `kubectl apply -f` / `create -f`, which send JSON. Responses are always JSON.
 """
@@ -82,11 +82,63 @@ def _object_meta(buf: bytes) -> Obj:
     return meta
 
 
+_SERVICE_SPEC_STRINGS = {3: "clusterIP", 4: "type", 7: "sessionAffinity", 8: "loadBalancerIP", 10: "externalName",
+                         11: "externalTrafficPolicy", 20: "ipFamilyPolicy", 22: "loadBalancerClass",
+                         23: "internalTrafficPolicy", 24: "trafficDistribution"}
+_SERVICE_SPEC_LISTS = {5: "externalIPs", 9: "loadBalancerSourceRanges", 18: "clusterIPs", 19: "ipFamilies"}
+
+
+def _int_or_string(buf: bytes) -> int | str:
+    kind, number, text = 0, 0, ""
+    for n, v in _fields(buf):
+        if n == 1 and isinstance(v, int):
+            kind = v
+        elif n == 2 and isinstance(v, int):
+            number = v
+        elif n == 3:
+            text = _str(v)
+    return text if kind == 1 else number
+
+
+def _service_port(buf: bytes) -> Obj:
+    port: Obj = {}
+    for n, v in _fields(buf):
+        if n in (1, 2, 6) and v:
+            port[{1: "name", 2: "protocol", 6: "appProtocol"}[n]] = _str(v)
+        elif n in (3, 5) and isinstance(v, int) and v:
+            port["port" if n == 3 else "nodePort"] = v
+        elif n == 4 and isinstance(v, bytes):
+            port["targetPort"] = _int_or_string(v)
+    return port
+
+
+def _service_spec(buf: bytes) -> Obj:
+    """ServiceSpec (generated.proto field numbers) as far as `kubectl create service` fills it."""
+    spec: Obj = {}
+    for n, v in _fields(buf):
+        if n == 1 and isinstance(v, bytes):
+            spec.setdefault("ports", []).append(_service_port(v))
+        elif n == 2:
+            k, val = _map_entry(v)
+            spec.setdefault("selector", {})[k] = val.decode()
+        elif n in _SERVICE_SPEC_STRINGS and v:
+            spec[_SERVICE_SPEC_STRINGS[n]] = _str(v)
+        elif n in _SERVICE_SPEC_LISTS:
+            spec.setdefault(_SERVICE_SPEC_LISTS[n], []).append(_str(v))
+        elif n == 12 and v:
+            spec["healthCheckNodePort"] = v
+        elif n in (13, 21) and isinstance(v, int):
+            spec["publishNotReadyAddresses" if n == 13 else "allocateLoadBalancerNodePorts"] = bool(v)
+    return spec
+
+
 def _decode_kind(kind: str, raw: bytes) -> Obj:
     obj: Obj = {}
     for n, v in _fields(raw):
         if n == 1 and isinstance(v, bytes):
             obj["metadata"] = _object_meta(v)
+        elif kind == "Service" and n == 2 and isinstance(v, bytes):
+            obj["spec"] = _service_spec(v)
         elif kind == "Namespace" and n == 2 and isinstance(v, bytes):
             obj["spec"] = {"finalizers": [_str(x) for m, x in _fields(v) if m == 1]}
         elif kind == "ConfigMap" and n in (2, 3):
@@ -109,7 +161,7 @@ def _decode_kind(kind: str, raw: bytes) -> Obj:
 
 
 def decode(body: bytes) -> Obj:
-    """Decode a protobuf-encoded Namespace, ConfigMap or Secret to its JSON form."""
+    """Decode a protobuf-encoded Namespace, ConfigMap, Secret or Service to its JSON form."""
     if not body.startswith(MAGIC):
         raise BadRequest("protobuf body without the k8s envelope")
     api_version = kind = ""
@@ -123,9 +175,9 @@ def decode(body: bytes) -> Obj:
                     kind = _str(x)
         elif n == 2 and isinstance(v, bytes):
             raw = v
-    if api_version != "v1" or kind not in ("Namespace", "ConfigMap", "Secret"):
+    if api_version != "v1" or kind not in ("Namespace", "ConfigMap", "Secret", "Service"):
         raise UnsupportedMediaType(
-            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap and Secret, not "
+            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap, Secret and Service, not "
             f"{api_version} {kind}; send JSON (for example `kubectl apply -f` or `kubectl create -f`)"
         )
     obj = _decode_kind(kind, raw)

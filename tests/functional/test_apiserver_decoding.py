@@ -151,3 +151,10 @@ def test_resource_versions_from_the_future_and_the_past(cluster: Cluster, c: htt
     assert r.status_code == 410 and r.json()["reason"] == "Expired"
     r = c.get(CM, params={"resourceVersionMatch": "Exact"})
     assert r.status_code == 422
+
+
+def test_kubectl_create_service_clusterip(cluster: Cluster, c: httpx.Client) -> None:
+    cluster.kubectl("create", "service", "clusterip", "web", "--tcp=80:8080")
+    spec = c.get("/api/v1/namespaces/default/services/web").json()["spec"]
+    assert spec["ports"] == [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}]
+    assert spec["selector"] == {"app": "web"} and spec["type"] == "ClusterIP"
