@@ -22,7 +22,7 @@ from cdi.api.registry import Registry
 from cdi.apiserver import discovery, kubevirt_subresources, openapi, openapi_v2
 from cdi.apiserver.errors import ApiServerError, NotFound, Unauthorized, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
-from cdi.apiserver.limits import BodyLimit
+from cdi.apiserver.limits import BodyLimit, allow_deep_documents
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.routes import JSON, ResourceHandlers, json_response
 from cdi.apiserver.store import Store
@@ -118,6 +118,7 @@ class InternalErrors:
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
     registry = registry or default_registry()
+    allow_deep_documents()
     store = Store(settings.db_path, history=settings.watch_history)
     objects = Objects(store, registry)
     for ns in settings.initial_namespaces:

@@ -117,6 +117,7 @@ def decode(raw: bytes) -> tuple[Any, list[str]]:
             dups[id(d)] = repeated
         return d
 
+    limits.check_raw_depth(raw, "error decoding request body")
     try:
         doc = json.loads(raw or b"null", object_pairs_hook=pairs)
     except RecursionError as e:

@@ -158,3 +158,19 @@ def test_kubectl_create_service_clusterip(cluster: Cluster, c: httpx.Client) -> 
     spec = c.get("/api/v1/namespaces/default/services/web").json()["spec"]
     assert spec["ports"] == [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}]
     assert spec["selector"] == {"app": "web"} and spec["type"] == "ClusterIP"
+
+
+def test_json_nests_as_deep_as_kube_allows(c: httpx.Client) -> None:
+    vms = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines"
+    vm = {"metadata": {"name": "deepvm"}, "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {
+        "memory": {"guest": "64Mi"}, "devices": {}}}}}}
+    r = c.post(vms, json=vm)
+    assert r.status_code == 201, r.text
+    merge = {"Content-Type": "application/merge-patch+json"}
+    deep = '{"status":{"x":' + '{"a":' * 5000 + "1" + "}" * 5002
+    r = c.patch(f"{vms}/deepvm/status", content=deep, headers=merge, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    too_deep = '{"status":{"x":' + '{"a":' * 10000 + "1" + "}" * 10002
+    r = c.patch(f"{vms}/deepvm/status", content=too_deep, headers=merge)
+    assert r.status_code == 400 and "exceeded max depth of 10000" in r.json()["message"]
+    assert c.get(f"{vms}/deepvm").status_code == 200
