@@ -27,6 +27,7 @@ Obj = dict[str, Any]
 _GO_JSON_TYPE = {"boolean": "bool", "integer": "number", "number": "number", "string": "string",
                  "array": "array", "object": "object"}
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*")
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,19 @@ class TypeProblem:
     sent: str  # JSON type sent: integer, number, string, boolean, array, object
     expected: str  # schema type expected, e.g. string
     go_type: str  # e.g. string, int32, []v1.OwnerReference, map[string]string
-    base64_at: int | None = None
+    detail: str | None = None  # the decoder's own words for a string it cannot parse
+    shown: str | None = None  # that string
 
     def go_message(self) -> str:
-        if self.base64_at is not None:
-            return f"illegal base64 data at input byte {self.base64_at}"
+        if self.detail is not None:
+            return self.detail
         return (
             f"json: cannot unmarshal {_GO_JSON_TYPE[self.sent]} into Go struct field "
             f"{self.struct}.{self.go_path} of type {self.go_type}"
         )
 
     def crd_message(self) -> str:
-        what = f'"{self.sent}"'
+        what = f'"{self.shown if self.shown is not None else self.sent}"'
         return f"{self.path}: Invalid value: {what}: {self.path} in body must be of type {self.expected}: {what}"
 
 
@@ -143,6 +145,16 @@ def _base64_error(text: str) -> int | None:
     return None
 
 
+def _format_error(text: str, fmt: Any) -> str | None:
+    """Go's words for a string its type cannot parse: base64 bytes, RFC 3339 times."""
+    if fmt == "byte":
+        at = _base64_error(text)
+        return None if at is None else f"illegal base64 data at input byte {at}"
+    if fmt == "date-time" and not _RFC3339.fullmatch(text):
+        return f'parsing time "{text}" as "2006-01-02T15:04:05Z07:00": cannot parse "{text}" as "2006"'
+    return None
+
+
 def walk(doc: Any, schema: Obj, *, path: str, struct: str, go_path: str, prune: bool = True) -> Findings:
     """Check `doc` against `schema`, removing unknown fields when `prune`."""
     found = Findings()
@@ -158,10 +170,11 @@ def walk(doc: Any, schema: Obj, *, path: str, struct: str, go_path: str, prune: 
         if types is not None and not _allows(types, sent):
             found.types.append(TypeProblem(where, holder, gp, sent, "/".join(sorted(types)), go_type(raw)))
             continue
-        if sent == "string" and sch.get("format") == "byte":
-            at = _base64_error(value)
-            if at is not None:
-                found.types.append(TypeProblem(where, holder, gp, sent, "string", "[]byte", base64_at=at))
+        if sent == "string":
+            detail = _format_error(value, sch.get("format"))
+            if detail is not None:
+                fmt = str(sch.get("format"))
+                found.types.append(TypeProblem(where, holder, gp, sent, fmt, "string", detail=detail, shown=value))
             continue
         if sent == "array":
             items = sch.get("items")

@@ -174,3 +174,10 @@ def test_json_nests_as_deep_as_kube_allows(c: httpx.Client) -> None:
     r = c.patch(f"{vms}/deepvm/status", content=too_deep, headers=merge)
     assert r.status_code == 400 and "exceeded max depth of 10000" in r.json()["message"]
     assert c.get(f"{vms}/deepvm").status_code == 200
+
+
+def test_times_must_parse(c: httpx.Client) -> None:
+    c.post(CM, json={"metadata": {"name": "when"}})
+    ops = [{"op": "add", "path": "/metadata/deletionTimestamp", "value": "garbage"}]
+    r = c.patch(f"{CM}/when", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 400 and 'parsing time "garbage"' in r.json()["message"]
