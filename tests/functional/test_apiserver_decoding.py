@@ -181,3 +181,12 @@ def test_times_must_parse(c: httpx.Client) -> None:
     ops = [{"op": "add", "path": "/metadata/deletionTimestamp", "value": "garbage"}]
     r = c.patch(f"{CM}/when", content=json.dumps(ops), headers={"Content-Type": "application/json-patch+json"})
     assert r.status_code == 400 and 'parsing time "garbage"' in r.json()["message"]
+
+
+def test_kubectl_explain_reaches_inside_built_in_kinds(cluster: Cluster) -> None:
+    out = cluster.kubectl("explain", "pod.spec.containers.image").stdout
+    assert "FIELD: image <string>" in out and "Container image name" in out
+    out = cluster.kubectl("explain", "services.spec.ports.targetPort").stdout
+    assert "targetPort" in out
+    out = cluster.kubectl("explain", "pod.spec.containers.image", "--output=plaintext-openapiv2").stdout
+    assert "FIELD:    image <string>" in out
