@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any
 
 from cdi.api import kube_schemas
@@ -70,18 +71,25 @@ def _v3(schema: Any, wanted: list[str]) -> Any:
     return out
 
 
-def builtin_schemas(kind: ResourceKind) -> Obj:
-    """kube's schema of a built-in kind and of every type it refers to, by name; {} for others."""
-    name = kube_schemas.definition_name(kind.group, kind.version, kind.kind) if kind.schema is None else None
-    if name is None:
-        return {}
+@lru_cache(maxsize=64)
+def _closure(name: str) -> Obj:
+    """The type `name` and every type it refers to, in v3 form (shared: not to be modified)."""
     out: Obj = {}
     wanted = [name]
     while wanted:
         n = wanted.pop()
         if n not in out:
             out[n] = _v3(kube_schemas.definitions()[n], wanted)
-    out[name]["x-kubernetes-group-version-kind"] = [_gvk(kind)]
+    return out
+
+
+def builtin_schemas(kind: ResourceKind) -> Obj:
+    """kube's schema of a built-in kind and of every type it refers to, by name; {} for others."""
+    name = kube_schemas.definition_name(kind.group, kind.version, kind.kind) if kind.schema is None else None
+    if name is None:
+        return {}
+    out = dict(_closure(name))
+    out[name] = {**out[name], "x-kubernetes-group-version-kind": [_gvk(kind)]}
     return out
 
 
