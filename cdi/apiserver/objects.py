@@ -323,7 +323,9 @@ class Objects:
                 f"the API version in the data ({obj.get('apiVersion')}) does not match the expected "
                 f"API version ({kind.api_version}) or kind ({obj.get('kind')}) is not {kind.kind}"
             )
-        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        # apiVersion and kind lead, as in kube's answers, also when the body left them out.
+        obj = {"apiVersion": kind.api_version, "kind": kind.kind,
+               **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}}
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise BadRequest("metadata must be an object")

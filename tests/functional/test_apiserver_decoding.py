@@ -133,6 +133,7 @@ def test_bad_selectors_and_resource_versions_are_400(c: httpx.Client) -> None:
 def test_create_answer_names_kind_and_api_version(c: httpx.Client) -> None:
     r = c.post(CM, json={"metadata": {"name": "bare"}})
     assert r.status_code == 201
+    assert list(r.json())[:2] == ["apiVersion", "kind"]
     assert (r.json()["kind"], r.json()["apiVersion"]) == ("ConfigMap", "v1")
 
 
