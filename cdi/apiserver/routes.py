@@ -2,8 +2,10 @@
 
 One catch-all route per prefix parses the rest of the path itself, because kube's URL space is
 ambiguous for path templates (`/api/v1/namespaces/x/pods` versus `/api/v1/namespaces/x/status`).
-Verbs map to `Objects`; the response shape (object, list, Table, PartialObjectMetadata, watch
-stream) is chosen from the query and the Accept header as kube-apiserver does.
+Verbs map to `Objects`, writes in worker threads (the store is thread-safe and each verb atomic
+under its lock) so that a large or deeply nested object does not hold up other requests; the
+response shape (object, list, Table, PartialObjectMetadata, watch stream) is chosen from the query
+and the Accept header as kube-apiserver does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import Request, Response
@@ -153,22 +156,23 @@ class ResourceHandlers:
                 )
             opts = options.parse("CreateOptions", q)
             body, check = await self._body(request, opts)
-            created = self.objects.create(
-                t.kind, ns, body, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)
+            created = await run_in_threadpool(
+                partial(self.objects.create, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)),
+                t.kind, ns, body,
             )
             return json_response(created, 201, headers=check.headers())
         if method == "PUT" and t.name is not None and sub in (None, "status"):
             opts = options.parse("UpdateOptions", q)
             body, check = await self._body(request, opts)
-            updated = self.objects.update(
-                t.kind,
-                ns,
-                t.name,
-                body,
-                status=sub == "status",
-                dry_run=opts.dry_run,
-                fields=check,
-                manager=self._manager(request, opts),
+            updated = await run_in_threadpool(
+                partial(
+                    self.objects.update,
+                    status=sub == "status",
+                    dry_run=opts.dry_run,
+                    fields=check,
+                    manager=self._manager(request, opts),
+                ),
+                t.kind, ns, t.name, body,
             )
             return json_response(updated, headers=check.headers())
         if method == "PATCH" and t.name is not None and sub in (None, "status"):
@@ -182,13 +186,16 @@ class ResourceHandlers:
             if is_apply:
                 # Parsed in a thread: a hostile document must not hold up every other request.
                 config = await run_in_threadpool(limits.decode, raw, "error decoding YAML", as_yaml=True)
-                applied, made = self.objects.apply(
+                applied, made = await run_in_threadpool(
+                    partial(
+                        self.objects.apply, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
+                    ),
                     t.kind, ns, t.name, config,
-                    manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run,
                 )
                 return json_response(applied, 201 if made else 200, headers=check.headers())
-            patched = self.objects.patch(
-                t.kind, ns, t.name, ctype, raw, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager
+            patched = await run_in_threadpool(
+                partial(self.objects.patch, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager),
+                t.kind, ns, t.name, ctype, raw,
             )
             return json_response(patched, headers=check.headers())
         if method == "DELETE" and sub is None:
