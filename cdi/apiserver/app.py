@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cdi.api import default_registry
 from cdi.api.registry import Registry
@@ -34,7 +35,7 @@ from cdi.apiserver.authn import Authenticator, StaticTokens
 from cdi.apiserver.clone_admission import CloneSourceCheck
 from cdi.apiserver.errors import ApiServerError, NotFound, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
-from cdi.apiserver.limits import BodyLimit
+from cdi.apiserver.limits import BodyLimit, allow_deep_documents
 from cdi.apiserver.objects import Objects
 from cdi.apiserver.rbac import Authorizer
 from cdi.apiserver.rbac_admission import EscalationCheck
@@ -82,9 +83,43 @@ class Settings:
             raise ValueError("bookmark_interval must be positive")
 
 
+class InternalErrors:
+    """ASGI middleware: an unexpected exception becomes a 500 Status on a connection that stays usable.
+
+    An exception handler for `Exception` would answer but then re-raise to the server, which closes
+    the keep-alive connection without saying so: the client's next request on it fails.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            # The exception's text may name files, queries or internals: it goes to the log only.
+            log.exception("internal error method=%s path=%s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for a Status: the server can only drop the connection
+            message = "Internal error occurred: the server could not complete the request (see its log)"
+            await json_response(status_object(500, "InternalError", message), 500)(scope, receive, send)
+
+
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
     registry = registry or default_registry()
+    allow_deep_documents()
     store = Store(settings.db_path, history=settings.watch_history)
     objects = Objects(store, registry)
     for ns in settings.initial_namespaces:
@@ -114,6 +149,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.objects = objects
     app.state.registry = registry
     app.state.hooks = hooks
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit)
     app.add_middleware(reviews.AccessFilter, authenticator=authenticator, authorizer=authorizer)
     app.state.authorizer = authorizer
@@ -128,13 +164,6 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             "error method=%s path=%s code=%d message=%s", request.method, request.url.path, code, exc.message
         )
         return json_response(body, code)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        # The exception's text may name files, queries or internals: it goes to the log only.
-        log.exception("internal error method=%s path=%s", request.method, request.url.path)
-        message = "Internal error occurred: the server could not complete the request (see its log)"
-        return json_response(status_object(500, "InternalError", message), 500)
 
     def _discovery(request: Request, core: bool, legacy: dict[str, Any]) -> Response:
         version = discovery.aggregated_version(request.headers.get("accept"))

@@ -1,9 +1,9 @@
 """Server-side field validation (`fieldValidation=Strict|Warn|Ignore`) as kube-apiserver 1.27+ does it.
 
-Unknown fields are found from the kind's OpenAPI v3 schema (properties, additionalProperties,
-items, `x-kubernetes-preserve-unknown-fields`), with `metadata` checked against ObjectMeta; built-in
-kinds served without a schema have their top-level fields declared in `TOP_LEVEL`. Duplicate keys
-in a JSON body are found while it is decoded (`decode`).
+Unknown fields and values of the wrong JSON type are found by walking the object against the
+kind's OpenAPI v3 schema, or kube's own schema for built-in kinds (`schemawalk`, `kube_schemas`),
+with `metadata` checked against ObjectMeta. Wrong types are refused whatever the directive.
+Duplicate keys in a JSON body are found while it is decoded (`decode`).
 
 Whatever the directive, unknown fields are never stored: kube prunes them from custom resources
 and typed decoding drops them from built-in ones. The directive decides what the client hears:
@@ -23,103 +23,83 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdi.api import kube_schemas
 from cdi.api.registry import ResourceKind
-from cdi.apiserver import limits
+from cdi.apiserver import limits, schemawalk
 from cdi.apiserver.errors import BadRequest, Invalid
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-OBJECT_META = {
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
-    "ownerReferences", "finalizers", "managedFields",
-}
-OWNER_REFERENCE = {"apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion"}
-MANAGED_FIELDS_ENTRY = {"manager", "operation", "apiVersion", "time", "fieldsType", "fieldsV1", "subresource"}
-TYPE_META = {"apiVersion", "kind", "metadata"}
-# Top-level fields of the built-in kinds served without a schema (their Go types' JSON names).
-TOP_LEVEL: dict[str, set[str]] = {
-    "Namespace": {"spec", "status"},
-    "PersistentVolumeClaim": {"spec", "status"},
-    "Pod": {"spec", "status"},
-    "Service": {"spec", "status"},
-    "Secret": {"data", "stringData", "type", "immutable"},
-    "ConfigMap": {"data", "binaryData", "immutable"},
-    "Event": {
-        "involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count",
-        "type", "eventTime", "series", "action", "related", "reportingComponent", "reportingInstance",
-    },
-}
-
-
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _prune_meta(meta: Any, path: str, found: list[str]) -> None:
-    if not isinstance(meta, dict):
-        return
-    for key in list(meta):
-        if key not in OBJECT_META:
-            found.append(_join(path, key))
-            del meta[key]
-    for list_name, known in (("ownerReferences", OWNER_REFERENCE), ("managedFields", MANAGED_FIELDS_ENTRY)):
-        for i, item in enumerate(meta.get(list_name) or []):
-            if isinstance(item, dict):
-                for key in list(item):
-                    if key not in known:
-                        found.append(f"{path}.{list_name}[{i}].{key}")
-                        del item[key]
+META_SCHEMA: Obj = {"$ref": f"#/$defs/{kube_schemas.OBJECT_META}"}
 
 
-def _prune(doc: Any, schema: Obj, path: str, found: list[str]) -> None:
-    """Remove fields `schema` does not declare from `doc`, recording their paths in `found`."""
-    if isinstance(doc, list):
-        items = schema.get("items")
-        if isinstance(items, dict):
-            for i, item in enumerate(doc):
-                _prune(item, items, f"{path}[{i}]", found)
-        return
-    if not isinstance(doc, dict):
-        return
-    props = schema.get("properties")
-    extra = schema.get("additionalProperties")
-    preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
-    if props is None and extra is None and (preserve or schema.get("type") != "object"):
-        return  # no structure declared: anything goes (int-or-string, free-form objects)
-    for key in list(doc):
-        if props and key in props:
-            _prune(doc[key], props[key], _join(path, key), found)
-        elif isinstance(extra, dict):
-            _prune(doc[key], extra, _join(path, key), found)
-        elif extra is True or preserve:
-            continue
-        else:
-            found.append(_join(path, key))
-            del doc[key]
-
-
-def prune_unknown(kind: ResourceKind, obj: Obj) -> list[str]:
-    """Drop the fields `kind` does not declare from `obj` (in place); their paths, sorted."""
-    found: list[str] = []
+def schema_of(kind: ResourceKind) -> Obj | None:
+    """The schema a kind's objects are checked against: its own, or kube's for a built-in kind."""
     if kind.schema is not None:
+        return kind.schema
+    name = kube_schemas.definition_name(kind.group, kind.version, kind.kind)
+    return {"$ref": f"#/$defs/{name}"} if name else None
+
+
+def inspect(kind: ResourceKind, obj: Obj) -> schemawalk.Findings:
+    """Unknown fields (removed from `obj`) and wrong types of an object of `kind`."""
+    schema = schema_of(kind)
+    if kind.schema is None and schema is not None:
+        return schemawalk.walk(obj, schema, path="", struct=kind.kind, go_path="")
+    found = schemawalk.Findings()
+    if schema is not None:
         top = {k: v for k, v in obj.items() if k != "metadata"}
-        _prune(top, kind.schema, "", found)
+        found = schemawalk.walk(top, schema, path="", struct=kind.kind, go_path="")
         for key in list(obj):
             if key != "metadata" and key not in top:
                 del obj[key]
-    elif kind.kind in TOP_LEVEL:
-        for key in list(obj):
-            if key not in TYPE_META and key not in TOP_LEVEL[kind.kind]:
-                found.append(key)
-                del obj[key]
-    _prune_meta(obj.get("metadata"), "metadata", found)
-    if found:
+    if "metadata" in obj:
+        meta = schemawalk.walk(obj["metadata"], META_SCHEMA, path="metadata", struct=kind.kind, go_path="metadata")
+        found.unknown += meta.unknown
+        found.types += meta.types
+    return found
+
+
+def check_types(kind: ResourceKind, found: schemawalk.Findings, obj: Obj) -> None:
+    """Refuse an object with values of the wrong JSON type, in kube's words.
+
+    Built-in kinds and every object's metadata fail typed decoding: 400 `<Kind> in version "v1"
+    cannot be handled as a <Kind>: json: cannot unmarshal ...`. The rest of a custom resource
+    fails schema validation: 422 `... in body must be of type string`.
+    """
+    if not found.types:
+        return
+    decoding = [t for t in found.types if kind.schema is None or t.path.split(".")[0].split("[")[0] == "metadata"]
+    if decoding:
+        first = min(decoding, key=lambda t: t.path)
+        raise BadRequest(
+            f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: {first.go_message()}'
+        )
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    raise Invalid.of(kind, name if isinstance(name, str) else "", [t.crd_message() for t in sorted(
+        found.types, key=lambda t: t.path)])
+
+
+def prune_unknown(kind: ResourceKind, obj: Obj) -> list[str]:
+    """Drop the fields `kind` does not declare from `obj` (in place); their paths, sorted.
+
+    Values of the wrong type are refused first (`check_types`), whatever the field validation.
+    """
+    found = inspect(kind, obj)
+    check_types(kind, found, obj)
+    if found.unknown:
         meta = obj.get("metadata") or {}
-        log.info("unknown fields dropped kind=%s name=%s fields=%s", kind.kind, meta.get("name"), ",".join(found))
-    return sorted(found)
+        log.info(
+            "unknown fields dropped kind=%s name=%s fields=%s", kind.kind, meta.get("name"), ",".join(found.unknown)
+        )
+    return sorted(found.unknown)
 
 
 def decode(raw: bytes) -> tuple[Any, list[str]]:
@@ -137,6 +117,7 @@ def decode(raw: bytes) -> tuple[Any, list[str]]:
             dups[id(d)] = repeated
         return d
 
+    limits.check_raw_depth(raw, "error decoding request body")
     try:
         doc = json.loads(raw or b"null", object_pairs_hook=pairs)
     except RecursionError as e:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdi.api.registry import Registry, ResourceKind
-from cdi.apiserver import fieldvalidation, limits, managedfields, metavalidation
+from cdi.apiserver import fieldvalidation, managedfields, metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.patch import apply_patch
@@ -92,9 +92,10 @@ class Objects:
         manager: str | None = None,
     ) -> Obj:
         """POST; `manager` (the request's field manager) takes ownership of every field it set."""
-        obj = self._check_body(kind, ns, copy.deepcopy(body))
+        obj = copy.deepcopy(body)
         if fields is not None:
-            fields.body(kind, obj)
+            fields.body(kind, obj)  # types first: the checks below read metadata
+        obj = self._check_body(kind, ns, obj)
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
             raise BadRequest("resourceVersion should not be set on objects to be created")
@@ -148,9 +149,10 @@ class Objects:
         manager: str | None = None,
     ) -> Obj:
         """PUT of the object (or of its status subresource when `status`)."""
-        new = self._check_body(kind, ns, copy.deepcopy(body))
+        new = copy.deepcopy(body)
         if fields is not None:
             fields.body(kind, new)
+        new = self._check_body(kind, ns, new)
         if new["metadata"].get("name", name) != name:
             raise BadRequest(
                 f"the name of the object ({new['metadata']['name']}) "
@@ -222,27 +224,26 @@ class Objects:
         kind: ResourceKind,
         ns: str,
         name: str,
-        body: bytes,
+        config: Any,
         *,
         manager: str,
         force: bool = False,
         status: bool = False,
         dry_run: bool = False,
     ) -> tuple[Obj, bool]:
-        """Server-side apply of a YAML (or JSON) configuration by `manager` (see managedfields).
+        """Server-side apply of a decoded YAML (or JSON) configuration by `manager` (see managedfields).
 
         Returns the object and whether the apply created it.
         """
-        config = limits.decode(body, "error decoding YAML", as_yaml=True)
         if not isinstance(config, dict):
             raise BadRequest("the applied configuration must be an object")
+        fieldvalidation.applied(kind, config)
         config = self._check_body(kind, ns, config)
         if config["metadata"].get("name", name) != name:
             raise BadRequest(
                 f"the name of the object ({config['metadata']['name']}) does not match the name on the URL ({name})"
             )
         config["metadata"]["name"] = name
-        fieldvalidation.applied(kind, config)
         with self.store.lock:
             current = self.store.get(kind.key, ns if kind.namespaced else "", name)
             if current is None and status:
@@ -328,7 +329,9 @@ class Objects:
                 f"the API version in the data ({obj.get('apiVersion')}) does not match the expected "
                 f"API version ({kind.api_version}) or kind ({obj.get('kind')}) is not {kind.kind}"
             )
-        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        # apiVersion and kind lead, as in kube's answers, also when the body left them out.
+        obj = {"apiVersion": kind.api_version, "kind": kind.kind,
+               **{k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}}
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise BadRequest("metadata must be an object")

@@ -5,8 +5,9 @@ What kubectl needs from them:
 - `kubectl create/apply` (validation on by default) looks for a PATCH operation of the kind with a
   `fieldValidation` query parameter to decide that the server validates, so every kind gets its
   paths with that parameter.
-Kinds without a declared schema get no component schema, so kubectl's apply falls back to its
-compiled-in types for the strategic merge patch of built-in kinds. The OpenAPI v2 document
+Built-in kinds get kube 1.32's own schemas (`cdi.api.kube_schemas`) with every type they refer to,
+so `kubectl explain pod.spec.containers` works and kubectl's strategic merge patches follow kube's
+patch strategies. The OpenAPI v2 document
 (`openapi_v2.py`) is derived from these; kubectl 1.32 uses v3 when /openapi/v3 exists.
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any
 
+from cdi.api import kube_schemas
 from cdi.api.registry import Registry, ResourceKind
 
 Obj = dict[str, Any]
@@ -49,8 +52,51 @@ def operation_id(kind: ResourceKind, action: str, subresource: str = "") -> str:
     return f"{_VERB_OF_ACTION[action]}{group}{kind.version.capitalize()}{scope}{kind.kind}{subresource.capitalize()}"
 
 
+def _v3(schema: Any, wanted: list[str]) -> Any:
+    """A schema of kube's definitions in OpenAPI v3 form; the types it refers to go to `wanted`."""
+    if isinstance(schema, list):
+        return [_v3(s, wanted) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: Obj = {}
+    for key, value in schema.items():
+        if key == "$ref":
+            name = value.rsplit("/", 1)[-1]
+            wanted.append(name)
+            out[key] = f"#/components/schemas/{name}"
+        elif key == "type" and isinstance(value, list):  # ["string", "null"]: OpenAPI 3.0 has one type
+            out[key] = next((t for t in value if t != "null"), "object")
+        else:
+            out[key] = _v3(value, wanted)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _closure(name: str) -> Obj:
+    """The type `name` and every type it refers to, in v3 form (shared: not to be modified)."""
+    out: Obj = {}
+    wanted = [name]
+    while wanted:
+        n = wanted.pop()
+        if n not in out:
+            out[n] = _v3(kube_schemas.definitions()[n], wanted)
+    return out
+
+
+def builtin_schemas(kind: ResourceKind) -> Obj:
+    """kube's schema of a built-in kind and of every type it refers to, by name; {} for others."""
+    name = kube_schemas.definition_name(kind.group, kind.version, kind.kind) if kind.schema is None else None
+    if name is None:
+        return {}
+    out = dict(_closure(name))
+    out[name] = {**out[name], "x-kubernetes-group-version-kind": [_gvk(kind)]}
+    return out
+
+
 def _operation(kind: ResourceKind, action: str, *, body: bool, subresource: str = "") -> Obj:
-    ref = {"$ref": f"#/components/schemas/{schema_name(kind)}"} if kind.schema else {"type": "object"}
+    builtin = kube_schemas.definition_name(kind.group, kind.version, kind.kind) if kind.schema is None else None
+    typed = kind.schema is not None or builtin is not None
+    ref = {"$ref": f"#/components/schemas/{builtin or schema_name(kind)}"} if typed else {"type": "object"}
     op: Obj = {
         "operationId": operation_id(kind, action, subresource),
         "x-kubernetes-action": action,
@@ -94,6 +140,7 @@ def gv_document(registry: Registry, group: str, version: str) -> Obj:
     schemas: Obj = {}
     for kind in registry.kinds_in(group, version):
         paths.update(_paths(kind))
+        schemas.update(builtin_schemas(kind))
         if kind.schema:
             schema = dict(kind.schema)
             schema["x-kubernetes-group-version-kind"] = [_gvk(kind)]

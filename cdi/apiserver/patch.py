@@ -104,6 +104,10 @@ def json_patch(doc: Any, ops: Any) -> Any:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise BadRequest(f"invalid json patch operation: {op!r}")
         kind, path = op["op"], op["path"]
+        if kind in ("add", "replace", "test") and "value" not in op:
+            raise BadRequest(
+                f"the server rejected our request due to an error in our request: {kind} operation: missing value"
+            )
         if kind == "add":
             doc = _add(doc, path, copy.deepcopy(op.get("value")))
         elif kind == "remove":

@@ -1,6 +1,6 @@
 """Minimal decoding of Kubernetes protobuf request bodies for the kinds kubectl creates imperatively.
 
-`kubectl create namespace|configmap|secret|serviceaccount|role|rolebinding|clusterrole|
+`kubectl create namespace|configmap|secret|service|serviceaccount|role|rolebinding|clusterrole|
 clusterrolebinding` send `application/vnd.kubernetes.protobuf` and do not fall back to JSON, so the
 server decodes those kinds (field numbers from k8s.io/api/core/v1 and rbac/v1 generated.proto and
 apimachinery's ObjectMeta). Other kinds get 415 with a hint
@@ -158,6 +158,56 @@ def _review_spec(kind: str, buf: int | bytes) -> Obj:
     return spec
 
 
+_SERVICE_SPEC_STRINGS = {3: "clusterIP", 4: "type", 7: "sessionAffinity", 8: "loadBalancerIP", 10: "externalName",
+                         11: "externalTrafficPolicy", 20: "ipFamilyPolicy", 22: "loadBalancerClass",
+                         23: "internalTrafficPolicy", 24: "trafficDistribution"}
+_SERVICE_SPEC_LISTS = {5: "externalIPs", 9: "loadBalancerSourceRanges", 18: "clusterIPs", 19: "ipFamilies"}
+
+
+def _int_or_string(buf: bytes) -> int | str:
+    kind, number, text = 0, 0, ""
+    for n, v in _fields(buf):
+        if n == 1 and isinstance(v, int):
+            kind = v
+        elif n == 2 and isinstance(v, int):
+            number = v
+        elif n == 3:
+            text = _str(v)
+    return text if kind == 1 else number
+
+
+def _service_port(buf: bytes) -> Obj:
+    port: Obj = {}
+    for n, v in _fields(buf):
+        if n in (1, 2, 6) and v:
+            port[{1: "name", 2: "protocol", 6: "appProtocol"}[n]] = _str(v)
+        elif n in (3, 5) and isinstance(v, int) and v:
+            port["port" if n == 3 else "nodePort"] = v
+        elif n == 4 and isinstance(v, bytes):
+            port["targetPort"] = _int_or_string(v)
+    return port
+
+
+def _service_spec(buf: bytes) -> Obj:
+    """ServiceSpec (generated.proto field numbers) as far as `kubectl create service` fills it."""
+    spec: Obj = {}
+    for n, v in _fields(buf):
+        if n == 1 and isinstance(v, bytes):
+            spec.setdefault("ports", []).append(_service_port(v))
+        elif n == 2:
+            k, val = _map_entry(v)
+            spec.setdefault("selector", {})[k] = val.decode()
+        elif n in _SERVICE_SPEC_STRINGS and v:
+            spec[_SERVICE_SPEC_STRINGS[n]] = _str(v)
+        elif n in _SERVICE_SPEC_LISTS:
+            spec.setdefault(_SERVICE_SPEC_LISTS[n], []).append(_str(v))
+        elif n == 12 and v:
+            spec["healthCheckNodePort"] = v
+        elif n in (13, 21) and isinstance(v, int):
+            spec["publishNotReadyAddresses" if n == 13 else "allocateLoadBalancerNodePorts"] = bool(v)
+    return spec
+
+
 def _decode_kind(kind: str, raw: bytes) -> Obj:
     obj: Obj = {}
     for n, v in _fields(raw):
@@ -169,6 +219,8 @@ def _decode_kind(kind: str, raw: bytes) -> Obj:
             _decode_rbac(kind, n, v, obj)
         elif kind == "ServiceAccount" and n == 3:
             obj["automountServiceAccountToken"] = bool(v)
+        elif kind == "Service" and n == 2 and isinstance(v, bytes):
+            obj["spec"] = _service_spec(v)
         elif kind == "Namespace" and n == 2 and isinstance(v, bytes):
             obj["spec"] = {"finalizers": [_str(x) for m, x in _fields(v) if m == 1]}
         elif kind == "ConfigMap" and n in (2, 3):
@@ -194,7 +246,7 @@ _RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
 _AUTHZ_REVIEWS = ("SelfSubjectAccessReview", "SubjectAccessReview", "SelfSubjectRulesReview")
 _REVIEW_KINDS = (*_AUTHZ_REVIEWS, "SelfSubjectReview", "TokenRequest")
 SUPPORTED = (
-    {("v1", k) for k in ("Namespace", "ConfigMap", "Secret", "ServiceAccount")}
+    {("v1", k) for k in ("Namespace", "ConfigMap", "Secret", "Service", "ServiceAccount")}
     | {("rbac.authorization.k8s.io/v1", k) for k in _RBAC_KINDS}
     | {("authorization.k8s.io/v1", k) for k in _AUTHZ_REVIEWS}
     | {("authentication.k8s.io/v1", k) for k in ("SelfSubjectReview", "TokenRequest")}
@@ -218,7 +270,7 @@ def decode(body: bytes) -> Obj:
             raw = v
     if (api_version, kind) not in SUPPORTED:
         raise UnsupportedMediaType(
-            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap, Secret and ServiceAccount "
+            f"this server accepts protobuf bodies only for v1 Namespace, ConfigMap, Secret, Service and ServiceAccount "
             f"and rbac.authorization.k8s.io/v1 kinds, not "
             f"{api_version} {kind}; send JSON (for example `kubectl apply -f` or `kubectl create -f`)"
         )

@@ -2,15 +2,19 @@
 
 One catch-all route per prefix parses the rest of the path itself, because kube's URL space is
 ambiguous for path templates (`/api/v1/namespaces/x/pods` versus `/api/v1/namespaces/x/status`).
-Verbs map to `Objects`; the response shape (object, list, Table, PartialObjectMetadata, watch
-stream) is chosen from the query and the Accept header as kube-apiserver does.
+Verbs map to `Objects`, writes in worker threads (the store is thread-safe and each verb atomic
+under its lock) so that a large or deeply nested object does not hold up other requests; the
+response shape (object, list, Table, PartialObjectMetadata, watch stream) is chosen from the query
+and the Accept header as kube-apiserver does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import Request, Response
@@ -19,7 +23,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from cdi.api.registry import Registry, ResourceKind
 from cdi.apiserver import fieldvalidation, limits, managedfields, options, pagination, protobuf
-from cdi.apiserver.errors import BadRequest, MethodNotAllowed, NotFound
+from cdi.apiserver.errors import BadRequest, Expired, Invalid, MethodNotAllowed, NotFound, Timeout
 from cdi.apiserver.fieldvalidation import FieldCheck
 from cdi.apiserver.hooks import Hooks, LogRequest
 from cdi.apiserver.objects import Objects
@@ -67,6 +71,41 @@ def _int(value: str | None, name: str) -> int | None:
         raise BadRequest(f"invalid value for {name}: {value!r}") from e
 
 
+def check_resource_version(value: str | None) -> int | None:
+    """A resourceVersion from the query as kube's storage parses it: an unsigned integer or 400."""
+    if value in (None, ""):
+        return None
+    assert value is not None
+    if not value.isdigit():
+        raise BadRequest(
+            f'resourceVersion: Invalid value: "{value}": strconv.ParseUint: parsing "{value}": invalid syntax'
+        )
+    return int(value)
+
+
+# kube's watch cache waits this long for a resourceVersion it has not reached before answering 504.
+FRESHNESS_WAIT_SECONDS = 3.0
+
+
+async def wait_fresh(store: Any, rv: int | None) -> None:
+    """Wait until the store reaches `rv`; past FRESHNESS_WAIT_SECONDS, kube's 504 `Too large resource
+    version` with its ResourceVersionTooLarge cause (clients retry after a second)."""
+    if not rv:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FRESHNESS_WAIT_SECONDS
+    while store.resource_version < rv:
+        if loop.time() >= deadline:
+            raise Timeout(
+                f"Too large resource version: {rv}, current: {store.resource_version}",
+                details={
+                    "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": 1,
+                },
+            )
+        await asyncio.sleep(0.05)
+
+
 class ResourceHandlers:
     def __init__(
         self, objects: Objects, registry: Registry, hooks: Hooks, *, bookmark_interval: float
@@ -103,6 +142,7 @@ class ResourceHandlers:
         q = request.query_params
         ns = t.namespace or ""
         if method == "GET":
+            await wait_fresh(self.objects.store, check_resource_version(q.get("resourceVersion")))
             if t.name is None:
                 return await self._list_or_watch(request, t)
             if sub == "log":
@@ -116,22 +156,23 @@ class ResourceHandlers:
                 )
             opts = options.parse("CreateOptions", q)
             body, check = await self._body(request, opts)
-            created = self.objects.create(
-                t.kind, ns, body, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)
+            created = await run_in_threadpool(
+                partial(self.objects.create, dry_run=opts.dry_run, fields=check, manager=self._manager(request, opts)),
+                t.kind, ns, body,
             )
             return json_response(created, 201, headers=check.headers())
         if method == "PUT" and t.name is not None and sub in (None, "status"):
             opts = options.parse("UpdateOptions", q)
             body, check = await self._body(request, opts)
-            updated = self.objects.update(
-                t.kind,
-                ns,
-                t.name,
-                body,
-                status=sub == "status",
-                dry_run=opts.dry_run,
-                fields=check,
-                manager=self._manager(request, opts),
+            updated = await run_in_threadpool(
+                partial(
+                    self.objects.update,
+                    status=sub == "status",
+                    dry_run=opts.dry_run,
+                    fields=check,
+                    manager=self._manager(request, opts),
+                ),
+                t.kind, ns, t.name, body,
             )
             return json_response(updated, headers=check.headers())
         if method == "PATCH" and t.name is not None and sub in (None, "status"):
@@ -143,12 +184,18 @@ class ResourceHandlers:
             manager = self._manager(request, opts)
             on_status = sub == "status"
             if is_apply:
-                applied, made = self.objects.apply(
-                    t.kind, ns, t.name, raw, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
+                # Parsed in a thread: a hostile document must not hold up every other request.
+                config = await run_in_threadpool(limits.decode, raw, "error decoding YAML", as_yaml=True)
+                applied, made = await run_in_threadpool(
+                    partial(
+                        self.objects.apply, manager=manager, force=opts.force, status=on_status, dry_run=opts.dry_run
+                    ),
+                    t.kind, ns, t.name, config,
                 )
                 return json_response(applied, 201 if made else 200, headers=check.headers())
-            patched = self.objects.patch(
-                t.kind, ns, t.name, ctype, raw, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager
+            patched = await run_in_threadpool(
+                partial(self.objects.patch, status=on_status, dry_run=opts.dry_run, fields=check, manager=manager),
+                t.kind, ns, t.name, ctype, raw,
             )
             return json_response(patched, headers=check.headers())
         if method == "DELETE" and sub is None:
@@ -183,9 +230,9 @@ class ResourceHandlers:
         if ctype == PROTOBUF:
             data = protobuf.decode(raw)
         elif ctype in ("application/yaml", "application/x-yaml"):
-            data = limits.decode(raw, "error decoding request body", as_yaml=True)
+            data = await run_in_threadpool(limits.decode, raw, "error decoding request body", as_yaml=True)
         else:
-            data, check.duplicates = fieldvalidation.decode(raw)
+            data, check.duplicates = await run_in_threadpool(fieldvalidation.decode, raw)
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object")
         return data, check
@@ -233,6 +280,7 @@ class ResourceHandlers:
             return StreamingResponse(stream, media_type=JSON)
         if q.get("continue") and q.get("resourceVersion") not in (None, ""):
             raise BadRequest("specifying resource version is not allowed when using continue")
+        self._check_match(q.get("resourceVersionMatch"), check_resource_version(q.get("resourceVersion")))
         items, rv = self.objects.select(kind, t.namespace, *matchers)
         items, list_meta = pagination.page(
             items,
@@ -261,6 +309,29 @@ class ResourceHandlers:
                 "items": items,
             }
         )
+
+    def _check_match(self, match: str | None, rv: int | None) -> None:
+        """resourceVersionMatch as kube validates it; an Exact list from before the kept history is 410.
+
+        Lists are served from the current state: an Exact list of an older, still kept version gets
+        the current items (kube would read them at that revision).
+        """
+        if not match:
+            return
+        if match not in ("Exact", "NotOlderThan"):
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                f'resourceVersionMatch: Unsupported value: "{match}": supported values: "Exact", "NotOlderThan", ""'
+            ])
+        if rv is None:
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+            ])
+        if not rv and match == "Exact":
+            raise Invalid.named("ListOptions.meta.k8s.io", "", [
+                'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+            ])
+        if match == "Exact" and rv is not None and rv < self.objects.store.compacted:
+            raise Expired("The resourceVersion for the provided list is too old.")
 
     def _delete_collection(self, request: Request, t: Target, delete_opts: Obj, dry_run: bool) -> Response:
         items, _ = self.objects.select(t.kind, t.namespace, *self._matchers(request, t.kind))

@@ -59,9 +59,23 @@ def _split_top(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+def _check_tokens(text: str) -> None:
+    """kube's lexer errors for what the patterns below would let through: a dangling comma, a
+    parenthesis or comma where a key or value belongs."""
+    if text.rstrip().endswith(","):
+        raise BadRequest("found '', expected: identifier after ','")
+    for part in _split_top(text):
+        if _SET_OP.match(part):
+            continue
+        for ch in ("(", ")"):
+            if ch in part:
+                raise BadRequest(f"unable to parse requirement: found '{ch}', expected: identifier")
+
+
 def parse_label_selector(text: str | None) -> list[Requirement]:
     if not text:
         return []
+    _check_tokens(text)
     reqs = []
     for part in _split_top(text):
         if m := _SET_OP.match(part):

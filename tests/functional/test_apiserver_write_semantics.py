@@ -138,7 +138,7 @@ def test_request_and_object_size_limits(cluster: Cluster) -> None:
         r = c.post("/api/v1/namespaces/default/configmaps", json=two_mib)
         assert (r.status_code, r.json()["message"]) == (413, "etcdserver: request is too large")
         assert rv(cluster) == before
-        deep = '{"metadata":{"name":"deep"},"data":' + '{"a":' * 5000 + "1" + "}" * 5001
+        deep = '{"metadata":{"name":"deep"},"data":' + '{"a":' * 10000 + "1" + "}" * 10001
         r = c.post("/api/v1/namespaces/default/configmaps", content=deep)
         assert r.status_code == 400 and "max depth" in r.json()["message"]
         c.post("/api/v1/namespaces/default/configmaps", json={"metadata": {"name": "deep-target"}})
