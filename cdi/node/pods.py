@@ -34,6 +34,7 @@ from cdi.kube.loop import work
 from cdi.node.claims import claim_path
 from cdi.node.containers import COMPONENT, Launcher
 from cdi.node.podspec import MountError, grace_period, prepare_volumes
+from cdi.node.ports import declared_ports
 from cdi.node.process import Process
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime, pod_status, restore_container
@@ -254,16 +255,25 @@ class PodRunner:
         return ""
 
     def _holds_slots(self, rt: PodRuntime) -> bool:
+        if _serves(rt):
+            return False
         if rt.terminating:
             return rt.live
         return rt.admitted and (rt.live or not all(c.finished for c in rt.containers.values()))
 
     def _admit(self, rt: PodRuntime) -> bool:
-        """Admit ``rt`` if the slots left after the pods that came earlier allow it."""
+        """Admit ``rt`` if the slots left after the pods that came earlier allow it.
+
+        The limit is for work that runs by itself (imports, clones, VMs). A pod that serves (declares
+        container ports: an upload server waiting for a client) mostly waits, and counting it would let
+        a few idle upload DataVolumes stall every import on the node: it is admitted at once."""
+        if _serves(rt):
+            rt.admitted = True
+            return True
         with self._lock:
             everyone = list(self._pods.values()) + list(self._dying.values())
             free = self.settings.max_running_pods - sum(len(r.containers) for r in everyone if self._holds_slots(r))
-            waiting = sorted((r for r in self._pods.values() if r.scheduled and not r.admitted
+            waiting = sorted((r for r in self._pods.values() if r.scheduled and not r.admitted and not _serves(r)
                               and not r.terminating and not all(c.finished for c in r.containers.values())),
                              key=PodRuntime.order)
             idle = free == self.settings.max_running_pods
@@ -321,6 +331,10 @@ class PodRunner:
             except NotFound:
                 return
             log.debug("[%s/%s] status phase=%s", rt.namespace, rt.name, new["phase"])
+
+
+def _serves(rt: PodRuntime) -> bool:
+    return bool(declared_ports(rt.pod))
 
 
 def _key(obj: Obj) -> Key:

@@ -407,3 +407,20 @@ def test_the_local_path_annotation_is_never_read_as_a_path(node_env: NodeEnv) ->
     mounted = node_env.cluster.kubectl("logs", "annot-user").stdout.strip()
     assert mounted == bound["metadata"]["annotations"]["cdi.kubevirt.io/local-path"] != str(elsewhere)
     c.delete(POD, NS, "annot-user")
+
+
+def test_pods_that_serve_do_not_hold_the_slots_work_needs(node_env: NodeEnv) -> None:
+    # Three idle servers (an upload server waiting for its client) on a node limited to 2 running pods.
+    servers = [f"idle-server-{i}" for i in range(3)]
+    for name in servers:
+        spec = pod(name, "import time; time.sleep(60)",
+                   container={"ports": [{"containerPort": 8443, "name": "https"}]})
+        node_env.client.create(POD, spec)
+    for name in servers:
+        node_env.wait(POD, name, lambda p: "running" in container_status(p).get("state", {}))
+    node_env.client.create(POD, pod("work-meanwhile", "print('done')"))
+    node_env.wait_pod_phase("work-meanwhile", "Succeeded", timeout=15)
+    for name in [*servers, "work-meanwhile"]:
+        node_env.client.delete(POD, NS, name)
+    for name in servers:
+        node_env.wait_gone(POD, name, timeout=40)
