@@ -24,6 +24,7 @@ import re
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -332,8 +333,8 @@ class UploadHTTPServer(ThreadingHTTPServer):
         self.state.finished.set()
 
 
-def _write_private(name: str, data: str) -> str:
-    path = os.path.abspath(name)
+def _write_private(directory: str, name: str, data: str) -> str:
+    path = os.path.join(directory, name)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(data)
@@ -346,7 +347,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.num_tickets = 0  # nothing arrives unasked after the handshake: readable means an (early) answer
-    ctx.load_cert_chain(_write_private("tls.crt", settings.cert), _write_private("tls.key", settings.key))
+    # ssl loads a key pair only from files: they live in a private directory just long enough to be read.
+    with tempfile.TemporaryDirectory(prefix="cdi-upload-tls-") as private:
+        ctx.load_cert_chain(_write_private(private, "tls.crt", settings.cert),
+                            _write_private(private, "tls.key", settings.key))
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=settings.client_ca)
     return ctx
