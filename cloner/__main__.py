@@ -2,11 +2,12 @@
 JSON termination message (``{"ok": true, "result": {...}}`` or ``{"ok": false, "reason": ..., "message":
 ..., "permanent": ...}``) as the importer does.
 
-Environment: ``CLONER_SOURCE`` (in-pod path of the source image or device), ``CLONER_SIZE`` (bytes to
-clone), and either ``CLONER_TARGET`` (same-node copy; ``CLONER_TARGET_BLOCK=true`` for a Block target
-whose size is fixed; ``CLONER_REFLINK=false`` to forbid sharing extents) or ``UPLOAD_URL`` with
-``CLIENT_CERT``, ``CLIENT_KEY`` and ``SERVER_CA`` (host-assisted stream). ``CLONER_DIGEST=true`` adds
-the volume digest of the source (and, on the same node, of the target).
+Environment: ``CLONER_SOURCE`` (in-pod path of the source image or device), ``CLONER_SIZE`` (bytes
+to clone; default all of the source), and either ``CLONER_TARGET`` (same-node copy;
+``CLONER_TARGET_BLOCK=true`` for a Block target whose size is fixed; ``CLONER_REFLINK=false`` to
+forbid sharing extents) or ``UPLOAD_URL`` with ``CLIENT_CERT``, ``CLIENT_KEY`` and ``SERVER_CA``
+(host-assisted stream). ``CLONER_DIGEST=true`` adds the volume digest of the source (and, on the same
+node, of the target).
 """
 
 from __future__ import annotations
@@ -49,10 +50,18 @@ def _termination(payload: dict[str, object]) -> None:
         log.warning("cannot write termination message path=%s error=%s", path, e)
 
 
+def source_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def run(env: Mapping[str, str]) -> dict[str, object]:
     paths = PathMap(env)
     source = paths(env["CLONER_SOURCE"])
-    size = int(env["CLONER_SIZE"])
+    size = int(env.get("CLONER_SIZE") or 0) or source_size(source)
     progress = Progress(size)
     started = time.monotonic()
     result: dict[str, object] = {"size": size}
