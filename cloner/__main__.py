@@ -7,7 +7,8 @@ to clone; default all of the source), and either ``CLONER_TARGET`` (same-node co
 ``CLONER_TARGET_BLOCK=true`` for a Block target whose size is fixed; ``CLONER_REFLINK=false`` to
 forbid sharing extents) or ``UPLOAD_URL`` with ``CLIENT_CERT``, ``CLIENT_KEY`` and ``SERVER_CA``
 (host-assisted stream). ``CLONER_DIGEST=true`` adds the volume digest of the source (and, on the same
-node, of the target).
+node, of the target); ``CLONER_DIGEST_SIZE`` is the size the target reads as (the source's digest then
+covers zeros up to it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 
 from cdi.podenv import MountsError, PathMap
 from cloner.copy import clone
+from cloner.digest import padded_digest
 from cloner.stream import StreamError, send
 from importer.digest import volume_digest
 
@@ -78,7 +80,9 @@ def run(env: Mapping[str, str]) -> dict[str, object]:
             result["digest"] = volume_digest(target, size)
     result["seconds"] = round(time.monotonic() - started, 3)
     if env.get("CLONER_DIGEST", "").lower() == "true":
-        result["sourceDigest"] = volume_digest(source, size)
+        digest_size = max(size, int(env.get("CLONER_DIGEST_SIZE") or size))
+        result["sourceDigestSize"] = digest_size
+        result["sourceDigest"] = padded_digest(source, size, digest_size)
     return result
 
 

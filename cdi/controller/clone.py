@@ -21,6 +21,7 @@ from typing import Any
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller import conditions as c
 from cdi.controller.clone_pod import build_clone_pod, clone_pod_name
+from cdi.controller.clone_stream import build_source_pod, build_source_secret, source_pod_name, upload_url
 from cdi.controller.datavolume import failure_message, latest_progress, termination
 from cdi.controller.resources import (
     ANN_DIGEST,
@@ -30,9 +31,12 @@ from cdi.controller.resources import (
     ANN_RETAIN_POD,
     ControllerSettings,
     build_pvc,
+    image_size,
     requested_size,
 )
-from cdi.kube import DATAVOLUME, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
+from cdi.controller.upload_pod import ANN_CONTENT_TYPE, ANN_POD_READY, ANN_UPLOAD_TARGET, upload_name
+from cdi.controller.upload_tls import CLIENT_SIGNER, SERVER_SIGNER, ensure_signers, read_pair
+from cdi.kube import DATAVOLUME, POD, PVC, SECRET, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
 from cdi.units import format_quantity, parse_size
 
 log = logging.getLogger(__name__)
@@ -127,11 +131,16 @@ class CloneReconciler:
             return WAIT
         c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {meta['name']} Bound")
         ann = target["metadata"].get("annotations") or {}
+        stream = ANN_UPLOAD_TARGET in ann
         if ann.get(ANN_POD_PHASE) == "Succeeded":
+            if stream and not ann.get(ANN_CLONE_METHOD):
+                self._finish_stream(dv, target, source_ns, ctx)
             self._succeeded(dv, target, status)
             return None
         if ann.get(ANN_POD_PHASE) == "Failed":
             raise PermanentError(ann.get(ANN_IMPORT_REASON, "CloneFailed"), ann.get(ANN_IMPORT_MESSAGE, ""))
+        if stream:
+            return self._stream(dv, target, source_ns, source_name, status, ctx)
         pod = self.client.find(POD, meta["namespace"], clone_pod_name(meta["name"]))
         if pod is None:
             source = self.client.find(PVC, source_ns, source_name)
@@ -142,9 +151,6 @@ class CloneReconciler:
             busy = self._source_busy(dv, source)
             if busy is not None:
                 return self._wait(dv, status, *busy)
-            if source_ns != meta["namespace"]:
-                raise PermanentError("CloneFailed", "a clone across namespaces needs the host-assisted stream, "
-                                                    "which this controller does not run yet")
             wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image)
             try:
                 self.client.create(POD, wanted)
@@ -156,6 +162,70 @@ class CloneReconciler:
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Clone pod created")
             return None
         return self._from_pod(dv, target, pod, status, ctx)
+
+    def _wants_stream(self, dv: Obj, source_ns: str) -> bool:
+        """The host-assisted stream: across namespaces (a pod cannot use the source claim there), when
+        the DataVolume asks for it, or when the controller is set to use it always."""
+        asked = (dv["metadata"].get("annotations") or {}).get(ANN_FORCE_STREAM, "").lower() == "true"
+        return asked or self.settings.clone_host_assisted or source_ns != dv["metadata"]["namespace"]
+
+    def _stream(self, dv: Obj, target: Obj, source_ns: str, source_name: str, status: Obj, ctx: str) -> float | None:
+        conds = status["conditions"]
+        ann = target["metadata"].get("annotations") or {}
+        uid = target["metadata"]["uid"]
+        server = self.client.find(POD, target["metadata"]["namespace"], upload_name(target["metadata"]["name"]))
+        url = upload_url(server) if server is not None and ann.get(ANN_POD_READY) == "true" else None
+        pod = self.client.find(POD, source_ns, source_pod_name(uid))
+        if pod is None:
+            if url is None:
+                status["phase"] = CLONE_SCHEDULED
+                c.set_condition(conds, c.READY, "False")
+                c.set_condition(conds, c.RUNNING, "False", "Pending", "Upload server pod not ready")
+                return WAIT
+            source = self.client.find(PVC, source_ns, source_name)
+            if source is None:
+                return self._wait(dv, status, "CloneWithoutSource",
+                                  f"The source pvc {source_ns}/{source_name} doesn't exist")
+            self._verify(dv, target, source_ns, source_name)
+            busy = self._source_busy(dv, source)
+            if busy is not None:
+                return self._wait(dv, status, *busy)
+            ensure_signers(self.client)
+            secret = build_source_secret(target, source, read_pair(self.client, CLIENT_SIGNER),
+                                         read_pair(self.client, SERVER_SIGNER)[0])
+            pod = build_source_pod(dv, target, source, image=self.settings.cloner_image, url=url,
+                                   target_size=image_size(dv, target, self.settings))
+            for kind, obj in ((SECRET, secret), (POD, pod)):
+                try:
+                    self.client.create(kind, obj)
+                except AlreadyExists:
+                    pass
+            log.info("%s created clone source pod %s/%s url=%s", ctx, source_ns, source_pod_name(uid), url)
+            status["phase"] = CLONE_SCHEDULED
+            c.set_condition(conds, c.READY, "False")
+            c.set_condition(conds, c.RUNNING, "False", "Pending", "Clone source pod created")
+            return None
+        requeue = self._from_pod(dv, target, pod, status, ctx, stream=True)
+        return requeue if requeue is not None else WAIT
+
+    def _finish_stream(self, dv: Obj, target: Obj, source_ns: str, ctx: str) -> None:
+        """The upload server wrote and verified the target: compare digests, record, remove the source pod."""
+        pod = self.client.find(POD, source_ns, source_pod_name(target["metadata"]["uid"]))
+        cs = (((pod or {}).get("status") or {}).get("containerStatuses") or [{}])[0]
+        result = dict((termination(cs) or {}).get("result") or {})
+        result["digest"] = (target["metadata"].get("annotations") or {}).get(ANN_DIGEST)
+        result["method"] = "stream"
+        try:
+            self._finish(dv, target, result, ctx)
+        finally:
+            self._delete_source_side(source_ns, target["metadata"]["uid"])
+
+    def _delete_source_side(self, source_ns: str, uid: str) -> None:
+        for kind in (POD, SECRET):
+            try:
+                self.client.delete(kind, source_ns, source_pod_name(uid))
+            except NotFound:
+                pass
 
     def _verify(self, dv: Obj, target: Obj, source_ns: str, source_name: str) -> None:
         """Check the clone token the target claim carries, as of the claim's creation (set by the server)."""
@@ -197,6 +267,9 @@ class CloneReconciler:
         smeta = source["metadata"]
         wanted["metadata"]["annotations"][ANN_CLONE_OF] = f"{smeta['namespace']}/{smeta['name']}"
         wanted["metadata"]["annotations"][ANN_CLONE_TYPE] = "copy"
+        if self._wants_stream(dv, smeta["namespace"]):
+            wanted["metadata"]["annotations"][ANN_UPLOAD_TARGET] = ""
+            wanted["metadata"]["annotations"][ANN_CONTENT_TYPE] = "kubevirt"
         token = (meta.get("annotations") or {}).get(ANN_CLONE_TOKEN)
         if token:
             wanted["metadata"]["annotations"][ANN_CLONE_TOKEN] = token
@@ -235,13 +308,17 @@ class CloneReconciler:
                                             f"PersistentVolumeClaim {smeta['name']}")
         return None
 
-    def _from_pod(self, dv: Obj, target: Obj, pod: Obj, status: Obj, ctx: str) -> float | None:
+    def _from_pod(self, dv: Obj, target: Obj, pod: Obj, status: Obj, ctx: str, *,
+                  stream: bool = False) -> float | None:
         conds = status["conditions"]
         pstatus = pod.get("status") or {}
         cs = (pstatus.get("containerStatuses") or [{}])[0]
         result = termination(cs)
         phase = pstatus.get("phase", "Pending")
         if phase == "Succeeded" and result and result.get("ok"):
+            if stream:  # the upload server finishes the target and records its digest on the claim
+                status["phase"] = CLONE_IN_PROGRESS
+                return WAIT
             self._finish(dv, target, result.get("result") or {}, ctx)
             self._succeeded(dv, target, status)
             return None
@@ -251,6 +328,8 @@ class CloneReconciler:
             self._record(target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneFailed",
                                   ANN_IMPORT_MESSAGE: message})
             self._delete_pod(dv)
+            if stream:
+                self._delete_source_side(pod["metadata"]["namespace"], target["metadata"]["uid"])
             raise PermanentError("CloneFailed", message)
         if phase == "Running" and "running" in (cs.get("state") or {}):
             status["phase"] = CLONE_IN_PROGRESS
@@ -275,15 +354,17 @@ class CloneReconciler:
         """Record the outcome: method and digest on the target claim and DataVolume, digest on the source."""
         method, digest = str(result.get("method") or "copy"), result.get("digest")
         source_digest = result.get("sourceDigest")
+        padded = result.get("sourceDigestSize", result.get("size")) != result.get("size")
         src = dv["spec"]["source"]["pvc"]
         source_ns = str(src.get("namespace") or dv["metadata"]["namespace"])
         source = self.client.find(PVC, source_ns, str(src.get("name")))
         known = ((source or {}).get("metadata", {}).get("annotations") or {}).get(ANN_DIGEST)
-        if source is not None and source_digest and not known:
+        if source is not None and source_digest and not known and not padded:
             self._record(source, {ANN_DIGEST: source_digest})
-            known = source_digest
-        if digest and known and digest != known:
-            message = f"the clone's volume digest {digest} differs from the source's {known}"
+        # The source read as the target holds it (zeros past its end when the target is larger).
+        expected = source_digest or known
+        if digest and expected and digest != expected:
+            message = f"the clone's volume digest {digest} differs from the source's {expected}"
             self._record(target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
                                   ANN_IMPORT_MESSAGE: message})
             raise PermanentError("CloneVerifyFailed", message)

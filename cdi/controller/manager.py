@@ -65,6 +65,11 @@ class ControllerManager:
             return
         if component not in ("importer", "cdi-clone"):
             return
+        target = (meta.get("annotations") or {}).get("cdi.kubevirt.io/clone.target")
+        if component == "cdi-clone" and target and "/" in target:  # a clone's source pod, in the source namespace
+            namespace, name = target.split("/", 1)
+            self.queue.add((namespace, name))
+            return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "PersistentVolumeClaim":  # the PVC carries the DataVolume's name
                 self.queue.add((meta["namespace"], ref["name"]))

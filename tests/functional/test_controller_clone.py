@@ -18,10 +18,11 @@ import yaml
 
 from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
-from cdi.controller.clone import ANN_CLONE_METHOD, ANN_CLONE_TYPE
+from cdi.controller.clone import ANN_CLONE_METHOD, ANN_CLONE_TYPE, ANN_FORCE_STREAM
+from cdi.controller.clone_stream import source_pod_name
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ANN_DIGEST, ControllerSettings
-from cdi.kube import DATAVOLUME, EVENT, PVC, Client, NotFound, Obj
+from cdi.kube import DATAVOLUME, EVENT, POD, PVC, SECRET, Client, NotFound, Obj
 from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
 from importer.digest import volume_digest
@@ -236,7 +237,7 @@ def test_kubectl_as_two_users_cross_namespace_clone(env: Env) -> None:
     manifest = lambda name, src_ns: yaml.safe_dump({  # noqa: E731
         "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
         "spec": {"source": {"pvc": {"namespace": src_ns, "name": "golden"}},
-                 "storage": {"resources": {"requests": {"storage": "8Mi"}}}}})
+                 "pvc": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Mi"}}}}})
     env.import_dv("golden", ns="alice")
     assert env.phase("golden", "Succeeded", "Failed", ns="alice")["status"]["phase"] == "Succeeded"
     # alice clones within her namespace.
@@ -260,3 +261,16 @@ def test_kubectl_as_two_users_cross_namespace_clone(env: Env) -> None:
     assert dv["status"]["phase"] == "Succeeded", dv["status"]
     assert dv["metadata"]["annotations"][ANN_CLONE_METHOD] == "stream"
     assert digest_of(env, DATAVOLUME, "theirs", "bobs") == digest_of(env, PVC, "golden", "alice")
+
+
+def test_the_host_assisted_stream_when_forced(env: Env, source: str) -> None:
+    env.clone_dv("streamed", source, annotations={ANN_FORCE_STREAM: "true"})
+    dv = env.phase("streamed", "Succeeded", "Failed", timeout=40)
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    assert dv["metadata"]["annotations"][ANN_CLONE_METHOD] == "stream"
+    assert volume_digest(str(env.volume("streamed"))) == volume_digest(str(env.volume(source)))
+    assert digest_of(env, DATAVOLUME, "streamed") == digest_of(env, PVC, source)
+    uid = env.client.get(PVC, NS, "streamed")["metadata"]["uid"]
+    for kind in (POD, SECRET):  # the source side is cleaned up
+        assert env.client.find(kind, NS, source_pod_name(uid)) is None
+    assert any(e["message"].startswith("Cloned with stream copy") for e in env.events("streamed"))
