@@ -77,7 +77,7 @@ def send(path: str, size: int, url: str, *, cert: str, key: str, ca: str, level:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPSConnection(parts.hostname or "127.0.0.1", parts.port or 443,
                                        context=_context(cert, key, ca), timeout=300)
-    compressor = zstandard.ZstdCompressor(level=level, threads=-1)
+    compressor = zstandard.ZstdCompressor(level=level)  # zstd worker threads cost more than they gained here
     try:
         conn.putrequest("POST", parts.path or "/v1beta1/upload")
         conn.putheader("Transfer-Encoding", "chunked")
