@@ -75,8 +75,9 @@ def stream_once(src: Path, work: Path, size: int) -> float:
            "CLIENT_NAME": CLIENT_NAME, "DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(size),
            "CDI_PORT_8443": str(port), "CDI_PORTS": json.dumps({"8443": port}),
            "TERMINATION_MESSAGE_PATH": str(work / "termination")}
-    server = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], env=env, cwd=work,
-                              stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
+    with open(work / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], env=env, cwd=work,
+                                  stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
