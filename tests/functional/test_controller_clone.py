@@ -274,3 +274,32 @@ def test_the_host_assisted_stream_when_forced(env: Env, source: str) -> None:
     for kind in (POD, SECRET):  # the source side is cleaned up
         assert env.client.find(kind, NS, source_pod_name(uid)) is None
     assert any(e["message"].startswith("Cloned with stream copy") for e in env.events("streamed"))
+
+
+def test_a_service_account_token_clones_from_a_script(env: Env, source: str) -> None:
+    # A ServiceAccount in bobs, allowed to edit there and to read clone sources in default.
+    env.kubectl("create", "serviceaccount", "robot", "-n", "bobs")
+    env.kubectl("create", "rolebinding", "robot-edit", "--clusterrole=edit", "--serviceaccount=bobs:robot",
+                "-n", "bobs")
+    env.kubectl("create", "rolebinding", "robot-clones", "--clusterrole=cdi.kubevirt.io:clone-sourcer",
+                "--serviceaccount=bobs:robot", "-n", NS)
+    token = env.kubectl("create", "token", "robot", "-n", "bobs", "--duration", "10m").stdout.strip()
+    server = yaml.safe_load(env.cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    script = f"""
+import kubernetes
+cfg = kubernetes.client.Configuration()
+cfg.host = {server!r}
+cfg.verify_ssl = False
+cfg.api_key = {{"authorization": "Bearer " + {token!r}}}
+api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(cfg))
+api.create_namespaced_custom_object("cdi.kubevirt.io", "v1beta1", "bobs", "datavolumes", {{
+    "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {{"name": "scripted"}},
+    "spec": {{"source": {{"pvc": {{"namespace": {NS!r}, "name": {source!r}}}}},
+             "pvc": {{"accessModes": ["ReadWriteOnce"], "resources": {{"requests": {{"storage": "8Mi"}}}}}}}}}})
+print("created")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "created", out.stderr[-2000:]
+    dv = env.phase("scripted", "Succeeded", "Failed", ns="bobs", timeout=40)
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    assert digest_of(env, DATAVOLUME, "scripted", "bobs") == digest_of(env, PVC, source)
