@@ -61,7 +61,7 @@ class Runtime:
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
             progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
             importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries,
-            upload_resume_interval=c.upload_resume_interval),
+            upload_resume_interval=c.upload_resume_interval, clone_host_assisted=c.clone_host_assisted),
             workers=c.workers,
             # clone tokens are signed with the upload-token key by the API server's admission
             clone_tokens=TokenCheck(public_pem(ensure_key(self.data_dir / KEY_FILE)))).start()
