@@ -21,7 +21,14 @@ from typing import Any
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller import conditions as c
 from cdi.controller.clone_pod import build_clone_pod, clone_pod_name
-from cdi.controller.clone_stream import build_source_pod, build_source_secret, source_pod_name, upload_url
+from cdi.controller.clone_stream import (
+    ANN_TARGET,
+    LABEL_TARGET_UID,
+    build_source_pod,
+    build_source_secret,
+    source_pod_name,
+    upload_url,
+)
 from cdi.controller.datavolume import failure_message, latest_progress, termination
 from cdi.controller.resources import (
     ANN_DIGEST,
@@ -219,6 +226,24 @@ class CloneReconciler:
             self._finish(dv, target, result, ctx)
         finally:
             self._delete_source_side(source_ns, target["metadata"]["uid"])
+
+    def release(self, namespace: str, name: str) -> None:
+        """The DataVolume is gone or going: stop its stream's source side in the source namespace (an
+        owner reference cannot cross namespaces, so nothing else would), unless a new claim of that
+        name is the one being cloned into."""
+        try:
+            pods, _ = self.client.list(POD, None, label_selector="cdi.kubevirt.io=cdi-clone")
+        except ApiError:
+            return
+        target = self.client.find(PVC, namespace, name)
+        current = None if target is None or target["metadata"].get("deletionTimestamp") else target["metadata"]["uid"]
+        for pod in pods:
+            meta = pod["metadata"]
+            uid = (meta.get("labels") or {}).get(LABEL_TARGET_UID)
+            if (meta.get("annotations") or {}).get(ANN_TARGET) == f"{namespace}/{name}" and uid and uid != current:
+                log.info("[%s/%s] deleted; removing clone source pod %s/%s", namespace, name, meta["namespace"],
+                         meta["name"])
+                self._delete_source_side(meta["namespace"], uid)
 
     def _delete_source_side(self, source_ns: str, uid: str) -> None:
         for kind in (POD, SECRET):

@@ -41,6 +41,8 @@ class ControllerManager:
             return self.uploads.reconcile_dv(dv)
         if dv is not None and is_clone_dv(dv) and not dv["metadata"].get("deletionTimestamp"):
             return self.clones.reconcile(dv)
+        if dv is None or dv["metadata"].get("deletionTimestamp"):
+            self.clones.release(namespace, name)
         return self.reconciler.reconcile(namespace, name)
 
     def _on_dv(self, etype: str, obj: Obj) -> None:

@@ -19,7 +19,7 @@ import yaml
 from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller.clone import ANN_CLONE_METHOD, ANN_CLONE_TYPE, ANN_FORCE_STREAM
-from cdi.controller.clone_stream import source_pod_name
+from cdi.controller.clone_stream import ANN_TARGET, LABEL_TARGET_UID, source_pod_name
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ANN_DIGEST, ControllerSettings
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, SECRET, Client, NotFound, Obj
@@ -27,7 +27,7 @@ from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
 from importer.digest import volume_digest
 from tests.functional.apiserver_fixtures import Cluster, start_cluster
-from tests.functional.test_node_fixtures import TEST_IMAGES
+from tests.functional.test_node_fixtures import TEST_IMAGE, TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
 
@@ -303,3 +303,23 @@ print("created")
     dv = env.phase("scripted", "Succeeded", "Failed", ns="bobs", timeout=40)
     assert dv["status"]["phase"] == "Succeeded", dv["status"]
     assert digest_of(env, DATAVOLUME, "scripted", "bobs") == digest_of(env, PVC, source)
+
+
+def test_deleting_a_datavolume_stops_its_stream_source_pod_in_the_other_namespace(env: Env) -> None:
+    # A source-side pod of a stream into bobs/gone, as the controller makes it (labels, annotation).
+    env.client.create(POD, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": source_pod_name("feedface-0000"), "namespace": NS,
+                     "labels": {"cdi.kubevirt.io": "cdi-clone", LABEL_TARGET_UID: "feedface-0000"},
+                     "annotations": {ANN_TARGET: "bobs/gone"}},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "c", "image": TEST_IMAGE, "command": ["python3", "-c", "import time; time.sleep(60)"]}]}})
+    env.clone_dv("gone", "nothing-here", ns="bobs", source_ns="bobs")
+    env.wait("gone", lambda d: any(c.get("reason") == "CloneWithoutSource"
+                                   for c in (d.get("status") or {}).get("conditions") or []), ns="bobs")
+    assert env.client.find(POD, NS, source_pod_name("feedface-0000")) is not None
+    env.client.delete(DATAVOLUME, "bobs", "gone")
+    deadline = time.monotonic() + 15
+    while env.client.find(POD, NS, source_pod_name("feedface-0000")) is not None:
+        assert time.monotonic() < deadline, "the source pod of a deleted clone was left running"
+        time.sleep(0.05)
