@@ -21,9 +21,8 @@ from typing import Any
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller import conditions as c
 from cdi.controller.clone_pod import build_clone_pod, clone_pod_name
+from cdi.controller.clone_source import delete_source_side, release_source_side, source_busy
 from cdi.controller.clone_stream import (
-    ANN_TARGET,
-    LABEL_TARGET_UID,
     build_source_pod,
     build_source_secret,
     source_pod_name,
@@ -155,7 +154,7 @@ class CloneReconciler:
                 return self._wait(dv, status, "CloneWithoutSource",
                                   f"The source pvc {source_ns}/{source_name} doesn't exist")
             self._verify(dv, target, source_ns, source_name)
-            busy = self._source_busy(dv, source)
+            busy = source_busy(self.client, source)
             if busy is not None:
                 return self._wait(dv, status, *busy)
             wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image)
@@ -194,7 +193,7 @@ class CloneReconciler:
                 return self._wait(dv, status, "CloneWithoutSource",
                                   f"The source pvc {source_ns}/{source_name} doesn't exist")
             self._verify(dv, target, source_ns, source_name)
-            busy = self._source_busy(dv, source)
+            busy = source_busy(self.client, source)
             if busy is not None:
                 return self._wait(dv, status, *busy)
             ensure_signers(self.client)
@@ -225,32 +224,10 @@ class CloneReconciler:
         try:
             self._finish(dv, target, result, ctx)
         finally:
-            self._delete_source_side(source_ns, target["metadata"]["uid"])
+            delete_source_side(self.client, source_ns, target["metadata"]["uid"])
 
     def release(self, namespace: str, name: str) -> None:
-        """The DataVolume is gone or going: stop its stream's source side in the source namespace (an
-        owner reference cannot cross namespaces, so nothing else would), unless a new claim of that
-        name is the one being cloned into."""
-        try:
-            pods, _ = self.client.list(POD, None, label_selector="cdi.kubevirt.io=cdi-clone")
-        except ApiError:
-            return
-        target = self.client.find(PVC, namespace, name)
-        current = None if target is None or target["metadata"].get("deletionTimestamp") else target["metadata"]["uid"]
-        for pod in pods:
-            meta = pod["metadata"]
-            uid = (meta.get("labels") or {}).get(LABEL_TARGET_UID)
-            if (meta.get("annotations") or {}).get(ANN_TARGET) == f"{namespace}/{name}" and uid and uid != current:
-                log.info("[%s/%s] deleted; removing clone source pod %s/%s", namespace, name, meta["namespace"],
-                         meta["name"])
-                self._delete_source_side(meta["namespace"], uid)
-
-    def _delete_source_side(self, source_ns: str, uid: str) -> None:
-        for kind in (POD, SECRET):
-            try:
-                self.client.delete(kind, source_ns, source_pod_name(uid))
-            except NotFound:
-                pass
+        release_source_side(self.client, namespace, name)
 
     def _verify(self, dv: Obj, target: Obj, source_ns: str, source_name: str) -> None:
         """Check the clone token the target claim carries, as of the claim's creation (set by the server)."""
@@ -306,33 +283,6 @@ class CloneReconciler:
         except AlreadyExists:
             return self.client.get(PVC, meta["namespace"], meta["name"])
 
-    def _source_busy(self, dv: Obj, source: Obj) -> tuple[str, str] | None:
-        """Why the source cannot be read yet (CDI's reasons), or None."""
-        smeta = source["metadata"]
-        if (source.get("status") or {}).get("phase") != "Bound":
-            return "SourcePVCNotBound", f"The source pvc {smeta['namespace']}/{smeta['name']} is not bound"
-        for ref in smeta.get("ownerReferences") or []:
-            if ref.get("kind") != "DataVolume":
-                continue
-            owner = self.client.find(DATAVOLUME, smeta["namespace"], ref["name"])
-            if owner is not None and (owner.get("status") or {}).get("phase") != c.SUCCEEDED:
-                return "ImportPVCNotReady", "The source PVC is not fully imported"
-        try:
-            pods, _ = self.client.list(POD, smeta["namespace"])
-        except ApiError:
-            return None
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                continue
-            if (pod["metadata"].get("labels") or {}).get("cdi.kubevirt.io") == "cdi-clone":
-                continue  # another clone reads it too: reading together is fine
-            claims = {(v.get("persistentVolumeClaim") or {}).get("claimName")
-                      for v in (pod.get("spec") or {}).get("volumes") or []}
-            if smeta["name"] in claims:
-                return ("CloneSourceInUse", f"pod {smeta['namespace']}/{pod['metadata']['name']} using "
-                                            f"PersistentVolumeClaim {smeta['name']}")
-        return None
-
     def _from_pod(self, dv: Obj, target: Obj, pod: Obj, status: Obj, ctx: str, *,
                   stream: bool = False) -> float | None:
         conds = status["conditions"]
@@ -354,7 +304,7 @@ class CloneReconciler:
                                   ANN_IMPORT_MESSAGE: message})
             self._delete_pod(dv)
             if stream:
-                self._delete_source_side(pod["metadata"]["namespace"], target["metadata"]["uid"])
+                delete_source_side(self.client, pod["metadata"]["namespace"], target["metadata"]["uid"])
             raise PermanentError("CloneFailed", message)
         if phase == "Running" and "running" in (cs.get("state") or {}):
             status["phase"] = CLONE_IN_PROGRESS
