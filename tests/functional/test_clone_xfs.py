@@ -100,3 +100,24 @@ def test_a_datavolume_clone_on_xfs_uses_reflink(xfs: Path, tmp_path: Path) -> No
         manager.stop()
         node.stop()
         cluster.server.stop()
+
+
+def test_a_sparse_file_cloned_into_a_real_block_device_leaves_no_stale_data(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for losetup")
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(b"\xa5" * (16 << 20))  # stale data everywhere
+    proc = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"no loop device here: {proc.stderr.strip()}")
+    dev = proc.stdout.strip()
+    try:
+        src = images.make_raw(tmp_path / "src.img", 8 << 20)
+        assert clone(str(src), dev, 8 << 20, fixed_target=True) == "sparse"
+        with open(dev, "rb") as f:
+            data = f.read()
+        assert data[: 8 << 20] == src.read_bytes()
+        assert data[8 << 20:] == b"\xa5" * (8 << 20), "past the source the device is not the clone's to touch"
+        assert volume_digest(dev, 8 << 20) == volume_digest(str(src))
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)

@@ -323,3 +323,22 @@ def test_deleting_a_datavolume_stops_its_stream_source_pod_in_the_other_namespac
     while env.client.find(POD, NS, source_pod_name("feedface-0000")) is not None:
         assert time.monotonic() < deadline, "the source pod of a deleted clone was left running"
         time.sleep(0.05)
+
+
+def test_a_clone_waits_while_a_pod_uses_its_source(env: Env, source: str) -> None:
+    env.client.create(POD, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader", "namespace": NS},
+        "spec": {"restartPolicy": "Never",
+                 "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": source}}],
+                 "containers": [{"name": "c", "image": TEST_IMAGE, "command": ["python3", "-c",
+                                                                          "import time; time.sleep(120)"],
+                                 "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}})
+    env.clone_dv("patient", source)
+    dv = env.wait("patient", lambda d: any(c.get("reason") == "CloneSourceInUse"
+                                           for c in (d.get("status") or {}).get("conditions") or []))
+    assert dv["status"]["phase"] in ("Pending", "CloneScheduled")
+    assert any(e["reason"] == "CloneSourceInUse" and e["message"] ==
+               f"pod {NS}/reader using PersistentVolumeClaim {source}" for e in env.events("patient"))
+    env.client.delete(POD, NS, "reader")
+    done = env.phase("patient", "Succeeded", "Failed")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
