@@ -9,7 +9,7 @@ PACKAGES=(
   qemu-utils qemu-block-extra qemu-system-x86 ovmf nbdkit
   xz-utils zstd bzip2 pigz libmagic1 file
   genisoimage xorriso mtools dosfstools fdisk syslinux syslinux-common extlinux busybox-static cpio
-  docker-registry skopeo util-linux curl ca-certificates
+  docker-registry skopeo util-linux curl ca-certificates xfsprogs
   "$@"
 )
 missing=()

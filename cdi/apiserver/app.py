@@ -126,7 +126,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         objects.ensure_namespace(ns)
     bootstrap_policy.ensure(objects)
     authorizer = Authorizer(store)
-    objects.admission += [EscalationCheck(authorizer), CloneSourceCheck(authorizer, store)]
+    clone_check = CloneSourceCheck(authorizer, store)
+    objects.admission += [EscalationCheck(authorizer), clone_check]
     issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
                          issuer=settings.service_account_issuer)
     authenticator = Authenticator(settings.token, StaticTokens(settings.users_file), issuer)
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         title="cdi embedded API server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.settings = settings
+    app.state.clone_check = clone_check
     app.state.store = store
     app.state.objects = objects
     app.state.registry = registry

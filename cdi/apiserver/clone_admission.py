@@ -10,8 +10,10 @@ insufficient permissions in clone source namespace NS` (422, the cause on
 DataVolume marked pre-populated (`cdi.kubevirt.io/storage.prePopulated` or
 `cdi.kubevirt.io/storage.checkStaticVolume`) or being deleted is let through, as CDI does.
 
-Not here (yet): the clone token CDI's webhook adds to the DataVolume, `sourceRef` to a DataSource
-and `source.snapshot` (this server serves neither DataSources nor VolumeSnapshots).
+Once a clone is allowed (same namespace, or the review passed), a new DataVolume gets CDI's clone
+token (`cdi.kubevirt.io/storage.clone.token`, see `cdi.clonetoken`) when a signer is set: the
+controller clones only with it. Not here (yet): `sourceRef` to a DataSource and `source.snapshot`
+(this server serves neither DataSources nor VolumeSnapshots).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from cdi.api.registry import ResourceKind
 from cdi.apiserver.errors import WebhookDenied, WebhookError
 from cdi.apiserver.rbac import CURRENT_USER, Attributes, Authorizer
 from cdi.apiserver.store import Store
+from cdi.clonetoken import ANN_CLONE_TOKEN, issue
+from cdi.uploadtoken import Signer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,15 @@ class CloneSourceCheck:
     def __init__(self, authorizer: Authorizer, store: Store) -> None:
         self.authorizer = authorizer
         self.store = store
+        self.signer: Signer | None = None  # the upload-token key, once the server has one
+
+    def _grant(self, obj: Obj, old: Obj | None, source_ns: str, source_name: str) -> None:
+        """Put the clone token on a new DataVolume (an update keeps the one it has)."""
+        meta = obj["metadata"]
+        if self.signer is None or old is not None:
+            return
+        meta.setdefault("annotations", {})[ANN_CLONE_TOKEN] = issue(self.signer, source_ns, source_name,
+                                                                    meta.get("namespace", ""), meta.get("name", ""))
 
     def __call__(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
         user = CURRENT_USER.get()
@@ -57,11 +70,13 @@ class CloneSourceCheck:
                 return
             raise WebhookError.by(WEBHOOK, f'namespaces "{source_ns}" not found')
         if source_ns == target_ns:
+            self._grant(obj, old, source_ns, source_name)
             return
         for group, resource, subresource in ((GROUP, "datavolumes", "source"), ("", "pods", "")):
             attrs = Attributes(user, "create", True, group=group, namespace=source_ns, resource=resource,
                                subresource=subresource, name=source_name)
             if self.authorizer.authorize(attrs).allowed:
+                self._grant(obj, old, source_ns, source_name)
                 return
         if no_token_okay:
             return

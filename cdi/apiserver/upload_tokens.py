@@ -81,5 +81,8 @@ def install(app: FastAPI) -> None:
 
 
 def set_token_signer(app: FastAPI, signer: Signer | None) -> None:
-    """Register (or remove) the signer of upload tokens."""
+    """Register (or remove) the signer of upload tokens (which signs clone tokens too, as in CDI)."""
     app.state.upload_token_signer = signer
+    clone_check = getattr(app.state, "clone_check", None)
+    if clone_check is not None:
+        clone_check.signer = signer

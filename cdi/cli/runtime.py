@@ -13,6 +13,7 @@ from cdi.apiserver.kubevirt_subresources import set_console_provider
 from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
 from cdi.cli.user import refresh_user_kubeconfigs, users_file
+from cdi.clonetoken import TokenCheck
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
@@ -20,7 +21,8 @@ from cdi.fileserver import FileServer
 from cdi.kube import DATAVOLUME, AlreadyExists, ApiError, Client
 from cdi.node import LocalNode, NodeSettings
 from cdi.node.vm_console import LauncherConsoles
-from cdi.upload_runtime import publish_proxy_url, start_upload_proxy
+from cdi.upload_runtime import KEY_FILE, publish_proxy_url, start_upload_proxy
+from cdi.uploadtoken import ensure_key, public_pem
 from uploadproxy.proxy import UploadProxy
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,10 @@ class Runtime:
             importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
             progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
             importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries,
-            upload_resume_interval=c.upload_resume_interval),
-            workers=c.workers).start()
+            upload_resume_interval=c.upload_resume_interval, clone_host_assisted=c.clone_host_assisted),
+            workers=c.workers,
+            # clone tokens are signed with the upload-token key by the API server's admission
+            clone_tokens=TokenCheck(public_pem(ensure_key(self.data_dir / KEY_FILE)))).start()
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
         self.vm_manager = VmControllerManager(self.client).start()
         self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,

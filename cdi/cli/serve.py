@@ -63,6 +63,8 @@ class ControllerSection:
     max_stalled_retries: int = 3
     # Bytes between durable resume points of a raw upload (a dropped upload continues from the last one).
     upload_resume_interval: int = 64 << 20
+    # Clone every PVC with the host-assisted stream (cloner pod -> upload server), even on one node.
+    clone_host_assisted: bool = False
 
 
 @dataclass
@@ -158,6 +160,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="reconnects after a stall before an importer run fails")
     p.add_argument("--upload-resume-interval", type=int, default=d.controller.upload_resume_interval,
                    help="bytes between durable resume points of a raw upload")
+    p.add_argument("--clone-host-assisted", action="store_true",
+                   help="clone every PVC with the host-assisted stream, even where a local copy would do")
     p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
     p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
                    help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
@@ -177,7 +181,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                      progress_interval=args.progress_interval,
                                      speed_limit=_size_arg("--speed-limit", args.speed_limit),
                                      speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries,
-                                     upload_resume_interval=args.upload_resume_interval),
+                                     upload_resume_interval=args.upload_resume_interval,
+                                     clone_host_assisted=args.clone_host_assisted),
         upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
     )
     cfg.validate()

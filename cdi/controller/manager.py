@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from cdi.clonetoken import TokenCheck
+from cdi.controller.clone import CloneReconciler, is_clone_dv
 from cdi.controller.datavolume import DataVolumeReconciler
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.upload import UploadReconciler, is_upload_dv, is_upload_target
@@ -18,10 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class ControllerManager:
-    def __init__(self, client: Client, settings: ControllerSettings | None = None, *, workers: int = 4) -> None:
+    def __init__(self, client: Client, settings: ControllerSettings | None = None, *, workers: int = 4,
+                 clone_tokens: TokenCheck | None = None) -> None:
         self.client = client
         self.settings = settings or ControllerSettings()
         self.reconciler = DataVolumeReconciler(client, self.settings)
+        self.clones = CloneReconciler(client, self.settings, clone_tokens)
         self.uploads = UploadReconciler(client, self.settings)
         self.loop = ReconcileLoop("datavolume", self._reconcile_dv, workers)
         self.queue = self.loop.queue
@@ -35,6 +39,10 @@ class ControllerManager:
         dv = self.client.find(DATAVOLUME, namespace, name)
         if dv is not None and is_upload_dv(dv) and not dv["metadata"].get("deletionTimestamp"):
             return self.uploads.reconcile_dv(dv)
+        if dv is not None and is_clone_dv(dv) and not dv["metadata"].get("deletionTimestamp"):
+            return self.clones.reconcile(dv)
+        if dv is None or dv["metadata"].get("deletionTimestamp"):
+            self.clones.release(namespace, name)
         return self.reconciler.reconcile(namespace, name)
 
     def _on_dv(self, etype: str, obj: Obj) -> None:
@@ -57,7 +65,12 @@ class ControllerManager:
                 if ref.get("kind") == "PersistentVolumeClaim":
                     self.upload_loop.queue.add((meta["namespace"], ref["name"]))
             return
-        if component != "importer":
+        if component not in ("importer", "cdi-clone"):
+            return
+        target = (meta.get("annotations") or {}).get("cdi.kubevirt.io/clone.target")
+        if component == "cdi-clone" and target and "/" in target:  # a clone's source pod, in the source namespace
+            namespace, name = target.split("/", 1)
+            self.queue.add((namespace, name))
             return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == "PersistentVolumeClaim":  # the PVC carries the DataVolume's name

@@ -39,6 +39,10 @@ class ControllerSettings:
     importer_image: str = "cdi-importer:latest"
     # Container image of the upload server (what kubelet runs in a cluster; ignored by the local node).
     uploadserver_image: str = "cdi-uploadserver:latest"
+    # Container image of the clone worker (what kubelet runs in a cluster; ignored by the local node).
+    cloner_image: str = "cdi-cloner:latest"
+    # Clone every PVC with the host-assisted stream (cloner pod to upload server), even on one node.
+    clone_host_assisted: bool = False
     # Bytes between durable resume points of a raw upload (an interrupted upload continues from the last).
     upload_resume_interval: int = 64 << 20
     # Fraction of a Filesystem volume kept for the filesystem itself (CDI's default is 0.06).

@@ -53,6 +53,7 @@ WORKER_IMAGES: dict[str, Image] = {
     for image in (
         Image("cdi-importer", (_python("importer"),)),
         Image("cdi-uploadserver", (_python("uploadproxy.server"),)),
+        Image("cdi-cloner", (_python("cloner"),)),
         Image("cdi-virt-launcher", (_python("vm_runtime.launcher"), _python("vm_runtime.virt_tail"))),
     )
 }

@@ -23,6 +23,9 @@ def test_show_config_prints_resolved_settings(tmp_path: Path) -> None:
     assert cfg["api"] == {"address": "127.0.0.1", "port": 7443, "watch_history": 10000}
     assert cfg["node"]["max_running_pods"] == 2
     assert cfg["controller"]["filesystem_overhead"] == 0.06
+    assert cfg["controller"]["clone_host_assisted"] is False
+    forced = serve("--data-dir", str(tmp_path / "d"), "--clone-host-assisted", "--show-config")
+    assert json.loads(forced.stdout)["controller"]["clone_host_assisted"] is True
     assert cfg["upload_proxy"] == {"address": "127.0.0.1", "port": 8443, "url": "https://127.0.0.1:8443"}
     assert not (tmp_path / "d").exists(), "--show-config must not create anything"
 
