@@ -155,7 +155,9 @@ def test_vm_boots_stops_starts_and_is_cleaned_up(serve: Serve, disks: HttpServer
     uid = get(serve, "virtualmachineinstances", "testvm")["metadata"]["uid"]  # type: ignore[index]
     serve.kubectl("delete", "vm", "testvm")
     wait("everything gone", lambda: get(serve, "virtualmachineinstances", "testvm") is None
-         and not launcher_pods(serve, "testvm") and not volume.exists(), timeout=60)
+         and not launcher_pods(serve, "testvm") and not volume.exists()
+         and serve.client.find(DATAVOLUME, "default", "testvm-root") is None
+         and serve.client.find(PVC, "default", "testvm-root") is None, timeout=60)
     for kind in (DATAVOLUME, PVC):
         with pytest.raises(NotFound):
             serve.client.get(kind, "default", "testvm-root")

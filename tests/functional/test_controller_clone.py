@@ -306,7 +306,11 @@ print("created")
 
 
 def test_deleting_a_datavolume_stops_its_stream_source_pod_in_the_other_namespace(env: Env) -> None:
-    # A source-side pod of a stream into bobs/gone, as the controller makes it (labels, annotation).
+    # The target first (a source pod of a DataVolume that does not exist is removed at once), then a
+    # source-side pod of a stream into bobs/gone, as the controller makes it (labels, annotation).
+    env.clone_dv("gone", "nothing-here", ns="bobs", source_ns="bobs")
+    env.wait("gone", lambda d: any(c.get("reason") == "CloneWithoutSource"
+                                   for c in (d.get("status") or {}).get("conditions") or []), ns="bobs")
     env.client.create(POD, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": source_pod_name("feedface-0000"), "namespace": NS,
@@ -314,10 +318,11 @@ def test_deleting_a_datavolume_stops_its_stream_source_pod_in_the_other_namespac
                      "annotations": {ANN_TARGET: "bobs/gone"}},
         "spec": {"restartPolicy": "Never", "containers": [{
             "name": "c", "image": TEST_IMAGE, "command": ["python3", "-c", "import time; time.sleep(60)"]}]}})
-    env.clone_dv("gone", "nothing-here", ns="bobs", source_ns="bobs")
-    env.wait("gone", lambda d: any(c.get("reason") == "CloneWithoutSource"
-                                   for c in (d.get("status") or {}).get("conditions") or []), ns="bobs")
-    assert env.client.find(POD, NS, source_pod_name("feedface-0000")) is not None
+    deadline = time.monotonic() + 15
+    while "running" not in ((((env.client.find(POD, NS, source_pod_name("feedface-0000")) or {}).get("status")
+                              or {}).get("containerStatuses") or [{}])[0].get("state") or {}):
+        assert time.monotonic() < deadline, "the stand-in source pod did not start"
+        time.sleep(0.05)
     env.client.delete(DATAVOLUME, "bobs", "gone")
     deadline = time.monotonic() + 15
     while env.client.find(POD, NS, source_pod_name("feedface-0000")) is not None:
