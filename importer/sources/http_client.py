@@ -251,14 +251,13 @@ class Version:
         return {"If-Unmodified-Since": validator}
 
     def check(self, resp: http.client.HTTPResponse, url: str) -> None:
-        """Raise SourceChanged when the answer names another version than the first."""
-        etag, modified = resp.getheader("ETag"), resp.getheader("Last-Modified")
-        if self.etag and etag and etag != self.etag:
-            raise SourceChanged(f"the file at {url} changed during the import (ETag {self.etag} became {etag})")
-        if not self.etag and self.last_modified and modified and modified != self.last_modified:
-            raise SourceChanged(
-                f"the file at {url} changed during the import (Last-Modified {self.last_modified} became {modified})"
-            )
+        """Raise SourceChanged when the answer names another version than the first: its ETag AND its
+        Last-Modified must both be the first answer's. Some servers build the ETag from the path or
+        inode, so it stays the same while the bytes change; only Last-Modified then tells."""
+        for name, first in (("ETag", self.etag), ("Last-Modified", self.last_modified)):
+            now = resp.getheader(name)
+            if first is not None and now != first:
+                raise SourceChanged(f"the file at {url} changed during the import ({name} {first} became {now})")
 
 
 def check_lengths(resp: http.client.HTTPResponse, url: str) -> tuple[int, int, int | None]:

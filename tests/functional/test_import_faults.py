@@ -54,13 +54,15 @@ def _same(out: Path, raw: Path) -> bool:
 # -- a file that changes during the import ----------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["qcow2", "vmdk", "vhdx"])
-@pytest.mark.parametrize("server", ["honours-if-match", "ignores-if-match", "last-modified-only"])
+@pytest.mark.parametrize("server", ["honours-if-match", "ignores-if-match", "last-modified-only", "constant-etag"])
 def test_file_swapped_during_remote_convert_gives_one_version(
         image_factory, other, faults, tmp_path, fmt, server) -> None:
+    """``constant-etag``: the ETag stays the same across versions; only Last-Modified says the file changed."""
     src = image_factory.get(fmt)
     honours = server != "ignores-if-match"
     fault = faults.add("/d", Fault(path=str(src), swap_to=str(other[fmt]), swap_after=256 << 10,
-                                   if_match=honours, if_range=honours, etag=server != "last-modified-only"))
+                                   if_match=honours, if_range=honours, etag=server != "last-modified-only",
+                                   constant_etag=server == "constant-etag"))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert fault.swapped
@@ -69,9 +71,12 @@ def test_file_swapped_during_remote_convert_gives_one_version(
     assert result.digest == volume_digest(str(other["raw"]))
 
 
-def test_raw_swapped_between_drops_restarts_on_the_new_version(image_factory, other, faults, tmp_path) -> None:
+@pytest.mark.parametrize("constant_etag", [False, True])
+def test_raw_swapped_between_drops_restarts_on_the_new_version(
+        image_factory, other, faults, tmp_path, constant_etag) -> None:
     fault = faults.add("/d", Fault(path=str(image_factory.raw), swap_to=str(other["raw"]), swap_after=2 << 20,
-                                   drop_p=1.0, drop_every=3 << 20, if_range=False))
+                                   drop_p=1.0, drop_every=3 << 20, if_range=constant_etag,
+                                   constant_etag=constant_etag))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert fault.swapped

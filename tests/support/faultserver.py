@@ -14,6 +14,8 @@ Each path is a ``Fault`` (what goes wrong) over a file. Faults, combinable:
 - ``swap_to``/``swap_after``: once ``swap_after`` body bytes were sent in total, later requests get
   another file with a new ETag and Last-Modified (the answer in flight keeps the old one, as after an
   atomic rename); ``if_match``/``if_range`` False make the server ignore those validators;
+  ``constant_etag`` builds the ETag from the path alone, so it stays the same across versions (as
+  servers whose ETag comes from the path or inode) while Last-Modified and the bytes change;
 - ``rate`` (bytes per second) and ``stall_after`` (once that many body bytes were sent in total, send
   nothing more and keep connections open until the server stops).
 
@@ -47,6 +49,7 @@ class Fault:
     last_modified: bool = True
     if_match: bool = True
     if_range: bool = True
+    constant_etag: bool = False
     swap_to: str | None = None
     swap_after: int = 0
     rate: int | None = None
@@ -69,7 +72,8 @@ class Fault:
         path = self.swap_to if self.swapped and self.swap_to else self.path
         version = 2 if self.swapped else 1
         st = os.stat(path)
-        etag = '"' + hashlib.md5(f"{path}-{st.st_size}-{version}".encode()).hexdigest()[:16] + '"'
+        name = self.path if self.constant_etag else f"{path}-{st.st_size}-{version}"
+        etag = '"' + hashlib.md5(name.encode()).hexdigest()[:16] + '"'
         modified = email.utils.formatdate(1_700_000_000 + version * 3600, usegmt=True)
         return path, etag, modified
 
