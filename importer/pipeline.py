@@ -426,13 +426,19 @@ class Importer:
 
     # -- convert -----------------------------------------------------------------------------------
 
-    def _convert(self, node: dict[str, Any], image_name: str | None) -> None:
+    def _convert(self, node: dict[str, Any], image_name: str | None, *, file_size: int | None = None) -> None:
+        """``file_size``: the size of the image file (for a remote convert, the size the server gave)."""
         assert self.fmt is not None
         started = time.monotonic()
         spec = qemu_img.source_spec(self.fmt, node)
         data = qemu_img.info(spec)
         qemu_img.check_safe(data, expected_format=self.fmt, image_name=image_name)
         qemu_img.check(spec)
+        if file_size is None:
+            file_size = os.path.getsize(node["filename"])
+        end = qemu_img.data_end(spec)
+        if end > file_size:
+            raise FormatError(f"image is truncated: its data reaches byte {end} but the file has {file_size} bytes")
         self.step = Step.CONVERT
         self.virtual_size = int(data["virtual-size"])
         capacity = self.target.capacity
@@ -465,7 +471,7 @@ class Importer:
         source.close()  # the first answer was read to its end by the format detection
         try:
             with export as node:
-                self._convert(node, None)
+                self._convert(node, None, file_size=size)
         except Error as e:
             raise _reason(export, e) from e
         finally:
