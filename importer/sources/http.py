@@ -135,7 +135,7 @@ class HttpSource:
 
     def _take(self, resp: http.client.HTTPResponse) -> None:
         """Adopt the first answer: the version, the size and what the server proved it can do."""
-        self.version = Version(resp)
+        self.version = Version(resp, self.client.url)
         content_type = resp.getheader("Content-Type")
         length = resp.getheader("Content-Length")
         if resp.status == 206:
@@ -224,6 +224,11 @@ class HttpSource:
             _, _, total = content_range(resp)
             resp.close()
             conn.close()
+            if status != 416:  # a new version met at the end is a change, not a short file
+                version.check(resp, self.client.url)
+            if status == 416 and self.size is not None and total is not None and total != self.size:
+                raise SourceChanged(f"the file at {self.url} changed during the import ({self.size} bytes, now "
+                                    f"{total})")
             if status in (206, 416) and total == self.position:  # 416, or a sloppy 206 of nothing
                 self._end_verified = True
                 return False

@@ -227,9 +227,14 @@ class Client:
 class Version:
     """What identifies the file read: the validator and size of the first answer."""
 
-    def __init__(self, resp: http.client.HTTPResponse) -> None:
+    def __init__(self, resp: http.client.HTTPResponse, url: str | None = None) -> None:
         self.etag = resp.getheader("ETag")
         self.last_modified = resp.getheader("Last-Modified")
+        self.url = url  # where the first answer came from, redirects followed
+
+    @property
+    def strong(self) -> bool:
+        return bool(self.etag and not self.etag.startswith("W/"))
 
     @property
     def validator(self) -> str | None:
@@ -254,6 +259,10 @@ class Version:
         """Raise SourceChanged when the answer names another version than the first: its ETag AND its
         Last-Modified must both be the first answer's. Some servers build the ETag from the path or
         inode, so it stays the same while the bytes change; only Last-Modified then tells."""
+        if self.url is not None and url != self.url and not self.strong:
+            # without a strong ETag, the same Last-Modified and size at another URL is no proof of the same file
+            raise SourceChanged(f"the file changed during the import: {self.url} now leads to {url}, and the "
+                                "server gives no strong ETag to prove it is the same file")
         for name, first in (("ETag", self.etag), ("Last-Modified", self.last_modified)):
             now = resp.getheader(name)
             if first is not None and now != first:

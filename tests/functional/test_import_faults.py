@@ -84,6 +84,32 @@ def test_raw_swapped_between_drops_restarts_on_the_new_version(
     assert result.restarts >= 1
 
 
+def test_file_replaced_right_after_the_download_is_a_change(image_factory, faults, tmp_path) -> None:
+    """The end probe (a range past the last byte) meets a smaller new version: the file changed, it is
+    not a short file; the import restarts on the new version."""
+    small = images.make_raw(tmp_path / "small.raw", 4 << 20, seed=5)
+    raw = image_factory.raw
+    fault = faults.add("/d", Fault(path=str(raw), swap_to=str(small), swap_after=raw.stat().st_size,
+                                   if_range=False))
+    out = tmp_path / "out.img"
+    result = run_import(_job(faults.url("/d"), out))
+    assert fault.swapped and 416 in fault.statuses
+    assert _same(out, small)
+    assert result.restarts == 1
+
+
+def test_redirect_to_another_file_mid_import_is_a_change(image_factory, other, faults, tmp_path) -> None:
+    """Same Last-Modified and size, no ETag: a resume that now lands on another URL is another file."""
+    a = faults.add("/a", Fault(path=str(image_factory.raw), etag=False, drop_p=1.0, drop_every=3 << 20))
+    b = faults.add("/b", Fault(path=str(other["raw"]), etag=False))
+    faults.redirect("/a", "/b", after=1)
+    out = tmp_path / "out.img"
+    result = run_import(_job(faults.url("/a"), out))
+    assert a.sent and b.sent
+    assert _same(out, other["raw"])
+    assert result.restarts == 1
+
+
 # -- no Content-Length ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["raw", "qcow2", "raw.gz"])

@@ -19,6 +19,9 @@ Each path is a ``Fault`` (what goes wrong) over a file. Faults, combinable:
 - ``rate`` (bytes per second) and ``stall_after`` (once that many body bytes were sent in total, send
   nothing more and keep connections open until the server stops).
 
+``FaultServer.redirect`` makes a path answer 302 to another after its first requests (a mirror
+switched mid-import).
+
 ``sent`` counts the body bytes written to sockets, so a test or benchmark can say how many bytes the
 server sent per byte of image.
 """
@@ -115,7 +118,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
-        fault = self.server.faults.get(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        redirect = self.server.redirects.get(path)
+        if redirect is not None and redirect[1] <= 0:
+            self.send_response(302)
+            self.send_header("Location", redirect[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if redirect is not None:
+            self.server.redirects[path] = (redirect[0], redirect[1] - 1)
+        fault = self.server.faults.get(path)
         if fault is None:
             return self._simple(404, b"not found")
         fault.requests.append(dict(self.headers.items()))
@@ -235,6 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     faults: dict[str, Fault]
+    redirects: dict[str, tuple[str, int]]
     stopping: threading.Event
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -247,6 +261,7 @@ class FaultServer:
     def __init__(self) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.faults = {}
+        self._server.redirects = {}
         self._server.stopping = threading.Event()
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -254,6 +269,10 @@ class FaultServer:
     def add(self, path: str, fault: Fault) -> Fault:
         self._server.faults[path] = fault
         return fault
+
+    def redirect(self, path: str, location: str, *, after: int = 0) -> None:
+        """Answer requests for ``path`` after the first ``after`` with a 302 to ``location``."""
+        self._server.redirects[path] = (location, after)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
