@@ -16,9 +16,10 @@ What the server says is checked, not believed:
   announced by Content-Range; after a body whose length was not announced, a range request past the
   end must get 416. A Content-Length that disagrees with the body or with Content-Range is an error
   naming the server's mistake.
-- A connection that delivers less than ``speed_limit`` bytes/s for ``speed_time`` seconds is dropped
-  (as curl's --speed-limit/--speed-time); reconnects that make no progress are bounded
-  (``max_stalled_retries`` for stalls, ``retries`` for errors); a reconnect after progress is free.
+- A transfer that delivers less than ``speed_limit`` bytes/s for ``speed_time`` seconds is dropped
+  (as curl's --speed-limit/--speed-time), measured across reconnects: a reconnect does not restart the
+  window. Reconnects that make no progress are bounded (``max_stalled_retries`` for stalls,
+  ``retries`` for errors); a reconnect after progress is free.
 """
 
 from __future__ import annotations
@@ -218,7 +219,6 @@ class HttpSource:
         version = self.version
 
         def attempt() -> bool:
-            self._meter.reset()
             conn, resp = self.client.get({"Range": f"bytes={self.position}-", **version.conditions(continuing=True)})
             status = resp.status
             _, _, total = content_range(resp)
@@ -269,12 +269,12 @@ class HttpSource:
             delay = self._attempts.failed(drop, self._attempt_bytes, self.position)
             if delay:
                 time.sleep(delay)
+                self._meter.pause(delay)
         self._attempt_bytes = 0
         # an interrupted answer is continued to its own end (the first one only covers format detection)
         upto = str(self._resp_end - 1) if drop is not None and self._resp_end is not None else ""
 
         def attempt() -> None:
-            self._meter.reset()
             extra = {"Range": f"bytes={self.position}-{upto}", **self.version.conditions(continuing=True)}  # type: ignore[union-attr]
             conn, resp = self.client.get(extra)
             if resp.status == 206:
@@ -328,6 +328,7 @@ class HttpSource:
             delay = self._attempts.failed(error, 0, self.position)
             log.warning("http request failed error=%s retry_in=%.2fs", error, delay)
             time.sleep(delay)
+            self._meter.pause(delay)
 
     def range_reader(self) -> RangeReader:
         """Random reads of the version opened; only when ``capabilities.random_access``."""
@@ -368,10 +369,10 @@ class RangeReader:
             raise SourceError(f"read past the end of the file ({offset + len(view)} > {self.size})")
         attempts = Attempts(self.options, self.client.url)
         got = 0
+        self._meter.reset()  # the time between reads is the reader's, not the server's
         while got < len(view):
             start = got
             try:
-                self._meter.reset()
                 resp = self._request(offset + got, offset + len(view) - 1)
                 while got < len(view):
                     n = read_some(resp, view[got:])
@@ -399,6 +400,7 @@ class RangeReader:
             log.warning("http range read interrupted at=%d error=%s retry_in=%.2fs", offset + got, error, delay)
             if delay:
                 time.sleep(delay)
+                self._meter.pause(delay)
 
     def _request(self, first: int, last: int) -> http.client.HTTPResponse:
         extra = {"Range": f"bytes={first}-{last}", **self.version.conditions(continuing=False)}

@@ -24,7 +24,9 @@ class LowSpeed(Exception):
 
 
 class Meter:
-    """curl's low-speed check for one connection: fewer than ``limit`` bytes in ``period`` seconds."""
+    """curl's low-speed check: fewer than ``limit`` bytes in ``period`` seconds. The window runs across
+    reconnects (a server that sends one byte per connection is as stalled as one that sends nothing);
+    only the pauses between tries are left out."""
 
     def __init__(self, options: HttpOptions) -> None:
         self.limit = options.speed_limit
@@ -41,9 +43,14 @@ class Meter:
         self._count += n
         now = time.monotonic()
         if now - self._start >= self.period:
-            if self._count < self.limit * (now - self._start):
-                raise LowSpeed(f"{self._count} bytes in {now - self._start:.1f}s")
+            count, elapsed = self._count, now - self._start
             self._start, self._count = now, 0
+            if count < self.limit * elapsed:
+                raise LowSpeed(f"{count} bytes in {elapsed:.1f}s")
+
+    def pause(self, seconds: float) -> None:
+        """Leave a back-off pause out of the window."""
+        self._start += seconds
 
 
 class Attempts:

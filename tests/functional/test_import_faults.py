@@ -170,12 +170,16 @@ def test_truncated_compressed_file_fails(image_factory, faults, tmp_path, name) 
 
 # -- stalls and slow servers ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["slow", "stalled-after-headers", "stalled-mid-body"])
+@pytest.mark.parametrize("case", ["slow", "stalled-after-headers", "stalled-mid-body", "one-byte-per-answer"])
 @pytest.mark.parametrize("name", ["raw", "qcow2"])
 @pytest.mark.timeout(60)
 def test_stalled_server_fails_saying_so(image_factory, faults, tmp_path, case, name) -> None:
+    """``one-byte-per-answer``: every answer is too short for a speed check of its own and every
+    reconnect made progress; the speed is measured across reconnects (after 20,000 answers the
+    server gives up with 500s, which would end in another message)."""
     kw: dict[str, object] = {"slow": {"rate": 1024}, "stalled-after-headers": {"stall_after": 0},
-                             "stalled-mid-body": {"stall_after": 300 << 10}}[case]
+                             "stalled-mid-body": {"stall_after": 300 << 10},
+                             "one-byte-per-answer": {"answer_bytes": 1, "give_up_after": 20000}}[case]
     faults.add("/d", Fault(path=str(image_factory.get(name)), **kw))  # type: ignore[arg-type]
     out = tmp_path / "out.img"
     with pytest.raises(Error, match="stalled") as info:

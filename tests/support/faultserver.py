@@ -16,6 +16,8 @@ Each path is a ``Fault`` (what goes wrong) over a file. Faults, combinable:
   atomic rename); ``if_match``/``if_range`` False make the server ignore those validators;
   ``constant_etag`` builds the ETag from the path alone, so it stays the same across versions (as
   servers whose ETag comes from the path or inode) while Last-Modified and the bytes change;
+- ``answer_bytes``: each answer sends at most that many body bytes, then the connection is closed;
+  after ``give_up_after`` requests every answer is a 500 (so a client that never gives up still ends);
 - ``rate`` (bytes per second) and ``stall_after`` (once that many body bytes were sent in total, send
   nothing more and keep connections open until the server stops).
 
@@ -57,6 +59,8 @@ class Fault:
     swap_after: int = 0
     rate: int | None = None
     stall_after: int | None = None
+    answer_bytes: int | None = None
+    give_up_after: int | None = None
     # observed
     sent: int = 0
     drops: int = 0
@@ -132,6 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             return self._simple(404, b"not found")
         fault.requests.append(dict(self.headers.items()))
+        if fault.give_up_after is not None and len(fault.requests) > fault.give_up_after:
+            return self._simple(500, b"giving up", fault)
         path, etag, modified = fault.current()
         size = os.path.getsize(path)
         if fault.if_match and self.headers.get("If-Match") not in (None, etag, "*"):
@@ -211,6 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
                         self.server.stopping.wait()
                         raise _Dropped
                     want = min(want, fault.stall_after - fault.sent)
+                if fault.answer_bytes is not None:
+                    if sent >= fault.answer_bytes:
+                        raise _Dropped
+                    want = min(want, fault.answer_bytes - sent)
                 data = f.read(want)
                 if not data:
                     break
