@@ -218,6 +218,7 @@ class Importer:
         if point and source.open(start=point.offset, validator=point.validator):
             log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
             self.resumed_at = point.offset
+            self.resumes += 1
             self.target.existed = False  # ours: a previous run of this import created it
         elif point:
             log.warning("cannot resume at byte %d: the server sent the whole body (file changed or no "
@@ -356,7 +357,7 @@ class Importer:
                 checkpoint.save(self.ckpt_path, point)
 
         try:
-            _copy(top, writer, on_interval=save_point)
+            _copy(top, writer, on_interval=save_point, interval=checkpoint.interval_for(size))
             _drain(bottom)
             self._check_end(source)
             self._check_sum(hasher)
@@ -522,14 +523,15 @@ def _reason(export: Any, error: BaseException) -> BaseException:
     return NetworkError(f"reading the source failed: {export.error}")
 
 
-def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None) -> None:
-    """Copy until the end of ``reader``; ``on_interval`` runs every ``checkpoint.INTERVAL`` bytes.
+def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None,
+          interval: int = checkpoint.INTERVAL) -> None:
+    """Copy until the end of ``reader``; ``on_interval`` runs every ``interval`` bytes.
 
     One thread reads (decompressing) and writes; a writer thread was tried and gave no measurable gain
     on this 2-core machine, where the final fsync and the decompressor dominate."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    next_point = writer.offset + checkpoint.INTERVAL
+    next_point = writer.offset + interval
     while True:
         have = 0
         while have < CHUNK:  # full chunks keep zero detection and digest blocks aligned
@@ -541,7 +543,7 @@ def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], Non
             writer.write(buf, have)
             if on_interval is not None and writer.offset >= next_point:
                 on_interval()
-                next_point = writer.offset + checkpoint.INTERVAL
+                next_point = writer.offset + interval
         if have < CHUNK:
             return
 
