@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from importer import checkpoint
+from importer import digest as vdigest
 from tests.support import images
 from tests.support.faultserver import Fault, FaultServer
 from tests.support.httpserver import HttpServer, Route
@@ -175,3 +178,81 @@ def test_progress_bar_on_request(image_factory, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "transfer" in proc.stderr and "100%" in proc.stderr  # tqdm's bar, drawn on stderr
     assert json.loads(proc.stdout)["formats"] == ["zstd", "raw"]
+
+
+# -- capacities larger than the target can hold -----------------------------------------------------
+
+def _fs_refuses(directory: Path, size: int) -> bool:
+    with open(directory / ".probe", "wb") as f:
+        try:
+            os.ftruncate(f.fileno(), size)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.unlink(directory / ".probe")
+
+
+@pytest.mark.parametrize("size", ["12345678901234567890123456789", "1e18"])
+def test_size_larger_than_a_file_can_be_is_refused_before_the_target_is_touched(
+        image_factory, tmp_path: Path, size: str) -> None:
+    if size == "1e18" and not _fs_refuses(tmp_path, 10**18):
+        pytest.skip("this file system takes a 1e18-byte file")
+    out = tmp_path / "keep.img"
+    out.write_bytes(b"the user's disk")
+    proc = subprocess.run([*CDI, "import", str(image_factory.raw), str(out), "--size", size, "--progress", "none"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "is larger than" in proc.stderr and "can be" in proc.stderr, proc.stderr
+    assert out.read_bytes() == b"the user's disk"
+
+
+def test_pod_size_larger_than_the_volume_is_refused(tmp_path: Path) -> None:
+    from importer.errors import PermanentError
+    from importer.job_env import job_from_env
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "disk.img").write_bytes(b"the user's disk")
+    env = {"IMPORTER_ENDPOINT": "http://127.0.0.1:1/d.raw", "IMPORTER_IMAGE_SIZE": "1e18",
+           "CDI_VOLUME_MOUNTS": json.dumps({"/data": str(data)}),
+           "CDI_VOLUME_CAPACITY": json.dumps({"/data": 11 << 20})}
+    with pytest.raises(PermanentError, match=f"image size {10**18} is larger than the volume's capacity {11 << 20}"):
+        job_from_env(env)
+    assert job_from_env({**env, "IMPORTER_IMAGE_SIZE": "11Mi"}).size == 11 << 20
+    assert (data / "disk.img").read_bytes() == b"the user's disk"
+
+
+def test_16_tib_sparse_capacity_costs_what_the_data_costs(image_factory, tmp_path: Path) -> None:
+    """Import and digest of a 16 TiB volume holding 8 MiB: the bookkeeping of the zeros after the data
+    costs no memory per block (the bound is on resident memory, not on time)."""
+    size = (16 << 40) - (1 << 20)  # ext4's largest file is just under 16 TiB
+    if _fs_refuses(tmp_path, size):
+        pytest.skip("this file system cannot hold a 16 TiB sparse file")
+    out = tmp_path / "big.img"
+    measure = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(p.stdout)")
+    runs = []
+    for args in (["import", str(image_factory.raw), str(out), "--size", str(size), "--progress", "none"],
+                 ["digest", str(out)]):
+        proc = subprocess.run([sys.executable, "-c", measure, *CDI, *args], capture_output=True, text=True,
+                              timeout=300)
+        head, _, rest = proc.stdout.partition("\n")
+        rc, rss_kib = (int(x) for x in head.split())
+        assert rc == 0, proc.stdout + proc.stderr
+        assert rss_kib < 300 << 10, f"cdi {args[0]} used {rss_kib} KiB"
+        runs.append(rest.strip())
+    result = json.loads(runs[0])
+    assert os.path.getsize(out) == size
+    assert result["digest"] == runs[1]
+    data = image_factory.raw.read_bytes()
+    with open(out, "rb") as f:
+        assert f.read(len(data)) == data
+    # by the definition: the hashes of the image's blocks, then zero blocks up to the capacity
+    leaves = [vdigest.leaf(data[i:i + vdigest.BLOCK]) for i in range(0, len(data), vdigest.BLOCK)]
+    zero_leaf = vdigest.zero_leaf(vdigest.BLOCK)
+    root = hashlib.sha256(size.to_bytes(8, "big") + b"".join(leaves))
+    for _ in range((size - len(data)) // vdigest.BLOCK // 32768):
+        root.update(zero_leaf * 32768)
+    root.update(zero_leaf * ((size - len(data)) // vdigest.BLOCK % 32768))
+    assert result["digest"] == f"{vdigest.PREFIX}:{root.hexdigest()}"
