@@ -141,21 +141,28 @@ class Importer:
         try:
             if not self.job.source:
                 self._blank()
-            cuts: set[tuple[int, int]] = set()
+            cuts: set[tuple[int, int | None]] = set()
             for attempt in range(MAX_RESTARTS + 1 if self.job.source else 0):
                 try:
                     self._run_once()
                     break
                 except RestartFromZero as e:
-                    if e.cut_at is not None and e.announced is not None:
-                        if (e.cut_at, e.announced) in cuts:
+                    # the same cut at the same byte twice will not change on another try
+                    if e.cut_at is not None and (e.cut_at, e.announced) in cuts:
+                        if e.announced is not None:
                             raise SourceError(
                                 f"the server ends its body at byte {e.cut_at} every time, though its "
                                 f"Content-Length says {e.announced}: its Content-Length is larger than the file"
                             ) from e
+                        raise SourceError(
+                            f"the server's body breaks off at byte {e.cut_at} every time ({e}), and it does not "
+                            "support range requests: the end of the image cannot be reached"
+                        ) from e
+                    if e.cut_at is not None:
                         cuts.add((e.cut_at, e.announced))
                     if attempt == MAX_RESTARTS:
                         raise
+                    checkpoint.remove(self.ckpt_path)  # what was written is of a version now gone
                     self.restarts += 1
                     log.warning("restarting transfer from byte 0 reason=%s", e)
             digest = self._verify()

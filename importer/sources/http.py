@@ -90,7 +90,11 @@ class HttpSource:
 
     @property
     def validator(self) -> str | None:
-        return self.version.validator if self.version is not None else None
+        """What a resume point keeps of this version: its validator, ETag, Last-Modified and (without a
+        strong ETag) the final URL; None when the server gives no validator."""
+        if self.version is None or self.version.validator is None:
+            return None
+        return self.version.identity
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -99,11 +103,11 @@ class HttpSource:
         rest of that version; returns True when the server continues there, False when reading starts
         at byte 0 (the file changed, or no ranges)."""
         if start and validator:
-            status = self._first({"Range": f"bytes={start}-", "If-Range": validator})
+            status = self._first({"Range": f"bytes={start}-", "If-Range": Version.if_range_of(validator)})
             if status == 206 and self.position == start and self.validator == validator:
                 return True
             if status == 206 and self.position == start:  # If-Range ignored: the answer names another version
-                log.warning("the file changed since the interrupted import (validator %s, now %s)", validator,
+                log.warning("the file changed since the interrupted import (version %s, now %s)", validator,
                             self.validator)
             self._close_response()
             self.position = 0

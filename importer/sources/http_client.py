@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import ssl
 import threading
 import time
@@ -238,6 +239,21 @@ class Version:
         self.etag = resp.getheader("ETag")
         self.last_modified = resp.getheader("Last-Modified")
         self.url = url  # where the first answer came from, redirects followed
+
+    @property
+    def identity(self) -> str:
+        """Everything that names this version, for a resume point: the If-Range validator, the ETag,
+        Last-Modified and, without a strong ETag, the URL the redirects ended at."""
+        return json.dumps([self.validator, self.etag, self.last_modified, None if self.strong else self.url])
+
+    @staticmethod
+    def if_range_of(identity: str) -> str:
+        """The If-Range validator in an ``identity`` (or the identity itself, a bare validator)."""
+        try:
+            value = json.loads(identity)
+        except ValueError:
+            return identity
+        return str(value[0]) if isinstance(value, list) and value and value[0] else identity
 
     @property
     def strong(self) -> bool:

@@ -153,6 +153,19 @@ def test_close_delimited_compressed_body_is_checked_by_its_own_end(image_factory
     assert _same(out, image_factory.raw)
 
 
+def test_chunked_body_without_terminator_and_no_ranges_is_fetched_at_most_twice(
+        image_factory, faults, tmp_path) -> None:
+    """The same cut at the same byte twice cannot change on a third try: fail then, saying so."""
+    raw = image_factory.raw
+    fault = faults.add("/d", Fault(path=str(raw), length="chunked", chunked_end=False, ranges=False,
+                                   advertise_ranges=False))
+    out = tmp_path / "out.img"
+    with pytest.raises(Error, match="every time"):
+        run_import(_job(faults.url("/d"), out))
+    assert fault.sent <= 2 * raw.stat().st_size
+    assert not out.exists()
+
+
 # -- truncated compressed files ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["raw.gz", "raw.xz", "raw.zst", "raw.bz2"])

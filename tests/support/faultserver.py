@@ -48,6 +48,7 @@ class Fault:
     seed: int = 0
     length: str = "exact"  # exact, none, chunked, large, small
     length_error: int = 4096
+    chunked_end: bool = True  # False: a chunked body ends without its terminator (the connection closes)
     ranges: bool = True
     advertise_ranges: bool = True
     etag: bool = True
@@ -234,8 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
                 fault.count(len(data))
                 if fault.drop_p and fault.passed_drop_point(len(data), more=sent < length):
                     raise _Dropped
-        if fault.length == "chunked":
+        if fault.length == "chunked" and fault.chunked_end:
             self.wfile.write(b"0\r\n\r\n")
+        elif fault.length == "chunked":
+            raise _Dropped
 
     def _hang_up(self) -> None:
         self.close_connection = True
