@@ -307,11 +307,14 @@ def test_qemu_img_timeout_during_a_stall_reports_the_stall(image_factory, faults
 
 
 @pytest.mark.timeout(90)
-def test_resume_after_kill_of_a_file_that_changed_meanwhile(image_factory, other, faults, tmp_path) -> None:
-    """A server that ignores If-Range answers the resume with a 206 of the new version: its ETag
-    gives it away, and the import starts over instead of joining two versions."""
+@pytest.mark.parametrize("constant_etag", [False, True])
+def test_resume_after_kill_of_a_file_that_changed_meanwhile(
+        image_factory, other, faults, tmp_path, constant_etag) -> None:
+    """A server that ignores If-Range (or whose ETag stays the same) answers the resume with a 206 of
+    the new version: its ETag or Last-Modified gives it away, and the import starts over instead of
+    joining two versions."""
     fault = faults.add("/d", Fault(path=str(image_factory.raw), swap_to=str(other["raw"]), swap_after=1 << 40,
-                                   rate=2 << 20, if_range=False))
+                                   rate=2 << 20, if_range=constant_etag, constant_etag=constant_etag))
     out = tmp_path / "out.img"
     point_file = tmp_path / ".out.img.cdi-resume.json"
     env = {**os.environ, "CDI_RESUME_INTERVAL": str(1 << 20)}
