@@ -49,7 +49,7 @@ def open_stream(reader: Reader) -> tarfile.TarFile:
 
 
 class MemberReader:
-    """The first regular file of a tar stream, as a Reader."""
+    """The one regular file of a tar stream, as a Reader (a second one is refused at its end)."""
 
     def __init__(self, tar: tarfile.TarFile, reader: Reader) -> None:
         self._tar = tar
@@ -69,12 +69,29 @@ class MemberReader:
         f = tar.extractfile(member)
         assert f is not None
         self._file = f
+        self._checked = False
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         try:
-            return int(cast(Any, self._file).readinto(buf))
+            n = int(cast(Any, self._file).readinto(buf))
+            if n == 0 and len(buf):
+                self._refuse_more()
+            return n
         except tarfile.TarError as e:
             raise _tar_error(e) from e
+
+    def _refuse_more(self) -> None:
+        """At the end of the disk image: CDI expects one disk in a tar, so a second regular file means
+        the import would silently pick one of several disks."""
+        if self._checked:
+            return
+        self._checked = True
+        others = []
+        while (m := self._tar.next()) is not None:  # next(), not iteration: that starts over at the first
+            if m.isfile():
+                others.append(m.name)
+        if others:
+            raise FormatError(f"the archive holds more than one disk image: {', '.join([self.name, *others])}")
 
     def close(self) -> None:
         self._tar.close()

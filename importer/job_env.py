@@ -7,12 +7,14 @@ IMPORTER_SPEED_TIME (seconds), IMPORTER_MAX_STALLED_RETRIES and IMPORTER_RETRIES
 --help``). Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
 /certs, /extraheaders). On the local node a process cannot see mounts, so the node passes
 CDI_VOLUME_MOUNTS, a JSON object {mountPath: hostPath}, and every in-pod path is translated through it.
-IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume.
+IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume. An IMPORTER_IMAGE_SIZE larger than the
+volume's capacity (CDI_VOLUME_CAPACITY, {mountPath or devicePath: bytes}) is refused before anything is written.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -44,14 +46,22 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
     except MountsError as e:
         raise PermanentError(str(e)) from e
     content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"
-    target = env.get("IMPORTER_TARGET_PATH")
-    if target:
-        target = paths(target)
-    elif content_type == "archive":
-        target = paths(DATA_DIR)
-    else:
-        target = paths(BLOCK_PATH) if paths.exists(BLOCK_PATH) else paths(os.path.join(DATA_DIR, "disk.img"))
+    pod_target = env.get("IMPORTER_TARGET_PATH")
+    if not pod_target:
+        if content_type == "archive":
+            pod_target = DATA_DIR
+        else:
+            pod_target = BLOCK_PATH if paths.exists(BLOCK_PATH) else os.path.join(DATA_DIR, "disk.img")
+    target = paths(pod_target)
     size_text = env.get("IMPORTER_IMAGE_SIZE", "")
+    try:
+        size = parse_size(size_text) if size_text else None
+    except ValueError as e:
+        raise PermanentError(f"invalid IMPORTER_IMAGE_SIZE {size_text!r}: {e}") from e
+    if size is not None:
+        capacity = volume_capacity(env, pod_target)
+        if capacity is not None and size > capacity:
+            raise PermanentError(f"image size {size} is larger than the volume's capacity {capacity}")
     headers = [parse_header(v) for k, v in sorted(env.items()) if k.startswith("IMPORTER_EXTRA_HEADER_")]
     seen: set[str] = set()
     for headers_dir in paths.below(env.get("IMPORTER_EXTRA_HEADERS_DIR", EXTRA_HEADERS_DIR)):
@@ -94,12 +104,28 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         source=endpoint if source != "none" else "",
         target=target,
         content_type=content_type,
-        size=parse_size(size_text) if size_text else None,
+        size=size,
         http=http,
         checksum=env.get("IMPORTER_CHECKSUM") or None,
         scratch_dir=paths(scratch) if scratch else None,
         device_zeroed=env.get("IMPORTER_DEVICE_ZEROED", "").lower() == "true",
     )
+
+
+def volume_capacity(env: Mapping[str, str], pod_path: str) -> int | None:
+    """The capacity of the volume holding ``pod_path`` (CDI_VOLUME_CAPACITY, keyed by mountPath or
+    devicePath); None when the node gave none."""
+    try:
+        capacities = json.loads(env.get("CDI_VOLUME_CAPACITY") or "{}")
+    except ValueError as e:
+        raise PermanentError(f"CDI_VOLUME_CAPACITY is not JSON: {e}") from e
+    best: tuple[int, int] | None = None
+    for mount, value in capacities.items():
+        mount = mount.rstrip("/") or "/"
+        inside = pod_path == mount or pod_path.startswith(mount.rstrip("/") + "/")
+        if inside and (best is None or len(mount) > best[0]):
+            best = (len(mount), int(value))
+    return best[1] if best is not None else None
 
 
 def _bundle(certs: list[str], workdir: str) -> str:

@@ -141,21 +141,28 @@ class Importer:
         try:
             if not self.job.source:
                 self._blank()
-            cuts: set[tuple[int, int]] = set()
+            cuts: set[tuple[int, int | None]] = set()
             for attempt in range(MAX_RESTARTS + 1 if self.job.source else 0):
                 try:
                     self._run_once()
                     break
                 except RestartFromZero as e:
-                    if e.cut_at is not None and e.announced is not None:
-                        if (e.cut_at, e.announced) in cuts:
+                    # the same cut at the same byte twice will not change on another try
+                    if e.cut_at is not None and (e.cut_at, e.announced) in cuts:
+                        if e.announced is not None:
                             raise SourceError(
                                 f"the server ends its body at byte {e.cut_at} every time, though its "
                                 f"Content-Length says {e.announced}: its Content-Length is larger than the file"
                             ) from e
+                        raise SourceError(
+                            f"the server's body breaks off at byte {e.cut_at} every time ({e}), and it does not "
+                            "support range requests: the end of the image cannot be reached"
+                        ) from e
+                    if e.cut_at is not None:
                         cuts.add((e.cut_at, e.announced))
                     if attempt == MAX_RESTARTS:
                         raise
+                    checkpoint.remove(self.ckpt_path)  # what was written is of a version now gone
                     self.restarts += 1
                     log.warning("restarting transfer from byte 0 reason=%s", e)
             digest = self._verify()
@@ -218,6 +225,7 @@ class Importer:
         if point and source.open(start=point.offset, validator=point.validator):
             log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
             self.resumed_at = point.offset
+            self.resumes += 1
             self.target.existed = False  # ours: a previous run of this import created it
         elif point:
             log.warning("cannot resume at byte %d: the server sent the whole body (file changed or no "
@@ -356,7 +364,7 @@ class Importer:
                 checkpoint.save(self.ckpt_path, point)
 
         try:
-            _copy(top, writer, on_interval=save_point)
+            _copy(top, writer, on_interval=save_point, interval=checkpoint.interval_for(size))
             _drain(bottom)
             self._check_end(source)
             self._check_sum(hasher)
@@ -426,13 +434,19 @@ class Importer:
 
     # -- convert -----------------------------------------------------------------------------------
 
-    def _convert(self, node: dict[str, Any], image_name: str | None) -> None:
+    def _convert(self, node: dict[str, Any], image_name: str | None, *, file_size: int | None = None) -> None:
+        """``file_size``: the size of the image file (for a remote convert, the size the server gave)."""
         assert self.fmt is not None
         started = time.monotonic()
         spec = qemu_img.source_spec(self.fmt, node)
         data = qemu_img.info(spec)
         qemu_img.check_safe(data, expected_format=self.fmt, image_name=image_name)
         qemu_img.check(spec)
+        if file_size is None:
+            file_size = os.path.getsize(node["filename"])
+        end = qemu_img.data_end(spec)
+        if end > file_size:
+            raise FormatError(f"image is truncated: its data reaches byte {end} but the file has {file_size} bytes")
         self.step = Step.CONVERT
         self.virtual_size = int(data["virtual-size"])
         capacity = self.target.capacity
@@ -465,7 +479,7 @@ class Importer:
         source.close()  # the first answer was read to its end by the format detection
         try:
             with export as node:
-                self._convert(node, None)
+                self._convert(node, None, file_size=size)
         except Error as e:
             raise _reason(export, e) from e
         finally:
@@ -516,14 +530,15 @@ def _reason(export: Any, error: BaseException) -> BaseException:
     return NetworkError(f"reading the source failed: {export.error}")
 
 
-def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None) -> None:
-    """Copy until the end of ``reader``; ``on_interval`` runs every ``checkpoint.INTERVAL`` bytes.
+def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], None] | None = None,
+          interval: int = checkpoint.INTERVAL) -> None:
+    """Copy until the end of ``reader``; ``on_interval`` runs every ``interval`` bytes.
 
     One thread reads (decompressing) and writes; a writer thread was tried and gave no measurable gain
     on this 2-core machine, where the final fsync and the decompressor dominate."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    next_point = writer.offset + checkpoint.INTERVAL
+    next_point = writer.offset + interval
     while True:
         have = 0
         while have < CHUNK:  # full chunks keep zero detection and digest blocks aligned
@@ -535,7 +550,7 @@ def _copy(reader: Reader, writer: SparseWriter, *, on_interval: Callable[[], Non
             writer.write(buf, have)
             if on_interval is not None and writer.offset >= next_point:
                 on_interval()
-                next_point = writer.offset + checkpoint.INTERVAL
+                next_point = writer.offset + interval
         if have < CHUNK:
             return
 

@@ -110,6 +110,28 @@ def check(spec: str) -> None:
     raise FormatError(f"qemu-img check failed: {_last_line(stderr)}")
 
 
+def data_end(spec: str) -> int:
+    """The end of the highest data extent in the image file (``qemu-img map``), under the same limits
+    as ``info``. ``qemu-img check`` says nothing for some formats (vdi): a truncated one would read
+    its missing blocks as zeros, so the caller compares this with the size of the file."""
+    cmd = [binary(), "map", "--output=json", spec]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=INFO_TIMEOUT, preexec_fn=_limits, check=False  # noqa: PLW1509
+        )
+    except subprocess.TimeoutExpired as e:
+        raise ToolTimedOut(f"qemu-img map did not finish within {INFO_TIMEOUT:.0f}s: refusing the image") from e
+    stderr = proc.stderr.decode(errors="replace")
+    if proc.returncode != 0:
+        raise FormatError(f"qemu-img cannot map the image: {_last_line(stderr)}")
+    try:
+        extents = json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        raise ToolError("qemu-img map printed no JSON", cmd=cmd, stderr=stderr) from e
+    return max((int(e["offset"]) + int(e["length"]) for e in extents
+                if e.get("data") and e.get("offset") is not None), default=0)
+
+
 def check_safe(data: dict[str, Any], *, expected_format: str, image_name: str | None = None) -> None:
     """Refuse what an untrusted image must not do. Messages say what was found."""
     found = data.get("format")

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 
 from importer import digest as vdigest
@@ -85,7 +86,31 @@ def resolve_target(path: str, *, size: int | None, archive: bool) -> Target:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise PermanentError(f"the directory of target {path} does not exist")
+    if size is not None:
+        _check_file_can_hold(parent, size)
     return Target(path, "file", size, existed)
+
+
+def _check_file_can_hold(directory: str, size: int) -> None:
+    """Refuse a capacity the file system cannot give a file (ext4: 16 TiB), before the target is
+    touched: a sparse truncate of a temporary file in the same directory is the test."""
+    limit = (1 << 63) - 1
+    if size > limit:
+        raise PermanentError(f"image size {size} is larger than any file can be ({limit} bytes)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cdi-size-", dir=directory)
+    except OSError as e:
+        raise PermanentError(f"cannot create a file in {directory}: {e.strerror}") from e
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        if e.errno in (errno.EFBIG, errno.EINVAL):
+            raise PermanentError(f"image size {size} is larger than a file in {directory} can be "
+                                 f"({os.strerror(e.errno)}: the file system's limit)") from e
+        raise PermanentError(f"cannot make a file of {size} bytes in {directory}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 class SparseWriter:
@@ -117,8 +142,9 @@ class SparseWriter:
         self.vhd_fixed = False
         self._drop_cache = drop_cache
         self._started_to = self._dropped_to = resume_at  # writeback windows
-        # the volume digest, computed while writing: one hash per 1 MiB block (None: not possible)
-        self._leaves: list[bytes] | None = [] if digest and resume_at % DIGEST_BLOCK == 0 else None
+        # the volume digest, computed while writing: the hashes of the 1 MiB blocks written, concatenated
+        # (None: not possible); the zeros after them up to the capacity cost nothing per block
+        self._leaves: bytearray | None = bytearray() if digest and resume_at % DIGEST_BLOCK == 0 else None
         self._tail: bytes | None = None  # a last, partial digest block
         self.digest: str | None = None
         if self._leaves is not None and resume_at:
@@ -166,38 +192,33 @@ class SparseWriter:
         pos = 0
         while pos + DIGEST_BLOCK <= n:
             if buf.startswith(_ZERO_DIGEST_BLOCK, pos):
-                self._leaves.append(vdigest.zero_leaf(DIGEST_BLOCK))
+                self._leaves += vdigest.zero_leaf(DIGEST_BLOCK)
             else:
-                self._leaves.append(vdigest.leaf(view[pos:pos + DIGEST_BLOCK]))
+                self._leaves += vdigest.leaf(view[pos:pos + DIGEST_BLOCK])
             pos += DIGEST_BLOCK
         if pos < n:
             self._tail = bytes(view[pos:n])
 
-    def _read_leaves(self, length: int) -> list[bytes]:
+    def _read_leaves(self, length: int) -> bytearray:
         """Block hashes of what an interrupted run already wrote (a resumed import)."""
-        leaves = []
+        leaves = bytearray()
         buf = bytearray(DIGEST_BLOCK)
         for off in range(0, length, DIGEST_BLOCK):
             got = os.preadv(self.fd, [buf], off)
             if got < DIGEST_BLOCK:
                 buf[got:] = bytes(DIGEST_BLOCK - got)
-            leaves.append(vdigest.leaf(memoryview(buf)))
+            leaves += vdigest.leaf(memoryview(buf))
         return leaves
 
     def _finish_digest(self, final: int) -> None:
         if self._leaves is None or self.vhd_fixed:
             return
         leaves = self._leaves
-        pos = len(leaves) * DIGEST_BLOCK
+        pos = len(leaves) // len(vdigest.zero_leaf(DIGEST_BLOCK)) * DIGEST_BLOCK
         if self._tail is not None:
             size = min(DIGEST_BLOCK, final - pos)
-            leaves.append(vdigest.leaf(self._tail + bytes(size - len(self._tail))))
-            pos += size
-        while pos < final:
-            size = min(DIGEST_BLOCK, final - pos)
-            leaves.append(vdigest.zero_leaf(size))
-            pos += size
-        self.digest = vdigest.combine(final, leaves)
+            leaves += vdigest.leaf(self._tail + bytes(size - len(self._tail)))
+        self.digest = vdigest.combine(final, leaves)  # the zero blocks after the data up to ``final``
 
     def _writeback(self) -> None:
         """Start writing the last window to disk; with drop_cache, release the one before."""

@@ -16,9 +16,10 @@ What the server says is checked, not believed:
   announced by Content-Range; after a body whose length was not announced, a range request past the
   end must get 416. A Content-Length that disagrees with the body or with Content-Range is an error
   naming the server's mistake.
-- A connection that delivers less than ``speed_limit`` bytes/s for ``speed_time`` seconds is dropped
-  (as curl's --speed-limit/--speed-time); reconnects that make no progress are bounded
-  (``max_stalled_retries`` for stalls, ``retries`` for errors); a reconnect after progress is free.
+- A transfer that delivers less than ``speed_limit`` bytes/s for ``speed_time`` seconds is dropped
+  (as curl's --speed-limit/--speed-time), measured across reconnects: a reconnect does not restart the
+  window. Reconnects that make no progress are bounded (``max_stalled_retries`` for stalls,
+  ``retries`` for errors); a reconnect after progress is free.
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ class HttpSource:
 
     @property
     def validator(self) -> str | None:
-        return self.version.validator if self.version is not None else None
+        """What a resume point keeps of this version: its validator, ETag, Last-Modified and (without a
+        strong ETag) the final URL; None when the server gives no validator."""
+        if self.version is None or self.version.validator is None:
+            return None
+        return self.version.identity
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -98,11 +103,11 @@ class HttpSource:
         rest of that version; returns True when the server continues there, False when reading starts
         at byte 0 (the file changed, or no ranges)."""
         if start and validator:
-            status = self._first({"Range": f"bytes={start}-", "If-Range": validator})
+            status = self._first({"Range": f"bytes={start}-", "If-Range": Version.if_range_of(validator)})
             if status == 206 and self.position == start and self.validator == validator:
                 return True
             if status == 206 and self.position == start:  # If-Range ignored: the answer names another version
-                log.warning("the file changed since the interrupted import (validator %s, now %s)", validator,
+                log.warning("the file changed since the interrupted import (version %s, now %s)", validator,
                             self.validator)
             self._close_response()
             self.position = 0
@@ -135,7 +140,7 @@ class HttpSource:
 
     def _take(self, resp: http.client.HTTPResponse) -> None:
         """Adopt the first answer: the version, the size and what the server proved it can do."""
-        self.version = Version(resp)
+        self.version = Version(resp, self.client.url)
         content_type = resp.getheader("Content-Type")
         length = resp.getheader("Content-Length")
         if resp.status == 206:
@@ -218,12 +223,16 @@ class HttpSource:
         version = self.version
 
         def attempt() -> bool:
-            self._meter.reset()
             conn, resp = self.client.get({"Range": f"bytes={self.position}-", **version.conditions(continuing=True)})
             status = resp.status
             _, _, total = content_range(resp)
             resp.close()
             conn.close()
+            if status != 416:  # a new version met at the end is a change, not a short file
+                version.check(resp, self.client.url)
+            if status == 416 and self.size is not None and total is not None and total != self.size:
+                raise SourceChanged(f"the file at {self.url} changed during the import ({self.size} bytes, now "
+                                    f"{total})")
             if status in (206, 416) and total == self.position:  # 416, or a sloppy 206 of nothing
                 self._end_verified = True
                 return False
@@ -264,12 +273,12 @@ class HttpSource:
             delay = self._attempts.failed(drop, self._attempt_bytes, self.position)
             if delay:
                 time.sleep(delay)
+                self._meter.pause(delay)
         self._attempt_bytes = 0
         # an interrupted answer is continued to its own end (the first one only covers format detection)
         upto = str(self._resp_end - 1) if drop is not None and self._resp_end is not None else ""
 
         def attempt() -> None:
-            self._meter.reset()
             extra = {"Range": f"bytes={self.position}-{upto}", **self.version.conditions(continuing=True)}  # type: ignore[union-attr]
             conn, resp = self.client.get(extra)
             if resp.status == 206:
@@ -323,6 +332,7 @@ class HttpSource:
             delay = self._attempts.failed(error, 0, self.position)
             log.warning("http request failed error=%s retry_in=%.2fs", error, delay)
             time.sleep(delay)
+            self._meter.pause(delay)
 
     def range_reader(self) -> RangeReader:
         """Random reads of the version opened; only when ``capabilities.random_access``."""
@@ -363,10 +373,10 @@ class RangeReader:
             raise SourceError(f"read past the end of the file ({offset + len(view)} > {self.size})")
         attempts = Attempts(self.options, self.client.url)
         got = 0
+        self._meter.reset()  # the time between reads is the reader's, not the server's
         while got < len(view):
             start = got
             try:
-                self._meter.reset()
                 resp = self._request(offset + got, offset + len(view) - 1)
                 while got < len(view):
                     n = read_some(resp, view[got:])
@@ -394,6 +404,7 @@ class RangeReader:
             log.warning("http range read interrupted at=%d error=%s retry_in=%.2fs", offset + got, error, delay)
             if delay:
                 time.sleep(delay)
+                self._meter.pause(delay)
 
     def _request(self, first: int, last: int) -> http.client.HTTPResponse:
         extra = {"Range": f"bytes={first}-{last}", **self.version.conditions(continuing=False)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import ssl
 import threading
 import time
@@ -24,7 +25,9 @@ class LowSpeed(Exception):
 
 
 class Meter:
-    """curl's low-speed check for one connection: fewer than ``limit`` bytes in ``period`` seconds."""
+    """curl's low-speed check: fewer than ``limit`` bytes in ``period`` seconds. The window runs across
+    reconnects (a server that sends one byte per connection is as stalled as one that sends nothing);
+    only the pauses between tries are left out."""
 
     def __init__(self, options: HttpOptions) -> None:
         self.limit = options.speed_limit
@@ -41,9 +44,14 @@ class Meter:
         self._count += n
         now = time.monotonic()
         if now - self._start >= self.period:
-            if self._count < self.limit * (now - self._start):
-                raise LowSpeed(f"{self._count} bytes in {now - self._start:.1f}s")
+            count, elapsed = self._count, now - self._start
             self._start, self._count = now, 0
+            if count < self.limit * elapsed:
+                raise LowSpeed(f"{count} bytes in {elapsed:.1f}s")
+
+    def pause(self, seconds: float) -> None:
+        """Leave a back-off pause out of the window."""
+        self._start += seconds
 
 
 class Attempts:
@@ -227,9 +235,29 @@ class Client:
 class Version:
     """What identifies the file read: the validator and size of the first answer."""
 
-    def __init__(self, resp: http.client.HTTPResponse) -> None:
+    def __init__(self, resp: http.client.HTTPResponse, url: str | None = None) -> None:
         self.etag = resp.getheader("ETag")
         self.last_modified = resp.getheader("Last-Modified")
+        self.url = url  # where the first answer came from, redirects followed
+
+    @property
+    def identity(self) -> str:
+        """Everything that names this version, for a resume point: the If-Range validator, the ETag,
+        Last-Modified and, without a strong ETag, the URL the redirects ended at."""
+        return json.dumps([self.validator, self.etag, self.last_modified, None if self.strong else self.url])
+
+    @staticmethod
+    def if_range_of(identity: str) -> str:
+        """The If-Range validator in an ``identity`` (or the identity itself, a bare validator)."""
+        try:
+            value = json.loads(identity)
+        except ValueError:
+            return identity
+        return str(value[0]) if isinstance(value, list) and value and value[0] else identity
+
+    @property
+    def strong(self) -> bool:
+        return bool(self.etag and not self.etag.startswith("W/"))
 
     @property
     def validator(self) -> str | None:
@@ -251,14 +279,17 @@ class Version:
         return {"If-Unmodified-Since": validator}
 
     def check(self, resp: http.client.HTTPResponse, url: str) -> None:
-        """Raise SourceChanged when the answer names another version than the first."""
-        etag, modified = resp.getheader("ETag"), resp.getheader("Last-Modified")
-        if self.etag and etag and etag != self.etag:
-            raise SourceChanged(f"the file at {url} changed during the import (ETag {self.etag} became {etag})")
-        if not self.etag and self.last_modified and modified and modified != self.last_modified:
-            raise SourceChanged(
-                f"the file at {url} changed during the import (Last-Modified {self.last_modified} became {modified})"
-            )
+        """Raise SourceChanged when the answer names another version than the first: its ETag AND its
+        Last-Modified must both be the first answer's. Some servers build the ETag from the path or
+        inode, so it stays the same while the bytes change; only Last-Modified then tells."""
+        if self.url is not None and url != self.url and not self.strong:
+            # without a strong ETag, the same Last-Modified and size at another URL is no proof of the same file
+            raise SourceChanged(f"the file changed during the import: {self.url} now leads to {url}, and the "
+                                "server gives no strong ETag to prove it is the same file")
+        for name, first in (("ETag", self.etag), ("Last-Modified", self.last_modified)):
+            now = resp.getheader(name)
+            if first is not None and now != first:
+                raise SourceChanged(f"the file at {url} changed during the import ({name} {first} became {now})")
 
 
 def check_lengths(resp: http.client.HTTPResponse, url: str) -> tuple[int, int, int | None]:

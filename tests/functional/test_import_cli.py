@@ -9,7 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from importer import checkpoint
+from importer import digest as vdigest
 from tests.support import images
+from tests.support.faultserver import Fault, FaultServer
 from tests.support.httpserver import HttpServer, Route
 
 CDI = [sys.executable, "-m", "cdi.cli.main"]
@@ -123,37 +128,49 @@ def test_worker_reads_cdi_env_and_writes_termination_message(image_factory, http
                        "message": f"not found: HTTP 404 at {https_server.url('/missing')}; check the URL"}
 
 
-def test_killed_import_resumes_where_it_stopped(image_factory, http_server: HttpServer, tmp_path: Path) -> None:
+def test_killed_import_resumes_where_it_stopped(image_factory, tmp_path: Path) -> None:
+    """With the default resume interval (an image smaller than its maximum still gets resume points):
+    the second run asks for the rest from the durable point and the server sends no more than that
+    plus one interval."""
     import signal
     import time
 
-    route = http_server.add("/big.raw", Route(path=str(image_factory.raw), rate=2 << 20))
-    out = tmp_path / "out.img"
-    progress = tmp_path / "progress.json"
-    env = {**os.environ, "CDI_RESUME_INTERVAL": str(1 << 20)}
-    args = [*CDI, "import", http_server.url("/big.raw"), str(out), "--progress", "none", "--progress-file",
-            str(progress), "--checksum", "sha256:" + hashlib.sha256(image_factory.raw.read_bytes()).hexdigest()]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(progress.read_text()).get("done", 0) > 4 << 20:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    point = json.loads((tmp_path / ".out.img.cdi-resume.json").read_text())
-    assert point["offset"] >= 3 << 20
-    route.rate = None
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 0, second.stderr
-    size = image_factory.raw.stat().st_size  # the resume, then the check that the file ends where it said
-    assert [r.get("Range") for r in route.requests[-2:]] == [f"bytes={point['offset']}-", f"bytes={size}-"]
-    assert images.same_content(out, image_factory.raw)
-    assert json.loads(second.stdout)["source_checksum"].startswith("sha256:")
-    assert not (tmp_path / ".out.img.cdi-resume.json").exists()
+    size = image_factory.raw.stat().st_size
+    env = {k: v for k, v in os.environ.items() if k != "CDI_RESUME_INTERVAL"}
+    with FaultServer() as server:
+        fault = server.add("/big.raw", Fault(path=str(image_factory.raw), rate=2 << 20))
+        out = tmp_path / "out.img"
+        point_file = tmp_path / ".out.img.cdi-resume.json"
+        args = [*CDI, "import", server.url("/big.raw"), str(out), "--progress", "none", "--checksum",
+                "sha256:" + hashlib.sha256(image_factory.raw.read_bytes()).hexdigest()]
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        point: dict = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                point = json.loads(point_file.read_text())
+                if point["offset"] >= 3 << 20:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        point = json.loads(point_file.read_text())
+        assert point["offset"] >= 3 << 20
+        fault.rate = None
+        first_request, sent_before = len(fault.requests), fault.sent
+        second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 0, second.stderr
+        ranges = [r.get("Range") for r in fault.requests[first_request:]]
+        # the resume, then the check that the file ends where it said
+        assert ranges == [f"bytes={point['offset']}-", f"bytes={size}-"]
+        assert fault.sent - sent_before <= size - point["offset"] + checkpoint.interval_for(size)
+        assert images.same_content(out, image_factory.raw)
+        result = json.loads(second.stdout)
+        assert result["resumes"] >= 1
+        assert result["source_checksum"].startswith("sha256:")
+        assert not point_file.exists()
 
 
 def test_progress_bar_on_request(image_factory, tmp_path: Path) -> None:
@@ -161,3 +178,81 @@ def test_progress_bar_on_request(image_factory, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "transfer" in proc.stderr and "100%" in proc.stderr  # tqdm's bar, drawn on stderr
     assert json.loads(proc.stdout)["formats"] == ["zstd", "raw"]
+
+
+# -- capacities larger than the target can hold -----------------------------------------------------
+
+def _fs_refuses(directory: Path, size: int) -> bool:
+    with open(directory / ".probe", "wb") as f:
+        try:
+            os.ftruncate(f.fileno(), size)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.unlink(directory / ".probe")
+
+
+@pytest.mark.parametrize("size", ["12345678901234567890123456789", "1e18"])
+def test_size_larger_than_a_file_can_be_is_refused_before_the_target_is_touched(
+        image_factory, tmp_path: Path, size: str) -> None:
+    if size == "1e18" and not _fs_refuses(tmp_path, 10**18):
+        pytest.skip("this file system takes a 1e18-byte file")
+    out = tmp_path / "keep.img"
+    out.write_bytes(b"the user's disk")
+    proc = subprocess.run([*CDI, "import", str(image_factory.raw), str(out), "--size", size, "--progress", "none"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "is larger than" in proc.stderr and "can be" in proc.stderr, proc.stderr
+    assert out.read_bytes() == b"the user's disk"
+
+
+def test_pod_size_larger_than_the_volume_is_refused(tmp_path: Path) -> None:
+    from importer.errors import PermanentError
+    from importer.job_env import job_from_env
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "disk.img").write_bytes(b"the user's disk")
+    env = {"IMPORTER_ENDPOINT": "http://127.0.0.1:1/d.raw", "IMPORTER_IMAGE_SIZE": "1e18",
+           "CDI_VOLUME_MOUNTS": json.dumps({"/data": str(data)}),
+           "CDI_VOLUME_CAPACITY": json.dumps({"/data": 11 << 20})}
+    with pytest.raises(PermanentError, match=f"image size {10**18} is larger than the volume's capacity {11 << 20}"):
+        job_from_env(env)
+    assert job_from_env({**env, "IMPORTER_IMAGE_SIZE": "11Mi"}).size == 11 << 20
+    assert (data / "disk.img").read_bytes() == b"the user's disk"
+
+
+def test_16_tib_sparse_capacity_costs_what_the_data_costs(image_factory, tmp_path: Path) -> None:
+    """Import and digest of a 16 TiB volume holding 8 MiB: the bookkeeping of the zeros after the data
+    costs no memory per block (the bound is on resident memory, not on time)."""
+    size = (16 << 40) - (1 << 20)  # ext4's largest file is just under 16 TiB
+    if _fs_refuses(tmp_path, size):
+        pytest.skip("this file system cannot hold a 16 TiB sparse file")
+    out = tmp_path / "big.img"
+    measure = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(p.stdout)")
+    runs = []
+    for args in (["import", str(image_factory.raw), str(out), "--size", str(size), "--progress", "none"],
+                 ["digest", str(out)]):
+        proc = subprocess.run([sys.executable, "-c", measure, *CDI, *args], capture_output=True, text=True,
+                              timeout=300)
+        head, _, rest = proc.stdout.partition("\n")
+        rc, rss_kib = (int(x) for x in head.split())
+        assert rc == 0, proc.stdout + proc.stderr
+        assert rss_kib < 300 << 10, f"cdi {args[0]} used {rss_kib} KiB"
+        runs.append(rest.strip())
+    result = json.loads(runs[0])
+    assert os.path.getsize(out) == size
+    assert result["digest"] == runs[1]
+    data = image_factory.raw.read_bytes()
+    with open(out, "rb") as f:
+        assert f.read(len(data)) == data
+    # by the definition: the hashes of the image's blocks, then zero blocks up to the capacity
+    leaves = [vdigest.leaf(data[i:i + vdigest.BLOCK]) for i in range(0, len(data), vdigest.BLOCK)]
+    zero_leaf = vdigest.zero_leaf(vdigest.BLOCK)
+    root = hashlib.sha256(size.to_bytes(8, "big") + b"".join(leaves))
+    for _ in range((size - len(data)) // vdigest.BLOCK // 32768):
+        root.update(zero_leaf * 32768)
+    root.update(zero_leaf * ((size - len(data)) // vdigest.BLOCK % 32768))
+    assert result["digest"] == f"{vdigest.PREFIX}:{root.hexdigest()}"

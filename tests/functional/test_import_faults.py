@@ -54,13 +54,15 @@ def _same(out: Path, raw: Path) -> bool:
 # -- a file that changes during the import ----------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["qcow2", "vmdk", "vhdx"])
-@pytest.mark.parametrize("server", ["honours-if-match", "ignores-if-match", "last-modified-only"])
+@pytest.mark.parametrize("server", ["honours-if-match", "ignores-if-match", "last-modified-only", "constant-etag"])
 def test_file_swapped_during_remote_convert_gives_one_version(
         image_factory, other, faults, tmp_path, fmt, server) -> None:
+    """``constant-etag``: the ETag stays the same across versions; only Last-Modified says the file changed."""
     src = image_factory.get(fmt)
     honours = server != "ignores-if-match"
     fault = faults.add("/d", Fault(path=str(src), swap_to=str(other[fmt]), swap_after=256 << 10,
-                                   if_match=honours, if_range=honours, etag=server != "last-modified-only"))
+                                   if_match=honours, if_range=honours, etag=server != "last-modified-only",
+                                   constant_etag=server == "constant-etag"))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert fault.swapped
@@ -69,14 +71,43 @@ def test_file_swapped_during_remote_convert_gives_one_version(
     assert result.digest == volume_digest(str(other["raw"]))
 
 
-def test_raw_swapped_between_drops_restarts_on_the_new_version(image_factory, other, faults, tmp_path) -> None:
+@pytest.mark.parametrize("constant_etag", [False, True])
+def test_raw_swapped_between_drops_restarts_on_the_new_version(
+        image_factory, other, faults, tmp_path, constant_etag) -> None:
     fault = faults.add("/d", Fault(path=str(image_factory.raw), swap_to=str(other["raw"]), swap_after=2 << 20,
-                                   drop_p=1.0, drop_every=3 << 20, if_range=False))
+                                   drop_p=1.0, drop_every=3 << 20, if_range=constant_etag,
+                                   constant_etag=constant_etag))
     out = tmp_path / "out.img"
     result = run_import(_job(faults.url("/d"), out))
     assert fault.swapped
     assert _same(out, other["raw"])
     assert result.restarts >= 1
+
+
+def test_file_replaced_right_after_the_download_is_a_change(image_factory, faults, tmp_path) -> None:
+    """The end probe (a range past the last byte) meets a smaller new version: the file changed, it is
+    not a short file; the import restarts on the new version."""
+    small = images.make_raw(tmp_path / "small.raw", 4 << 20, seed=5)
+    raw = image_factory.raw
+    fault = faults.add("/d", Fault(path=str(raw), swap_to=str(small), swap_after=raw.stat().st_size,
+                                   if_range=False))
+    out = tmp_path / "out.img"
+    result = run_import(_job(faults.url("/d"), out))
+    assert fault.swapped and 416 in fault.statuses
+    assert _same(out, small)
+    assert result.restarts == 1
+
+
+def test_redirect_to_another_file_mid_import_is_a_change(image_factory, other, faults, tmp_path) -> None:
+    """Same Last-Modified and size, no ETag: a resume that now lands on another URL is another file."""
+    a = faults.add("/a", Fault(path=str(image_factory.raw), etag=False, drop_p=1.0, drop_every=3 << 20))
+    b = faults.add("/b", Fault(path=str(other["raw"]), etag=False))
+    faults.redirect("/a", "/b", after=1)
+    out = tmp_path / "out.img"
+    result = run_import(_job(faults.url("/a"), out))
+    assert a.sent and b.sent
+    assert _same(out, other["raw"])
+    assert result.restarts == 1
 
 
 # -- no Content-Length ------------------------------------------------------------------------------
@@ -122,6 +153,19 @@ def test_close_delimited_compressed_body_is_checked_by_its_own_end(image_factory
     assert _same(out, image_factory.raw)
 
 
+def test_chunked_body_without_terminator_and_no_ranges_is_fetched_at_most_twice(
+        image_factory, faults, tmp_path) -> None:
+    """The same cut at the same byte twice cannot change on a third try: fail then, saying so."""
+    raw = image_factory.raw
+    fault = faults.add("/d", Fault(path=str(raw), length="chunked", chunked_end=False, ranges=False,
+                                   advertise_ranges=False))
+    out = tmp_path / "out.img"
+    with pytest.raises(Error, match="every time"):
+        run_import(_job(faults.url("/d"), out))
+    assert fault.sent <= 2 * raw.stat().st_size
+    assert not out.exists()
+
+
 # -- truncated compressed files ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["raw.gz", "raw.xz", "raw.zst", "raw.bz2"])
@@ -139,12 +183,16 @@ def test_truncated_compressed_file_fails(image_factory, faults, tmp_path, name) 
 
 # -- stalls and slow servers ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["slow", "stalled-after-headers", "stalled-mid-body"])
+@pytest.mark.parametrize("case", ["slow", "stalled-after-headers", "stalled-mid-body", "one-byte-per-answer"])
 @pytest.mark.parametrize("name", ["raw", "qcow2"])
 @pytest.mark.timeout(60)
 def test_stalled_server_fails_saying_so(image_factory, faults, tmp_path, case, name) -> None:
+    """``one-byte-per-answer``: every answer is too short for a speed check of its own and every
+    reconnect made progress; the speed is measured across reconnects (after 20,000 answers the
+    server gives up with 500s, which would end in another message)."""
     kw: dict[str, object] = {"slow": {"rate": 1024}, "stalled-after-headers": {"stall_after": 0},
-                             "stalled-mid-body": {"stall_after": 300 << 10}}[case]
+                             "stalled-mid-body": {"stall_after": 300 << 10},
+                             "one-byte-per-answer": {"answer_bytes": 1, "give_up_after": 20000}}[case]
     faults.add("/d", Fault(path=str(image_factory.get(name)), **kw))  # type: ignore[arg-type]
     out = tmp_path / "out.img"
     with pytest.raises(Error, match="stalled") as info:
@@ -259,11 +307,14 @@ def test_qemu_img_timeout_during_a_stall_reports_the_stall(image_factory, faults
 
 
 @pytest.mark.timeout(90)
-def test_resume_after_kill_of_a_file_that_changed_meanwhile(image_factory, other, faults, tmp_path) -> None:
-    """A server that ignores If-Range answers the resume with a 206 of the new version: its ETag
-    gives it away, and the import starts over instead of joining two versions."""
+@pytest.mark.parametrize("constant_etag", [False, True])
+def test_resume_after_kill_of_a_file_that_changed_meanwhile(
+        image_factory, other, faults, tmp_path, constant_etag) -> None:
+    """A server that ignores If-Range (or whose ETag stays the same) answers the resume with a 206 of
+    the new version: its ETag or Last-Modified gives it away, and the import starts over instead of
+    joining two versions."""
     fault = faults.add("/d", Fault(path=str(image_factory.raw), swap_to=str(other["raw"]), swap_after=1 << 40,
-                                   rate=2 << 20, if_range=False))
+                                   rate=2 << 20, if_range=constant_etag, constant_etag=constant_etag))
     out = tmp_path / "out.img"
     point_file = tmp_path / ".out.img.cdi-resume.json"
     env = {**os.environ, "CDI_RESUME_INTERVAL": str(1 << 20)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from importer.errors import FormatError
 from importer.pipeline import ImportJob, run_import
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
@@ -51,6 +52,19 @@ def test_nested_layers_raw_in_tar_gz(image_factory, tmp_path: Path) -> None:
     result = run_import(ImportJob(source=str(tgz), target=str(tmp_path / "out.img")))
     assert result.formats == ["gzip", "tar", "raw"]
     assert images.same_content(tmp_path / "out.img", image_factory.raw)
+
+
+@pytest.mark.parametrize("second", ["raw", "qcow2"])
+def test_tar_with_two_disks_is_refused(image_factory, tmp_path: Path, second: str) -> None:
+    """CDI expects one disk image in a tar: importing the first of two would be a silent guess."""
+    tar_path = tmp_path / "disks.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(image_factory.raw, arcname="a.raw")
+        tar.add(image_factory.get(second), arcname=f"b.{second}")
+    out = tmp_path / "out.img"
+    with pytest.raises(FormatError, match=f"the archive holds more than one disk image: a.raw, b.{second}"):
+        run_import(ImportJob(source=str(tar_path), target=str(out)))
+    assert not out.exists()
 
 
 def test_qcow2_inside_tar_xz(image_factory, tmp_path: Path) -> None:

@@ -67,6 +67,25 @@ def test_truncated_qcow2_fails_clearly(image_factory, tmp_path: Path) -> None:
     assert not (tmp_path / "out.img").exists()
 
 
+@pytest.mark.parametrize("name", ["vdi", "qcow2", "vmdk", "vpc", "vhdx"])
+@pytest.mark.parametrize("over", ["file", "http"])
+def test_truncated_image_is_refused(image_factory, tmp_path: Path, http_server: HttpServer, name: str,
+                                    over: str) -> None:
+    """qemu-img check finds nothing wrong in a truncated vdi: its missing blocks would read as zeros.
+    Data extents past the end of the file (or of what the server sends) are refused for every format."""
+    data = image_factory.get(name).read_bytes()
+    cut = tmp_path / f"cut.{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    src: str = str(cut)
+    if over == "http":
+        http_server.add("/cut", Route(path=str(cut)))
+        src = http_server.url("/cut")
+    out = tmp_path / "out.img"
+    with pytest.raises(Error, match="truncated|corrupt|qemu-img"):
+        _import(src, out)
+    assert not out.exists()
+
+
 def test_garbage_behind_qcow2_magic_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.qcow2"
     bad.write_bytes(b"QFI\xfb" + os.urandom(70000))

@@ -14,8 +14,15 @@ Each path is a ``Fault`` (what goes wrong) over a file. Faults, combinable:
 - ``swap_to``/``swap_after``: once ``swap_after`` body bytes were sent in total, later requests get
   another file with a new ETag and Last-Modified (the answer in flight keeps the old one, as after an
   atomic rename); ``if_match``/``if_range`` False make the server ignore those validators;
+  ``constant_etag`` builds the ETag from the path alone, so it stays the same across versions (as
+  servers whose ETag comes from the path or inode) while Last-Modified and the bytes change;
+- ``answer_bytes``: each answer sends at most that many body bytes, then the connection is closed;
+  after ``give_up_after`` requests every answer is a 500 (so a client that never gives up still ends);
 - ``rate`` (bytes per second) and ``stall_after`` (once that many body bytes were sent in total, send
   nothing more and keep connections open until the server stops).
+
+``FaultServer.redirect`` makes a path answer 302 to another after its first requests (a mirror
+switched mid-import).
 
 ``sent`` counts the body bytes written to sockets, so a test or benchmark can say how many bytes the
 server sent per byte of image.
@@ -41,16 +48,20 @@ class Fault:
     seed: int = 0
     length: str = "exact"  # exact, none, chunked, large, small
     length_error: int = 4096
+    chunked_end: bool = True  # False: a chunked body ends without its terminator (the connection closes)
     ranges: bool = True
     advertise_ranges: bool = True
     etag: bool = True
     last_modified: bool = True
     if_match: bool = True
     if_range: bool = True
+    constant_etag: bool = False
     swap_to: str | None = None
     swap_after: int = 0
     rate: int | None = None
     stall_after: int | None = None
+    answer_bytes: int | None = None
+    give_up_after: int | None = None
     # observed
     sent: int = 0
     drops: int = 0
@@ -69,7 +80,8 @@ class Fault:
         path = self.swap_to if self.swapped and self.swap_to else self.path
         version = 2 if self.swapped else 1
         st = os.stat(path)
-        etag = '"' + hashlib.md5(f"{path}-{st.st_size}-{version}".encode()).hexdigest()[:16] + '"'
+        name = self.path if self.constant_etag else f"{path}-{st.st_size}-{version}"
+        etag = '"' + hashlib.md5(name.encode()).hexdigest()[:16] + '"'
         modified = email.utils.formatdate(1_700_000_000 + version * 3600, usegmt=True)
         return path, etag, modified
 
@@ -111,10 +123,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _serve(self, head: bool) -> None:
-        fault = self.server.faults.get(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        redirect = self.server.redirects.get(path)
+        if redirect is not None and redirect[1] <= 0:
+            self.send_response(302)
+            self.send_header("Location", redirect[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        if redirect is not None:
+            self.server.redirects[path] = (redirect[0], redirect[1] - 1)
+        fault = self.server.faults.get(path)
         if fault is None:
             return self._simple(404, b"not found")
         fault.requests.append(dict(self.headers.items()))
+        if fault.give_up_after is not None and len(fault.requests) > fault.give_up_after:
+            return self._simple(500, b"giving up", fault)
         path, etag, modified = fault.current()
         size = os.path.getsize(path)
         if fault.if_match and self.headers.get("If-Match") not in (None, etag, "*"):
@@ -194,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
                         self.server.stopping.wait()
                         raise _Dropped
                     want = min(want, fault.stall_after - fault.sent)
+                if fault.answer_bytes is not None:
+                    if sent >= fault.answer_bytes:
+                        raise _Dropped
+                    want = min(want, fault.answer_bytes - sent)
                 data = f.read(want)
                 if not data:
                     break
@@ -207,8 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
                 fault.count(len(data))
                 if fault.drop_p and fault.passed_drop_point(len(data), more=sent < length):
                     raise _Dropped
-        if fault.length == "chunked":
+        if fault.length == "chunked" and fault.chunked_end:
             self.wfile.write(b"0\r\n\r\n")
+        elif fault.length == "chunked":
+            raise _Dropped
 
     def _hang_up(self) -> None:
         self.close_connection = True
@@ -231,6 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     faults: dict[str, Fault]
+    redirects: dict[str, tuple[str, int]]
     stopping: threading.Event
 
     def handle_error(self, request: object, client_address: object) -> None:
@@ -243,6 +274,7 @@ class FaultServer:
     def __init__(self) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.faults = {}
+        self._server.redirects = {}
         self._server.stopping = threading.Event()
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -250,6 +282,10 @@ class FaultServer:
     def add(self, path: str, fault: Fault) -> Fault:
         self._server.faults[path] = fault
         return fault
+
+    def redirect(self, path: str, location: str, *, after: int = 0) -> None:
+        """Answer requests for ``path`` after the first ``after`` with a 302 to ``location``."""
+        self._server.redirects[path] = (location, after)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
