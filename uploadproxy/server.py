@@ -81,6 +81,34 @@ class State:
         self.done = False
         self.finished = threading.Event()
         self.result: ImportResult | None = None
+        self.failure: tuple[str, str] | None = None  # an upload that failed after its async answer
+
+
+def cdi_failure(error: BaseException) -> tuple[int, str, str]:
+    """The answer's code, the reason and the message (CDI's words) for a failed upload."""
+    message = str(error)
+    if isinstance(error, CapacityExceeded):
+        code, message = 400, f"effective image size is larger than the reported available storage: {message}"
+    else:
+        code = 500
+    return code, getattr(error, "reason", type(error).__name__), message
+
+
+class _ValidationWatch:
+    """Passes the pipeline's progress on and notes when conversion starts: by then every check of the
+    image (format, hostile features, virtual size against the volume) has passed."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.validated = threading.Event()
+
+    def start_phase(self, name: str, total: int | None) -> None:
+        if name == "convert":
+            self.validated.set()
+        self.inner.start_phase(name, total)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def _failure_line(reason: str, message: str) -> None:
@@ -215,9 +243,10 @@ class Handler(BaseHTTPRequestHandler):
         replied = threading.Event()
         finished = threading.Event()
         decided = threading.Lock()
+        watch = _ValidationWatch(self.server.progress)
 
         def background() -> None:
-            result = self._run(job, source)
+            result = self._run(job, source, watch)
             with decided:
                 outcome.update(result)
                 finished.set()
@@ -228,10 +257,12 @@ class Handler(BaseHTTPRequestHandler):
                     self.server.state.busy = False
 
         threading.Thread(target=background, name="upload-async", daemon=True).start()
-        while not finished.wait(0.1) and not source.ended.is_set():
+        # CDI's async answer comes once the bytes are in and the image is validated: only the
+        # conversion may go on after it, never a check that could still refuse the image
+        while not finished.wait(0.1) and not watch.validated.is_set():
             pass
         with decided:
-            if not finished.is_set() and source.ended.is_set():
+            if not finished.is_set() and watch.validated.is_set() and source.ended.is_set():
                 replied.set()
         if replied.is_set():
             log.info("async upload received bytes=%d; processing continues", source.position)
@@ -251,9 +282,9 @@ class Handler(BaseHTTPRequestHandler):
             self.server.state.finished.set()
         return False
 
-    def _run(self, job: ImportJob, source: UploadSource) -> dict[str, Any]:
+    def _run(self, job: ImportJob, source: UploadSource, progress: Any = None) -> dict[str, Any]:
         try:
-            return {"result": run_with_source(job, source, self.server.progress)}
+            return {"result": run_with_source(job, source, progress or self.server.progress)}
         except BaseException as e:  # noqa: BLE001 - reported to the client and the log
             return {"error": e}
 
@@ -263,15 +294,9 @@ class Handler(BaseHTTPRequestHandler):
             log.info("upload done bytes=%d digest=%s", source.position, outcome["result"].digest)
             self._reply(200, "")
             return
-        message = str(error)
-        if isinstance(error, CapacityExceeded):
-            code, message = 400, f"effective image size is larger than the reported available storage: {message}"
-        elif isinstance(error, (Error, BodyError)):
-            code = 500
-        else:
+        if not isinstance(error, (Error, BodyError)):
             log.exception("upload failed", exc_info=error)
-            code = 500
-        reason = getattr(error, "reason", type(error).__name__)
+        code, reason, message = cdi_failure(error)
         log.warning("upload failed reason=%s message=%s", reason, message)
         _failure_line(reason, message)
         try:
@@ -321,10 +346,15 @@ class UploadHTTPServer(ThreadingHTTPServer):
             close_lingering(request)
 
     def finish(self, outcome: dict[str, Any]) -> None:
-        """After a successful upload: record it and stop serving; a failed one leaves the server up."""
+        """After an async answer: record the outcome and stop serving. The client was told the image was
+        accepted, so a failure now (in the conversion) ends the server with it: the DataVolume fails."""
         if "error" in outcome:
-            error = outcome["error"]
-            _failure_line(getattr(error, "reason", type(error).__name__), str(error))
+            _, reason, message = cdi_failure(outcome["error"])
+            log.warning("upload failed after its answer reason=%s message=%s", reason, message)
+            _failure_line(reason, message)
+            with self.state.lock:
+                self.state.failure = (reason, message)
+            self.state.finished.set()
             return
         with self.state.lock:
             self.state.done = True
@@ -382,8 +412,11 @@ def main() -> int:
                  settings.size)
         print(json.dumps({"ready": True}), flush=True)
         server.state.finished.wait()
-        result = server.state.result
+        result, failure = server.state.result, server.state.failure
         server.shutdown()
+    if failure is not None:
+        _termination({"ok": False, "reason": failure[0], "message": failure[1], "permanent": True})
+        return 1
     assert result is not None
     log.info("upload done result=%s", json.dumps(result.to_dict()))
     _termination({"ok": True, "result": result.to_dict()})
