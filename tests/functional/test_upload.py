@@ -253,6 +253,28 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("path,form", [("/v1beta1/upload-async", False), ("/v1beta1/upload-form-async", True)])
+def test_async_upload_of_a_qcow2_larger_than_the_volume_is_400_as_sync(env: Env, path: str, form: bool) -> None:
+    name = "up-big-async" + ("-form" if form else "")
+    big = env.work / "big50.qcow2"
+    if not big.exists():
+        images.convert(images.make_raw(env.work / "big50.raw", 50 << 20, data_ratio=0.2), "qcow2", big)
+    env.create_dv(name, size="20Mi")
+    env.phase(name, "UploadReady")
+    data = ("-F", f"file=@{big}") if form else ("--data-binary", f"@{big}")
+    code, body = env.curl(path, *data, token=env.token(name))
+    assert code == 400, body
+    cdi = "effective image size is larger than the reported available storage: image virtual size 52428800"
+    assert body.startswith(f"Saving stream failed: {cdi}")
+    dv = env.running_message(name, cdi)
+    assert dv["status"]["phase"] == "UploadReady"  # refused before its answer: another try may still come
+    deadline = time.monotonic() + 10  # the event follows the condition
+    while not any(e["reason"] == "UploadFailed" and cdi in e.get("message", "") for e in env.node.events(name)):
+        assert time.monotonic() < deadline, env.node.events(name)
+        time.sleep(0.1)
+    env.client.delete(DATAVOLUME, NS, name)
+
+
 def _send_cut(env: Env, token: str, data: bytes, announced: int) -> None:
     """A request announcing ``announced`` bytes that sends only ``data`` and then closes."""
     ctx = ssl.create_default_context(cafile=str(env.node.cluster.server.tls.ca_file))
