@@ -57,7 +57,8 @@ def post(server: UploadHTTPServer, ctx: ssl.SSLContext, body: bytes, path: str =
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Iterator[Pki]:
+def pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pki]:
+    monkeypatch.chdir(tmp_path)  # the server writes its certificate and key where it runs
     yield Pki(tmp_path)
 
 
@@ -219,6 +220,50 @@ def test_the_form_upload_path_answers_400_for_a_capitalised_file_part(pki: Pki, 
         assert not (tmp_path / "disk.img").exists()
     finally:
         server.shutdown()
+
+
+def test_a_conversion_failure_after_the_async_answer_fails_the_upload_server(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from importer import qemu_img
+    from importer.errors import Error
+    from uploadproxy import server as upload_server
+
+    def failing_convert(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)  # the client has had its answer by now
+        raise Error("qemu-img convert failed: No space left on device")
+
+    started: list[UploadHTTPServer] = []
+
+    class Recorded(UploadHTTPServer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
+    for k, v in {"DESTINATION": str(tmp_path / "disk.img"), "UPLOAD_IMAGE_SIZE": str(4 << 20),
+                 "CLIENT_NAME": CLIENT_NAME, "CDI_PORT_8443": "0", "TLS_CERT": cert.decode(),
+                 "TLS_KEY": key.decode(), "CLIENT_CERT": pki.client_ca[0].decode(),
+                 "TERMINATION_MESSAGE_PATH": str(tmp_path / "termination")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(qemu_img, "convert", failing_convert)
+    monkeypatch.setattr(upload_server, "UploadHTTPServer", Recorded)
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "qcow2", tmp_path / "d.qcow2")
+    rc: list[int] = []
+    runner = threading.Thread(target=lambda: rc.append(upload_server.main()), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert post(started[0], pki.client_context(), image.read_bytes(), path="/v1beta1/upload-async") == (200, "")
+    runner.join(15)
+    assert rc == [1]
+    message = json.loads((tmp_path / "termination").read_text())
+    assert message["ok"] is False and message["permanent"] is True
+    assert "No space left on device" in message["message"]
+    assert not (tmp_path / "disk.img").exists()
 
 
 def _padded(src: Path, dst: Path, size: int) -> Path:
