@@ -320,6 +320,80 @@ def _image_upload(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
+def test_image_upload_exits_1_with_cdis_message_when_the_image_is_larger_than_the_volume(env: Env) -> None:
+    big = env.work / "big50.qcow2"
+    if not big.exists():
+        images.convert(images.make_raw(env.work / "big50.raw", 50 << 20, data_ratio=0.2), "qcow2", big)
+    out = _image_upload(env, "dv", "up-iu-big", "--size", "20Mi", "--image-path", str(big))
+    assert out.returncode == 1, out.stderr
+    assert "effective image size is larger than the reported available storage" in out.stderr
+    env.client.delete(DATAVOLUME, NS, "up-iu-big")
+
+
+class _Cluster:
+    """What image-upload reads while it waits: the DataVolume, its PVC and the upload pod."""
+
+    def __init__(self, dv_phase: str = "UploadReady", pvc_ann: dict[str, str] | None = None,
+                 pod: Obj | None = None) -> None:
+        self.objects: dict[str, Obj] = {
+            "DataVolume": {"metadata": {"name": "d"}, "status": {"phase": dv_phase}},
+            "PersistentVolumeClaim": {"metadata": {"name": "d", "annotations": pvc_ann or {}}},
+        }
+        if pod is not None:
+            self.objects["Pod"] = pod
+
+    def get(self, kind: Any, ns: str, name: str) -> Obj:
+        return self.objects[kind.kind]
+
+    def find(self, kind: Any, ns: str, name: str) -> Obj | None:
+        return self.objects.get(kind.kind)
+
+
+_FAILED_POD = {"metadata": {"name": "cdi-upload-d"}, "status": {"phase": "Failed", "containerStatuses": [
+    {"state": {"terminated": {"exitCode": 1, "message": '{"ok": false, "message": "convert failed: disk full"}'}}}]}}
+
+
+@pytest.mark.parametrize("kind,cluster,said", [
+    ("dv", _Cluster(pvc_ann={"cdi.kubevirt.io/storage.condition.running.message": "effective image size is larger"}),
+     "effective image size is larger"),
+    ("pvc", _Cluster(pvc_ann={"cdi.kubevirt.io/storage.pod.phase": "Failed",
+                              "cdi.kubevirt.io/storage.condition.running.message": "bad image"}), "bad image"),
+    ("dv", _Cluster(pod=_FAILED_POD), "convert failed: disk full"),
+    ("pvc", _Cluster(pod=_FAILED_POD), "convert failed: disk full"),
+])
+def test_image_upload_stops_waiting_when_the_upload_failed(kind: str, cluster: _Cluster, said: str) -> None:
+    import argparse
+    import threading
+
+    from cdi.cli.imageupload import CliError, _wait_processed
+
+    args = argparse.Namespace(kind=kind, name="d", processing_timeout=30)
+    errors: list[str] = []
+
+    def wait() -> None:
+        try:
+            _wait_processed(cluster, args, NS, "", interval=0.01)
+        except CliError as e:
+            errors.append(str(e))
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert errors == [f"processing failed: {said}"]
+
+
+def test_image_upload_waits_for_processing_only_so_long() -> None:
+    import argparse
+
+    from cdi.cli.imageupload import CliError, _wait_processed
+
+    refused_before = "an earlier try was refused"
+    cluster = _Cluster(pvc_ann={"cdi.kubevirt.io/storage.condition.running.message": refused_before})
+    with pytest.raises(CliError, match="timed out after 0s waiting for d to be processed"):
+        _wait_processed(cluster, argparse.Namespace(kind="dv", name="d", processing_timeout=0.2), NS,
+                        refused_before, interval=0.01)
+
+
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_image_upload_sparse_sends_only_data(env: Env, image_factory: Any, fmt: str) -> None:
     from cdi.cli.sparse import body_length, data_extents
