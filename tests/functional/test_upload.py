@@ -235,6 +235,14 @@ def test_second_concurrent_upload_gets_503(env: Env) -> None:
     env.check_volume("up-busy", env.raw)
 
 
+def _wait_event(env: Env, name: str, reason: str, text: str, timeout: float = 10) -> None:
+    """The event follows the condition the controller writes first."""
+    deadline = time.monotonic() + timeout
+    while not any(e["reason"] == reason and text in e.get("message", "") for e in env.node.events(name)):
+        assert time.monotonic() < deadline, env.node.events(name)
+        time.sleep(0.1)
+
+
 def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     env.create_dv("up-big", size="4Mi")
     env.phase("up-big", "UploadReady")
@@ -243,7 +251,7 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     assert body.startswith("Saving stream failed: effective image size is larger than the reported available storage")
     dv = env.running_message("up-big", "larger than the volume capacity")
     assert dv["status"]["phase"] == "UploadReady"  # another try may still come
-    assert any(e["reason"] == "UploadFailed" for e in env.node.events("up-big"))
+    _wait_event(env, "up-big", "UploadFailed", "larger than the volume capacity")
     env.client.delete(DATAVOLUME, NS, "up-big")  # a DataVolume deleted while its upload server runs
     deadline = time.monotonic() + 15
     while left := [k.kind for k, n in ((DATAVOLUME, "up-big"), (PVC, "up-big"), (POD, "cdi-upload-up-big"),
@@ -268,10 +276,7 @@ def test_async_upload_of_a_qcow2_larger_than_the_volume_is_400_as_sync(env: Env,
     assert body.startswith(f"Saving stream failed: {cdi}")
     dv = env.running_message(name, cdi)
     assert dv["status"]["phase"] == "UploadReady"  # refused before its answer: another try may still come
-    deadline = time.monotonic() + 10  # the event follows the condition
-    while not any(e["reason"] == "UploadFailed" and cdi in e.get("message", "") for e in env.node.events(name)):
-        assert time.monotonic() < deadline, env.node.events(name)
-        time.sleep(0.1)
+    _wait_event(env, name, "UploadFailed", cdi)
     env.client.delete(DATAVOLUME, NS, name)
 
 
