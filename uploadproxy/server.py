@@ -94,6 +94,34 @@ def cdi_failure(error: BaseException) -> tuple[int, str, str]:
     return code, getattr(error, "reason", type(error).__name__), message
 
 
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+class _Qcow2SizeCheck:
+    """The body as it arrives, refusing a qcow2 whose header (its first 32 bytes) gives a virtual size
+    larger than the volume: the answer comes at once, not after the whole image was sent."""
+
+    def __init__(self, body: Any, capacity: int | None) -> None:
+        self.body = body
+        self.capacity = capacity
+        self.head = bytearray()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.body.complete)
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n = int(self.body.readinto(buf))
+        if self.capacity is not None and len(self.head) < 32 and n:
+            self.head += memoryview(buf)[: min(n, 32 - len(self.head))]
+            if len(self.head) == 32 and self.head.startswith(QCOW2_MAGIC):
+                virtual = int.from_bytes(self.head[24:32], "big")
+                if virtual > self.capacity:
+                    raise CapacityExceeded(
+                        f"image virtual size {virtual} is larger than the volume capacity {self.capacity}")
+        return n
+
+
 class _ValidationWatch:
     """Passes the pipeline's progress on and notes when conversion starts: by then every check of the
     image (format, hostile features, virtual size against the volume) has passed."""
@@ -234,6 +262,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return False
             log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+        if offset == 0 and content_type != "archive":
+            body = _Qcow2SizeCheck(body, self._capacity())
         source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
@@ -270,6 +300,13 @@ class Handler(BaseHTTPRequestHandler):
             return True
         finished.wait()
         return self._answer_then_finish(outcome, source)
+
+    def _capacity(self) -> int | None:
+        settings = self.server.settings
+        try:
+            return resolve_target(settings.destination, size=settings.size, archive=False).capacity
+        except Error:
+            return None  # the pipeline says why
 
     def _answer_then_finish(self, outcome: dict[str, Any], source: UploadSource) -> bool:
         """Record a success before answering (a request after it gets 409), stop serving after."""

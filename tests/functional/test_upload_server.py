@@ -266,6 +266,29 @@ def test_a_conversion_failure_after_the_async_answer_fails_the_upload_server(
     assert not (tmp_path / "disk.img").exists()
 
 
+@pytest.mark.parametrize("path", ["/v1beta1/upload", "/v1beta1/upload-async"])
+def test_a_qcow2_larger_than_the_volume_is_refused_from_its_header(pki: Pki, tmp_path: Path, path: str) -> None:
+    big = images.convert(images.make_raw(tmp_path / "big.raw", 8 << 20, data_ratio=0.6), "qcow2",
+                         tmp_path / "big.qcow2")
+    head = big.read_bytes()[: 2 << 20]  # the server looks at the first MiB
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=pki.client_context(),
+                                       timeout=5)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(64 << 20))  # the rest is never sent: the header says enough
+        conn.endheaders()
+        conn.send(head)
+        resp = conn.getresponse()
+        assert resp.status == 400
+        assert resp.read().decode() == ("Saving stream failed: effective image size is larger than the reported "
+                                        "available storage: image virtual size 8388608 is larger than the "
+                                        "volume capacity 4194304")
+    finally:
+        conn.close()
+        server.shutdown()
+
+
 def _padded(src: Path, dst: Path, size: int) -> Path:
     dst.write_bytes(src.read_bytes())
     with open(dst, "r+b") as f:
