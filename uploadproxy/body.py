@@ -144,12 +144,12 @@ class MultipartFile:
                 if len(self.pending) > MAX_LINE * 4 + len(self.delim):
                     del self.pending[: -len(self.delim)]
                 if not self._fill():
-                    raise BodyError("the form has no part named 'file' (http: no such file)")
+                    raise BodyError("the form has no part named file (http: no such file)")
             del self.pending[: i + len(self.delim)]
             while len(self.pending) < 2 and self._fill():
                 pass
             if self.pending.startswith(b"--"):  # the closing delimiter: no more parts
-                raise BodyError("the form has no part named 'file' (http: no such file)")
+                raise BodyError("the form has no part named file (http: no such file)")
             while (j := self.pending.find(b"\r\n\r\n")) < 0:
                 if len(self.pending) > MAX_LINE * 4 or not self._fill():
                     raise BodyError("a form part's headers are missing or too long")
