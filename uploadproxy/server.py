@@ -7,12 +7,14 @@ importer's pipeline: the body is never held whole, raw and compressed images go 
 volume, sparse, and the digest is taken as it is written.
 
 Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete and verified),
-``/v1beta1/upload-async`` (answers once every byte is in and checked; conversion goes on), the form
+``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync
+path makes: format, hostile features, virtual size; only the conversion goes on), the form
 variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
 A second upload while one runs gets 503, one after success 409; an image larger than the volume 400
 with CDI's message. A refused upload is logged as a JSON line ``{"uploadFailed": ...}`` (the controller
 shows it on the DataVolume) and the server waits for another try; after a success it writes its
-termination message and exits 0.
+termination message and exits 0. A failure after an async answer (the client was told the image was
+accepted) ends the server with a permanent failure message and exit 1: the DataVolume fails.
 """
 
 from __future__ import annotations
