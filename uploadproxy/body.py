@@ -7,6 +7,8 @@ connection that closes early leaves ``complete`` false, which the pipeline treat
 
 from __future__ import annotations
 
+import email.parser
+import email.utils
 import io
 import select
 import struct
@@ -142,14 +144,18 @@ class MultipartFile:
                 if len(self.pending) > MAX_LINE * 4 + len(self.delim):
                     del self.pending[: -len(self.delim)]
                 if not self._fill():
-                    raise BodyError("the form has no part named 'file'")
+                    raise BodyError("the form has no part named file (http: no such file)")
             del self.pending[: i + len(self.delim)]
+            while len(self.pending) < 2 and self._fill():
+                pass
+            if self.pending.startswith(b"--"):  # the closing delimiter: no more parts
+                raise BodyError("the form has no part named file (http: no such file)")
             while (j := self.pending.find(b"\r\n\r\n")) < 0:
                 if len(self.pending) > MAX_LINE * 4 or not self._fill():
                     raise BodyError("a form part's headers are missing or too long")
-            headers = bytes(self.pending[:j]).decode("latin-1").lower()
+            headers = bytes(self.pending[:j]).decode("latin-1")
             del self.pending[: j + 4]
-            if 'name="file"' in headers:
+            if form_name(headers) == "file":
                 self.in_part = True
                 return
 
@@ -177,6 +183,17 @@ class MultipartFile:
         """Read the rest of the form (other parts, the closing boundary) so the body's end is proven."""
         while self._fill():
             del self.pending[: max(0, len(self.pending) - len(self.delim) - 4)]
+
+
+def form_name(headers: str) -> str | None:
+    """A part's form name as Go's ``Part.FormName``: the ``name`` parameter of a ``form-data``
+    Content-Disposition, compared as sent (``File`` is not ``file``)."""
+    msg = email.parser.HeaderParser().parsestr(headers.split("\r\n", 1)[1] if headers.startswith("\r\n")
+                                               else headers)
+    if msg.get_content_disposition() != "form-data":
+        return None
+    name = msg.get_param("name", header="content-disposition")
+    return email.utils.collapse_rfc2231_value(name) if name is not None else None
 
 
 def boundary_of(content_type: str) -> bytes:

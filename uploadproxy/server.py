@@ -7,12 +7,14 @@ importer's pipeline: the body is never held whole, raw and compressed images go 
 volume, sparse, and the digest is taken as it is written.
 
 Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete and verified),
-``/v1beta1/upload-async`` (answers once every byte is in and checked; conversion goes on), the form
+``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync
+path makes: format, hostile features, virtual size; only the conversion goes on), the form
 variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
 A second upload while one runs gets 503, one after success 409; an image larger than the volume 400
 with CDI's message. A refused upload is logged as a JSON line ``{"uploadFailed": ...}`` (the controller
 shows it on the DataVolume) and the server waits for another try; after a success it writes its
-termination message and exits 0.
+termination message and exits 0. A failure after an async answer (the client was told the image was
+accepted) ends the server with a permanent failure message and exit 1: the DataVolume fails.
 """
 
 from __future__ import annotations
@@ -82,6 +84,62 @@ class State:
         self.done = False
         self.finished = threading.Event()
         self.result: ImportResult | None = None
+        self.failure: tuple[str, str] | None = None  # an upload that failed after its async answer
+
+
+def cdi_failure(error: BaseException) -> tuple[int, str, str]:
+    """The answer's code, the reason and the message (CDI's words) for a failed upload."""
+    message = str(error)
+    if isinstance(error, CapacityExceeded):
+        code, message = 400, f"effective image size is larger than the reported available storage: {message}"
+    else:
+        code = 500
+    return code, getattr(error, "reason", type(error).__name__), message
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+class _Qcow2SizeCheck:
+    """The body as it arrives, refusing a qcow2 whose header (its first 32 bytes) gives a virtual size
+    larger than the volume: the answer comes at once, not after the whole image was sent."""
+
+    def __init__(self, body: Any, capacity: int | None) -> None:
+        self.body = body
+        self.capacity = capacity
+        self.head = bytearray()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.body.complete)
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n = int(self.body.readinto(buf))
+        if self.capacity is not None and len(self.head) < 32 and n:
+            self.head += memoryview(buf)[: min(n, 32 - len(self.head))]
+            if len(self.head) == 32 and self.head.startswith(QCOW2_MAGIC):
+                virtual = int.from_bytes(self.head[24:32], "big")
+                if virtual > self.capacity:
+                    raise CapacityExceeded(
+                        f"image virtual size {virtual} is larger than the volume capacity {self.capacity}")
+        return n
+
+
+class _ValidationWatch:
+    """Passes the pipeline's progress on and notes when conversion starts: by then every check of the
+    image (format, hostile features, virtual size against the volume) has passed."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.validated = threading.Event()
+
+    def start_phase(self, name: str, total: int | None) -> None:
+        if name == "convert":
+            self.validated.set()
+        self.inner.start_phase(name, total)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def _failure_line(reason: str, message: str) -> None:
@@ -207,6 +265,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return False
             log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+        if offset == 0 and content_type != "archive":
+            body = _Qcow2SizeCheck(body, self._capacity())
         source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
@@ -216,9 +276,10 @@ class Handler(BaseHTTPRequestHandler):
         replied = threading.Event()
         finished = threading.Event()
         decided = threading.Lock()
+        watch = _ValidationWatch(self.server.progress)
 
         def background() -> None:
-            result = self._run(job, source)
+            result = self._run(job, source, watch)
             with decided:
                 outcome.update(result)
                 finished.set()
@@ -229,10 +290,12 @@ class Handler(BaseHTTPRequestHandler):
                     self.server.state.busy = False
 
         threading.Thread(target=background, name="upload-async", daemon=True).start()
-        while not finished.wait(0.1) and not source.ended.is_set():
+        # CDI's async answer comes once the bytes are in and the image is validated: only the
+        # conversion may go on after it, never a check that could still refuse the image
+        while not finished.wait(0.1) and not watch.validated.is_set():
             pass
         with decided:
-            if not finished.is_set() and source.ended.is_set():
+            if not finished.is_set() and watch.validated.is_set() and source.ended.is_set():
                 replied.set()
         if replied.is_set():
             log.info("async upload received bytes=%d; processing continues", source.position)
@@ -240,6 +303,13 @@ class Handler(BaseHTTPRequestHandler):
             return True
         finished.wait()
         return self._answer_then_finish(outcome, source)
+
+    def _capacity(self) -> int | None:
+        settings = self.server.settings
+        try:
+            return resolve_target(settings.destination, size=settings.size, archive=False).capacity
+        except Error:
+            return None  # the pipeline says why
 
     def _answer_then_finish(self, outcome: dict[str, Any], source: UploadSource) -> bool:
         """Record a success before answering (a request after it gets 409), stop serving after."""
@@ -252,9 +322,9 @@ class Handler(BaseHTTPRequestHandler):
             self.server.state.finished.set()
         return False
 
-    def _run(self, job: ImportJob, source: UploadSource) -> dict[str, Any]:
+    def _run(self, job: ImportJob, source: UploadSource, progress: Any = None) -> dict[str, Any]:
         try:
-            return {"result": run_with_source(job, source, self.server.progress)}
+            return {"result": run_with_source(job, source, progress or self.server.progress)}
         except BaseException as e:  # noqa: BLE001 - reported to the client and the log
             return {"error": e}
 
@@ -264,15 +334,9 @@ class Handler(BaseHTTPRequestHandler):
             log.info("upload done bytes=%d digest=%s", source.position, outcome["result"].digest)
             self._reply(200, "")
             return
-        message = str(error)
-        if isinstance(error, CapacityExceeded):
-            code, message = 400, f"effective image size is larger than the reported available storage: {message}"
-        elif isinstance(error, (Error, BodyError)):
-            code = 500
-        else:
+        if not isinstance(error, (Error, BodyError)):
             log.exception("upload failed", exc_info=error)
-            code = 500
-        reason = getattr(error, "reason", type(error).__name__)
+        code, reason, message = cdi_failure(error)
         log.warning("upload failed reason=%s message=%s", reason, message)
         _failure_line(reason, message)
         try:
@@ -322,10 +386,15 @@ class UploadHTTPServer(ThreadingHTTPServer):
             close_lingering(request)
 
     def finish(self, outcome: dict[str, Any]) -> None:
-        """After a successful upload: record it and stop serving; a failed one leaves the server up."""
+        """After an async answer: record the outcome and stop serving. The client was told the image was
+        accepted, so a failure now (in the conversion) ends the server with it: the DataVolume fails."""
         if "error" in outcome:
-            error = outcome["error"]
-            _failure_line(getattr(error, "reason", type(error).__name__), str(error))
+            _, reason, message = cdi_failure(outcome["error"])
+            log.warning("upload failed after its answer reason=%s message=%s", reason, message)
+            _failure_line(reason, message)
+            with self.state.lock:
+                self.state.failure = (reason, message)
+            self.state.finished.set()
             return
         with self.state.lock:
             self.state.done = True
@@ -386,8 +455,11 @@ def main() -> int:
                  settings.size)
         print(json.dumps({"ready": True}), flush=True)
         server.state.finished.wait()
-        result = server.state.result
+        result, failure = server.state.result, server.state.failure
         server.shutdown()
+    if failure is not None:
+        _termination({"ok": False, "reason": failure[0], "message": failure[1], "permanent": True})
+        return 1
     assert result is not None
     log.info("upload done result=%s", json.dumps(result.to_dict()))
     _termination({"ok": True, "result": result.to_dict()})

@@ -33,6 +33,7 @@ from uploadproxy.body import EXTENTS_TYPE
 ANN_TARGET = "cdi.kubevirt.io/storage.upload.target"
 ANN_READY = "cdi.kubevirt.io/storage.pod.ready"
 ANN_PHASE = "cdi.kubevirt.io/storage.pod.phase"
+ANN_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
 CHUNK = 1 << 20
 RETRIES = 20
 
@@ -56,6 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="send only the data extents of a raw or qcow2 image (zeros never cross the wire)")
     p.add_argument("--async", dest="async_", action="store_true", help="return once the data is sent")
     p.add_argument("--wait-secs", type=float, default=300, help="seconds to wait for the upload server (300)")
+    p.add_argument("--processing-timeout", type=float, default=86400,
+                   help="seconds to wait for the volume to be processed after the upload (86400)")
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     p.add_argument("--kubeconfig", help="kubeconfig (default $KUBECONFIG, ~/.kube/config, cdi-data/kubeconfig)")
     p.set_defaults(func=run)
@@ -92,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         ctx = _context(args, endpoint.ssl_context)
         uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
                             archive=bool(args.archive_path), sparse=args.sparse)
+        refused_before = _refusal(client, ns, args.name)
         print(f"Uploading data to {url}", file=sys.stderr)
         uploader.upload()
         if args.async_:
@@ -99,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         print("Uploading data completed successfully, waiting for processing to complete, you can hit ctrl-c "
               "without interrupting the progress", file=sys.stderr)
-        _wait_processed(client, args, ns)
+        _wait_processed(client, args, ns, refused_before)
     except ApiError as e:
         raise CliError(str(e)) from e
     print("Processing completed successfully", file=sys.stderr)
@@ -165,24 +169,67 @@ def _wait_ready(client: Any, args: argparse.Namespace, ns: str) -> None:
         time.sleep(0.2)
 
 
-def _wait_processed(client: Any, args: argparse.Namespace, ns: str) -> None:
+def _failure_message(client: Any, args: argparse.Namespace, ns: str, refused_before: str) -> str | None:
+    """Why the upload failed, when the DataVolume, the PVC or the upload pod says it did: a failed
+    DataVolume, a PVC marked failed, a refusal recorded after ours was sent, a failed upload pod."""
+    import json
+
+    from cdi.controller.upload_pod import upload_name as upload_pod_name
+    from cdi.kube import DATAVOLUME, POD, PVC
+
+    if args.kind == "dv":
+        status = client.get(DATAVOLUME, ns, args.name).get("status") or {}
+        if status.get("phase") == "Failed":
+            running = [c for c in status.get("conditions") or [] if c.get("type") == "Running"]
+            return str((running or [{}])[0].get("message") or "the DataVolume failed")
+    pvc = client.find(PVC, ns, args.name)
+    ann = (pvc or {}).get("metadata", {}).get("annotations") or {}
+    message = ann.get(ANN_MESSAGE) or ""
+    if ann.get(ANN_PHASE) == "Failed":
+        return message or "the upload pod failed"
+    if message and message != refused_before:  # the server refused the data after it was sent
+        return message
+    pod = client.find(POD, ns, upload_pod_name(args.name))
+    if ((pod or {}).get("status") or {}).get("phase") == "Failed":
+        for cs in pod["status"].get("containerStatuses") or []:
+            text = ((cs.get("state") or {}).get("terminated") or {}).get("message") or ""
+            try:
+                text = str(json.loads(text).get("message") or text)
+            except (ValueError, AttributeError):
+                pass
+            return text or "the upload pod failed"
+        return "the upload pod failed"
+    return None
+
+
+def _refusal(client: Any, ns: str, name: str) -> str:
+    """The last refused upload the PVC records (before ours is sent)."""
+    from cdi.kube import PVC
+
+    pvc = client.find(PVC, ns, name)
+    return str(((pvc or {}).get("metadata", {}).get("annotations") or {}).get(ANN_MESSAGE) or "")
+
+
+def _wait_processed(client: Any, args: argparse.Namespace, ns: str, refused_before: str = "",
+                    interval: float = 0.2) -> None:
     from cdi.kube import DATAVOLUME, PVC
 
+    deadline = time.monotonic() + args.processing_timeout
     while True:
         if args.kind == "dv":
             status = (client.get(DATAVOLUME, ns, args.name).get("status") or {})
             if status.get("phase") == "Succeeded":
                 return
-            if status.get("phase") == "Failed":
-                running = [c for c in status.get("conditions") or [] if c.get("type") == "Running"]
-                raise CliError(f"processing failed: {(running or [{}])[0].get('message', '')}")
         else:
             ann = client.get(PVC, ns, args.name)["metadata"].get("annotations") or {}
             if ann.get(ANN_PHASE) == "Succeeded":
                 return
-            if ann.get(ANN_PHASE) == "Failed":
-                raise CliError("processing failed: " + ann.get("cdi.kubevirt.io/storage.condition.running.message", ""))
-        time.sleep(0.2)
+        failure = _failure_message(client, args, ns, refused_before)
+        if failure is not None:
+            raise CliError(f"processing failed: {failure}")
+        if time.monotonic() > deadline:
+            raise CliError(f"timed out after {args.processing_timeout:.0f}s waiting for {args.name} to be processed")
+        time.sleep(interval)
 
 
 def _proxy_url(client: Any) -> str:

@@ -235,6 +235,14 @@ def test_second_concurrent_upload_gets_503(env: Env) -> None:
     env.check_volume("up-busy", env.raw)
 
 
+def _wait_event(env: Env, name: str, reason: str, text: str, timeout: float = 10) -> None:
+    """The event follows the condition the controller writes first."""
+    deadline = time.monotonic() + timeout
+    while not any(e["reason"] == reason and text in e.get("message", "") for e in env.node.events(name)):
+        assert time.monotonic() < deadline, env.node.events(name)
+        time.sleep(0.1)
+
+
 def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     env.create_dv("up-big", size="4Mi")
     env.phase("up-big", "UploadReady")
@@ -243,7 +251,7 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     assert body.startswith("Saving stream failed: effective image size is larger than the reported available storage")
     dv = env.running_message("up-big", "larger than the volume capacity")
     assert dv["status"]["phase"] == "UploadReady"  # another try may still come
-    assert any(e["reason"] == "UploadFailed" for e in env.node.events("up-big"))
+    _wait_event(env, "up-big", "UploadFailed", "larger than the volume capacity")
     env.client.delete(DATAVOLUME, NS, "up-big")  # a DataVolume deleted while its upload server runs
     deadline = time.monotonic() + 15
     while left := [k.kind for k, n in ((DATAVOLUME, "up-big"), (PVC, "up-big"), (POD, "cdi-upload-up-big"),
@@ -251,6 +259,25 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
                    if env.client.find(k, NS, n) is not None]:
         assert time.monotonic() < deadline, f"left behind after deletion: {left}"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("path,form", [("/v1beta1/upload-async", False), ("/v1beta1/upload-form-async", True)])
+def test_async_upload_of_a_qcow2_larger_than_the_volume_is_400_as_sync(env: Env, path: str, form: bool) -> None:
+    name = "up-big-async" + ("-form" if form else "")
+    big = env.work / "big50.qcow2"
+    if not big.exists():
+        images.convert(images.make_raw(env.work / "big50.raw", 50 << 20, data_ratio=0.2), "qcow2", big)
+    env.create_dv(name, size="20Mi")
+    env.phase(name, "UploadReady")
+    data = ("-F", f"file=@{big}") if form else ("--data-binary", f"@{big}")
+    code, body = env.curl(path, *data, token=env.token(name))
+    assert code == 400, body
+    cdi = "effective image size is larger than the reported available storage: image virtual size 52428800"
+    assert body.startswith(f"Saving stream failed: {cdi}")
+    dv = env.running_message(name, cdi)
+    assert dv["status"]["phase"] == "UploadReady"  # refused before its answer: another try may still come
+    _wait_event(env, name, "UploadFailed", cdi)
+    env.client.delete(DATAVOLUME, NS, name)
 
 
 def _send_cut(env: Env, token: str, data: bytes, announced: int) -> None:
@@ -296,6 +323,80 @@ def _image_upload(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cdi.cli.main", "image-upload", *args,
                            "--kubeconfig", str(env.node.cluster.kubeconfig), "--uploadproxy-url", env.proxy.url],
                           capture_output=True, text=True, timeout=120)
+
+
+def test_image_upload_exits_1_with_cdis_message_when_the_image_is_larger_than_the_volume(env: Env) -> None:
+    big = env.work / "big50.qcow2"
+    if not big.exists():
+        images.convert(images.make_raw(env.work / "big50.raw", 50 << 20, data_ratio=0.2), "qcow2", big)
+    out = _image_upload(env, "dv", "up-iu-big", "--size", "20Mi", "--image-path", str(big))
+    assert out.returncode == 1, out.stderr
+    assert "effective image size is larger than the reported available storage" in out.stderr
+    env.client.delete(DATAVOLUME, NS, "up-iu-big")
+
+
+class _Cluster:
+    """What image-upload reads while it waits: the DataVolume, its PVC and the upload pod."""
+
+    def __init__(self, dv_phase: str = "UploadReady", pvc_ann: dict[str, str] | None = None,
+                 pod: Obj | None = None) -> None:
+        self.objects: dict[str, Obj] = {
+            "DataVolume": {"metadata": {"name": "d"}, "status": {"phase": dv_phase}},
+            "PersistentVolumeClaim": {"metadata": {"name": "d", "annotations": pvc_ann or {}}},
+        }
+        if pod is not None:
+            self.objects["Pod"] = pod
+
+    def get(self, kind: Any, ns: str, name: str) -> Obj:
+        return self.objects[kind.kind]
+
+    def find(self, kind: Any, ns: str, name: str) -> Obj | None:
+        return self.objects.get(kind.kind)
+
+
+_FAILED_POD = {"metadata": {"name": "cdi-upload-d"}, "status": {"phase": "Failed", "containerStatuses": [
+    {"state": {"terminated": {"exitCode": 1, "message": '{"ok": false, "message": "convert failed: disk full"}'}}}]}}
+
+
+@pytest.mark.parametrize("kind,cluster,said", [
+    ("dv", _Cluster(pvc_ann={"cdi.kubevirt.io/storage.condition.running.message": "effective image size is larger"}),
+     "effective image size is larger"),
+    ("pvc", _Cluster(pvc_ann={"cdi.kubevirt.io/storage.pod.phase": "Failed",
+                              "cdi.kubevirt.io/storage.condition.running.message": "bad image"}), "bad image"),
+    ("dv", _Cluster(pod=_FAILED_POD), "convert failed: disk full"),
+    ("pvc", _Cluster(pod=_FAILED_POD), "convert failed: disk full"),
+])
+def test_image_upload_stops_waiting_when_the_upload_failed(kind: str, cluster: _Cluster, said: str) -> None:
+    import argparse
+    import threading
+
+    from cdi.cli.imageupload import CliError, _wait_processed
+
+    args = argparse.Namespace(kind=kind, name="d", processing_timeout=30)
+    errors: list[str] = []
+
+    def wait() -> None:
+        try:
+            _wait_processed(cluster, args, NS, "", interval=0.01)
+        except CliError as e:
+            errors.append(str(e))
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(5)
+    assert errors == [f"processing failed: {said}"]
+
+
+def test_image_upload_waits_for_processing_only_so_long() -> None:
+    import argparse
+
+    from cdi.cli.imageupload import CliError, _wait_processed
+
+    refused_before = "an earlier try was refused"
+    cluster = _Cluster(pvc_ann={"cdi.kubevirt.io/storage.condition.running.message": refused_before})
+    with pytest.raises(CliError, match="timed out after 0s waiting for d to be processed"):
+        _wait_processed(cluster, argparse.Namespace(kind="dv", name="d", processing_timeout=0.2), NS,
+                        refused_before, interval=0.01)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

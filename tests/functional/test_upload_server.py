@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from cdi.controller.upload_tls import CLIENT_NAME, issue, new_ca
 from importer.progress import Progress
 from tests.support import images
-from uploadproxy.body import MultipartFile
+from uploadproxy.body import BodyError, MultipartFile
 from uploadproxy.server import Settings, UploadHTTPServer, tls_context
 
 
@@ -56,7 +57,8 @@ def post(server: UploadHTTPServer, ctx: ssl.SSLContext, body: bytes, path: str =
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Iterator[Pki]:
+def pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pki]:
+    monkeypatch.chdir(tmp_path)  # the server writes its certificate and key where it runs
     yield Pki(tmp_path)
 
 
@@ -141,6 +143,150 @@ def test_multipart_file_part_streams_across_any_read_size(step: int) -> None:
     while cut.readinto(buf):
         pass
     assert not cut.complete
+
+
+def _form(data: bytes, name: str = "file") -> tuple[bytes, dict[str, str]]:
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"" + name.encode() + b"\"; filename=\"d.img\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--XyZ--\r\n")
+    return body, {"Content-Type": "multipart/form-data; boundary=XyZ"}
+
+
+@pytest.mark.parametrize("path", ["/v1beta1/upload-async", "/v1beta1/upload-form-async"])
+def test_async_upload_answers_only_once_the_image_is_validated(pki: Pki, tmp_path: Path, path: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from importer import qemu_img
+
+    real_info = qemu_img.info
+
+    def slow_info(*args: Any, **kwargs: Any) -> Any:  # the bytes are in well before the image is checked
+        time.sleep(0.5)
+        return real_info(*args, **kwargs)
+
+    monkeypatch.setattr(qemu_img, "info", slow_info)
+    big = tmp_path / "big.qcow2"
+    images.qemu_img("create", "-f", "qcow2", str(big), str(8 << 20))  # 8 MiB virtual, a few KiB of file
+    base = images.make_raw(tmp_path / "base.raw", 1 << 20)
+    evil = tmp_path / "evil.qcow2"
+    images.qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(evil))
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+
+    def send(image: Path) -> tuple[int, str]:
+        body, headers = _form(image.read_bytes()) if "form" in path else (image.read_bytes(), {})
+        return post(server, pki.client_context(), body, path=path, headers=headers)
+
+    try:
+        code, text = send(big)
+        assert code == 400, text
+        assert text.startswith("Saving stream failed: effective image size is larger than the reported "
+                               "available storage: image virtual size 8388608")
+        code, text = send(evil)
+        assert code == 500 and "backing" in text
+        assert not server.state.done and not server.state.busy and server.state.failure is None
+    finally:
+        server.shutdown()
+
+
+def test_a_failure_after_the_async_answer_ends_the_server_with_cdis_message(pki: Pki, tmp_path: Path) -> None:
+    from importer.errors import CapacityExceeded
+
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    try:
+        server.finish({"error": CapacityExceeded("image virtual size 9 is larger than the volume capacity 4")})
+        assert server.state.finished.is_set() and not server.state.done
+        assert server.state.failure == (
+            CapacityExceeded("x").reason,
+            "effective image size is larger than the reported available storage: "
+            "image virtual size 9 is larger than the volume capacity 4")
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("part", [b'name="File"', b'name="FILE"', b'name="other"; filename="file"', None])
+def test_a_form_without_a_part_named_exactly_file_is_refused_as_cdi(part: bytes | None) -> None:
+    form = b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
+    if part is not None:
+        form += b"--XyZ\r\nContent-Disposition: form-data; " + part + b"\r\n\r\ndisk bytes\r\n"
+    form += b"--XyZ--\r\n"
+    with pytest.raises(BodyError, match=r"^the form has no part named file \(http: no such file\)$"):
+        MultipartFile(_Chunks(form, 5), b"XyZ", chunk=16)
+
+
+def test_the_form_upload_path_answers_400_for_a_capitalised_file_part(pki: Pki, tmp_path: Path) -> None:
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    try:
+        body, headers = _form(b"\0" * 4096, name="File")
+        code, text = post(server, pki.client_context(), body, path="/v1beta1/upload-form", headers=headers)
+        assert (code, text) == (400, "Saving stream failed: the form has no part named file (http: no such file)")
+        assert not (tmp_path / "disk.img").exists()
+    finally:
+        server.shutdown()
+
+
+def test_a_conversion_failure_after_the_async_answer_fails_the_upload_server(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from importer import qemu_img
+    from importer.errors import Error
+    from uploadproxy import server as upload_server
+
+    def failing_convert(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)  # the client has had its answer by now
+        raise Error("qemu-img convert failed: No space left on device")
+
+    started: list[UploadHTTPServer] = []
+
+    class Recorded(UploadHTTPServer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
+    for k, v in {"DESTINATION": str(tmp_path / "disk.img"), "UPLOAD_IMAGE_SIZE": str(4 << 20),
+                 "CLIENT_NAME": CLIENT_NAME, "CDI_PORT_8443": "0", "TLS_CERT": cert.decode(),
+                 "TLS_KEY": key.decode(), "CLIENT_CERT": pki.client_ca[0].decode(),
+                 "TERMINATION_MESSAGE_PATH": str(tmp_path / "termination")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(qemu_img, "convert", failing_convert)
+    monkeypatch.setattr(upload_server, "UploadHTTPServer", Recorded)
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "qcow2", tmp_path / "d.qcow2")
+    rc: list[int] = []
+    runner = threading.Thread(target=lambda: rc.append(upload_server.main()), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert post(started[0], pki.client_context(), image.read_bytes(), path="/v1beta1/upload-async") == (200, "")
+    runner.join(15)
+    assert rc == [1]
+    message = json.loads((tmp_path / "termination").read_text())
+    assert message["ok"] is False and message["permanent"] is True
+    assert "No space left on device" in message["message"]
+    assert not (tmp_path / "disk.img").exists()
+
+
+@pytest.mark.parametrize("path", ["/v1beta1/upload", "/v1beta1/upload-async"])
+def test_a_qcow2_larger_than_the_volume_is_refused_from_its_header(pki: Pki, tmp_path: Path, path: str) -> None:
+    big = images.convert(images.make_raw(tmp_path / "big.raw", 8 << 20, data_ratio=0.6), "qcow2",
+                         tmp_path / "big.qcow2")
+    head = big.read_bytes()[: 2 << 20]  # the server looks at the first MiB
+    server = start(pki, tmp_path / "disk.img", 4 << 20)
+    conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=pki.client_context(),
+                                       timeout=5)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(64 << 20))  # the rest is never sent: the header says enough
+        conn.endheaders()
+        conn.send(head)
+        resp = conn.getresponse()
+        assert resp.status == 400
+        assert resp.read().decode() == ("Saving stream failed: effective image size is larger than the reported "
+                                        "available storage: image virtual size 8388608 is larger than the "
+                                        "volume capacity 4194304")
+    finally:
+        conn.close()
+        server.shutdown()
 
 
 def _padded(src: Path, dst: Path, size: int) -> Path:
