@@ -227,7 +227,20 @@ class CloneReconciler:
             delete_source_side(self.client, source_ns, target["metadata"]["uid"])
 
     def release(self, namespace: str, name: str) -> None:
+        """The DataVolume is gone or going: stop its stream's source side, and its clone worker pod when
+        the claim that owns the pod is going too (the claim's deletion waits for every pod using it, so a
+        worker left restarting would hold it, and its source, Terminating for ever)."""
         release_source_side(self.client, namespace, name)
+        pod = self.client.find(POD, namespace, clone_pod_name(name))
+        if pod is None:
+            return
+        owners = {o.get("uid") for o in pod["metadata"].get("ownerReferences") or []}
+        claim = self.client.find(PVC, namespace, name)
+        if claim is None or claim["metadata"]["uid"] not in owners or claim["metadata"].get("deletionTimestamp"):
+            try:
+                self.client.delete(POD, namespace, clone_pod_name(name))
+            except NotFound:
+                pass
 
     def _verify(self, dv: Obj, target: Obj, source_ns: str, source_name: str) -> None:
         """Check the clone token the target claim carries, as of the claim's creation (set by the server)."""

@@ -19,6 +19,7 @@ import yaml
 from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller.clone import ANN_CLONE_METHOD, ANN_CLONE_TYPE, ANN_FORCE_STREAM
+from cdi.controller.clone_pod import clone_pod_name
 from cdi.controller.clone_stream import ANN_TARGET, LABEL_TARGET_UID, source_pod_name
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ANN_DIGEST, ControllerSettings
@@ -347,3 +348,21 @@ def test_a_clone_waits_while_a_pod_uses_its_source(env: Env, source: str) -> Non
     env.client.delete(POD, NS, "reader")
     done = env.phase("patient", "Succeeded", "Failed")
     assert done["status"]["phase"] == "Succeeded", done["status"]
+
+
+def test_deleting_a_clone_whose_worker_keeps_failing_releases_both_claims(env: Env) -> None:
+    # A source claim with nothing in it: the clone worker fails and is restarted, holding both claims.
+    env.client.create(PVC, {"metadata": {"name": "hollow", "namespace": NS}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Mi"}}}})
+    env.clone_dv("stuck", "hollow", size="8Mi")
+    deadline = time.monotonic() + 30
+    while env.client.find(POD, NS, clone_pod_name("stuck")) is None:
+        assert time.monotonic() < deadline, f"no clone worker: {env.client.find(DATAVOLUME, NS, 'stuck')}"
+        time.sleep(0.05)
+    env.client.delete(DATAVOLUME, NS, "stuck")
+    env.client.delete(PVC, NS, "hollow")
+    deadline = time.monotonic() + 15
+    while any(env.client.find(kind, NS, name) is not None for kind, name in (
+            (POD, clone_pod_name("stuck")), (PVC, "stuck"), (PVC, "hollow"))):
+        assert time.monotonic() < deadline, "a deleted clone's worker kept its claims Terminating"
+        time.sleep(0.05)
