@@ -11,6 +11,7 @@ purpose: the importer and the VM launcher both import it, and it imports nothing
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Mapping
@@ -67,3 +68,15 @@ class PathMap:
             return path in self.mounts or os.path.exists(self(path))
         except MountsError:
             return False
+
+
+def write_termination(payload: dict[str, object], env: Mapping[str, str] | None = None) -> None:
+    """Write a worker's JSON termination message to ``$TERMINATION_MESSAGE_PATH`` (kubelet's default
+    ``/dev/termination-log`` otherwise), where the controller reads how the run ended. Best effort: a
+    message that cannot be written is logged, and the exit code still tells."""
+    path = (os.environ if env is None else env).get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
+    try:
+        with open(path, "w") as f:
+            json.dump(payload, f)
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot write termination message path=%s error=%s", path, e)

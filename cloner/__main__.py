@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from cdi.podenv import MountsError, PathMap
+from cdi.podenv import MountsError, PathMap, write_termination
 from cloner.copy import clone
 from cloner.digest import padded_digest
 from cloner.stream import StreamError, send
@@ -42,14 +42,6 @@ class Progress:
             self.last = now
             print(json.dumps({"progress": f"{min(100.0, 100.0 * self.done / self.total):.2f}%"}), flush=True)
 
-
-def _termination(payload: dict[str, object]) -> None:
-    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
-    try:
-        with open(path, "w") as f:
-            json.dump(payload, f)
-    except OSError as e:
-        log.warning("cannot write termination message path=%s error=%s", path, e)
 
 
 def source_size(path: str) -> int:
@@ -93,15 +85,15 @@ def main() -> int:
         result = run(os.environ)
     except StreamError as e:
         log.error("clone stream failed message=%s", e)
-        _termination({"ok": False, "reason": "CloneStreamFailed", "message": str(e), "permanent": False})
+        write_termination({"ok": False, "reason": "CloneStreamFailed", "message": str(e), "permanent": False})
         return 1
     except (MountsError, KeyError, ValueError, OSError) as e:
         log.error("clone failed message=%s", e)
-        _termination({"ok": False, "reason": "CloneFailed", "message": f"clone failed: {e}",
+        write_termination({"ok": False, "reason": "CloneFailed", "message": f"clone failed: {e}",
                       "permanent": isinstance(e, MountsError | KeyError | ValueError)})
         return 1
     log.info("clone done result=%s", json.dumps(result))
-    _termination({"ok": True, "result": result})
+    write_termination({"ok": True, "result": result})
     return 0
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from cdi.podenv import write_termination
 from importer.errors import Error
 from importer.job_env import job_from_env
 from importer.pipeline import run_import
@@ -18,14 +19,6 @@ from importer.progress import Progress
 
 log = logging.getLogger("importer")
 
-
-def _write_termination(payload: dict[str, object]) -> None:
-    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
-    try:
-        with open(path, "w") as f:
-            json.dump(payload, f)
-    except OSError as e:
-        log.warning("cannot write termination message path=%s error=%s", path, e)
 
 
 def main() -> int:
@@ -41,10 +34,10 @@ def main() -> int:
         permanent = getattr(e, "permanent", True)
         reason = getattr(e, "reason", "InvalidJob")
         log.error("import failed reason=%s permanent=%s message=%s", reason, permanent, e)
-        _write_termination({"ok": False, "reason": reason, "message": str(e), "permanent": permanent})
+        write_termination({"ok": False, "reason": reason, "message": str(e), "permanent": permanent})
         return 1
     log.info("import done result=%s", json.dumps(result.to_dict()))
-    _write_termination({"ok": True, "result": result.to_dict()})
+    write_termination({"ok": True, "result": result.to_dict()})
     return 0
 
 

@@ -31,7 +31,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cdi.podenv import MountsError, PathMap
+from cdi.podenv import MountsError, PathMap, write_termination
 from importer import checkpoint
 from importer.errors import CapacityExceeded, Error
 from importer.pipeline import ImportJob, ImportResult, run_with_source
@@ -425,14 +425,6 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _termination(payload: dict[str, object]) -> None:
-    path = os.environ.get("TERMINATION_MESSAGE_PATH", "/dev/termination-log")
-    try:
-        with open(path, "w") as f:
-            json.dump(payload, f)
-    except OSError as e:
-        log.warning("cannot write termination message path=%s error=%s", path, e)
-
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
@@ -444,7 +436,7 @@ def main() -> int:
         context = tls_context(settings)
     except (MountsError, ValueError, ssl.SSLError, OSError) as e:
         log.error("cannot start: %s", e)
-        _termination({"ok": False, "reason": "InvalidJob", "message": str(e), "permanent": True})
+        write_termination({"ok": False, "reason": "InvalidJob", "message": str(e), "permanent": True})
         return 1
     with Progress(mode="json", stream=sys.stdout, interval=1.0) as progress:
         server = UploadHTTPServer(settings, context, progress)
@@ -458,11 +450,11 @@ def main() -> int:
         result, failure = server.state.result, server.state.failure
         server.shutdown()
     if failure is not None:
-        _termination({"ok": False, "reason": failure[0], "message": failure[1], "permanent": True})
+        write_termination({"ok": False, "reason": failure[0], "message": failure[1], "permanent": True})
         return 1
     assert result is not None
     log.info("upload done result=%s", json.dumps(result.to_dict()))
-    _termination({"ok": True, "result": result.to_dict()})
+    write_termination({"ok": True, "result": result.to_dict()})
     return 0
 
 

@@ -29,6 +29,7 @@ from cdi.controller.clone_stream import (
     upload_url,
 )
 from cdi.controller.datavolume import failure_message, latest_progress, termination
+from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_DIGEST,
     ANN_IMPORT_MESSAGE,
@@ -75,16 +76,11 @@ class CloneReconciler:
     def reconcile(self, dv: Obj) -> float | None:
         meta = dv["metadata"]
         ctx = f"[{meta['namespace']}/{meta['name']}]"
-        status: Obj = copy.deepcopy(dv.get("status") or {})
-        status.setdefault("conditions", [])
-        status.setdefault("progress", "N/A")
-        status["claimName"] = meta["name"]
+        status = working_status(dv)
         try:
             requeue = self._reconcile(dv, status, ctx)
         except PermanentError as e:
-            status["phase"] = c.FAILED
-            c.set_condition(status["conditions"], c.READY, "False")
-            c.set_condition(status["conditions"], c.RUNNING, "False", e.reason, e.message)
+            mark_failed(status, e.reason, e.message)
             log.warning("%s clone failed reason=%s message=%s", ctx, e.reason, e.message)
             requeue = None
         self._write(dv, status)
@@ -313,7 +309,7 @@ class CloneReconciler:
         if phase == "Failed" or (result and not result.get("ok") and result.get("permanent")):
             last = (cs.get("state") or {}).get("terminated") or {}
             message = failure_message(result, last)
-            self._record(target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneFailed",
+            record_on_claim(self.client, target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneFailed",
                                   ANN_IMPORT_MESSAGE: message})
             self._delete_pod(dv)
             if stream:
@@ -348,15 +344,15 @@ class CloneReconciler:
         source = self.client.find(PVC, source_ns, str(src.get("name")))
         known = ((source or {}).get("metadata", {}).get("annotations") or {}).get(ANN_DIGEST)
         if source is not None and source_digest and not known and not padded:
-            self._record(source, {ANN_DIGEST: source_digest})
+            record_on_claim(self.client, source, {ANN_DIGEST: source_digest})
         # The source read as the target holds it (zeros past its end when the target is larger).
         expected = source_digest or known
         if digest and expected and digest != expected:
             message = f"the clone's volume digest {digest} differs from the source's {expected}"
-            self._record(target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
+            record_on_claim(self.client, target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
                                   ANN_IMPORT_MESSAGE: message})
             raise PermanentError("CloneVerifyFailed", message)
-        self._record(target, {ANN_POD_PHASE: "Succeeded", ANN_DIGEST: digest, ANN_CLONE_METHOD: method,
+        record_on_claim(self.client, target, {ANN_POD_PHASE: "Succeeded", ANN_DIGEST: digest, ANN_CLONE_METHOD: method,
                               ANN_CLONE_TYPE: "copy"})
         meta = dv["metadata"]
         self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"metadata": {"annotations": {
@@ -366,11 +362,7 @@ class CloneReconciler:
         log.info("%s clone succeeded method=%s digest=%s", ctx, method, digest)
 
     def _succeeded(self, dv: Obj, target: Obj, status: Obj) -> None:
-        conds = status["conditions"]
-        status["phase"] = c.SUCCEEDED
-        status["progress"] = "100.0%"
-        c.set_condition(conds, c.READY, "True")
-        c.set_condition(conds, c.RUNNING, "False", "Completed")
+        mark_succeeded(status)
         if (dv["metadata"].get("annotations") or {}).get(ANN_RETAIN_POD, "").lower() != "true":
             self._delete_pod(dv)
 
@@ -380,19 +372,12 @@ class CloneReconciler:
         except NotFound:
             pass
 
-    def _record(self, pvc: Obj, annotations: dict[str, Any]) -> None:
-        values = {k: str(v) for k, v in annotations.items() if v is not None}
-        meta = pvc["metadata"]
-        self.client.patch(PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": values}})
-        meta.setdefault("annotations", {}).update(values)
 
     def _write(self, dv: Obj, status: Obj) -> None:
-        status["conditions"] = c.ordered(status["conditions"])
-        old = dv.get("status") or {}
-        if old == status:
+        old = write_status(self.client, dv, status)
+        if old is None:
             return
         meta = dv["metadata"]
-        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"status": status}, status=True)
         new = status.get("phase")
         if new == old.get("phase"):
             return

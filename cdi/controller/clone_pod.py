@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import ANN_CREATED_BY, LABEL_APP, child_name, owner_ref
+from cdi.controller.resources import ANN_CREATED_BY, child_name, worker_container, worker_pod
 
 Obj = dict[str, Any]
 
@@ -46,46 +46,21 @@ def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: b
     else:
         mounts.append({"name": "cdi-data-vol", "mountPath": TARGET_DIR})
         target_path = f"{TARGET_DIR}/disk.img"
-    container: Obj = {
-        "name": "cdi-cloner",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "cloner"],
-        "env": [
-            {"name": "CLONER_SOURCE", "value": source_path},
-            {"name": "CLONER_TARGET", "value": target_path},
-            {"name": "CLONER_TARGET_BLOCK", "value": str(is_block(target)).lower()},
-            {"name": "CLONER_REFLINK", "value": str(reflink).lower()},
-            {"name": "CLONER_DIGEST", "value": "true"},
-            {"name": "OWNER_UID", "value": meta["uid"]},
-        ],
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "File",
-        "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
-    }
-    if mounts:
-        container["volumeMounts"] = mounts
-    if devices:
-        container["volumeDevices"] = devices
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": clone_pod_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": {**LABEL_APP, "cdi.kubevirt.io": LABEL_COMPONENT},
-            "annotations": {ANN_CREATED_BY: meta["uid"]},
-            "ownerReferences": [owner_ref(target)],
-        },
-        "spec": {
-            "restartPolicy": "OnFailure",
-            "terminationGracePeriodSeconds": 30,
-            "containers": [container],
-            "volumes": [
-                {"name": "cdi-clone-source",
-                 "persistentVolumeClaim": {"claimName": source["metadata"]["name"], "readOnly": True}},
-                {"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": target["metadata"]["name"]}},
-            ],
-            "securityContext": {"fsGroup": 107},
-        },
-    }
+    env: list[Obj] = [
+        {"name": "CLONER_SOURCE", "value": source_path},
+        {"name": "CLONER_TARGET", "value": target_path},
+        {"name": "CLONER_TARGET_BLOCK", "value": str(is_block(target)).lower()},
+        {"name": "CLONER_REFLINK", "value": str(reflink).lower()},
+        {"name": "CLONER_DIGEST", "value": "true"},
+        {"name": "OWNER_UID", "value": meta["uid"]},
+    ]
+    container = worker_container("cdi-cloner", image, ["python3", "-m", "cloner"], env, mounts=mounts,
+                                 devices=devices)
+    volumes = [
+        {"name": "cdi-clone-source",
+         "persistentVolumeClaim": {"claimName": source["metadata"]["name"], "readOnly": True}},
+        {"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": target["metadata"]["name"]}},
+    ]
+    return worker_pod(clone_pod_name(meta["name"]), meta["namespace"], container, volumes,
+                      labels={"cdi.kubevirt.io": LABEL_COMPONENT}, annotations={ANN_CREATED_BY: meta["uid"]},
+                      owner=target)

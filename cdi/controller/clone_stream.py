@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from cdi.controller.clone_pod import LABEL_COMPONENT, SOURCE_DEVICE, SOURCE_DIR, is_block
-from cdi.controller.resources import LABEL_APP, child_name
+from cdi.controller.resources import LABEL_APP, child_name, worker_container, worker_pod
 from cdi.controller.upload_pod import SERVER_PORT
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
@@ -59,36 +59,25 @@ def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str,
     def from_secret(var: str, key: str) -> Obj:
         return {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
 
-    container: Obj = {
-        "name": "cdi-clone-source",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "cloner"],
-        "env": [
-            {"name": "CLONER_SOURCE", "value": SOURCE_DEVICE if is_block(source) else f"{SOURCE_DIR}/disk.img"},
-            {"name": "UPLOAD_URL", "value": url},
-            from_secret("CLIENT_CERT", "tls.crt"), from_secret("CLIENT_KEY", "tls.key"),
-            from_secret("SERVER_CA", "ca.crt"),
-            {"name": "CLONER_DIGEST", "value": "true"},
-            {"name": "CLONER_DIGEST_SIZE", "value": str(target_size)},
-            {"name": "OWNER_UID", "value": uid},
-        ],
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "File",
-        "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
-    }
+    env: list[Obj] = [
+        {"name": "CLONER_SOURCE", "value": SOURCE_DEVICE if is_block(source) else f"{SOURCE_DIR}/disk.img"},
+        {"name": "UPLOAD_URL", "value": url},
+        from_secret("CLIENT_CERT", "tls.crt"), from_secret("CLIENT_KEY", "tls.key"),
+        from_secret("SERVER_CA", "ca.crt"),
+        {"name": "CLONER_DIGEST", "value": "true"},
+        {"name": "CLONER_DIGEST_SIZE", "value": str(target_size)},
+        {"name": "OWNER_UID", "value": uid},
+    ]
     if is_block(source):
-        container["volumeDevices"] = [{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}]
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
+                                     devices=[{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}])
     else:
-        container["volumeMounts"] = [{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}]
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
+                                     mounts=[{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}])
     meta = dv["metadata"]
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": source["metadata"]["namespace"],
-                     "labels": {**LABEL_APP, "cdi.kubevirt.io": LABEL_COMPONENT, LABEL_TARGET_UID: uid},
-                     "annotations": {ANN_TARGET: f"{meta['namespace']}/{meta['name']}"}},
-        "spec": {"restartPolicy": "OnFailure", "terminationGracePeriodSeconds": 30, "containers": [container],
-                 "volumes": [{"name": "cdi-clone-source", "persistentVolumeClaim": {
-                     "claimName": source["metadata"]["name"], "readOnly": True}}],
-                 "securityContext": {"fsGroup": 107}},
-    }
+    # No owner: the target lives in another namespace, where an owner reference cannot reach.
+    return worker_pod(name, source["metadata"]["namespace"], container,
+                      [{"name": "cdi-clone-source", "persistentVolumeClaim": {
+                          "claimName": source["metadata"]["name"], "readOnly": True}}],
+                      labels={"cdi.kubevirt.io": LABEL_COMPONENT, LABEL_TARGET_UID: uid},
+                      annotations={ANN_TARGET: f"{meta['namespace']}/{meta['name']}"})

@@ -8,12 +8,12 @@ finished or permanently failed import is never run again, even after a restart o
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from typing import Any
 
 from cdi.controller import conditions as c
+from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_CREATED_BY,
     ANN_DIGEST,
@@ -85,16 +85,11 @@ class DataVolumeReconciler:
             self._release_deleted_claim(namespace, name)
             return None
         ctx = f"[{namespace}/{name}]"
-        status: Obj = copy.deepcopy(dv.get("status") or {})
-        conds: list[Obj] = status.setdefault("conditions", [])
-        status.setdefault("progress", "N/A")
-        status["claimName"] = name
+        status = working_status(dv)
         try:
             requeue = self._reconcile(dv, status, ctx)
         except PermanentError as e:
-            status["phase"] = c.FAILED
-            c.set_condition(conds, c.READY, "False")
-            c.set_condition(conds, c.RUNNING, "False", e.reason, e.message)
+            mark_failed(status, e.reason, e.message)
             if (c.find((dv.get("status") or {}).get("conditions") or [], c.RUNNING) or {}).get("message") != e.message:
                 self.client.event(dv, reason=e.reason, message=e.message, type="Warning")
             log.warning("%s failed for good reason=%s message=%s", ctx, e.reason, e.message)
@@ -184,14 +179,11 @@ class DataVolumeReconciler:
         c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {name} Bound")
         outcome = ann.get(ANN_POD_PHASE)
         if outcome == "Succeeded":
-            self._succeeded(dv, status)
+            mark_succeeded(status)
             self._cleanup_pod(dv)
             return None
         if outcome == "Failed":
-            status["phase"] = c.FAILED
-            c.set_condition(conds, c.READY, "False")
-            c.set_condition(conds, c.RUNNING, "False", ann.get(ANN_IMPORT_REASON, "Error"),
-                            ann.get(ANN_IMPORT_MESSAGE, ""))
+            mark_failed(status, ann.get(ANN_IMPORT_REASON, "Error"), ann.get(ANN_IMPORT_MESSAGE, ""))
             return None
         pod_name = importer_pod_name(dv["metadata"]["name"])
         pod = self.client.find(POD, dv["metadata"]["namespace"], pod_name)
@@ -238,13 +230,13 @@ class DataVolumeReconciler:
                               message=f"Import restarted ({status['restartCount']}): {why}")
         phase = pstatus.get("phase", "Pending")
         if phase == "Succeeded" and result and result.get("ok"):
-            self._record(pvc, {ANN_POD_PHASE: "Succeeded",
+            record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Succeeded",
                                ANN_DIGEST: (result.get("result") or {}).get("digest"),
                                ANN_SOURCE_CHECKSUM: (result.get("result") or {}).get("source_checksum")})
             digest = (result.get("result") or {}).get("digest")
             if digest:
                 self._annotate_dv(dv, {ANN_DIGEST: digest})
-            self._succeeded(dv, status)
+            mark_succeeded(status)
             self.client.event(dv, reason=c.SUCCEEDED,
                               message=f"Successfully imported into PVC {pvc['metadata']['name']}")
             self._cleanup_pod(dv)
@@ -253,10 +245,9 @@ class DataVolumeReconciler:
         if (result and not result.get("ok") and result.get("permanent")) or phase == "Failed":
             reason = str((result or {}).get("reason") or "Error")
             message = str((result or {}).get("message") or "importer pod failed")
-            self._record(pvc, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: reason, ANN_IMPORT_MESSAGE: message})
-            status["phase"] = c.FAILED
-            c.set_condition(conds, c.READY, "False")
-            c.set_condition(conds, c.RUNNING, "False", reason, message)
+            record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: reason,
+                                               ANN_IMPORT_MESSAGE: message})
+            mark_failed(status, reason, message)
             self.client.event(dv, reason="ImportFailed", message=message, type="Warning")
             self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
             log.warning("%s import failed reason=%s message=%s", ctx, reason, message)
@@ -292,19 +283,6 @@ class DataVolumeReconciler:
             return None
         return latest_progress(text)
 
-    def _succeeded(self, dv: Obj, status: Obj) -> None:
-        conds = status["conditions"]
-        status["phase"] = c.SUCCEEDED
-        status["progress"] = "100.0%"
-        c.set_condition(conds, c.READY, "True")
-        c.set_condition(conds, c.RUNNING, "False", "Completed")
-
-    def _record(self, pvc: Obj, annotations: dict[str, Any]) -> None:
-        values = {k: v for k, v in annotations.items() if v is not None}
-        meta = pvc["metadata"]
-        self.client.patch(PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": values}})
-        meta.setdefault("annotations", {}).update(values)
-
     def _annotate_dv(self, dv: Obj, annotations: dict[str, str]) -> None:
         meta = dv["metadata"]
         updated = self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
@@ -330,12 +308,10 @@ class DataVolumeReconciler:
             pass
 
     def _write(self, dv: Obj, status: Obj) -> None:
-        status["conditions"] = c.ordered(status["conditions"])
-        old = dv.get("status") or {}
-        if old == status:
+        old = write_status(self.client, dv, status)
+        if old is None:
             return
         meta = dv["metadata"]
-        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"status": status}, status=True)
         old_phase, new_phase = old.get("phase"), status.get("phase")
         if new_phase != old_phase and new_phase in (c.IMPORT_SCHEDULED, c.IMPORT_IN_PROGRESS):
             message = {c.IMPORT_SCHEDULED: f"Import into {meta['name']} scheduled",

@@ -183,30 +183,47 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
         env.append({"name": "IMPORTER_SOURCE", "value": "none"})
     else:
         raise ValueError(f"source {sorted(source)} is not imported by the import controller")
+    container = worker_container("importer", settings.importer_image, ["python3", "-m", "importer"], env,
+                                 mounts=mounts, devices=devices)
+    return worker_pod(importer_pod_name(meta["name"]), meta["namespace"], container, volumes,
+                      labels={"cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
+                      annotations={ANN_CREATED_BY: meta["uid"]}, owner=pvc)
+
+
+def worker_container(name: str, image: str, command: list[str], env: list[Obj], *, mounts: list[Obj] | None = None,
+                     devices: list[Obj] | None = None, ports: list[Obj] | None = None) -> Obj:
+    """A worker's container (importer, upload server, cloner) in the shape CDI gives its worker pods."""
     container: Obj = {
-        "name": "importer",
-        "image": settings.importer_image,
+        "name": name,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "importer"],
+        "command": command,
         "env": env,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
         "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
     }
+    if ports:
+        container["ports"] = ports
     if mounts:
         container["volumeMounts"] = mounts
     if devices:
         container["volumeDevices"] = devices
+    return container
+
+
+def worker_pod(name: str, namespace: str, container: Obj, volumes: list[Obj], *, labels: dict[str, str],
+               annotations: dict[str, str] | None = None, owner: Obj | None = None) -> Obj:
+    """A worker pod: one container, restarted OnFailure, ``LABEL_APP`` plus ``labels``, owned by ``owner``."""
+    meta: Obj = {"name": name, "namespace": namespace, "labels": {**LABEL_APP, **labels}}
+    if annotations:
+        meta["annotations"] = annotations
+    if owner is not None:
+        meta["ownerReferences"] = [owner_ref(owner)]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": importer_pod_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": {**LABEL_APP, "cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
-            "annotations": {ANN_CREATED_BY: meta["uid"]},
-            "ownerReferences": [owner_ref(pvc)],
-        },
+        "metadata": meta,
         "spec": {
             "restartPolicy": "OnFailure",
             "terminationGracePeriodSeconds": 30,

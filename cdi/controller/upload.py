@@ -12,12 +12,12 @@ conditions and events.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 
 from cdi.controller import conditions as c
 from cdi.controller.datavolume import termination
+from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_DIGEST,
     ANN_IMPORT_MESSAGE,
@@ -110,7 +110,7 @@ class UploadReconciler:
                                               image_size=self._image_size(pvc),
                                               filesystem_overhead=self.settings.filesystem_overhead,
                                               resume_interval=self.settings.upload_resume_interval), ctx)
-            self._record(pvc, {ANN_POD_PHASE: "Pending", ANN_POD_READY: "false"})
+            record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Pending", ANN_POD_READY: "false"})
             return None
         return self._from_pod(pvc, pod, ctx)
 
@@ -121,7 +121,7 @@ class UploadReconciler:
         phase = status.get("phase", "Pending")
         if phase == "Succeeded" and result and result.get("ok"):
             digest = (result.get("result") or {}).get("digest")
-            self._record(pvc, {ANN_POD_PHASE: "Succeeded", ANN_POD_READY: "false", ANN_DIGEST: digest,
+            record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Succeeded", ANN_POD_READY: "false", ANN_DIGEST: digest,
                                ANN_IMPORT_REASON: "Completed", ANN_IMPORT_MESSAGE: ""})
             log.info("%s upload succeeded digest=%s", ctx, digest)
             self._cleanup(pvc["metadata"]["namespace"], pvc["metadata"]["name"])
@@ -129,7 +129,7 @@ class UploadReconciler:
         if phase == "Failed" or (result and not result.get("ok") and result.get("permanent")):
             reason = str((result or {}).get("reason") or "Error")
             message = str((result or {}).get("message") or "upload server failed")
-            self._record(pvc, {ANN_POD_PHASE: "Failed", ANN_POD_READY: "false",
+            record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Failed", ANN_POD_READY: "false",
                                ANN_IMPORT_REASON: reason, ANN_IMPORT_MESSAGE: message})
             self._cleanup(pvc["metadata"]["namespace"], pvc["metadata"]["name"])
             return None
@@ -140,7 +140,7 @@ class UploadReconciler:
             failure = self._failure(pod)
             if failure:
                 values[ANN_IMPORT_REASON], values[ANN_IMPORT_MESSAGE] = failure["reason"], failure["message"]
-        self._record(pvc, values)
+        record_on_claim(self.client, pvc, values)
         return self.settings.progress_interval if ready else None
 
     def _failure(self, pod: Obj) -> dict[str, str] | None:
@@ -188,30 +188,14 @@ class UploadReconciler:
             except NotFound:
                 pass
 
-    def _record(self, pvc: Obj, annotations: dict[str, str | None]) -> None:
-        values = {k: v for k, v in annotations.items() if v is not None}
-        meta = pvc["metadata"]
-        current = meta.get("annotations") or {}
-        if all(current.get(k) == v for k, v in values.items()):
-            return
-        self.client.patch(PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": values}})
-        meta.setdefault("annotations", {}).update(values)
-
-    # -- the DataVolume -----------------------------------------------------------------------------
-
     def reconcile_dv(self, dv: Obj) -> float | None:
         meta = dv["metadata"]
         ctx = f"[{meta['namespace']}/{meta['name']}]"
-        status: Obj = copy.deepcopy(dv.get("status") or {})
-        status.setdefault("conditions", [])
-        status.setdefault("progress", "N/A")
-        status["claimName"] = meta["name"]
+        status = working_status(dv)
         try:
             self._dv_status(dv, status, ctx)
         except PermanentError as e:
-            status["phase"] = c.FAILED
-            c.set_condition(status["conditions"], c.READY, "False")
-            c.set_condition(status["conditions"], c.RUNNING, "False", e.reason, e.message)
+            mark_failed(status, e.reason, e.message)
         self._write(dv, status)
         return None
 
@@ -244,17 +228,12 @@ class UploadReconciler:
         phase, ready = ann.get(ANN_POD_PHASE), ann.get(ANN_POD_READY) == "true"
         reason, message = ann.get(ANN_IMPORT_REASON, ""), ann.get(ANN_IMPORT_MESSAGE, "")
         if phase == "Succeeded":
-            status["phase"] = c.SUCCEEDED
-            status["progress"] = "100.0%"
-            c.set_condition(conds, c.READY, "True")
-            c.set_condition(conds, c.RUNNING, "False", "Completed")
+            mark_succeeded(status)
             if ann.get(ANN_DIGEST) and (meta.get("annotations") or {}).get(ANN_DIGEST) != ann[ANN_DIGEST]:
                 self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
                                   {"metadata": {"annotations": {ANN_DIGEST: ann[ANN_DIGEST]}}})
         elif phase == "Failed":
-            status["phase"] = c.FAILED
-            c.set_condition(conds, c.READY, "False")
-            c.set_condition(conds, c.RUNNING, "False", reason or "Error", message)
+            mark_failed(status, reason or "Error", message)
         elif ready:
             status["phase"] = UPLOAD_READY
             c.set_condition(conds, c.READY, "False")
@@ -268,12 +247,10 @@ class UploadReconciler:
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Upload server pod not ready")
 
     def _write(self, dv: Obj, status: Obj) -> None:
-        status["conditions"] = c.ordered(status["conditions"])
-        old = dv.get("status") or {}
-        if old == status:
+        old = write_status(self.client, dv, status)
+        if old is None:
             return
         meta = dv["metadata"]
-        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"], {"status": status}, status=True)
         new_phase, name = status.get("phase"), meta["name"]
         if new_phase != old.get("phase"):
             event = {UPLOAD_SCHEDULED: ("Normal", UPLOAD_SCHEDULED, f"Upload into {name} scheduled"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import LABEL_APP, child_name, owner_ref
+from cdi.controller.resources import LABEL_APP, child_name, owner_ref, worker_container, worker_pod
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
 Obj = dict[str, Any]
@@ -67,35 +67,21 @@ def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: flo
     def from_secret(var: str, key: str) -> Obj:
         return {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
 
-    container: Obj = {
-        "name": "cdi-upload-server",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "uploadproxy.server"],
-        "env": [
-            from_secret("TLS_KEY", "tls.key"), from_secret("TLS_CERT", "tls.crt"), from_secret("CLIENT_CERT", "ca.crt"),
-            {"name": "CLIENT_NAME", "value": CLIENT_NAME},
-            {"name": "DESTINATION", "value": destination},
-            {"name": "UPLOAD_IMAGE_SIZE", "value": str(image_size)},
-            {"name": "UPLOAD_CONTENT_TYPE", "value": content_type},
-            {"name": "FILESYSTEM_OVERHEAD", "value": str(filesystem_overhead)},
-            {"name": "CDI_RESUME_INTERVAL", "value": str(resume_interval)},
-        ],
-        "ports": [{"name": "uploadserver", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "File",
-        "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
-    }
-    if block:
-        container["volumeDevices"] = [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}]
-    else:
-        container["volumeMounts"] = [{"name": "cdi-data-vol", "mountPath": "/data"}]
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": meta["namespace"],
-                     "labels": {**LABEL_APP, "cdi.kubevirt.io": LABEL_COMPONENT, "service": name},
-                     "ownerReferences": [owner_ref(pvc)]},
-        "spec": {"restartPolicy": "OnFailure", "terminationGracePeriodSeconds": 30, "containers": [container],
-                 "volumes": [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": meta["name"]}}],
-                 "securityContext": {"fsGroup": 107}},
-    }
+    env: list[Obj] = [
+        from_secret("TLS_KEY", "tls.key"), from_secret("TLS_CERT", "tls.crt"), from_secret("CLIENT_CERT", "ca.crt"),
+        {"name": "CLIENT_NAME", "value": CLIENT_NAME},
+        {"name": "DESTINATION", "value": destination},
+        {"name": "UPLOAD_IMAGE_SIZE", "value": str(image_size)},
+        {"name": "UPLOAD_CONTENT_TYPE", "value": content_type},
+        {"name": "FILESYSTEM_OVERHEAD", "value": str(filesystem_overhead)},
+        {"name": "CDI_RESUME_INTERVAL", "value": str(resume_interval)},
+    ]
+    volume = [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}] if block else \
+        [{"name": "cdi-data-vol", "mountPath": "/data"}]
+    container = worker_container(
+        "cdi-upload-server", image, ["python3", "-m", "uploadproxy.server"], env,
+        ports=[{"name": "uploadserver", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        devices=volume if block else None, mounts=None if block else volume)
+    return worker_pod(name, meta["namespace"], container,
+                      [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": meta["name"]}}],
+                      labels={"cdi.kubevirt.io": LABEL_COMPONENT, "service": name}, owner=pvc)
