@@ -294,7 +294,7 @@ class Client:
         query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
         auth = (user, password or "") if user is not None else None
         try:
-            resp = self._http.get(params["realm"], params=query, auth=auth)  # type: ignore[arg-type]
+            resp = self._http.get(params["realm"], params=query, auth=auth)
         except httpx.TransportError as e:
             raise self._network_error(e, what=f"the token service {params['realm']}") from e
         if resp.status_code in (401, 403):
@@ -302,11 +302,12 @@ class Client:
                                f"for {self.ref}: check the secretRef's accessKeyId and secretKey")
         if resp.status_code != 200:
             raise RegistryUnavailable(f"the registry's token service answered HTTP {resp.status_code}")
+        token: str | None = None
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
         except (ValueError, AttributeError):
-            token = None
+            pass
         if not token:
             raise RegistryError(f"the registry's token service at {params['realm']} returned no token")
         self._auth = f"Bearer {token}"
