@@ -284,8 +284,8 @@ class Client:
             if user is None:
                 raise Unauthorized(f"the registry {self.ref.registry} requires credentials: give a secretRef "
                                    "with accessKeyId and secretKey")
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            self._auth = f"Basic {token}"
+            basic = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self._auth = f"Basic {basic}"
             return
         if scheme != "bearer" or "realm" not in params:
             raise Unauthorized(f"the registry {self.ref.registry} refused access (HTTP 401, challenge "
