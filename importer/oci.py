@@ -317,8 +317,13 @@ class Client:
 
     @staticmethod
     def _drop(resp: httpx.Response) -> None:
-        resp.read()
-        resp.close()
+        """Discard an answer's body (a registry may announce more body than it sends with an error)."""
+        try:
+            resp.read()
+        except (httpx.TransportError, httpx.StreamError):
+            pass
+        finally:
+            resp.close()
 
     def _refused(self, resp: httpx.Response, what: str) -> Exception:
         """An error for a 4xx answer, named as CDI names them where it can."""
@@ -411,7 +416,7 @@ class Client:
         if resp.status_code == 200:
             self._drop(resp)
             raise RegistryError(f"the registry does not honour range requests for blob {digest}")
-        resp.read()
+        self._drop(resp)
         raise self._refused(resp, f"the blob {digest}")
 
 
@@ -435,8 +440,12 @@ class BlobReader:
     def _open(self) -> None:
         headers = {"Range": f"bytes={self.position}-"} if self.position else {}
         resp = self.client.request("GET", f"blobs/{self.digest}", headers, stream=True)
+        if resp.status_code == 416:
+            self.client._drop(resp)
+            raise DigestMismatch(f"layer digest mismatch: the layer {self.digest} ends at byte {self.position}, "
+                                 f"before the {self.size} bytes its manifest says (a corrupt or tampered registry)")
         if resp.status_code not in (200, 206):
-            resp.read()
+            self.client._drop(resp)
             raise self.client._refused(resp, f"the layer {self.digest} of {self.client.ref}")
         if self.position and resp.status_code != 206:
             self.client._drop(resp)
@@ -455,11 +464,12 @@ class BlobReader:
                 self._hash.update(self._left[:n])
                 self._left = self._left[n:]
                 self.position += n
-                if self.position > self.size:
-                    raise DigestMismatch(f"the layer {self.digest} is larger than its manifest says ({self.size} "
-                                         "bytes): the registry's data does not match the image")
                 return n
             if self.verified:
+                return 0
+            if self.position >= self.size:  # all the bytes the manifest promised: prove them
+                self._close_response()
+                self._verify()
                 return 0
             try:
                 if self._chunks is None:
@@ -474,19 +484,15 @@ class BlobReader:
                 self.resumes += 1
                 log.warning("registry blob interrupted digest=%s at=%d error=%s", self.digest, self.position, e)
                 continue
-            if chunk is None:
+            if chunk is None:  # the answer ended before the size the manifest gives: continue there
                 self._close_response()
-                if self.position < self.size:  # the connection ended early: continue where it stopped
-                    attempts += 1
-                    if attempts > self.client.creds.retries:
-                        raise NetworkError(f"the layer {self.digest} keeps ending at byte {self.position} of "
-                                           f"{self.size}")
-                    self.resumes += 1
-                    continue
-                self._verify()
-                return 0
+                attempts += 1
+                if attempts > self.client.creds.retries:
+                    raise NetworkError(f"the layer {self.digest} keeps ending at byte {self.position} of {self.size}")
+                self.resumes += 1
+                continue
             attempts = 0
-            self._left = memoryview(chunk)
+            self._left = memoryview(chunk)[: self.size - self.position]  # never more than the manifest says
 
     def _verify(self) -> None:
         actual = "sha256:" + self._hash.hexdigest()

@@ -332,10 +332,10 @@ class Registry:
         raw = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
         return "sha256:" + hashlib.sha256(raw).hexdigest()
 
-    def push_layout_http(self, layout: OciLayout, repo: str, tag: str) -> str:
-        """Push ``layout``'s ``tag`` with plain ``/v2/`` monolithic uploads (blobs as they are, no
-        recompression); returns the manifest digest."""
-        entry = next(m for m in layout._read_index() if _ref_name(m) == tag)
+    def push_layout_http(self, layout: OciLayout, repo: str, tag: str = "latest", *, src_tag: str | None = None) -> str:
+        """Push ``layout``'s ``src_tag`` (default ``tag``) as ``repo:tag`` with plain ``/v2/`` monolithic
+        uploads (blobs as they are, no recompression); returns the manifest digest."""
+        entry = next(m for m in layout._read_index() if _ref_name(m) == (src_tag or tag))
         with self.http() as client:
             self._push_manifest(client, layout, repo, entry, tag)
         return str(entry["digest"])
@@ -391,15 +391,15 @@ def layout_blobs(layout: OciLayout, tag: str) -> Iterator[Descriptor]:
         yield from doc.get("layers", [])
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A plain-http registry for a test module."""
     with Registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
 
 
-@pytest.fixture(scope="module")
-def tls_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@pytest.fixture(scope="module", name="tls_auth_registry")
+def tls_auth_registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A registry with TLS (self-signed CA in ``ca_file``) and basic auth ``("cdi", "s3cret-pw")``."""
     with Registry(tmp_path_factory.mktemp("registry-tls"), tls=True, auth=("cdi", "s3cret-pw")) as reg:
         yield reg
