@@ -17,8 +17,15 @@ from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
 from tests.support import images
-from tests.support.registry import OciLayout, Registry, container_disk, layout_blobs, push_new_image
-from tests.support.registry import registry_fixture, tls_auth_registry_fixture  # noqa: F401
+from tests.support.registry import (  # noqa: F401
+    OciLayout,
+    Registry,
+    container_disk,
+    layout_blobs,
+    push_new_image,
+    registry_fixture,
+    tls_auth_registry_fixture,
+)
 
 
 def _job(url: str, out: Path, **http: object) -> ImportJob:
