@@ -300,6 +300,9 @@ class Client:
             resp = self._http.get(params["realm"], params=query, auth=auth)
         except httpx.TransportError as e:
             raise self._network_error(e, what=f"the token service {params['realm']}") from e
+        if resp.status_code in (401, 403) and user is None:
+            raise Unauthorized(f"the registry {self.ref.registry} requires credentials for {self.ref}: give a "
+                               "secretRef with accessKeyId and secretKey")
         if resp.status_code in (401, 403):
             raise Unauthorized(f"the registry's token service refused the credentials (HTTP {resp.status_code}) "
                                f"for {self.ref}: check the secretRef's accessKeyId and secretKey")
