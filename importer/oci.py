@@ -340,8 +340,10 @@ class Client:
             pass
         status = resp.status_code
         if status == 401 or status == 403 or "DENIED" in codes or "UNAUTHORIZED" in codes:
-            hint = ("check the secretRef's accessKeyId and secretKey" if self.creds.username is not None
-                    else "the registry requires credentials: give a secretRef with accessKeyId and secretKey")
+            hint = ("check the secretRef's accessKeyId and secretKey, and that they may pull this repository"
+                    if self.creds.username is not None else
+                    "the repository does not exist, or the registry requires credentials (a secretRef with "
+                    "accessKeyId and secretKey); registries such as Docker Hub answer both the same way")
             return Unauthorized(f"access to {self.ref} denied (HTTP {status}): {hint}")
         if status == 404:
             return ImageNotFound(f"{what} not found in the registry (HTTP 404{', ' + codes if codes else ''}): "
