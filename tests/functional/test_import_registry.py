@@ -57,16 +57,21 @@ def test_uncompressed_layer_converts_qcow2_at_random_without_scratch(image_facto
     assert images.same_content(out, image_factory.raw)
 
 
-def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, tmp_path) -> None:
+@pytest.mark.parametrize("manifests", ["oci", "v2s2"])
+def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, tmp_path, manifests) -> None:
     layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), arches=("arm64", "amd64", "s390x"))
-    digest = registry.push(layout, "disks/multi", "v1", src_tag="latest")
+    repo = f"disks/multi-{manifests}"
+    digest = registry.push(layout, repo, "v1", src_tag="latest", manifest_format=manifests)
+    with registry.http() as http:  # what the registry now serves: an OCI index or a Docker manifest list
+        kind = http.get(f"/v2/{repo}/manifests/v1", headers={"Accept": oci.ACCEPT}).json()["mediaType"]
+    assert kind == {"oci": oci.OCI_INDEX, "v2s2": oci.DOCKER_LIST}[manifests]
     out = tmp_path / "out.img"
-    result = run_import(_job(registry.url("disks/multi", "v1"), out, insecure=True))
+    result = run_import(_job(registry.url(repo, "v1"), out, insecure=True))
     assert images.same_content(out, image_factory.raw)
     assert result.source_digest == digest  # the index's digest, as the tag points at it
     # pinned by digest, the same image
     out2 = tmp_path / "out2.img"
-    run_import(_job(registry.url("disks/multi", digest), out2, insecure=True))
+    run_import(_job(registry.url(repo, digest), out2, insecure=True))
     assert images.same_content(out2, image_factory.raw)
 
 
