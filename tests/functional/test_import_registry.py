@@ -26,6 +26,7 @@ from tests.support.registry import (  # noqa: F401
     registry_fixture,
     tls_auth_registry_fixture,
 )
+from tests.support.s3server import CuttingProxy
 
 
 def _job(url: str, out: Path, **http: object) -> ImportJob:
@@ -206,3 +207,15 @@ def test_bearer_token_auth(image_factory, tmp_path) -> None:
         with pytest.raises(oci.Unauthorized, match="requires credentials"):
             run_import(_job(url, out, insecure=True))
         assert not out.exists()
+
+
+def test_a_layer_cut_mid_body_resumes_with_a_range(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("raw"), compression="zstd")
+    digest = registry.push(layout, "disks/cut", "v1", src_tag="latest")
+    with CuttingProxy(registry.port, cut_after=1 << 20) as proxy:
+        out = tmp_path / "out.img"
+        url = f"docker://127.0.0.1:{proxy.port}/disks/cut:v1"
+        result = run_import(_job(url, out, insecure=True))
+        assert proxy.cut == 1
+    assert result.resumes == 1 and result.source_digest == digest
+    assert images.same_content(out, image_factory.raw)
