@@ -17,14 +17,15 @@ from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
 from tests.support import images
-from tests.support.registry import (  # noqa: F401
+from tests.support.registry import (
     OciLayout,
     Registry,
     container_disk,
+    host_arch,
     layout_blobs,
     push_new_image,
-    registry_fixture,
-    tls_auth_registry_fixture,
+    registry_fixture,  # noqa: F401  (the registry fixture)
+    tls_auth_registry_fixture,  # noqa: F401  (the tls_auth_registry fixture)
 )
 from tests.support.s3server import CuttingProxy
 
@@ -74,6 +75,13 @@ def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, 
     out2 = tmp_path / "out2.img"
     run_import(_job(registry.url(repo, digest), out2, insecure=True))
     assert images.same_content(out2, image_factory.raw)
+    # source.registry.platform.architecture picks another image of the index
+    other = "s390x" if host_arch() != "s390x" else "arm64"
+    out3 = tmp_path / "out3.img"
+    run_import(_job(registry.url(repo, "v1"), out3, insecure=True, architecture=other))
+    assert out3.read_bytes().startswith(f"not the {host_arch()} disk: {other}".encode())
+    with pytest.raises(oci.PlatformNotFound, match="no linux/riscv64 image in its index"):
+        run_import(_job(registry.url(repo, "v1"), tmp_path / "out4.img", insecure=True, architecture="riscv64"))
 
 
 def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry: Registry, tmp_path) -> None:
