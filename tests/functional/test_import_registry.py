@@ -93,8 +93,9 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     layout.tag(layout.image([old, new, other]), "two")
     layout.tag(layout.image([old, new, gone]), "whiteout")
     layout.tag(layout.image([old, new, layout.layer({"disk/.wh..wh..opq": None})]), "opaque")
+    layout.tag(layout.image([old, new, layout.layer({".wh.disk": None})]), "nodiskdir")
     layout.tag(layout.image([other]), "nodisk")
-    for tag in ("two", "whiteout", "opaque", "nodisk"):
+    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk"):
         registry.push(layout, "disks/layers", tag)
     out = tmp_path / "out.img"
     run_import(_job(registry.url("disks/layers", "two"), out, insecure=True))
@@ -103,7 +104,7 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     run_import(_job(registry.url("disks/layers", "whiteout"), out, insecure=True))
     assert out.read_bytes()[:8] == b"old disk"  # the newer disk was deleted by the last layer
     out.unlink()
-    for tag in ("opaque", "nodisk"):
+    for tag in ("opaque", "nodiskdir", "nodisk"):
         with pytest.raises(NoDisk, match="Failed to find VM disk image file in the container image"):
             run_import(_job(registry.url("disks/layers", tag), out, insecure=True))
         assert not out.exists()
