@@ -228,3 +228,16 @@ def test_a_layer_cut_mid_body_resumes_with_a_range(image_factory, registry: Regi
         assert proxy.cut == 1
     assert result.resumes == 1 and result.source_digest == digest
     assert images.same_content(out, image_factory.raw)
+
+
+def test_tampered_manifest_fails_with_digest_mismatch(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("raw"), compression="zstd", name="m.img")
+    digest = registry.push(layout, "disks/tampered-manifest", "v1", src_tag="latest")
+    stored = registry.stored_blob(digest)
+    stored.write_bytes(stored.read_bytes() + b" ")  # still valid JSON, no longer the digest
+    out = tmp_path / "out.img"
+    with pytest.raises(oci.DigestMismatch, match="digest"):
+        run_import(_job(registry.url("disks/tampered-manifest", "v1"), out, insecure=True))
+    with pytest.raises(oci.DigestMismatch, match=f"not {digest} as asked"):
+        run_import(_job(registry.url("disks/tampered-manifest", digest), out, insecure=True))
+    assert not out.exists()
