@@ -87,3 +87,26 @@ def test_a_cut_connection_resumes_with_a_signed_range(image_factory, s3_server: 
         assert proxy.cut == 1
     assert result.resumes == 1 and result.restarts == 0
     assert images.same_content(out, image_factory.raw)
+
+
+def test_https_endpoint_with_a_ca_file(image_factory, s3_server: S3Server, tmp_path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    s3_server.put("disks", "tls.qcow2", image_factory.get("qcow2"))
+    port = int(s3_server.endpoint.rsplit(":", 1)[1])
+    with CuttingProxy(port, tls=context) as proxy:
+        url = s3_server.url("disks", "tls.qcow2", proxy.endpoint)
+        assert url.startswith("https://")
+        out = tmp_path / "out.img"
+        run_import(_job(url, out, ca_file=str(ca_file), **_creds(s3_server)))
+        assert images.same_content(out, image_factory.raw)
+        out.unlink()
+        with pytest.raises(SourceError, match="not trusted"):
+            run_import(_job(url, out, **_creds(s3_server)))

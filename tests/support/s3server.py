@@ -5,7 +5,7 @@ write S3 and its access key (``access_key``/``secret_key``), then turns moto's a
 then on every request must carry a valid SigV4 signature of an existing key (a wrong secret gets
 ``SignatureDoesNotMatch``, an unknown key ``InvalidAccessKeyId``). ``CuttingProxy`` sits in front of
 any TCP server and cuts the first answers that carry more than ``cut_after`` bytes, mid-body, as a
-dropped connection would.
+dropped connection would; with ``tls`` it also terminates TLS (an https endpoint for a plain server).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,8 +85,10 @@ class CuttingProxy:
     """A TCP proxy to ``port`` on 127.0.0.1 that drops the first ``cuts`` connections whose answers
     grow past ``cut_after`` bytes, right there (mid-body)."""
 
-    def __init__(self, port: int, *, cut_after: int, cuts: int = 1) -> None:
+    def __init__(self, port: int, *, cut_after: int = 1 << 62, cuts: int = 1,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.target = port
+        self.tls = tls  # a server context: the proxy terminates TLS (an https endpoint before a plain server)
         self.cut_after = cut_after
         self.cuts_left = cuts
         self.cut = 0
@@ -97,7 +100,7 @@ class CuttingProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> CuttingProxy:
         self._thread.start()
@@ -113,6 +116,12 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                try:
+                    client = self.tls.wrap_socket(client, server_side=True)
+                except (OSError, ssl.SSLError):
+                    client.close()
+                    continue
             upstream = socket.create_connection(("127.0.0.1", self.target))
             threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
