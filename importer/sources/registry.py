@@ -83,6 +83,19 @@ class _Layer:
         except tarfile.TarError as e:
             raise FormatError(f"the layer {self.desc['digest']} is not a valid tar stream: {e}") from e
 
+    def blame(self, error: FormatError) -> BaseException:
+        """A layer that does not decompress or untar: if its bytes are not the ones the manifest names,
+        say that (the clearer cause) rather than what the decompressor made of them."""
+        buf = bytearray(CHUNK)
+        try:
+            while self.blob.readinto(buf):
+                pass
+        except oci.DigestMismatch as mismatch:
+            return mismatch
+        except Exception:  # noqa: BLE001 - the original error stays the answer
+            return error
+        return error
+
     def finish(self) -> None:
         """Read the layer to its end, so that its digest is proven (``DigestMismatch`` otherwise)."""
         buf = bytearray(CHUNK)
@@ -135,13 +148,18 @@ class RegistrySource:
             layer = _Layer(self.client, desc)
             try:
                 member, opaque = self._scan(layer, hidden)
+                if member is None:
+                    layer.finish()
+            except FormatError as e:
+                blamed = layer.blame(e)
+                layer.close()
+                raise blamed from e
             except BaseException:
                 layer.close()
                 raise
             if member is not None:
                 self._start(layer, member)
                 return False
-            layer.finish()
             self.resumes += layer.blob.resumes
             layer.close()
         raise NoDisk(f"Failed to find VM disk image file in the container image {self.ref}: a containerDisk holds "
@@ -191,16 +209,20 @@ class RegistrySource:
     def readinto(self, buf: memoryview | bytearray) -> int:
         if self._done or self._file is None:
             return 0
+        assert self._layer is not None
         try:
-            n = int(cast(Any, self._file).readinto(buf) or 0)
-        except tarfile.TarError as e:
-            raise FormatError(f"the layer holding {self.disk_name} ends early or is corrupt: {e}") from e
-        if n:
-            self.position += n
-            return n
-        if len(buf):
-            self._finish()
-        return 0
+            try:
+                n = int(cast(Any, self._file).readinto(buf) or 0)
+            except tarfile.TarError as e:
+                raise FormatError(f"the layer holding {self.disk_name} ends early or is corrupt: {e}") from e
+            if n:
+                self.position += n
+                return n
+            if len(buf):
+                self._finish()
+            return 0
+        except FormatError as e:
+            raise self._layer.blame(e) from e
 
     def _finish(self) -> None:
         """After the disk's last byte: no second disk in its layer, and the layer's digest proven."""
