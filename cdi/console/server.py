@@ -135,7 +135,7 @@ class Relay:
         self.client = httpx.AsyncClient(base_url=base_url, verify=context,
                                         timeout=httpx.Timeout(30.0, read=None, write=None), trust_env=False)
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items() if k in REQUEST_HEADERS}
         has_body = request.method in ("POST", "PUT", "PATCH") or "content-length" in headers
         upstream = self.client.build_request(
@@ -189,7 +189,7 @@ class ConsoleBridge:
         self.context = context
         self.api = api
 
-    async def __call__(self, ws: WebSocket) -> None:
+    async def handle(self, ws: WebSocket) -> None:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -278,11 +278,11 @@ def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn)
         Route("/ui/session", session, methods=["POST"]),
         Mount("/ui", StaticFiles(directory=str(static_dir()), html=True)),
         WebSocketRoute("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console",
-                       bridge),
-        Route("/api/{rest:path}", api, methods=methods),
-        Route("/apis/{rest:path}", api, methods=methods),
-        Route("/version", api, methods=["GET"]),
-        *[Route(p + "{rest:path}", uploads, methods=["POST", "PUT", "HEAD", "OPTIONS"]) for p in UPLOAD_PREFIXES],
+                       bridge.handle),
+        Route("/api/{rest:path}", api.handle, methods=methods),
+        Route("/apis/{rest:path}", api.handle, methods=methods),
+        Route("/version", api.handle, methods=["GET"]),
+        *[Route(p + "{rest:path}", uploads.handle, methods=["POST", "PUT", "HEAD", "OPTIONS"]) for p in UPLOAD_PREFIXES],
     ]
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
@@ -304,7 +304,7 @@ class ConsoleServer:
         self.port: int = self._sock.getsockname()[1]
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2,
-            ssl_certfile=cert_file, ssl_keyfile=key_file, ws="websockets"))
+            ssl_certfile=cert_file, ssl_keyfile=key_file))
         self._thread: threading.Thread | None = None
 
     @property
