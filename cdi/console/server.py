@@ -31,9 +31,7 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -151,8 +149,15 @@ class Relay:
             await resp.aclose()
             return Response(status_code=resp.status_code, headers=out)
         out.pop("content-length", None)
-        return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out,
-                                 background=BackgroundTask(resp.aclose))
+
+        async def relayed() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.aiter_raw():
+                    yield chunk
+            finally:  # also when the browser went away mid-stream: the upstream watch ends with it
+                await resp.aclose()
+
+        return StreamingResponse(relayed(), status_code=resp.status_code, headers=out)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -290,10 +295,17 @@ def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn)
 
 
 class ConsoleServer:
-    """The console on its own address, over the API server's certificate, run by uvicorn in a thread."""
+    """The console on its own address, over the API server's certificate, run by hypercorn in a thread.
+
+    HTTP/2 (hypercorn, ALPN h2) matters here: each open page keeps several watches streaming, and a
+    browser allows only six HTTP/1.1 connections per host, shared by all its tabs, so a second tab (or
+    the streams of a page just left, which Chromium keeps for a while) would stall every request.
+    """
 
     def __init__(self, *, api_url: str, upload_url: str, ca_pem: bytes, cert_file: str, key_file: str,
                  admin_token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        from hypercorn.config import Config
+
         self.host = host
         self.sign_in = SignIn(admin_token)
         self.app, self._relays = create_app(api_url=api_url, upload_url=upload_url, ca_pem=ca_pem,
@@ -301,11 +313,17 @@ class ConsoleServer:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
+        self._sock.listen(128)  # connections wait in the backlog until the loop runs
         self.port: int = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2,
-            ssl_certfile=cert_file, ssl_keyfile=key_file))
+        self._config = Config()
+        self._config.bind = [f"fd://{self._sock.fileno()}"]
+        self._config.certfile = cert_file
+        self._config.keyfile = key_file
+        self._config.graceful_timeout = 2
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._started = threading.Event()
 
     @property
     def url(self) -> str:
@@ -315,22 +333,32 @@ class ConsoleServer:
         """A new one-time link signing the admin in (the code rides in the fragment, never sent in a request)."""
         return f"{self.url}#code={self.sign_in.new_code()}"
 
+    def _run(self) -> None:
+        from hypercorn.asyncio import serve
+
+        asyncio.set_event_loop(self._loop)
+        self._stop = asyncio.Event()
+        self._loop.call_soon(self._started.set)
+        try:
+            self._loop.run_until_complete(serve(self.app, self._config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
+            for relay in self._relays:
+                self._loop.run_until_complete(relay.aclose())
+        finally:
+            self._loop.close()
+
     def start(self) -> ConsoleServer:
         if not (static_dir() / "index.html").exists():
             raise RuntimeError(f"the console's pages are missing from {static_dir()}")
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"console-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"console-{self.port}", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"web console did not start on {self.url}")
-            time.sleep(0.01)
+        if not self._started.wait(START_TIMEOUT):
+            raise RuntimeError(f"web console did not start on {self.url}")
         log.info("web console started url=%s", self.url)
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
+        if self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._sock.close()

@@ -38,6 +38,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, *, browse
     while time.monotonic() < deadline:
         value = check()
         if value:
+            print(f"{time.strftime('%T')} {what}")
             return value
         time.sleep(0.1)
     logs = ""
@@ -53,6 +54,23 @@ def text_of(browser: Any, css: str) -> str:
         return str(browser.find_element("css selector", css).text)
     except (NoSuchElementException, StaleElementReferenceException):
         return ""
+
+
+def click(browser: Any, css: str) -> None:
+    """Click the element matching ``css``; live views re-render rows, so a found element may go stale."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            browser.find_element("css selector", css).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{css} kept going stale")
+
+
+def enabled(browser: Any, css: str) -> bool:
+    return bool(browser.execute_script("const e = document.querySelector(arguments[0]); return !!e && !e.disabled", css))
 
 
 def fill(browser: Any, element_id: str, value: str) -> None:
@@ -165,11 +183,10 @@ def test_start_a_vm_and_read_its_console(serve: ConsoleServe, browser: Any, shot
                      "volumes": [{"name": "root", "dataVolume": {"name": "bootdisk"}}]}}}})
     row = 'tr[data-vm="webvm"]'
     wait_for("the VM row", lambda: text_of(browser, f"{row} .status") == "Stopped", browser=browser)
-    browser.find_element("css selector", f'{row} button[data-action="start"]').click()
+    click(browser, f'{row} button[data-action="start"]')
     console = f'{row} button[data-action="console"]'
-    wait_for("the instance running", lambda: browser.find_element("css selector", console).is_enabled(), 60,
-             browser=browser)
-    browser.find_element("css selector", console).click()
+    wait_for("the instance running", lambda: enabled(browser, console), 60, browser=browser)
+    click(browser, console)
     wait_for("the console connected", lambda: "Connected" in text_of(browser, "#console-status"), browser=browser)
     wait_for("the boot marker in the page's terminal", lambda: MARKER in text_of(browser, "#terminal .xterm-rows"),
              90, browser=browser)
@@ -196,7 +213,7 @@ def test_a_user_without_rights_sees_a_clear_refusal(serve: ConsoleServe, browser
     refusal = wait_for("the refusal", lambda: text_of(browser, "#volumes-error"), browser=browser)
     assert refusal.startswith("Not allowed:"), refusal
     assert 'User "nobody" cannot list resource "datavolumes"' in refusal, refusal
-    assert 'cannot list resource "virtualmachines"' in text_of(browser, "#vms-error")
+    assert 'cannot list resource "virtualmachines"' in wait_for("VMs refusal", lambda: text_of(browser, "#vms-error"))
     assert 'cannot list resource "events"' in wait_for("events refusal", lambda: text_of(browser, "#events-error"))
     assert not browser.find_elements("css selector", 'tr[data-dv="bootdisk"]'), "nothing of default may show"
     fill(browser, "create-name", "not-allowed")
