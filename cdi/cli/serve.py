@@ -251,7 +251,8 @@ def run_serve(args: argparse.Namespace) -> int:
         runtime = Runtime(cfg).start()
     except OSError as e:
         print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port} or "
-              f"{cfg.upload_proxy.port} or {cfg.console.port}? pass --port, --uploadproxy-port and --console-port)", file=sys.stderr)
+              f"{cfg.upload_proxy.port} or {cfg.console.port}? pass --port, --uploadproxy-port and --console-port)",
+              file=sys.stderr)
         return 1
     kubeconfig = runtime.kubeconfig
     print(f"cdi serve: API at {runtime.api.url}, data in {runtime.data_dir}", file=sys.stderr)

@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -180,10 +181,22 @@ def token_from_protocols(protocols: list[str]) -> str | None:
         if p.startswith(TOKEN_PROTOCOL):
             encoded = p[len(TOKEN_PROTOCOL):]
             try:
-                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-            except ValueError:
+                token = base64.b64decode(encoded + "=" * (-len(encoded) % 4), altchars=b"-_", validate=True).decode()
+            except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
                 return None
+            return token or None
     return None
+
+
+def close_reason(message: str) -> str:
+    """A websocket close reason holds at most 123 bytes: keep what a person needs of kube's message
+    (who may not do what), dropping the object's name prefix and the API group when too long."""
+    text = message
+    if len(text.encode()) > 123:
+        text = re.sub(r' in API group "[^"]*"', "", text)
+    if len(text.encode()) > 123 and "is forbidden: " in text:
+        text = text.split("is forbidden: ", 1)[1]
+    return text.encode()[:123].decode(errors="ignore")
 
 
 class ConsoleBridge:
@@ -211,7 +224,7 @@ class ConsoleBridge:
                                      max_size=None)
         except InvalidStatus as e:
             code = e.response.status_code
-            await ws.close(code=4000 + code, reason=(await self._why(path, token, code))[:120])
+            await ws.close(code=4000 + code, reason=close_reason(await self._why(path, token, code)))
             return
         except (OSError, InvalidHandshake, TimeoutError) as e:
             await ws.close(code=4502, reason=f"the console could not reach the API server: {e}"[:120])
@@ -287,7 +300,8 @@ def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn)
         Route("/api/{rest:path}", api.handle, methods=methods),
         Route("/apis/{rest:path}", api.handle, methods=methods),
         Route("/version", api.handle, methods=["GET"]),
-        *[Route(p + "{rest:path}", uploads.handle, methods=["POST", "PUT", "HEAD", "OPTIONS"]) for p in UPLOAD_PREFIXES],
+        *[Route(p + "{rest:path}", uploads.handle, methods=["POST", "PUT", "HEAD", "OPTIONS"])
+          for p in UPLOAD_PREFIXES],
     ]
     app = Starlette(routes=routes)
     app.add_middleware(SecurityHeaders)
