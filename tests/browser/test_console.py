@@ -174,6 +174,48 @@ def test_upload_a_file_and_check_its_digest(serve: ConsoleServe, browser: Any, s
     assert digest == expected_digest(image, volume_file(serve, "laptop-disk"), tmp_path)
 
 
+def test_a_dropped_upload_continues_where_it_stopped(serve: ConsoleServe, browser: Any,
+                                                     shot: Callable[[str], Path], tmp_path: Path) -> None:
+    import signal
+
+    from cdi.kube import POD
+
+    image = images.make_raw(tmp_path / "cut-disk.raw", 16 << 20, seed=11, data_ratio=0.7)
+    fill(browser, "upload-name", "cut-disk")
+    fill(browser, "upload-size", "24Mi")
+    browser.find_element("id", "upload-file").send_keys(str(image))
+    # a slow link, so that the upload is still running when its server is killed
+    browser.set_network_conditions(offline=False, latency=1, download_throughput=64 << 20,
+                                   upload_throughput=4 << 20)
+    try:
+        browser.find_element("css selector", "#upload-form button[type=submit]").click()
+
+        def resume_point() -> bool:
+            pvc = serve.client.find(PVC, "default", "cut-disk")
+            root = (pvc or {}).get("metadata", {}).get("annotations", {}).get("cdi.kubevirt.io/local-path")
+            return bool(root) and (Path(root) / ".disk.img.cdi-resume.json").exists()
+
+        wait_for("a durable resume point", resume_point, 60, browser=browser)
+        pod = serve.client.get(POD, "default", "cdi-upload-cut-disk")
+        os.kill(int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("local://")), signal.SIGKILL)
+        shot("upload-server-killed")
+        wait_for("the upload to be received",
+                 lambda: "received" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
+                 90, browser=browser)
+    finally:
+        browser.delete_network_conditions()
+    status = text_of(browser, "#upload-status")
+    shot("upload-continued")
+    assert not text_of(browser, "#upload-error"), text_of(browser, "#upload-error")
+    assert "continued from byte" in status, status
+    starts = [int(x) for x in status.split("continued from byte ")[1].split(")")[0].split(", ")]
+    assert starts and all(0 < s < image.stat().st_size for s in starts), status
+    row = 'tr[data-dv="cut-disk"]'
+    wait_for("Succeeded", lambda: text_of(browser, f"{row} .phase") == "Succeeded", 60, browser=browser)
+    digest = wait_for("the digest", lambda: text_of(browser, f"{row} .digest"), browser=browser)
+    assert digest == expected_digest(image, volume_file(serve, "cut-disk"), tmp_path)
+
+
 def test_start_a_vm_and_read_its_console(serve: ConsoleServe, browser: Any, shot: Callable[[str], Path]) -> None:
     from selenium.webdriver.common.keys import Keys
 

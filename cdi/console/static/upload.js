@@ -42,12 +42,20 @@ function send(method, path, uploadToken, body, extraHeaders, onBytes) {
   });
 }
 
+// How much of this file the upload server holds; while it restarts (the proxy answers 502/503) ask
+// again for a while, so that a restarted server's resume point is found rather than starting over.
 async function held(uploadToken, size) {
-  const resp = await fetch(ASYNC, { method: 'HEAD', headers: { Authorization: `Bearer ${uploadToken}` },
-                                   cache: 'no-store', credentials: 'omit' });
-  if (resp.status === 401) return { expired: true, offset: 0 };
-  if (resp.status !== 200 || resp.headers.get('Upload-Length') !== String(size)) return { offset: 0 };
-  return { offset: Number(resp.headers.get('Upload-Offset') || 0) };
+  for (let attempt = 0; ; attempt += 1) {
+    const resp = await fetch(ASYNC, { method: 'HEAD', headers: { Authorization: `Bearer ${uploadToken}` },
+                                     cache: 'no-store', credentials: 'omit' });
+    if (resp.status === 401) return { expired: true, offset: 0 };
+    if ((resp.status === 502 || resp.status === 503) && attempt < 40) {
+      await new Promise((r) => setTimeout(r, 500));
+      continue;
+    }
+    if (resp.status !== 200 || resp.headers.get('Upload-Length') !== String(size)) return { offset: 0 };
+    return { offset: Number(resp.headers.get('Upload-Offset') || 0) };
+  }
 }
 
 export class Uploader {
@@ -57,6 +65,7 @@ export class Uploader {
     this.onProgress = onProgress;
     this.onStatus = onStatus;
     this.resumes = 0;
+    this.continuedAt = [];  // the byte each continuation started from (0: the server held nothing)
   }
 
   async run(name, token) {
@@ -75,6 +84,7 @@ export class Uploader {
             (n) => this.onProgress(Math.min(n, file.size)));
         } else {
           this.onStatus(`Continuing at byte ${offset} of ${file.size}.`);
+          this.continuedAt.push(offset);
           result = await send('PUT', ASYNC, uploadToken, file.slice(offset),
             { 'Content-Range': `bytes ${offset}-${file.size - 1}/${file.size}`, 'Content-Type': 'application/octet-stream' },
             (n) => this.onProgress(offset + n));
@@ -91,6 +101,7 @@ export class Uploader {
           if (h.expired) offset = (await held(uploadToken, file.size)).offset;
         } catch (_) { offset = 0; }
         this.resumes += 1;
+        if (offset === 0) this.continuedAt.push(0);
         continue;
       }
       if (result.status === 200) return;
@@ -102,6 +113,8 @@ export class Uploader {
         await new Promise((r) => setTimeout(r, Math.min(1000 * failures, 5000)));
         const h = await held(uploadToken, file.size).catch(() => ({ offset: 0 }));
         offset = h.offset;
+        this.resumes += 1;
+        if (offset === 0) this.continuedAt.push(0);
         continue;
       }
       throw new UploadFailed(`The upload was refused (${result.status}): ${result.body.trim() || 'no reason given'}`);
@@ -168,7 +181,9 @@ export function setupUploadForm(getNamespace, getVolumes) {
       status.textContent = `Uploading ${file.name} into ${ns}/${name}.`;
       await uploader.run(name, token);
       bar.value = file.size;
-      status.textContent = `Upload of ${file.name} received${uploader.resumes ? ` (continued ${uploader.resumes} time(s) after a drop)` : ''}; `
+      const continued = uploader.continuedAt.length
+        ? ` (after ${uploader.resumes} drop(s), continued from byte ${uploader.continuedAt.join(', ')})` : '';
+      status.textContent = `Upload of ${file.name} received${continued}; `
         + `the volume is being written: watch ${name} in DataVolumes.`;
     } catch (err) {
       error.textContent = describe(err);
