@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import socket
@@ -330,7 +331,9 @@ class ConsoleServer:
         self._sock.listen(128)  # connections wait in the backlog until the loop runs
         self.port: int = self._sock.getsockname()[1]
         self._config = Config()
-        self._config.bind = [f"fd://{self._sock.fileno()}"]
+        # hypercorn owns (and closes) the descriptor it is given: a duplicate, so ours stays ours
+        self._config.bind = [f"fd://{os.dup(self._sock.fileno())}"]
+        self._config.errorlog = log  # its messages through our logging, not its own stderr handler
         self._config.certfile = cert_file
         self._config.keyfile = key_file
         self._config.graceful_timeout = 2
