@@ -30,9 +30,12 @@ vendor() {  # NAME VERSION INTEGRITY FILE...
   local name=$1 version=$2 integrity=$3; shift 3
   local stamp="$VENDOR/.${name//\//_}-$version"
   [ -f "$stamp" ] && return 0
-  command -v npm >/dev/null || { echo "setup: npm is needed to fetch $name for the web console" >&2; return 1; }
   local tmp; tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack -q "$name@$version" >/dev/null)
+  if command -v npm >/dev/null; then
+    (cd "$tmp" && npm pack -q "$name@$version" >/dev/null)
+  else  # the registry's tarball itself (its integrity is checked below either way)
+    curl -fsSL -o "$tmp/package.tgz" "https://registry.npmjs.org/$name/-/${name#*/}-$version.tgz"
+  fi
   local tgz; tgz=$(ls "$tmp"/*.tgz)
   local got; got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
   if [ "$got" != "$integrity" ]; then

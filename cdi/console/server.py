@@ -265,7 +265,7 @@ class ConsoleBridge:
                 return str(resp.json().get("message") or resp.reason_phrase)
         except (httpx.HTTPError, ValueError):
             pass
-        return f"the API server refused the console ({code})"
+        return f"the API server refused the console ({code}): is the instance running?"
 
 
 def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn) -> tuple[Starlette, list[Relay]]:

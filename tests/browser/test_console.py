@@ -38,7 +38,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, *, browse
     while time.monotonic() < deadline:
         value = check()
         if value:
-            print(f"{time.strftime('%T')} {what}")
             return value
         time.sleep(0.1)
     logs = ""
