@@ -101,6 +101,7 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpServer
     images.qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2))
     with HttpServer() as server:
         server.add("/boot.qcow2", Route(path=str(qcow2)))
+        server.add("/missing.qcow2", Route(status=404))
         yield server, raw
 
 
@@ -134,6 +135,21 @@ def test_import_from_url_reaches_succeeded_with_its_digest(serve: ConsoleServe, 
                                                            disks: tuple[HttpServer, Path],
                                                            shot: Callable[[str], Path], tmp_path: Path) -> None:
     server, raw = disks
+    # a URL that answers 404: the row says why it failed, and the event list has it on top
+    fill(browser, "create-name", "gone")
+    fill(browser, "create-url", server.url("/missing.qcow2"))
+    fill(browser, "create-size", "64Mi")
+    browser.find_element("css selector", "#create-form button[type=submit]").click()
+    gone = 'tr[data-dv="gone"]'
+    wait_for("Failed", lambda: text_of(browser, f"{gone} .phase") == "Failed", 60, browser=browser)
+    failing = wait_for("the failing condition's message", lambda: text_of(browser, f"{gone} .failing"),
+                       browser=browser)
+    assert "404" in failing, failing
+    wait_for("the ImportFailed event", lambda: "ImportFailed" in text_of(browser, "#event-rows"), browser=browser)
+    times = browser.execute_script(
+        "return [...document.querySelectorAll('#event-rows time')].map((t) => t.getAttribute('datetime'))")
+    assert len(times) > 3 and times == sorted(times, reverse=True), times
+    shot("import-failed-404")
     fill(browser, "create-name", "bootdisk")
     fill(browser, "create-url", server.url("/boot.qcow2"))
     fill(browser, "create-size", "64Mi")

@@ -21,12 +21,17 @@ function percent(dv) {
   return Number.isFinite(p) ? p : null;
 }
 
+// Conditions that say something went wrong: False with a reason that is not a plain "not yet"; when
+// the DataVolume failed, every False condition's message (Running carries the cause).
 function failingMessages(dv) {
   const status = dv.status || {};
+  const failed = status.phase === 'Failed';
+  const seen = new Set();
   return (status.conditions || [])
-    .filter((c) => c.message && (status.phase === 'Failed'
-      || (c.status === 'False' && !BENIGN.has(c.reason || '') && c.type !== 'Ready')))
-    .map((c) => `${c.type}: ${c.reason ? c.reason + ': ' : ''}${c.message}`);
+    .filter((c) => c.message && c.status === 'False' && (failed ? c.type !== 'Ready' || !BENIGN.has(c.reason || '')
+      : !BENIGN.has(c.reason || '') && c.type !== 'Ready'))
+    .map((c) => `${c.type}${c.reason && c.reason !== c.type ? ` (${c.reason})` : ''}: ${c.message}`)
+    .filter((m) => !seen.has(m) && seen.add(m));
 }
 
 // Rate and ETA from how the progress moved over the last samples (the DataVolume carries a percentage;
