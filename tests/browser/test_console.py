@@ -317,6 +317,10 @@ def test_pages_pass_axe_without_serious_violations(serve: ConsoleServe, browser:
     fill(browser, "token", (serve.data_dir / "token").read_text().strip())
     browser.find_element("css selector", "#signin-form button").click()
     wait_for("rows", lambda: text_of(browser, 'tr[data-dv="bootdisk"] .phase') == "Succeeded", browser=browser)
+    console = 'tr[data-vm="webvm"] button[data-action="console"]'
+    wait_for("the VM's console button", lambda: enabled(browser, console), browser=browser)
+    click(browser, console)  # the terminal is checked too
+    wait_for("the console connected", lambda: "Connected" in text_of(browser, "#console-status"), browser=browser)
     signed_in = axe()
     browser.find_element("id", "sign-out").click()
     signed_out = axe()
