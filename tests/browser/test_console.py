@@ -322,6 +322,11 @@ def test_pages_pass_axe_without_serious_violations(serve: ConsoleServe, browser:
     click(browser, console)  # the terminal is checked too
     wait_for("the console connected", lambda: "Connected" in text_of(browser, "#console-status"), browser=browser)
     signed_in = axe()
+    # Stop from the page: the VM goes Stopped and its instance away
+    click(browser, 'tr[data-vm="webvm"] button[data-action="stop"]')
+    wait_for("the VM stopped", lambda: text_of(browser, 'tr[data-vm="webvm"] .status') == "Stopped", 60,
+             browser=browser)
+    assert text_of(browser, 'tr[data-vm="webvm"] .vmi-phase') == "none"
     browser.find_element("id", "sign-out").click()
     signed_out = axe()
     shot("axe-checked")
