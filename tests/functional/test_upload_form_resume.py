@@ -57,9 +57,15 @@ def test_a_form_upload_with_its_size_declared_continues_after_a_drop(pki: Pki, t
         request = (f"POST /v1beta1/upload-form-async HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
                    f"Content-Length: {len(body)}\r\nUpload-Length: {len(data)}\r\n\r\n").encode()
         raw.sendall(request + head + data[: 5 << 20])
-        time.sleep(0.3)  # let the server write what it got (its resume points are durable)
+        point = target.with_name(f".{target.name}.cdi-resume.json")
+        deadline = time.monotonic() + 20
+        while not point.exists() and time.monotonic() < deadline:  # a durable resume point, then the cut
+            time.sleep(0.02)
         raw.close()
         deadline = time.monotonic() + 20
+        while server.state.busy and time.monotonic() < deadline:  # until the cut upload has failed
+            time.sleep(0.05)
+        assert not server.state.busy
         offset = 0
         while time.monotonic() < deadline:
             conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
