@@ -10,6 +10,7 @@ PACKAGES=(
   xz-utils zstd bzip2 pigz libmagic1 file
   genisoimage xorriso mtools dosfstools fdisk syslinux syslinux-common extlinux busybox-static cpio
   docker-registry skopeo util-linux curl ca-certificates xfsprogs
+  chromium chromium-driver
   "$@"
 )
 missing=()
@@ -22,6 +23,35 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The web console's vendored assets (cdi/console/static/vendor, not in git): pinned npm tarballs, their
+# sha512 checked against the integrity recorded here before anything is unpacked.
+VENDOR=cdi/console/static/vendor
+vendor() {  # NAME VERSION INTEGRITY FILE...
+  local name=$1 version=$2 integrity=$3; shift 3
+  local stamp="$VENDOR/.${name//\//_}-$version"
+  [ -f "$stamp" ] && return 0
+  local tmp; tmp=$(mktemp -d)
+  if command -v npm >/dev/null; then
+    (cd "$tmp" && npm pack -q "$name@$version" >/dev/null)
+  else  # the registry's tarball itself (its integrity is checked below either way)
+    curl -fsSL -o "$tmp/package.tgz" "https://registry.npmjs.org/$name/-/${name#*/}-$version.tgz"
+  fi
+  local tgz; tgz=$(ls "$tmp"/*.tgz)
+  local got; got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  if [ "$got" != "$integrity" ]; then
+    echo "setup: $name@$version: integrity $got differs from the pinned $integrity" >&2; rm -rf "$tmp"; return 1
+  fi
+  mkdir -p "$VENDOR/$name"
+  tar -xzf "$tgz" -C "$tmp"
+  for f in "$@"; do install -D -m 0644 "$tmp/package/$f" "$VENDOR/$name/$f"; done
+  install -m 0644 "$tmp/package/LICENSE" "$VENDOR/$name/LICENSE"
+  rm -rf "$tmp"; touch "$stamp"
+}
+vendor @xterm/xterm 6.0.0 'sha512-TQwDdQGtwwDt+2cgKDLn0IRaSxYu1tSUjgKarSDkUM0ZNiSRXFpjxEsvc/Zgc5kq5omJ+V0a8/kIM2WD3sMOYg==' \
+  lib/xterm.mjs css/xterm.css
+vendor axe-core 4.14.1 'sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==' \
+  axe.min.js
+
 command -v kubectl >/dev/null || echo "setup: warning: kubectl not found; the end-to-end tests need it" >&2
 
 PY=${PYTHON:-python3}

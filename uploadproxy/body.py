@@ -104,6 +104,29 @@ class ChunkedBody:
         return n
 
 
+class DeclaredLength:
+    """A form's file part whose size the client declared (``Upload-Length``), which makes a form upload
+    resumable like a raw one: the part must hold exactly that many bytes, else the upload fails."""
+
+    def __init__(self, inner: MultipartFile, size: int) -> None:
+        self.inner = inner
+        self.size = size
+        self.seen = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.inner.complete and self.seen == self.size
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        n = self.inner.readinto(buf)
+        self.seen += n
+        if self.seen > self.size:
+            raise BodyError(f"the form's file holds more than the {self.size} bytes its Upload-Length declares")
+        if n == 0 and self.inner.complete and self.seen != self.size:
+            raise BodyError(f"the form's file holds {self.seen} bytes, not the {self.size} its Upload-Length declares")
+        return n
+
+
 class MultipartFile:
     """The content of the form part named ``file`` (CDI's upload-form), streamed.
 

@@ -42,6 +42,7 @@ from uploadproxy.body import (
     EXTENTS_TYPE,
     BodyError,
     ChunkedBody,
+    DeclaredLength,
     ExtentsBody,
     LengthBody,
     MultipartFile,
@@ -228,7 +229,14 @@ class Handler(BaseHTTPRequestHandler):
             size = int(self.headers.get("Content-Length") or 0)
             body = LengthBody(self.rfile, size)
         if form:
-            return MultipartFile(body, boundary_of(self.headers.get("Content-Type") or "")), None, 0
+            part = MultipartFile(body, boundary_of(self.headers.get("Content-Type") or ""))
+            declared = self.headers.get(LENGTH_HEADER)
+            if declared is None:
+                return part, None, 0
+            if not declared.isdigit():
+                raise BodyError(f"{LENGTH_HEADER} {declared!r} is not a byte count")
+            # a declared size makes the form resumable: a drop continues with a ranged PUT of the rest
+            return DeclaredLength(part, int(declared)), int(declared), 0
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() == EXTENTS_TYPE:
             length = int(self.headers.get(LENGTH_HEADER) or -1)
             if length < 0 or self.headers.get("Content-Range"):

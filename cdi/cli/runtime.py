@@ -14,6 +14,7 @@ from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
 from cdi.cli.user import refresh_user_kubeconfigs, users_file
 from cdi.clonetoken import TokenCheck
+from cdi.console.server import ConsoleServer
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
@@ -44,6 +45,7 @@ class Runtime:
         self.vm_manager: VmControllerManager | None = None
         self.fileserver: FileServer | None = None
         self.upload_proxy: UploadProxy | None = None
+        self.console: ConsoleServer | None = None
 
     def start(self) -> Runtime:
         self.api.start()
@@ -70,9 +72,15 @@ class Runtime:
         self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,
                                                self.cfg.upload_proxy.address, self.cfg.upload_proxy.port)
         publish_proxy_url(self.client, self.upload_proxy.url)
+        self.console = ConsoleServer(
+            api_url=self.api.url, upload_url=self.upload_proxy.url, ca_pem=self.api.ca_pem,
+            cert_file=str(self.api.tls.cert_file), key_file=str(self.api.tls.key_file),
+            admin_token=self.api.settings.token, host=self.cfg.console.address, port=self.cfg.console.port).start()
         return self
 
     def stop(self) -> None:
+        if self.console is not None:
+            self.console.stop()
         if self.upload_proxy is not None:
             self.upload_proxy.stop()
         if self.vm_manager is not None:

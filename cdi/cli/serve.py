@@ -80,6 +80,18 @@ class UploadProxySection:
 
 
 @dataclass
+class ConsoleSection:
+    # Address of the web console (HTTPS, same certificate as the API; pages under /ui/).
+    address: str = "127.0.0.1"
+    # TCP port of the web console (0 picks a free one; the URL is printed at start).
+    port: int = 8444
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}:{self.port}/ui/" if self.port else "(a free port chosen at start)"
+
+
+@dataclass
 class ServeConfig:
     # Directory holding the token, kubeconfig, TLS files, state.db and the volumes.
     data_dir: str = "./cdi-data"
@@ -87,6 +99,7 @@ class ServeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     controller: ControllerSection = field(default_factory=ControllerSection)
     upload_proxy: UploadProxySection = field(default_factory=UploadProxySection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
 
     def validate(self) -> None:
         """Raise ValueError with a message naming the setting and what it accepts."""
@@ -102,6 +115,12 @@ class ServeConfig:
             ipaddress.ip_address(self.upload_proxy.address)
         except ValueError as e:
             raise ValueError(f"--uploadproxy-address {self.upload_proxy.address!r} is not an IP address") from e
+        if not 0 <= self.console.port <= 65535:
+            raise ValueError(f"--console-port {self.console.port} is out of range 0-65535")
+        try:
+            ipaddress.ip_address(self.console.address)
+        except ValueError as e:
+            raise ValueError(f"--console-address {self.console.address!r} is not an IP address") from e
         if self.api.watch_history < 1:
             raise ValueError("--watch-history must be at least 1")
         if self.node.max_running_pods < 1:
@@ -131,6 +150,7 @@ class ServeConfig:
         data = dataclasses.asdict(self)
         data["data_dir"] = str(Path(self.data_dir).resolve())
         data["upload_proxy"]["url"] = self.upload_proxy.url
+        data["console"]["url"] = self.console.url
         return data
 
 
@@ -165,6 +185,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
     p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
                    help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
+    p.add_argument("--console-address", default=d.console.address, help="web console listen address")
+    p.add_argument("--console-port", type=int, default=d.console.port,
+                   help=f"web console port (default {d.console.port}; 0 = any free)")
     p.add_argument("--show-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--demo", action="store_true", help="serve the sample image and import it into DataVolume 'demo'")
     p.set_defaults(func=run_serve)
@@ -184,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                      upload_resume_interval=args.upload_resume_interval,
                                      clone_host_assisted=args.clone_host_assisted),
         upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
+        console=ConsoleSection(address=args.console_address, port=args.console_port),
     )
     cfg.validate()
     return cfg
@@ -227,12 +251,16 @@ def run_serve(args: argparse.Namespace) -> int:
         runtime = Runtime(cfg).start()
     except OSError as e:
         print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port} or "
-              f"{cfg.upload_proxy.port}? pass --port and --uploadproxy-port)", file=sys.stderr)
+              f"{cfg.upload_proxy.port} or {cfg.console.port}? pass --port, --uploadproxy-port and --console-port)",
+              file=sys.stderr)
         return 1
     kubeconfig = runtime.kubeconfig
     print(f"cdi serve: API at {runtime.api.url}, data in {runtime.data_dir}", file=sys.stderr)
     if runtime.upload_proxy is not None:
         print(f"cdi serve: upload proxy at {runtime.upload_proxy.url}", file=sys.stderr)
+    if runtime.console is not None:
+        print(f"cdi serve: web console at {runtime.console.url}\n"
+              f"  sign in as admin (once, within an hour): {runtime.console.sign_in_link()}", file=sys.stderr)
     print(f"  export KUBECONFIG={kubeconfig}\n  kubectl get dv", file=sys.stderr, flush=True)
     if args.demo:
         runtime.start_demo()

@@ -27,12 +27,14 @@ def test_show_config_prints_resolved_settings(tmp_path: Path) -> None:
     forced = serve("--data-dir", str(tmp_path / "d"), "--clone-host-assisted", "--show-config")
     assert json.loads(forced.stdout)["controller"]["clone_host_assisted"] is True
     assert cfg["upload_proxy"] == {"address": "127.0.0.1", "port": 8443, "url": "https://127.0.0.1:8443"}
+    assert cfg["console"] == {"address": "127.0.0.1", "port": 8444, "url": "https://127.0.0.1:8444/ui/"}
     assert not (tmp_path / "d").exists(), "--show-config must not create anything"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--port", "70000"], "--port 70000 is out of range"),
     (["--address", "localhost:1"], "is not an IP address"),
+    (["--console-port", "-1"], "--console-port -1 is out of range 0-65535"),
     (["--max-running-pods", "0"], "--max-running-pods must be at least 1"),
     (["--filesystem-overhead", "1.5"], "--filesystem-overhead must be in [0, 1)"),
     (["--data-dir", "/nonexistent/dir/data"], "parent directory /nonexistent/dir does not exist"),
@@ -57,6 +59,7 @@ def test_the_data_directory_and_everything_secret_in_it_is_owner_only(tmp_path: 
     cfg = ServeConfig(data_dir=str(data))
     cfg.api.port = 0
     cfg.upload_proxy.port = 0
+    cfg.console.port = 0
     runtime = Runtime(cfg).start()
     try:
         runtime.client.create(SECRET, {"metadata": {"name": "s", "namespace": "default"}, "data": {"k": "dg=="}})

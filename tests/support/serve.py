@@ -31,7 +31,8 @@ class Serve:
         log = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdi.cli.main", "-v", "serve", "--data-dir", str(self.data_dir), "--port", "0",
-             "--uploadproxy-port", "0", "--restart-backoff", "0.3", "--progress-interval", "0.3", *self.extra],
+             "--uploadproxy-port", "0", "--console-port", "0", "--restart-backoff", "0.3", "--progress-interval", "0.3",
+             *self.extra],
             stdout=log, stderr=log, start_new_session=True,
         )
         log.close()
