@@ -1,0 +1,532 @@
+"""A container registry client: the OCI distribution protocol spoken directly with httpx.
+
+What an import from ``docker://host[:port]/repo[:tag|@digest]`` needs and nothing more: the image
+reference, authentication (the registry's ``WWW-Authenticate`` challenge: Bearer tokens from its token
+service, or Basic), TLS with a CA file or, for registries listed as insecure (CDI's
+``insecureRegistries``), without verification or over plain http; manifests of every kind a registry
+serves (Docker v2 manifest and manifest list, OCI manifest and index), the platform picked as CDI picks
+it (linux and this machine's architecture); blobs streamed, continued with ``Range`` after a dropped
+connection, and proven by their sha256 digest and size before anything read from them counts.
+
+Nothing is believed: a manifest's digest is computed from its bytes (and compared with the digest asked
+for and the ``Docker-Content-Digest`` header), every blob is hashed while it streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import ssl
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from importer.errors import NetworkError, PermanentError, SourceError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST = 4 << 20  # a manifest is a few KiB; more is not a manifest
+DOCKER_HUB = "registry-1.docker.io"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REPO = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+class RegistryError(SourceError):
+    """The registry refused the request or the reference is wrong; retrying the same job cannot help."""
+
+    reason = "ImportFailed"
+
+
+class InvalidReference(RegistryError):
+    reason = "InvalidImageReference"
+
+
+class ImageNotFound(RegistryError):
+    reason = "ImageNotFound"
+
+
+class Unauthorized(RegistryError):
+    reason = "Unauthorized"
+
+
+class PlatformNotFound(RegistryError):
+    reason = "ImageNotFound"
+
+
+class DigestMismatch(PermanentError):
+    """What the registry sent is not what its digest says: a broken or tampered registry or mirror."""
+
+    reason = "DigestMismatch"
+
+
+class RegistryUnavailable(TemporaryError):
+    """The registry answered with a server error or could not be reached: a later try may work."""
+
+    reason = "RegistryUnavailable"
+
+
+# -- references --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """``docker://host[:port]/repo[:tag|@digest]``, normalised as docker does (no host: Docker Hub,
+    ``library/`` for one-component names; no tag: ``latest``)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.repository}" + (f"@{self.digest}" if self.digest else f":{self.ref}")
+
+    @classmethod
+    def parse(cls, url: str) -> Reference:
+        text = url[len("docker://"):] if url.startswith("docker://") else url
+        if "://" in text or not text:
+            raise InvalidReference(f"invalid registry URL {url!r}: write docker://host[:port]/repo[:tag|@digest]")
+        digest = None
+        if "@" in text:
+            text, digest = text.split("@", 1)
+            if not _DIGEST.match(digest):
+                raise InvalidReference(f"invalid digest {digest!r} in {url!r}: write @sha256:<64 hex digits>")
+        first, sep, rest = text.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost"):
+            registry, path = first, rest
+        else:
+            registry, path = DOCKER_HUB, text
+            if "/" not in path:
+                path = "library/" + path
+        tag = None
+        name, colon, maybe_tag = path.rpartition(":")
+        if colon and "/" not in maybe_tag:
+            path, tag = name, maybe_tag
+            if not _TAG.match(tag):
+                raise InvalidReference(f"invalid tag {tag!r} in {url!r}")
+        if not _REPO.match(path):
+            raise InvalidReference(f"invalid repository name {path!r} in {url!r}: lower-case letters, digits, "
+                                   "and . _ - / separators")
+        if tag is None and digest is None:
+            tag = "latest"
+        return cls(registry, path, tag, digest)
+
+
+def host_platform() -> tuple[str, str, str | None]:
+    """(os, architecture, variant) of this machine in Go's names, as CDI (containers/image) picks them."""
+    machine = os.uname().machine
+    arch, variant = {
+        "x86_64": ("amd64", None), "aarch64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+        "ppc64le": ("ppc64le", None), "s390x": ("s390x", None), "riscv64": ("riscv64", None),
+    }.get(machine, (machine, None))
+    return "linux", arch, variant
+
+
+def choose_platform(index: dict[str, Any], ref: Reference) -> dict[str, Any]:
+    """The descriptor of this machine's image in a manifest list or OCI index."""
+    want_os, want_arch, want_variant = host_platform()
+    found = []
+    candidates = []
+    for desc in index.get("manifests") or []:
+        plat = desc.get("platform") or {}
+        found.append("/".join(x for x in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if x)
+                     or "unknown")
+        if plat.get("os") == want_os and plat.get("architecture") == want_arch:
+            candidates.append(desc)
+    for desc in candidates:  # an exact variant first, then one without, then any (arm64 images rarely say v8)
+        if (desc.get("platform") or {}).get("variant") == want_variant:
+            return desc
+    for desc in candidates:
+        if not (desc.get("platform") or {}).get("variant"):
+            return desc
+    if candidates:
+        return candidates[0]
+    raise PlatformNotFound(f"the image {ref} has no {want_os}/{want_arch} image in its index (it has "
+                           f"{', '.join(found) or 'none'})")
+
+
+# -- the client --------------------------------------------------------------------------------------
+
+@dataclass
+class Image:
+    """One platform's image: its manifest, and the digest the reference resolved to (the tag's own
+    manifest digest, which is an index's digest for a multi-arch image, as CDI records it)."""
+
+    reference: Reference
+    digest: str
+    manifest_digest: str
+    manifest: dict[str, Any]
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False  # skip TLS verification, and fall back to plain http (CDI's insecureRegistries)
+    timeout: float = 30.0
+    retries: int = 5
+    backoff: float = 0.5
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.strip().partition(" ")
+    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', params)}
+
+
+class Client:
+    """One repository of one registry; not shared between threads (``clone()`` gives another)."""
+
+    def __init__(self, ref: Reference, creds: Credentials | None = None) -> None:
+        self.ref = ref
+        self.creds = creds or Credentials()
+        self.scheme = "https"
+        self._auth: str | None = None  # the Authorization header that the registry accepted
+        self._http = self._new_http()
+
+    def _new_http(self) -> httpx.Client:
+        verify: Any = True
+        if self.creds.insecure:
+            verify = False
+        elif self.creds.ca_file:
+            verify = ssl.create_default_context(cafile=self.creds.ca_file)
+        return httpx.Client(verify=verify, timeout=self.creds.timeout, follow_redirects=True)
+
+    def clone(self) -> Client:
+        other = Client(self.ref, self.creds)
+        other.scheme, other._auth = self.scheme, self._auth
+        return other
+
+    def close(self) -> None:
+        self._http.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{self.ref.registry}/v2/{self.ref.repository}/{path}"
+
+    # -- requests and authentication ---------------------------------------------------------------
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, *,
+                stream: bool = False) -> httpx.Response:
+        """Send one request, answering an auth challenge once; network errors and 5xx are retried."""
+        delay = self.creds.backoff
+        for attempt in range(self.creds.retries + 1):
+            try:
+                resp = self._send(method, path, headers or {}, stream=stream)
+                if resp.status_code == 401:
+                    challenge = resp.headers.get("WWW-Authenticate", "")
+                    self._drop(resp)
+                    self._authenticate(challenge)
+                    resp = self._send(method, path, headers or {}, stream=stream)
+                if resp.status_code < 500 or attempt == self.creds.retries:
+                    return resp
+                error: BaseException = RegistryUnavailable(f"the registry answered HTTP {resp.status_code}")
+                self._drop(resp)
+            except httpx.TransportError as e:
+                error = e
+                if attempt == self.creds.retries:
+                    raise self._network_error(e) from e
+            log.warning("registry request failed path=%s error=%s retry_in=%.2fs", path, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, headers: dict[str, str], *, stream: bool) -> httpx.Response:
+        all_headers = dict(headers)
+        if self._auth:
+            all_headers["Authorization"] = self._auth
+        try:
+            req = self._http.build_request(method, self.url(path), headers=all_headers)
+            return self._http.send(req, stream=stream)
+        except httpx.ConnectError as e:
+            if self.creds.insecure and self.scheme == "https" and _tls_failure(e):
+                log.info("registry %s does not speak TLS; insecure registry: using http", self.ref.registry)
+                self.scheme = "http"
+                req = self._http.build_request(method, self.url(path), headers=all_headers)
+                return self._http.send(req, stream=stream)
+            if _tls_failure(e):
+                raise RegistryError(
+                    f"TLS connection to the registry {self.ref.registry} failed ({e}): give its CA in "
+                    "certConfigMap, or list it in the CDIConfig's insecureRegistries"
+                ) from e
+            raise
+
+    def _authenticate(self, challenge: str) -> None:
+        scheme, params = _parse_challenge(challenge)
+        user, password = self.creds.username, self.creds.password
+        if scheme == "basic":
+            if user is None:
+                raise Unauthorized(f"the registry {self.ref.registry} requires credentials: give a secretRef "
+                                   "with accessKeyId and secretKey")
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self._auth = f"Basic {token}"
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise Unauthorized(f"the registry {self.ref.registry} refused access (HTTP 401, challenge "
+                               f"{challenge!r})")
+        query = {"service": params.get("service", "")}
+        query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
+        auth = (user, password or "") if user is not None else None
+        try:
+            resp = self._http.get(params["realm"], params=query, auth=auth)  # type: ignore[arg-type]
+        except httpx.TransportError as e:
+            raise self._network_error(e, what=f"the token service {params['realm']}") from e
+        if resp.status_code in (401, 403):
+            raise Unauthorized(f"the registry's token service refused the credentials (HTTP {resp.status_code}) "
+                               f"for {self.ref}: check the secretRef's accessKeyId and secretKey")
+        if resp.status_code != 200:
+            raise RegistryUnavailable(f"the registry's token service answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not token:
+            raise RegistryError(f"the registry's token service at {params['realm']} returned no token")
+        self._auth = f"Bearer {token}"
+
+    def _network_error(self, e: BaseException, what: str | None = None) -> Exception:
+        return NetworkError(f"cannot reach {what or 'the registry ' + self.ref.registry}: {e}")
+
+    @staticmethod
+    def _drop(resp: httpx.Response) -> None:
+        resp.read()
+        resp.close()
+
+    def _refused(self, resp: httpx.Response, what: str) -> Exception:
+        """An error for a 4xx answer, named as CDI names them where it can."""
+        codes = ""
+        try:
+            codes = ",".join(e.get("code", "") for e in resp.json().get("errors", []))
+        except (ValueError, AttributeError, json.JSONDecodeError):
+            pass
+        status = resp.status_code
+        if status == 401 or status == 403 or "DENIED" in codes or "UNAUTHORIZED" in codes:
+            hint = ("check the secretRef's accessKeyId and secretKey" if self.creds.username is not None
+                    else "the registry requires credentials: give a secretRef with accessKeyId and secretKey")
+            return Unauthorized(f"access to {self.ref} denied (HTTP {status}): {hint}")
+        if status == 404:
+            return ImageNotFound(f"{what} not found in the registry (HTTP 404{', ' + codes if codes else ''}): "
+                                 f"check the image name and tag of {self.ref}")
+        return RegistryError(f"the registry refused {what} (HTTP {status}{', ' + codes if codes else ''})")
+
+    # -- manifests -----------------------------------------------------------------------------------
+
+    def manifest(self, ref: str) -> tuple[str, bytes, str]:
+        """(media type, bytes, digest) of the manifest ``ref`` (a tag or digest), digest verified."""
+        resp = self.request("GET", f"manifests/{ref}", {"Accept": ACCEPT})
+        what = f"the image {self.ref}" if ref == self.ref.ref else f"the manifest {ref} of {self.ref}"
+        if resp.status_code != 200:
+            raise self._refused(resp, what)
+        body = resp.content
+        if len(body) > MAX_MANIFEST:
+            raise RegistryError(f"the manifest of {self.ref} is {len(body)} bytes: not a manifest")
+        digest = _sha256(body)
+        header = resp.headers.get("Docker-Content-Digest")
+        if ref.startswith("sha256:") and digest != ref:
+            raise DigestMismatch(f"the registry sent a manifest whose digest is {digest}, not {ref} as asked")
+        if header and header.startswith("sha256:") and header != digest:
+            raise DigestMismatch(f"the registry says the manifest of {self.ref} has digest {header}, but its bytes "
+                                 f"have digest {digest}")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            doc = json.loads(body)
+        except ValueError as e:
+            raise RegistryError(f"the manifest of {self.ref} is not JSON") from e
+        media_type = doc.get("mediaType") or media_type
+        if media_type not in (*INDEX_TYPES, *MANIFEST_TYPES):
+            if "manifests" in doc:
+                media_type = OCI_INDEX
+            elif "layers" in doc:
+                media_type = OCI_MANIFEST
+            else:
+                raise RegistryError(f"unsupported manifest type {media_type!r} for {self.ref} (Docker v2 schema 2 "
+                                    "and OCI manifests and indexes are supported)")
+        return media_type, body, digest
+
+    def resolve(self) -> Image:
+        """The manifest of this machine's image (through an index when there is one)."""
+        media_type, body, digest = self.manifest(self.ref.ref)
+        doc = json.loads(body)
+        manifest_digest = digest
+        if media_type in INDEX_TYPES:
+            desc = choose_platform(doc, self.ref)
+            media_type, body, manifest_digest = self.manifest(desc["digest"])
+            doc = json.loads(body)
+            if media_type in INDEX_TYPES:
+                raise RegistryError(f"the index of {self.ref} points at another index; nested indexes are not "
+                                    "supported")
+        layers = doc.get("layers")
+        if not isinstance(layers, list):
+            raise RegistryError(f"the manifest of {self.ref} has no layers")
+        for layer in layers:
+            if not isinstance(layer, dict) or not _DIGEST.match(str(layer.get("digest", ""))):
+                raise RegistryError(f"the manifest of {self.ref} has a layer without a sha256 digest")
+            if not isinstance(layer.get("size"), int) or layer["size"] < 0:
+                raise RegistryError(f"the manifest of {self.ref} has a layer without a size")
+        return Image(self.ref, digest, manifest_digest, doc, layers)
+
+    # -- blobs ---------------------------------------------------------------------------------------
+
+    def blob(self, desc: dict[str, Any]) -> BlobReader:
+        return BlobReader(self, desc["digest"], int(desc["size"]))
+
+    def blob_range(self, digest: str, first: int, last: int) -> httpx.Response:
+        """A streamed answer with exactly the bytes ``first..last`` of a blob (a 206 checked)."""
+        resp = self.request("GET", f"blobs/{digest}", {"Range": f"bytes={first}-{last}"}, stream=True)
+        if resp.status_code == 206:
+            got = resp.headers.get("Content-Range", "")
+            m = re.match(r"bytes (\d+)-(\d+)/", got)
+            if m and (int(m.group(1)), int(m.group(2))) == (first, last):
+                return resp
+            self._drop(resp)
+            raise RegistryError(f"the registry answered the range {first}-{last} of {digest} with {got!r}")
+        if resp.status_code == 200:
+            self._drop(resp)
+            raise RegistryError(f"the registry does not honour range requests for blob {digest}")
+        resp.read()
+        raise self._refused(resp, f"the blob {digest}")
+
+
+class BlobReader:
+    """A blob read in order, continued with ``Range`` after a dropped connection (a blob never changes:
+    its digest names it), and proven at its end: its size and sha256 must match its descriptor, else
+    ``DigestMismatch``. ``readinto`` returns 0 only after that proof."""
+
+    def __init__(self, client: Client, digest: str, size: int) -> None:
+        self.client = client
+        self.digest = digest
+        self.size = size
+        self.position = 0
+        self.resumes = 0
+        self.verified = False
+        self._hash = hashlib.sha256()
+        self._resp: httpx.Response | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._left = memoryview(b"")
+
+    def _open(self) -> None:
+        headers = {"Range": f"bytes={self.position}-"} if self.position else {}
+        resp = self.client.request("GET", f"blobs/{self.digest}", headers, stream=True)
+        if resp.status_code not in (200, 206):
+            resp.read()
+            raise self.client._refused(resp, f"the layer {self.digest} of {self.client.ref}")
+        if self.position and resp.status_code != 206:
+            self.client._drop(resp)
+            raise RegistryUnavailable(f"the registry cannot continue blob {self.digest} at byte {self.position} "
+                                      "(no range support)")
+        self._resp = resp
+        self._chunks = resp.iter_raw()
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        view = memoryview(buf)
+        attempts = 0
+        while True:
+            if self._left:
+                n = min(len(view), len(self._left))
+                view[:n] = self._left[:n]
+                self._hash.update(self._left[:n])
+                self._left = self._left[n:]
+                self.position += n
+                if self.position > self.size:
+                    raise DigestMismatch(f"the layer {self.digest} is larger than its manifest says ({self.size} "
+                                         "bytes): the registry's data does not match the image")
+                return n
+            if self.verified:
+                return 0
+            try:
+                if self._chunks is None:
+                    self._open()
+                assert self._chunks is not None
+                chunk = next(self._chunks, None)
+            except (httpx.TransportError, httpx.StreamError) as e:
+                self._close_response()
+                attempts += 1
+                if attempts > self.client.creds.retries:
+                    raise NetworkError(f"reading layer {self.digest} failed at byte {self.position}: {e}") from e
+                self.resumes += 1
+                log.warning("registry blob interrupted digest=%s at=%d error=%s", self.digest, self.position, e)
+                continue
+            if chunk is None:
+                self._close_response()
+                if self.position < self.size:  # the connection ended early: continue where it stopped
+                    attempts += 1
+                    if attempts > self.client.creds.retries:
+                        raise NetworkError(f"the layer {self.digest} keeps ending at byte {self.position} of "
+                                           f"{self.size}")
+                    self.resumes += 1
+                    continue
+                self._verify()
+                return 0
+            attempts = 0
+            self._left = memoryview(chunk)
+
+    def _verify(self) -> None:
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest:
+            raise DigestMismatch(f"layer digest mismatch: the registry sent a layer whose sha256 is {actual}, but "
+                                 f"the image's manifest says {self.digest} (a corrupt or tampered registry or mirror)")
+        self.verified = True
+
+    def _close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+        self._resp = None
+        self._chunks = None
+
+    def close(self) -> None:
+        self._close_response()
+
+
+def _tls_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "ssl" in text or "certificate" in text
+
+
+def credentials_for(url: str, *, username: str | None = None, password: str | None = None,
+                    ca_file: str | None = None, insecure: bool = False) -> tuple[Reference, Credentials]:
+    return Reference.parse(url), Credentials(username, password, ca_file, insecure)
+
+
+def resolve_digest(url: str, *, username: str | None = None, password: str | None = None,
+                   ca_file: str | None = None, insecure: bool = False) -> str:
+    """The ``sha256:...`` digest of the manifest ``url``'s tag points at (an index's own digest for a
+    multi-arch image), verified against the bytes, as a DataImportCron polls it. Raises
+    ``InvalidReference``, ``ImageNotFound``, ``Unauthorized``, ``RegistryError``, ``DigestMismatch``
+    (permanent) or ``RegistryUnavailable``/``NetworkError`` (temporary)."""
+    ref, creds = credentials_for(url, username=username, password=password, ca_file=ca_file, insecure=insecure)
+    client = Client(ref, creds)
+    try:
+        return client.manifest(ref.ref)[2]
+    finally:
+        client.close()
+
+
+def is_registry_url(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme == "docker"
