@@ -115,14 +115,15 @@ class CloneReconciler:
             namespace, name = made_from.split("/", 1)
         else:
             namespace, name = sourceref.resolve(self.client, dv)
-        return sourceref.with_pvc_source(dv, namespace, name)
+        return sourceref.with_pvc_source(dv, namespace, name, via="sourceRef")
 
     def _needs_token(self, dv: Obj, source_ns: str) -> bool:
         """Whether the clone needs the admission's token. As CDI (ValidateCloneTokenDV), a DataSource's PVC
-        in the DataVolume's own namespace needs none: anyone who may create the DataVolume may clone it."""
+        in the DataVolume's own namespace needs none: anyone who may create the DataVolume may clone it.
+        The same holds for a clone the image cache chose (always within the namespace)."""
         if self.tokens is None:
             return False
-        return not (dv["spec"].get("sourceRef") and source_ns == dv["metadata"]["namespace"])
+        return not (sourceref.resolved_via(dv) and source_ns == dv["metadata"]["namespace"])
 
     def _token_problem(self, dv: Obj, why: str) -> PermanentError:
         message = f"The clone doesn't meet the validation requirements: {why}"

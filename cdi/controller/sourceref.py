@@ -15,6 +15,7 @@ import copy
 from cdi.controller.datasource import SNAPSHOT_UNSUPPORTED, Unresolved, pvc_source, readiness, resolve_chain
 from cdi.kube import DATASOURCE, Client, Obj
 
+RESOLVED = "__resolvedSource"  # key of an in-memory copy only; the API never sees it
 WAIT_FOR_DATASOURCE = 5.0  # the DataSource's changes wake the DataVolume; this is the safety net
 
 
@@ -52,8 +53,19 @@ def resolve(client: Client, dv: Obj) -> tuple[str, str]:
     return found
 
 
-def with_pvc_source(dv: Obj, namespace: str, name: str) -> Obj:
-    """A copy of the DataVolume cloning that PVC, as CDI's controller fills spec.source from the reference."""
+def with_pvc_source(dv: Obj, namespace: str, name: str, *, via: str) -> Obj:
+    """A copy of the DataVolume cloning that PVC, as CDI's controller fills spec.source from the reference.
+
+    ``via`` (``sourceRef`` or ``cache``) stays on the copy (never written back) under ``RESOLVED``: the
+    clone reconciler needs no clone token for such a clone within the DataVolume's own namespace.
+    """
     out = copy.deepcopy(dv)
     out["spec"]["source"] = {"pvc": {"namespace": namespace, "name": name}}
+    out[RESOLVED] = via
     return out
+
+
+def resolved_via(dv: Obj) -> str | None:
+    """``sourceRef`` or ``cache`` for a DataVolume copy made by ``with_pvc_source``, else None."""
+    value = dv.get(RESOLVED)
+    return str(value) if value else None
