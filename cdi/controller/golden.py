@@ -35,7 +35,7 @@ class _Index:
         self._by_target: dict[Key, set[Key]] = defaultdict(set)
         self._of: dict[Key, Key] = {}
 
-    def set(self, who: Key, target: Key | None) -> None:
+    def assign(self, who: Key, target: Key | None) -> None:
         old = self._of.pop(who, None)
         if old is not None:
             self._by_target[old].discard(who)
@@ -70,9 +70,9 @@ class GoldenImages:
         pvc, ref = source.get("pvc"), source.get("dataSource")
         deleted = etype == "DELETED"
         with self._lock:
-            self._pvc_of_ds.set(key, None if deleted or not isinstance(pvc, dict) else
+            self._pvc_of_ds.assign(key, None if deleted or not isinstance(pvc, dict) else
                                 (str(pvc.get("namespace") or key[0]), str(pvc.get("name") or "")))
-            self._ds_of_ds.set(key, None if deleted or not isinstance(ref, dict) else
+            self._ds_of_ds.assign(key, None if deleted or not isinstance(ref, dict) else
                                (str(ref.get("namespace") or key[0]), str(ref.get("name") or "")))
             referrers = self._ds_of_ds.watchers(key)
             waiting = self._ds_of_dv.watchers(key)
@@ -95,7 +95,7 @@ class GoldenImages:
     def on_datavolume(self, etype: str, dv: Obj) -> None:
         key = _key(dv)
         with self._lock:
-            self._ds_of_dv.set(key, None if etype == "DELETED" else ref_key(dv))
+            self._ds_of_dv.assign(key, None if etype == "DELETED" else ref_key(dv))
             watchers = self._pvc_of_ds.watchers(key)
         for ds in watchers:
             self.datasources.queue.add(ds)

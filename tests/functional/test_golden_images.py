@@ -1,0 +1,229 @@
+"""DataSources, DataVolume sourceRef, DataImportCron and the image cache, against the in-process API
+server, the local node and the controllers (real importer and clone workers, real kubectl).
+
+Sources are imported from a real HTTP server, and from a real ``docker-registry`` for the cron and the
+cache. The cron's schedule is driven by a test clock (``FakeClock`` passed as the controllers' ``now``)
+and ``GoldenImages.tick()``, so "every minute" takes no minute.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cdi.apiserver.upload_tokens import set_token_signer
+from cdi.clonetoken import TokenCheck
+from cdi.controller.manager import ControllerManager
+from cdi.controller.resources import ANN_DIGEST, ControllerSettings
+from cdi.controller.vm_manager import VmControllerManager
+from cdi.kube import DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, POD, PVC, Client, NotFound, Obj
+from cdi.kube.kinds import CDICONFIG
+from cdi.node import LocalNode, NodeSettings
+from cdi.uploadtoken import Signer, ensure_key, public_pem
+from importer.digest import volume_digest
+from tests.functional.apiserver_fixtures import Cluster, start_cluster
+from tests.functional.test_node_fixtures import TEST_IMAGES
+from tests.support import images
+from tests.support.httpserver import HttpServer, Route
+
+NS = "default"
+
+
+class FakeClock:
+    """The cron controller's clock: real time until moved on by ``advance``."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+class Env:
+    def __init__(self, cluster: Cluster, client: Client, http: HttpServer, raw: Path, work: Path,
+                 manager: ControllerManager, clock: FakeClock) -> None:
+        self.cluster, self.client, self.http, self.raw, self.work = cluster, client, http, raw, work
+        self.manager, self.clock = manager, clock
+
+    def kubectl(self, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = ("--kubeconfig", str(self.work / "users" / f"{user}.kubeconfig")) if user else ()
+        return self.cluster.kubectl(*extra, *args, check=check)
+
+    def import_dv(self, name: str, ns: str = NS, path: str = "/disk.raw") -> Obj:
+        return self.client.create(DATAVOLUME, {
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name, "namespace": ns},
+            "spec": {"source": {"http": {"url": self.http.url(path)}},
+                     "pvc": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "8Mi"}}}}})
+
+    def ref_dv(self, name: str, ds: str, ns: str = NS, ds_ns: str | None = None) -> Obj:
+        ref: Obj = {"kind": "DataSource", "name": ds}
+        if ds_ns:
+            ref["namespace"] = ds_ns
+        return self.client.create(DATAVOLUME, {
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name, "namespace": ns},
+            "spec": {"sourceRef": ref, "storage": {"resources": {"requests": {"storage": "8Mi"}}}}})
+
+    def datasource(self, name: str, source: Obj, ns: str = NS) -> Obj:
+        return self.client.create(DATASOURCE, {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource",
+                                               "metadata": {"name": name, "namespace": ns},
+                                               "spec": {"source": source}})
+
+    def events(self, name: str, ns: str = NS) -> list[Obj]:
+        items, _ = self.client.list(EVENT, ns)
+        return [e for e in items if e.get("involvedObject", {}).get("name") == name]
+
+    def volume(self, name: str, ns: str = NS) -> Path:
+        pvc = self.client.get(PVC, ns, name)
+        return self.work / "data" / "volumes" / ns / f"{name}-{pvc['metadata']['uid'][:8]}" / "disk.img"
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except NotFound:
+            last = None
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+
+
+def ready(obj: Obj) -> Obj:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+def phase_of(env: Env, name: str, ns: str = NS) -> str:
+    return str((env.client.get(DATAVOLUME, ns, name).get("status") or {}).get("phase") or "")
+
+
+def cdi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdi.cli.main", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("golden")
+    cluster = start_cluster(work, users_file=str(work / "users.csv"),
+                            service_account_key_file=str(work / "serviceaccount.key"))
+    client = Client.from_kubeconfig(str(cluster.kubeconfig))
+    node = LocalNode(client, NodeSettings(data_dir=work / "data", restart_backoff=0.2, images=TEST_IMAGES,
+                                          max_running_pods=6))
+    cluster.server.set_log_provider(node.log_provider)
+    node.start()
+    key = ensure_key(work / "upload-token.key")
+    set_token_signer(cluster.server.app, Signer(key))
+    clock = FakeClock()
+    manager = ControllerManager(client, ControllerSettings(progress_interval=0.2), workers=2,
+                                clone_tokens=TokenCheck(public_pem(key)), now=clock.now).start()
+    vms = VmControllerManager(client).start()
+    out = cdi("user", "add", "alice", "--data-dir", str(work), "--namespace", "alice")
+    assert out.returncode == 0, out.stderr
+    cluster.kubectl("create", "namespace", "alice")
+    cluster.kubectl("create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "alice")
+    raw = images.make_raw(work / "disk.raw", 6 << 20)
+    with HttpServer() as http:
+        http.add("/disk.raw", Route(path=str(raw)))
+        http.add("/slow.raw", Route(path=str(raw), rate=2 << 20))
+        yield Env(cluster, client, http, raw, work, manager, clock)
+    vms.stop()
+    manager.stop()
+    node.stop()
+    cluster.server.stop()
+
+
+def test_datasource_ready_follows_its_pvc_and_its_import(env: Env) -> None:
+    env.datasource("golden-ds", {"pvc": {"namespace": NS, "name": "golden"}})
+    ds = until("NotFound", lambda: ready(env.client.get(DATASOURCE, NS, "golden-ds")).get("reason") == "NotFound"
+               and env.client.get(DATASOURCE, NS, "golden-ds"))
+    assert ready(ds)["status"] == "False" and ready(ds)["message"] == "PVC not found"
+    assert ds["status"]["source"] == {}
+    env.import_dv("golden", path="/slow.raw")
+    until("the import's phase as the reason", lambda: ready(env.client.get(DATASOURCE, NS, "golden-ds")).get(
+        "reason") in ("ImportScheduled", "ImportInProgress"))
+    ds = until("Ready", lambda: ready(env.client.get(DATASOURCE, NS, "golden-ds")).get("status") == "True"
+               and env.client.get(DATASOURCE, NS, "golden-ds"), timeout=60)
+    assert phase_of(env, "golden") == "Succeeded"
+    assert ready(ds)["reason"] == "Ready" and ready(ds)["message"] == "DataSource is ready to be consumed"
+    assert ds["status"]["source"] == {"pvc": {"namespace": NS, "name": "golden"}}
+
+    env.datasource("snap-ds", {"snapshot": {"namespace": NS, "name": "snap"}})
+    env.datasource("empty-ds", {})
+    env.datasource("chained-ds", {"dataSource": {"namespace": NS, "name": "golden-ds"}})
+    env.datasource("self-ds", {"dataSource": {"namespace": NS, "name": "self-ds"}})
+    expected = {"snap-ds": "NotSupported", "empty-ds": "NoSource", "chained-ds": "Ready", "self-ds": "SelfReference"}
+    for name, reason in expected.items():
+        until(f"{name} {reason}", lambda n=name, r=reason: ready(env.client.get(DATASOURCE, NS, n)).get("reason") == r)
+    assert "not supported" in ready(env.client.get(DATASOURCE, NS, "snap-ds"))["message"]
+    chained = env.client.get(DATASOURCE, NS, "chained-ds")
+    assert chained["status"]["source"] == {"pvc": {"namespace": NS, "name": "golden"}}
+
+    # kubectl knows the short names and shows CDI's columns
+    out = env.kubectl("get", "das", "golden-ds").stdout.splitlines()
+    assert out[0].split() == ["NAME", "AGE"] and out[1].split()[0] == "golden-ds"
+    two = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {name: two}\n"
+           "spec: {source: {pvc: {namespace: default, name: a}, snapshot: {namespace: default, name: b}}}\n")
+    bad = env.cluster.kubectl("create", "-f", "-", input=two, check=False)
+    assert bad.returncode != 0 and "a DataSource has at most one source" in bad.stderr, bad.stderr
+
+
+def test_sourceref_clones_the_datasource_pvc(env: Env) -> None:
+    until("golden Ready", lambda: ready(env.client.get(DATASOURCE, NS, "golden-ds")).get("status") == "True",
+          timeout=60)
+    env.ref_dv("from-ref", "golden-ds")
+    until("clone done", lambda: phase_of(env, "from-ref") in ("Succeeded", "Failed"), timeout=60)
+    dv = env.client.get(DATAVOLUME, NS, "from-ref")
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    assert volume_digest(str(env.volume("from-ref"))) == volume_digest(str(env.volume("golden")))
+    assert dv["metadata"]["annotations"][ANN_DIGEST] == env.client.get(PVC, NS, "golden")["metadata"][
+        "annotations"][ANN_DIGEST]
+    assert "sourceRef" in dv["spec"] and "source" not in dv["spec"]  # the spec stays as written
+    messages = [e["message"] for e in env.events("from-ref")]
+    assert "Successfully cloned from default/golden into default/from-ref" in messages, messages
+
+
+def test_sourceref_waits_for_a_missing_datasource_then_clones(env: Env) -> None:
+    env.ref_dv("waiter", "later-ds")
+    dv = until("waiting", lambda: (c := next((c for c in env.client.get(DATAVOLUME, NS, "waiter").get(
+        "status", {}).get("conditions", []) if c["type"] == "Running"), None)) and c.get("reason") ==
+        "DataSourceNotFound" and env.client.get(DATAVOLUME, NS, "waiter"))
+    assert dv["status"]["phase"] == "Pending"
+    running = next(c for c in dv["status"]["conditions"] if c["type"] == "Running")
+    assert running["message"] == "DataSource default/later-ds not found; waiting for it to be created"
+    assert any(e["reason"] == "DataSourceNotFound" and e["type"] == "Warning" for e in env.events("waiter"))
+    # a DataSource whose PVC is still being imported: the DataVolume waits, saying so
+    env.import_dv("later", path="/slow.raw")
+    env.datasource("later-ds", {"pvc": {"namespace": NS, "name": "later"}})
+    until("continues once Ready", lambda: phase_of(env, "waiter") == "Succeeded", timeout=60)
+    reasons = {e["reason"] for e in env.events("waiter")}
+    assert "DataSourceNotReady" in reasons or "ImportPVCNotReady" in reasons, reasons
+    assert volume_digest(str(env.volume("waiter"))) == volume_digest(str(env.volume("later")))
+
+
+def test_a_datasource_does_not_reach_a_pvc_its_user_could_not_clone(env: Env) -> None:
+    """alice owns namespace alice only: a DataSource of hers naming a PVC in default is no way in."""
+    until("golden", lambda: phase_of(env, "golden") == "Succeeded", timeout=60)
+    manifest = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {name: sneaky, namespace: alice}\n"
+                "spec: {source: {pvc: {namespace: default, name: golden}}}\n")
+    env.cluster.kubectl("--kubeconfig", str(env.work / "users" / "alice.kubeconfig"), "create", "-f", "-",
+                        input=manifest)
+    dv = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: stolen, namespace: alice}\n"
+          "spec: {sourceRef: {kind: DataSource, name: sneaky}, storage: {}}\n")
+    refused = env.cluster.kubectl("--kubeconfig", str(env.work / "users" / "alice.kubeconfig"), "create", "-f", "-",
+                                  input=dv, check=False)
+    assert refused.returncode != 0
+    assert "User alice has insufficient permissions in clone source namespace default" in refused.stderr
+    with pytest.raises(NotFound):
+        env.client.get(DATAVOLUME, "alice", "stolen")
