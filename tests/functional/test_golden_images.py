@@ -20,10 +20,12 @@ import pytest
 
 from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import TokenCheck
+from cdi.controller.dataimportcron import ANN_DESIRED_DIGEST, LABEL_CRON, DataImportCronReconciler, import_name
 from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ANN_DIGEST, ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
-from cdi.kube import DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, POD, PVC, Client, NotFound, Obj
+from cdi.controller.vmi import VM
+from cdi.kube import DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, PVC, Client, NotFound, Obj
 from cdi.kube.kinds import CDICONFIG
 from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
@@ -32,6 +34,7 @@ from tests.functional.apiserver_fixtures import Cluster, start_cluster
 from tests.functional.test_node_fixtures import TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
+from tests.support.registry import Registry, container_disk, push_new_image
 
 NS = "default"
 
@@ -227,3 +230,133 @@ def test_a_datasource_does_not_reach_a_pvc_its_user_could_not_clone(env: Env) ->
     assert "User alice has insufficient permissions in clone source namespace default" in refused.stderr
     with pytest.raises(NotFound):
         env.client.get(DATAVOLUME, "alice", "stolen")
+
+
+# -- DataImportCron and the image cache, with a real registry -----------------------------------------
+
+@pytest.fixture(scope="module")
+def reg(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A plain-http registry, listed in CDIConfig's insecureRegistries as CDI's users list theirs."""
+    with Registry(tmp_path_factory.mktemp("registry")) as r:
+        config = env.client.find(CDICONFIG, None, "config")
+        if config is None:
+            env.client.create(CDICONFIG, {"apiVersion": CDICONFIG.api_version, "kind": "CDIConfig",
+                                          "metadata": {"name": "config"}, "spec": {"insecureRegistries": [r.host]}})
+        else:
+            env.client.patch(CDICONFIG, None, "config", {"spec": {"insecureRegistries": [r.host]}})
+        yield r
+
+
+def cron_manifest(reg: Registry, name: str, managed: str, repo: str, *, keep: int) -> Obj:
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataImportCron",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"schedule": "* * * * *", "managedDataSource": managed, "importsToKeep": keep,
+                     "template": {"spec": {"source": {"registry": {"url": reg.url(repo)}},
+                                           "storage": {"resources": {"requests": {"storage": "8Mi"}}}}}}}
+
+
+def condition(obj: Obj, ctype: str) -> Obj:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
+
+
+def points_to(env: Env, ds: str, pvc: str) -> bool:
+    obj = env.client.get(DATASOURCE, NS, ds)
+    return bool(obj["spec"]["source"] == {"pvc": {"namespace": NS, "name": pvc}} and ready(obj).get("status") == "True")
+
+
+def test_dataimportcron_imports_at_once_follows_a_new_digest_and_collects_old_imports(
+        env: Env, reg: Registry, tmp_path: Path) -> None:
+    first = reg.push(container_disk(tmp_path / "v1", env.raw), "golden/fedora")
+    env.client.create(DATAIMPORTCRON, cron_manifest(reg, "fedora-cron", "fedora", "golden/fedora", keep=1))
+    name1 = import_name("fedora", first)
+    dv1 = until("the first import, at once", lambda: env.client.get(DATAVOLUME, NS, name1))
+    assert dv1["spec"]["source"]["registry"]["url"] == f"docker://{reg.host}/golden/fedora@{first}"
+    assert dv1["metadata"]["labels"][LABEL_CRON] == "fedora-cron"
+    assert dv1["metadata"]["annotations"][ANN_DESIRED_DIGEST] == first
+    until("the DataSource follows", lambda: points_to(env, "fedora", name1), timeout=60)
+    cron = until("up to date", lambda: condition(c := env.client.get(DATAIMPORTCRON, NS, "fedora-cron"),
+                                                 "UpToDate").get("status") == "True" and c)
+    status = cron["status"]
+    assert status["lastImportedPVC"] == {"namespace": NS, "name": name1}
+    assert status["currentImports"] == [{"DataVolumeName": name1, "Digest": first}]
+    assert status["lastExecutionTimestamp"] and status["lastImportTimestamp"] and status["sourceFormat"] == "pvc"
+    assert condition(cron, "Progressing")["reason"] == "NoImport"
+    rows = env.kubectl("get", "dic").stdout.splitlines()
+    assert rows[0].split() == ["NAME", "FORMAT", "AGE"] and rows[1].split()[:2] == ["fedora-cron", "pvc"]
+    assert volume_digest(str(env.volume(name1))) == volume_digest(str(env.raw))
+
+    # A VirtualMachine whose dataVolumeTemplate refers to the DataSource gets its disk from it.
+    env.client.create(VM, {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                           "metadata": {"name": "golden-vm", "namespace": NS},
+                           "spec": {"runStrategy": "Halted",
+                                    "dataVolumeTemplates": [{"metadata": {"name": "golden-vm-root"}, "spec": {
+                                        "sourceRef": {"kind": "DataSource", "name": "fedora"}, "storage": {}}}],
+                                    "template": {"spec": {"domain": {"memory": {"guest": "128Mi"}, "devices": {
+                                        "disks": [{"name": "root", "disk": {"bus": "virtio"}}]}},
+                                        "volumes": [{"name": "root", "dataVolume": {"name": "golden-vm-root"}}]}}}})
+    until("the VM's disk", lambda: phase_of(env, "golden-vm-root") == "Succeeded", timeout=60)
+    assert volume_digest(str(env.volume("golden-vm-root"))) == volume_digest(str(env.raw))
+
+    # A new image under the tag: nothing happens before the schedule says so ...
+    disk2 = images.make_raw(tmp_path / "disk2.raw", 6 << 20, seed=2)
+    second = push_new_image(reg, tmp_path, disk2, "golden/fedora")
+    assert second != first
+    DataImportCronReconciler(env.client, now=env.clock.now).reconcile(NS, "fedora-cron")
+    annotations = env.client.get(DATAIMPORTCRON, NS, "fedora-cron")["metadata"]["annotations"]
+    assert annotations[ANN_DESIRED_DIGEST] == first
+    # ... and a minute later the poll finds it, imports it, and the DataSource follows.
+    env.clock.advance(61)
+    env.manager.golden.tick()
+    name2 = import_name("fedora", second)
+    until("the DataSource follows the new digest", lambda: points_to(env, "fedora", name2), timeout=60)
+    until("the old import collected (importsToKeep 1)", lambda: env.client.find(DATAVOLUME, NS, name1) is None
+          and env.client.find(PVC, NS, name1) is None, timeout=30)
+    cron = env.client.get(DATAIMPORTCRON, NS, "fedora-cron")
+    assert cron["status"]["lastImportedPVC"] == {"namespace": NS, "name": name2}
+    assert {e["reason"] for e in env.events("fedora-cron")} >= {"ImportScheduled", "DataSourceUpdated",
+                                                                 "ImportCollected"}
+    env.ref_dv("after-update", "fedora")
+    until("a clone of the new image", lambda: phase_of(env, "after-update") == "Succeeded", timeout=60)
+    assert volume_digest(str(env.volume("after-update"))) == volume_digest(str(disk2))
+
+
+def registry_dv(name: str, ns: str, url: str, size: str = "8Mi") -> Obj:
+    return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name, "namespace": ns},
+            "spec": {"source": {"registry": {"url": url}},
+                     "pvc": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}}
+
+
+def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg: Registry, tmp_path: Path) -> None:
+    env.kubectl("create", "namespace", "cache")
+    digest = reg.push(container_disk(tmp_path / "c1", env.raw), "cache/disk")
+    pinned = reg.url("cache/disk", digest)
+    env.client.create(DATAVOLUME, registry_dv("first", "cache", pinned))
+    until("the first import", lambda: phase_of(env, "first", "cache") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "first", "cache") == "Succeeded"
+    assert "ImportFromCache" not in {e["reason"] for e in env.events("first", "cache")}
+
+    # the same digest again, pinned or behind the tag: a clone of "first", no download
+    env.client.create(DATAVOLUME, registry_dv("second", "cache", pinned))
+    env.client.create(DATAVOLUME, registry_dv("by-tag", "cache", reg.url("cache/disk")))
+    for name in ("second", "by-tag"):
+        until(f"{name} done", lambda n=name: phase_of(env, n, "cache") in ("Succeeded", "Failed"), timeout=60)
+        dv = env.client.get(DATAVOLUME, "cache", name)
+        assert dv["status"]["phase"] == "Succeeded", dv["status"]
+        events = env.events(name, "cache")
+        served = [e["message"] for e in events if e["reason"] == "ImportFromCache"]
+        assert served == [f"served from cache of PVC cache/first, digest {digest}"], served
+        reasons = {e["reason"] for e in events}
+        assert "CloneSucceeded" in reasons and "ImportScheduled" not in reasons, reasons
+        assert dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.cachedFrom"] == "cache/first"
+        claim = env.client.get(PVC, "cache", name)
+        assert claim["metadata"]["annotations"]["cdi.kubevirt.io/storage.clone.source"] == "cache/first"
+        assert volume_digest(str(env.volume(name, "cache"))) == volume_digest(str(env.volume("first", "cache")))
+
+    # conservative: a volume too small for the cached one, and another namespace, import for themselves
+    env.client.create(DATAVOLUME, registry_dv("smaller", "cache", pinned, size="7Mi"))
+    env.client.create(DATAVOLUME, registry_dv("elsewhere", "alice", pinned))
+    for ns, name in (("cache", "smaller"), ("alice", "elsewhere")):
+        until(f"{name} done", lambda n=name, s=ns: phase_of(env, n, s) in ("Succeeded", "Failed"), timeout=60)
+        assert phase_of(env, name, ns) == "Succeeded"
+        reasons = {e["reason"] for e in env.events(name, ns)}
+        assert "ImportFromCache" not in reasons and "CloneSucceeded" not in reasons, reasons
