@@ -176,6 +176,9 @@ def test_datasource_ready_follows_its_pvc_and_its_import(env: Env) -> None:
     # kubectl knows the short names and shows CDI's columns
     out = env.kubectl("get", "das", "golden-ds").stdout.splitlines()
     assert out[0].split() == ["NAME", "AGE"] and out[1].split()[0] == "golden-ds"
+    example = Path(__file__).resolve().parents[2] / "examples" / "golden-images.yaml"
+    applied = env.kubectl("apply", "--dry-run=server", "-f", str(example)).stdout
+    assert "dataimportcron.cdi.kubevirt.io/fedora-image-cron created (server dry run)" in applied, applied
     two = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {name: two}\n"
            "spec: {source: {pvc: {namespace: default, name: a}, snapshot: {namespace: default, name: b}}}\n")
     bad = env.cluster.kubectl("create", "-f", "-", input=two, check=False)
@@ -217,6 +220,9 @@ def test_sourceref_waits_for_a_missing_datasource_then_clones(env: Env) -> None:
 
 def test_a_datasource_does_not_reach_a_pvc_its_user_could_not_clone(env: Env) -> None:
     """alice owns namespace alice only: a DataSource of hers naming a PVC in default is no way in."""
+    for verb, resource in (("create", "datasources"), ("create", "dataimportcrons"), ("watch", "datasources")):
+        can = env.kubectl("auth", "can-i", verb, resource, "-n", "alice", user="alice", check=False).stdout.strip()
+        assert can == "yes", (verb, resource, can)
     until("golden", lambda: phase_of(env, "golden") == "Succeeded", timeout=60)
     manifest = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataSource\nmetadata: {name: sneaky, namespace: alice}\n"
                 "spec: {source: {pvc: {namespace: default, name: golden}}}\n")
