@@ -284,8 +284,8 @@ class Client:
             if user is None:
                 raise Unauthorized(f"the registry {self.ref.registry} requires credentials: give a secretRef "
                                    "with accessKeyId and secretKey")
-            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            self._auth = f"Basic {token}"
+            basic = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self._auth = f"Basic {basic}"
             return
         if scheme != "bearer" or "realm" not in params:
             raise Unauthorized(f"the registry {self.ref.registry} refused access (HTTP 401, challenge "
@@ -294,7 +294,7 @@ class Client:
         query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
         auth = (user, password or "") if user is not None else None
         try:
-            resp = self._http.get(params["realm"], params=query, auth=auth)  # type: ignore[arg-type]
+            resp = self._http.get(params["realm"], params=query, auth=auth)
         except httpx.TransportError as e:
             raise self._network_error(e, what=f"the token service {params['realm']}") from e
         if resp.status_code in (401, 403):
@@ -302,11 +302,12 @@ class Client:
                                f"for {self.ref}: check the secretRef's accessKeyId and secretKey")
         if resp.status_code != 200:
             raise RegistryUnavailable(f"the registry's token service answered HTTP {resp.status_code}")
+        token: str | None = None
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token")
         except (ValueError, AttributeError):
-            token = None
+            pass
         if not token:
             raise RegistryError(f"the registry's token service at {params['realm']} returned no token")
         self._auth = f"Bearer {token}"
@@ -316,8 +317,13 @@ class Client:
 
     @staticmethod
     def _drop(resp: httpx.Response) -> None:
-        resp.read()
-        resp.close()
+        """Discard an answer's body (a registry may announce more body than it sends with an error)."""
+        try:
+            resp.read()
+        except (httpx.TransportError, httpx.StreamError):
+            pass
+        finally:
+            resp.close()
 
     def _refused(self, resp: httpx.Response, what: str) -> Exception:
         """An error for a 4xx answer, named as CDI names them where it can."""
@@ -410,7 +416,7 @@ class Client:
         if resp.status_code == 200:
             self._drop(resp)
             raise RegistryError(f"the registry does not honour range requests for blob {digest}")
-        resp.read()
+        self._drop(resp)
         raise self._refused(resp, f"the blob {digest}")
 
 
@@ -434,8 +440,12 @@ class BlobReader:
     def _open(self) -> None:
         headers = {"Range": f"bytes={self.position}-"} if self.position else {}
         resp = self.client.request("GET", f"blobs/{self.digest}", headers, stream=True)
+        if resp.status_code == 416:
+            self.client._drop(resp)
+            raise DigestMismatch(f"layer digest mismatch: the layer {self.digest} ends at byte {self.position}, "
+                                 f"before the {self.size} bytes its manifest says (a corrupt or tampered registry)")
         if resp.status_code not in (200, 206):
-            resp.read()
+            self.client._drop(resp)
             raise self.client._refused(resp, f"the layer {self.digest} of {self.client.ref}")
         if self.position and resp.status_code != 206:
             self.client._drop(resp)
@@ -454,11 +464,12 @@ class BlobReader:
                 self._hash.update(self._left[:n])
                 self._left = self._left[n:]
                 self.position += n
-                if self.position > self.size:
-                    raise DigestMismatch(f"the layer {self.digest} is larger than its manifest says ({self.size} "
-                                         "bytes): the registry's data does not match the image")
                 return n
             if self.verified:
+                return 0
+            if self.position >= self.size:  # all the bytes the manifest promised: prove them
+                self._close_response()
+                self._verify()
                 return 0
             try:
                 if self._chunks is None:
@@ -473,19 +484,15 @@ class BlobReader:
                 self.resumes += 1
                 log.warning("registry blob interrupted digest=%s at=%d error=%s", self.digest, self.position, e)
                 continue
-            if chunk is None:
+            if chunk is None:  # the answer ended before the size the manifest gives: continue there
                 self._close_response()
-                if self.position < self.size:  # the connection ended early: continue where it stopped
-                    attempts += 1
-                    if attempts > self.client.creds.retries:
-                        raise NetworkError(f"the layer {self.digest} keeps ending at byte {self.position} of "
-                                           f"{self.size}")
-                    self.resumes += 1
-                    continue
-                self._verify()
-                return 0
+                attempts += 1
+                if attempts > self.client.creds.retries:
+                    raise NetworkError(f"the layer {self.digest} keeps ending at byte {self.position} of {self.size}")
+                self.resumes += 1
+                continue
             attempts = 0
-            self._left = memoryview(chunk)
+            self._left = memoryview(chunk)[: self.size - self.position]  # never more than the manifest says
 
     def _verify(self) -> None:
         actual = "sha256:" + self._hash.hexdigest()

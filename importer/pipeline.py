@@ -93,6 +93,7 @@ class ImportResult:
     restarts: int
     files: int | None
     phases: dict[str, float]
+    source_digest: str | None = None  # the digest naming what was imported (a registry image's manifest)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +132,7 @@ class Importer:
         self.phase_times: dict[str, float] = {}
         self.step = Step.PROBE  # the phase running now: named in the log when an import fails
         self.source_sum: str | None = None
+        self.source_digest: str | None = None
         self.resumed_at = 0
         self.inline_digest: str | None = None  # taken while writing, when the writer could
         self.ckpt_path = checkpoint.path_for(self.target.path, self.target.kind, job.scratch_dir)
@@ -191,6 +193,7 @@ class Importer:
             restarts=self.restarts,
             files=self.files,
             phases=self.phase_times,
+            source_digest=self.source_digest,
         )
 
     def _blank(self) -> None:
@@ -240,6 +243,7 @@ class Importer:
         self.layers = []
         source = self._open_source()
         caps = source.capabilities
+        self.source_digest = caps.digest
         hasher = hashlib.new(self.checksum[0]) if self.checksum else None
         self.progress.plan(["transfer"])
         self.progress.start_phase("transfer", caps.size)
@@ -487,6 +491,9 @@ class Importer:
             self.transferred = first_bytes + export.received
         if export.error is not None:  # qemu-img got past a failed read: never trust such a volume
             raise _reason(export, export.error)
+        if source.capabilities.verify is not None:  # e.g. a registry layer's digest, read once more in order
+            self.step = Step.VERIFY
+            source.capabilities.verify()
 
     def _finish_converted(self) -> None:
         """Grow a file to the capacity; zero a block device past the image."""

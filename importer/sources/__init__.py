@@ -26,6 +26,10 @@ class Capabilities:
     random_access: bool = False  # ``range_export()`` works: byte ranges of one version, verified
     local_path: str | None = None  # a local file qemu-img can open itself
     content_type: str | None = None
+    digest: str | None = None  # what names the exact content read (a registry image's manifest digest)
+    # after random reads (a remote convert): proves that what was read is the version meant (a registry
+    # layer's digest), raising an ``importer.errors.Error`` otherwise; None when random reads need no proof
+    verify: Callable[[], None] | None = None
 
 
 class RangeReader(Protocol):
@@ -80,8 +84,12 @@ def opener(url: str) -> Callable[[str, HttpOptions], Source]:
         from importer.sources.http import HttpSource  # not loaded for blank and local jobs
 
         return HttpSource
+    if scheme == "docker":
+        from importer.sources.registry import RegistrySource
+
+        return RegistrySource
     if scheme == "file":
         from importer.sources.file import FileSource
 
         return lambda u, _options: FileSource.from_url(u)
-    raise SourceError(f"unsupported source {url!r}: use an http(s) URL, a file:// URL or a path")
+    raise SourceError(f"unsupported source {url!r}: use an http(s) URL, a docker:// image, a file:// URL or a path")

@@ -121,7 +121,7 @@ class OciLayout:
         tmp = self.root / "blobs" / f".layer-{os.getpid()}-{time.monotonic_ns()}"
         with open(tmp, "wb") as out:
             writer = _HashingWriter(out, compression, level)
-            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for name, spec in files.items():
                     info = tarfile.TarInfo(name.rstrip("/"))
                     info.uid = info.gid = 107  # qemu's user in KubeVirt's containerDisk images
@@ -164,7 +164,7 @@ class OciLayout:
         return self.add_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, OCI_INDEX)
 
     def tag(self, desc: Descriptor, tag: str) -> None:
-        entries = [m for m in self._read_index() if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag]
+        entries = [m for m in self._read_index() if _ref_name(m) != tag]
         entry = {k: v for k, v in desc.items() if k in ("mediaType", "digest", "size")}
         entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
         self._write_index([*entries, entry])
@@ -174,6 +174,10 @@ class OciLayout:
 
     def _write_index(self, manifests: list[Descriptor]) -> None:
         (self.root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}))
+
+
+def _ref_name(desc: Descriptor) -> str | None:
+    return desc.get("annotations", {}).get("org.opencontainers.image.ref.name")
 
 
 def container_disk(root: Path, disk: Path, *, tag: str = "latest", compression: str | None = "gzip",
@@ -266,10 +270,9 @@ class Registry:
             self.port = _free_port()
             config["http"]["addr"] = self.host
             (self.workdir / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-            log = open(self.workdir / "registry.log", "wb")
-            self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.workdir / "config.yml")],
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            log.close()
+            with open(self.workdir / "registry.log", "wb") as log:
+                self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.workdir / "config.yml")],
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             if self._wait_ready():
                 return self
             self.stop()
@@ -329,11 +332,10 @@ class Registry:
         raw = subprocess.run(cmd, check=True, capture_output=True, timeout=60).stdout
         return "sha256:" + hashlib.sha256(raw).hexdigest()
 
-    def push_layout_http(self, layout: OciLayout, repo: str, tag: str) -> str:
-        """Push ``layout``'s ``tag`` with plain ``/v2/`` monolithic uploads (blobs as they are, no
-        recompression); returns the manifest digest."""
-        entry = next(m for m in layout._read_index()
-                     if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    def push_layout_http(self, layout: OciLayout, repo: str, tag: str = "latest", *, src_tag: str | None = None) -> str:
+        """Push ``layout``'s ``src_tag`` (default ``tag``) as ``repo:tag`` with plain ``/v2/`` monolithic
+        uploads (blobs as they are, no recompression); returns the manifest digest."""
+        entry = next(m for m in layout._read_index() if _ref_name(m) == (src_tag or tag))
         with self.http() as client:
             self._push_manifest(client, layout, repo, entry, tag)
         return str(entry["digest"])
@@ -381,8 +383,7 @@ def push_new_image(registry: Registry, workdir: Path, disk: Path, repo: str, tag
 
 def layout_blobs(layout: OciLayout, tag: str) -> Iterator[Descriptor]:
     """Every layer descriptor reachable from ``tag`` in ``layout``."""
-    entry = next(m for m in layout._read_index()
-                 if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    entry = next(m for m in layout._read_index() if _ref_name(m) == tag)
     stack = [entry]
     while stack:
         doc = json.loads(layout.blob_path(stack.pop()["digest"]).read_bytes())
@@ -390,15 +391,15 @@ def layout_blobs(layout: OciLayout, tag: str) -> Iterator[Descriptor]:
         yield from doc.get("layers", [])
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A plain-http registry for a test module."""
     with Registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
 
 
-@pytest.fixture(scope="module")
-def tls_auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+@pytest.fixture(scope="module", name="tls_auth_registry")
+def tls_auth_registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A registry with TLS (self-signed CA in ``ca_file``) and basic auth ``("cdi", "s3cret-pw")``."""
     with Registry(tmp_path_factory.mktemp("registry-tls"), tls=True, auth=("cdi", "s3cret-pw")) as reg:
         yield reg

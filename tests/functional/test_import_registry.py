@@ -1,0 +1,178 @@
+"""The registry source against a real docker-registry on 127.0.0.1, images pushed by real skopeo.
+
+containerDisk images in KubeVirt's layout (the disk under /disk/), raw and qcow2, gzip, zstd and
+uncompressed layers, a multi-arch index, several layers and whiteouts; TLS with a CA and basic auth;
+every refusal (wrong credentials, missing tag, no disk, tampered layer) with its reason, and no volume
+left behind when it fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from importer import oci
+from importer.http_options import HttpOptions
+from importer.pipeline import ImportJob, run_import
+from importer.sources.registry import NoDisk
+from tests.support import images
+from tests.support.registry import OciLayout, Registry, container_disk, layout_blobs, push_new_image
+from tests.support.registry import registry_fixture, tls_auth_registry_fixture  # noqa: F401
+
+
+def _job(url: str, out: Path, **http: object) -> ImportJob:
+    options = HttpOptions(backoff=0.05, retries=2, **http)  # type: ignore[arg-type]
+    return ImportJob(source=url, target=str(out), http=options, scratch_dir=str(out.parent / "scratch"))
+
+
+@pytest.mark.parametrize(("fmt", "compression"), [("raw", "gzip"), ("qcow2", "zstd"), ("qcow2", "gzip")])
+def test_disk_streams_out_of_its_layer(image_factory, registry: Registry, tmp_path, fmt, compression) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get(fmt), compression=compression)
+    digest = registry.push(layout, f"disks/{fmt}-{compression}", "v1", src_tag="latest")
+    out = tmp_path / "out.img"
+    result = run_import(_job(registry.url(f"disks/{fmt}-{compression}", "v1"), out, insecure=True))
+    assert result.formats[-1] == fmt
+    assert images.same_content(out, image_factory.raw)
+    if fmt == "raw":
+        assert result.scratch_bytes == 0  # streamed from the layer into the volume
+    assert result.source_digest == digest
+
+
+def test_uncompressed_layer_converts_qcow2_at_random_without_scratch(image_factory, registry: Registry,
+                                                                      tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), compression=None)
+    registry.push_layout_http(layout, "disks/plain", "v1", src_tag="latest")  # skopeo would gzip the layer on its way
+    out = tmp_path / "out.img"
+    result = run_import(_job(registry.url("disks/plain", "v1"), out, insecure=True))
+    assert result.scratch_bytes == 0
+    assert "convert" in result.phases
+    assert images.same_content(out, image_factory.raw)
+
+
+def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), arches=("arm64", "amd64", "s390x"))
+    digest = registry.push(layout, "disks/multi", "v1", src_tag="latest")
+    out = tmp_path / "out.img"
+    result = run_import(_job(registry.url("disks/multi", "v1"), out, insecure=True))
+    assert images.same_content(out, image_factory.raw)
+    assert result.source_digest == digest  # the index's digest, as the tag points at it
+    # pinned by digest, the same image
+    out2 = tmp_path / "out2.img"
+    run_import(_job(registry.url("disks/multi", digest), out2, insecure=True))
+    assert images.same_content(out2, image_factory.raw)
+
+
+def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry: Registry, tmp_path) -> None:
+    layout = OciLayout(tmp_path / "layout")
+    old = layout.layer({"disk/": None, "disk/old.img": b"old disk".ljust(1 << 20, b"\0")})
+    new = layout.layer({"disk/": None, "disk/new.qcow2": image_factory.get("qcow2")}, compression="zstd")
+    other = layout.layer({"etc/": None, "etc/motd": b"hello"})
+    gone = layout.layer({"disk/.wh.new.qcow2": None})
+    layout.tag(layout.image([old, new, other]), "two")
+    layout.tag(layout.image([old, new, gone]), "whiteout")
+    layout.tag(layout.image([old, new, layout.layer({"disk/.wh..wh..opq": None})]), "opaque")
+    layout.tag(layout.image([other]), "nodisk")
+    for tag in ("two", "whiteout", "opaque", "nodisk"):
+        registry.push(layout, "disks/layers", tag)
+    out = tmp_path / "out.img"
+    run_import(_job(registry.url("disks/layers", "two"), out, insecure=True))
+    assert images.same_content(out, image_factory.raw)
+    out.unlink()
+    run_import(_job(registry.url("disks/layers", "whiteout"), out, insecure=True))
+    assert out.read_bytes()[:8] == b"old disk"  # the newer disk was deleted by the last layer
+    out.unlink()
+    for tag in ("opaque", "nodisk"):
+        with pytest.raises(NoDisk, match="Failed to find VM disk image file in the container image"):
+            run_import(_job(registry.url("disks/layers", tag), out, insecure=True))
+        assert not out.exists()
+
+
+def test_two_disks_in_one_layer_are_refused(registry: Registry, tmp_path) -> None:
+    layout = OciLayout(tmp_path / "layout")
+    layout.tag(layout.image([layout.layer({"disk/a.img": b"a" * 4096, "disk/b.img": b"b" * 4096})]), "v1")
+    registry.push(layout, "disks/two", "v1")
+    out = tmp_path / "out.img"
+    with pytest.raises(NoDisk, match="more than one file"):
+        run_import(_job(registry.url("disks/two", "v1"), out, insecure=True))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("compression", ["gzip", None])
+def test_tampered_layer_fails_with_digest_mismatch(image_factory, registry: Registry, tmp_path, compression) -> None:
+    fmt = "raw" if compression else "qcow2"  # qcow2 in a plain layer: the random-access path
+    layout = container_disk(tmp_path / "layout", image_factory.get(fmt), compression=compression)
+    repo = f"disks/tampered-{compression or 'plain'}"
+    if compression:
+        registry.push(layout, repo, "v1", src_tag="latest")
+    else:
+        registry.push_layout_http(layout, repo, "latest")
+    layer = next(layout_blobs(layout, "latest"))
+    stored = registry.stored_blob(layer["digest"])
+    data = bytearray(stored.read_bytes())
+    if compression:  # the same disk, recompressed: a valid layer, but not the one the manifest names
+        import zlib
+
+        comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+        data = bytearray(comp.compress(zlib.decompress(bytes(data), 47)) + comp.flush())
+    else:  # one byte of the qcow2 header's unused area: still a valid image
+        data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    out = tmp_path / "out.img"
+    with pytest.raises(oci.DigestMismatch, match="layer digest mismatch"):
+        run_import(_job(registry.url(repo, "latest" if not compression else "v1"), out, insecure=True))
+    assert not out.exists()
+
+
+def test_refusals_name_the_cause(image_factory, registry: Registry, tmp_path) -> None:
+    out = tmp_path / "out.img"
+    with pytest.raises(oci.ImageNotFound, match="not found in the registry"):
+        run_import(_job(registry.url("disks/none", "v9"), out, insecure=True))
+    with pytest.raises(oci.RegistryError, match="insecureRegistries"):
+        run_import(_job(registry.url("disks/none", "v9"), out))  # plain http, not declared insecure
+    with pytest.raises(oci.InvalidReference):
+        run_import(_job("docker://127.0.0.1:1/Upper/Case", out))
+    assert not out.exists()
+
+
+def test_tls_and_basic_auth(image_factory, tls_auth_registry: Registry, tmp_path) -> None:
+    reg = tls_auth_registry
+    layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"))
+    digest = reg.push(layout, "private/disk", "v1", src_tag="latest")
+    url = reg.url("private/disk", "v1")
+    out = tmp_path / "out.img"
+    result = run_import(_job(url, out, ca_file=str(reg.ca_file), user="cdi", password="s3cret-pw"))
+    assert images.same_content(out, image_factory.raw)
+    assert result.source_digest == digest
+    out.unlink()
+    with pytest.raises(oci.Unauthorized, match="check the secretRef"):
+        run_import(_job(url, out, ca_file=str(reg.ca_file), user="cdi", password="wrong"))
+    with pytest.raises(oci.Unauthorized, match="requires credentials"):
+        run_import(_job(url, out, ca_file=str(reg.ca_file)))
+    with pytest.raises(oci.RegistryError, match="certConfigMap"):
+        run_import(_job(url, out, user="cdi", password="s3cret-pw"))
+    assert not out.exists()
+
+
+def test_resolve_digest_follows_a_new_push(image_factory, registry: Registry, tmp_path) -> None:
+    disk = image_factory.get("raw")
+    first = push_new_image(registry, tmp_path, disk, "disks/moving", "latest", label="one")
+    assert oci.resolve_digest(registry.url("disks/moving", "latest"), insecure=True) == first
+    second = push_new_image(registry, tmp_path, disk, "disks/moving", "latest", label="two")
+    assert second != first
+    assert oci.resolve_digest(registry.url("disks/moving", "latest"), insecure=True) == second
+    with pytest.raises(oci.ImageNotFound):
+        oci.resolve_digest(registry.url("disks/moving", "nope"), insecure=True)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("docker://127.0.0.1:5000/disks/a:v1", ("127.0.0.1:5000", "disks/a", "v1", None)),
+    ("docker://quay.io/containerdisks/fedora", ("quay.io", "containerdisks/fedora", "latest", None)),
+    ("docker://kubevirt/cirros-container-disk-demo:v1.0", ("registry-1.docker.io",
+                                                           "kubevirt/cirros-container-disk-demo", "v1.0", None)),
+    ("docker://busybox", ("registry-1.docker.io", "library/busybox", "latest", None)),
+    ("docker://localhost/a@sha256:" + "a" * 64, ("localhost", "a", None, "sha256:" + "a" * 64)),
+])
+def test_reference_parsing(url: str, expected: tuple[object, ...]) -> None:
+    ref = oci.Reference.parse(url)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
