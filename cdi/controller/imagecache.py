@@ -59,7 +59,7 @@ class ImageCache:
                 return meta["namespace"], made_from.split("/", 1)[1]
             return None
         try:
-            digest = tag_digest(self.client, meta["namespace"], registry)
+            digest = tag_digest(self.client, meta["namespace"], registry, quick=True)
         except (RegistryFailure, ApiError) as e:
             log.info("[%s/%s] no cache lookup: digest unknown: %s", meta["namespace"], meta["name"], e)
             return None  # the import itself will meet the problem and report it

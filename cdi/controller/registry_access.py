@@ -16,9 +16,23 @@ import urllib.parse
 
 from cdi.kube import CONFIGMAP, SECRET, Client, Obj
 from cdi.kube.kinds import CDICONFIG
-from importer.oci import resolve_digest
+from importer import oci
 
 DIGEST_PREFIX = "sha256:"
+QUICK_TIMEOUT = 5.0  # a lookup that only saves work (the image cache) must never hold a worker long
+
+
+def _resolve(url: str, *, username: str | None, password: str | None, ca_file: str | None, insecure: bool,
+             quick: bool) -> str:
+    if not quick:
+        return oci.resolve_digest(url, username=username, password=password, ca_file=ca_file, insecure=insecure)
+    ref = oci.Reference.parse(url)
+    client = oci.Client(ref, oci.Credentials(username, password, ca_file, insecure, timeout=QUICK_TIMEOUT,
+                                             retries=0))
+    try:
+        return client.manifest(ref.ref)[2]
+    finally:
+        client.close()
 
 
 def insecure_registry(client: Client, url: str) -> bool:
@@ -47,8 +61,9 @@ def untagged(url: str) -> str:
     return f"{scheme}://{head}{slash}{last}"
 
 
-def tag_digest(client: Client, namespace: str, registry: Obj) -> str:
-    """The digest the registry source's URL points at now (its pinned digest without asking)."""
+def tag_digest(client: Client, namespace: str, registry: Obj, *, quick: bool = False) -> str:
+    """The digest the registry source's URL points at now (its pinned digest without asking); ``quick``:
+    one try with a short timeout."""
     url = str(registry.get("url") or "")
     pinned = pinned_digest(url)
     if pinned:
@@ -61,13 +76,13 @@ def tag_digest(client: Client, namespace: str, registry: Obj) -> str:
         password = base64.b64decode(data.get("secretKey", "")).decode() or None
     insecure = insecure_registry(client, url)
     if not registry.get("certConfigMap"):
-        return resolve_digest(url, username=username, password=password, insecure=insecure)
+        return _resolve(url, username=username, password=password, ca_file=None, insecure=insecure, quick=quick)
     cm = client.get(CONFIGMAP, namespace, str(registry["certConfigMap"]))
     pem = "\n".join(str(v) for v in (cm.get("data") or {}).values())
     fd, path = tempfile.mkstemp(prefix="cdi-registry-ca-", suffix=".pem")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(pem)
-        return resolve_digest(url, username=username, password=password, ca_file=path, insecure=insecure)
+        return _resolve(url, username=username, password=password, ca_file=path, insecure=insecure, quick=quick)
     finally:
         os.unlink(path)
