@@ -375,3 +375,37 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
         assert phase_of(env, name, ns) == "Succeeded"
         reasons = {e["reason"] for e in env.events(name, ns)}
         assert "ImportFromCache" not in reasons and "CloneSucceeded" not in reasons, reasons
+
+
+def test_dataimportcron_failures_ownership_and_retention(env: Env, reg: Registry, tmp_path: Path) -> None:
+    # a tag that does not exist: the poll fails and says so, and the cron imports nothing
+    env.client.create(DATAIMPORTCRON, cron_manifest(reg, "missing-cron", "missing", "golden/nothing", keep=1))
+    cron = until("PollFailed", lambda: condition(c := env.client.get(DATAIMPORTCRON, NS, "missing-cron"),
+                                                 "UpToDate").get("reason") == "PollFailed" and c)
+    message = condition(cron, "UpToDate")["message"]
+    assert message.startswith(f"Polling {reg.url('golden/nothing')} failed: "), message
+    assert any(e["reason"] == "PollFailed" and e["type"] == "Warning" for e in env.events("missing-cron"))
+    assert not (cron["status"].get("currentImports") or [])
+
+    # a second cron for a DataSource another cron manages is refused, and touches nothing
+    env.client.create(DATAIMPORTCRON, cron_manifest(reg, "rival-cron", "fedora", "golden/fedora", keep=1))
+    until("ErrDataSourceAlreadyManaged", lambda: any(e["reason"] == "ErrDataSourceAlreadyManaged"
+                                                     for e in env.events("rival-cron")))
+    assert env.client.get(DATASOURCE, NS, "fedora")["metadata"]["labels"][LABEL_CRON] == "fedora-cron"
+
+    # retentionPolicy None: the DataSource and the imports go with the cron (the import itself came from the
+    # cache: the digest is already in fedora-<hex>)
+    manifest = cron_manifest(reg, "tmp-cron", "tmp", "golden/fedora", keep=1)
+    manifest["spec"]["retentionPolicy"] = "None"
+    env.client.create(DATAIMPORTCRON, manifest)
+    until("tmp Ready", lambda: ready(env.client.get(DATASOURCE, NS, "tmp")).get("status") == "True", timeout=60)
+    name = env.client.get(DATASOURCE, NS, "tmp")["spec"]["source"]["pvc"]["name"]
+    assert any(e["reason"] == "ImportFromCache" for e in env.events(name))
+    env.kubectl("delete", "dic", "tmp-cron")
+    until("retention None", lambda: env.client.find(DATASOURCE, NS, "tmp") is None
+          and env.client.find(DATAVOLUME, NS, name) is None, timeout=30)
+    # the default (All) keeps them
+    env.kubectl("delete", "dic", "fedora-cron")
+    DataImportCronReconciler(env.client, now=env.clock.now).reconcile(NS, "fedora-cron")  # its cleanup, run now
+    kept = env.client.get(DATASOURCE, NS, "fedora")
+    assert env.client.find(DATAVOLUME, NS, kept["spec"]["source"]["pvc"]["name"]) is not None
