@@ -379,8 +379,13 @@ class CloneReconciler:
             record_on_claim(self.client, source, {ANN_DIGEST: source_digest})
         # The source read as the target holds it (zeros past its end when the target is larger).
         expected = source_digest or known
+        if sourceref.resolved_via(dv) == "cache" and known and not padded:
+            expected = known  # a cache clone must hold what was imported, not what the volume holds now
         if digest and expected and digest != expected:
             message = f"the clone's volume digest {digest} differs from the source's {expected}"
+            if sourceref.resolved_via(dv) == "cache":
+                message += (f" (the cached volume {source_ns}/{src.get('name')} changed since it was imported; "
+                            "delete it, or this DataVolume, to import again)")
             record_on_claim(self.client, target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
                                   ANN_IMPORT_MESSAGE: message})
             raise PermanentError("CloneVerifyFailed", message)

@@ -9,7 +9,9 @@ downloading again; its event says so: ``served from cache of PVC ns/name, digest
 
 Conservative on purpose. A cached volume must be: the claim of a Succeeded DataVolume whose own
 (immutable) spec pins that digest, with its success and volume digest recorded on the claim, not being
-deleted, of content type kubevirt, and no larger than the new volume. Only the DataVolume's own
+deleted, of content type kubevirt, and of the new volume's size: the clone's volume digest must then
+equal the one recorded when the cached volume was imported, so a cached volume changed since (written by
+a pod) fails the clone (``CloneVerifyFailed``) instead of passing for the image. Only the DataVolume's own
 namespace is searched, so the cache never lets anyone read what they could not clone anyway. The
 decision is made once, before the target claim exists; afterwards the claim (made by the clone
 reconciler, naming its source) says whether this DataVolume is a cache clone.
@@ -98,7 +100,7 @@ class ImageCache:
             ann = pvc["metadata"].get("annotations") or {}
             if ann.get(ANN_POD_PHASE) != "Succeeded" or not ann.get(ANN_DIGEST):
                 continue
-            if target is not None and claim_size(pvc) > target:
-                continue
+            if target is not None and claim_size(pvc) != target:
+                continue  # same size only: then the clone's digest must equal the one recorded at import
             return str(cmeta["name"])
         return None

@@ -367,7 +367,18 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
         assert claim["metadata"]["annotations"]["cdi.kubevirt.io/storage.clone.source"] == "cache/first"
         assert volume_digest(str(env.volume(name, "cache"))) == volume_digest(str(env.volume("first", "cache")))
 
-    # conservative: a volume too small for the cached one, and another namespace, import for themselves
+    # a cached volume written since its import is not passed off as the image
+    with open(env.volume("first", "cache"), "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"tampered" * 512)
+    env.client.create(DATAVOLUME, registry_dv("after-tamper", "cache", pinned))
+    until("refused", lambda: phase_of(env, "after-tamper", "cache") in ("Succeeded", "Failed"), timeout=60)
+    dv = env.client.get(DATAVOLUME, "cache", "after-tamper")
+    running = next(c for c in dv["status"]["conditions"] if c["type"] == "Running")
+    assert dv["status"]["phase"] == "Failed" and running["reason"] == "CloneVerifyFailed", dv["status"]
+    assert "the cached volume cache/first changed since it was imported" in running["message"]
+
+    # conservative: a volume of another size than the cached one, and another namespace, import for themselves
     env.client.create(DATAVOLUME, registry_dv("smaller", "cache", pinned, size="7Mi"))
     env.client.create(DATAVOLUME, registry_dv("elsewhere", "alice", pinned))
     for ns, name in (("cache", "smaller"), ("alice", "elsewhere")):
