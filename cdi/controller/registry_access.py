@@ -19,16 +19,17 @@ from cdi.kube.kinds import CDICONFIG
 from importer import oci
 
 DIGEST_PREFIX = "sha256:"
-QUICK_TIMEOUT = 5.0  # a lookup that only saves work (the image cache) must never hold a worker long
+# (timeout, retries): a lookup that only saves work (the image cache) tries once, briefly; a cron's poll
+# a little longer, but never holds a controller worker for minutes as an importer may wait for a registry.
+QUICK = (5.0, 0)
+POLL = (15.0, 2)
 
 
 def _resolve(url: str, *, username: str | None, password: str | None, ca_file: str | None, insecure: bool,
              quick: bool) -> str:
-    if not quick:
-        return oci.resolve_digest(url, username=username, password=password, ca_file=ca_file, insecure=insecure)
+    timeout, retries = QUICK if quick else POLL
     ref = oci.Reference.parse(url)
-    client = oci.Client(ref, oci.Credentials(username, password, ca_file, insecure, timeout=QUICK_TIMEOUT,
-                                             retries=0))
+    client = oci.Client(ref, oci.Credentials(username, password, ca_file, insecure, timeout=timeout, retries=retries))
     try:
         return client.manifest(ref.ref)[2]
     finally:
