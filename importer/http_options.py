@@ -23,6 +23,8 @@ class HttpOptions:
     speed_limit: int = 16 << 10  # bytes/s; slower for speed_time seconds is a stall (0: no check)
     speed_time: float = 60.0
     max_stalled_retries: int = 3  # reconnects after stalls that made no progress
+    architecture: str | None = None  # a registry image's platform, when not this machine's (CDI's platform)
+    s3: bool = False  # an S3 object: requests signed with AWS SigV4 (user/password: accessKeyId/secretKey)
 
 
 def parse_header(text: str) -> tuple[str, str]:

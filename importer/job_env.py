@@ -1,12 +1,15 @@
 """The import job as the importer pod receives it: environment variables named as in CDI's importer
-(IMPORTER_SOURCE, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE, IMPORTER_ACCESS_KEY_ID,
-IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*, /extraheaders), plus our
-own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
+(IMPORTER_SOURCE http, s3, registry or none, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE,
+IMPORTER_ACCESS_KEY_ID, IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*,
+/extraheaders), plus our own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
 IMPORTER_DEVICE_ZEROED, and the network limits IMPORTER_SPEED_LIMIT (bytes/s, a quantity such as 16Ki),
 IMPORTER_SPEED_TIME (seconds), IMPORTER_MAX_STALLED_RETRIES and IMPORTER_RETRIES (see ``cdi import
 --help``). Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
 /certs, /extraheaders). On the local node a process cannot see mounts, so the node passes
 CDI_VOLUME_MOUNTS, a JSON object {mountPath: hostPath}, and every in-pod path is translated through it.
+INSECURE_TLS "true" skips TLS verification (for a registry: also plain http, as CDI's insecureRegistries);
+IMPORTER_REGISTRY_IMPORT_METHOD (pod or node) pulls the same way on one machine;
+IMPORTER_REGISTRY_IMAGE_ARCHITECTURE picks another platform than this machine's (source.registry.platform).
 IMPORTER_SOURCE "none" (CDI's blank image) creates an empty sparse volume. An IMPORTER_IMAGE_SIZE larger than the
 volume's capacity (CDI_VOLUME_CAPACITY, {mountPath or devicePath: bytes}) is refused before anything is written.
 """
@@ -32,13 +35,15 @@ EXTRA_HEADERS_DIR = "/extraheaders"
 
 def job_from_env(env: Mapping[str, str]) -> ImportJob:
     source = env.get("IMPORTER_SOURCE", "http")
-    if source not in ("http", "file", "none"):
+    if source not in ("http", "s3", "registry", "file", "none"):
         raise PermanentError(f"IMPORTER_SOURCE {source!r} is not supported by this importer")
     endpoint = env.get("IMPORTER_ENDPOINT", "")
     if not endpoint and source != "none":
         raise PermanentError("IMPORTER_ENDPOINT is empty: the job has no source URL")
-    if source == "http" and urlsplit(endpoint).scheme.lower() not in ("http", "https"):
+    if source in ("http", "s3") and urlsplit(endpoint).scheme.lower() not in ("http", "https"):
         raise PermanentError(f"IMPORTER_ENDPOINT {endpoint!r} is not an http(s) URL")
+    if source == "registry" and not endpoint.startswith("docker://"):
+        raise PermanentError(f"IMPORTER_ENDPOINT {endpoint!r} is not a docker:// image reference")
     try:
         paths = PathMap(env)
         if source == "file":
@@ -84,6 +89,8 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         ca_file=ca_file,
         insecure=env.get("INSECURE_TLS", "").lower() == "true",
         headers=headers,
+        s3=source == "s3",
+        architecture=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None,
     )
     try:
         if env.get("IMPORTER_SPEED_LIMIT"):

@@ -144,9 +144,11 @@ def host_platform() -> tuple[str, str, str | None]:
     return "linux", arch, variant
 
 
-def choose_platform(index: dict[str, Any], ref: Reference) -> dict[str, Any]:
-    """The descriptor of this machine's image in a manifest list or OCI index."""
+def choose_platform(index: dict[str, Any], ref: Reference, architecture: str | None = None) -> dict[str, Any]:
+    """The descriptor of this machine's image (or of ``architecture``'s) in a manifest list or OCI index."""
     want_os, want_arch, want_variant = host_platform()
+    if architecture and architecture != want_arch:
+        want_arch, want_variant = architecture, None
     found = []
     candidates = []
     for desc in index.get("manifests") or []:
@@ -187,6 +189,7 @@ class Credentials:
     password: str | None = None
     ca_file: str | None = None
     insecure: bool = False  # skip TLS verification, and fall back to plain http (CDI's insecureRegistries)
+    architecture: str | None = None  # the platform to pick, when not this machine's
     timeout: float = 30.0
     retries: int = 5
     backoff: float = 0.5
@@ -297,6 +300,9 @@ class Client:
             resp = self._http.get(params["realm"], params=query, auth=auth)
         except httpx.TransportError as e:
             raise self._network_error(e, what=f"the token service {params['realm']}") from e
+        if resp.status_code in (401, 403) and user is None:
+            raise Unauthorized(f"the registry {self.ref.registry} requires credentials for {self.ref}: give a "
+                               "secretRef with accessKeyId and secretKey")
         if resp.status_code in (401, 403):
             raise Unauthorized(f"the registry's token service refused the credentials (HTTP {resp.status_code}) "
                                f"for {self.ref}: check the secretRef's accessKeyId and secretKey")
@@ -382,7 +388,7 @@ class Client:
         doc = json.loads(body)
         manifest_digest = digest
         if media_type in INDEX_TYPES:
-            desc = choose_platform(doc, self.ref)
+            desc = choose_platform(doc, self.ref, self.creds.architecture)
             media_type, body, manifest_digest = self.manifest(desc["digest"])
             doc = json.loads(body)
             if media_type in INDEX_TYPES:
@@ -396,7 +402,24 @@ class Client:
                 raise RegistryError(f"the manifest of {self.ref} has a layer without a sha256 digest")
             if not isinstance(layer.get("size"), int) or layer["size"] < 0:
                 raise RegistryError(f"the manifest of {self.ref} has a layer without a size")
+        if self.creds.architecture and manifest_digest == digest:  # one image, not an index: check it
+            self._check_architecture(doc)
         return Image(self.ref, digest, manifest_digest, doc, layers)
+
+    def _check_architecture(self, manifest: dict[str, Any]) -> None:
+        """An image asked for by architecture must be of it (its config says), as CDI checks."""
+        config = manifest.get("config") or {}
+        if not _DIGEST.match(str(config.get("digest", ""))) or int(config.get("size") or 0) > MAX_MANIFEST:
+            raise RegistryError(f"the manifest of {self.ref} has no valid config")
+        reader = self.blob(config)
+        chunks = bytearray()
+        buf = bytearray(65536)
+        while n := reader.readinto(buf):
+            chunks += buf[:n]
+        arch = json.loads(bytes(chunks) or b"{}").get("architecture")
+        if arch != self.creds.architecture:
+            raise PlatformNotFound(f'manifest image architecture: "{arch}" doesn\'t match requested architecture: '
+                                   f'"{self.creds.architecture}" ({self.ref})')
 
     # -- blobs ---------------------------------------------------------------------------------------
 

@@ -16,14 +16,18 @@ from importer.http_options import HttpOptions, parse_header
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("import", help="import a disk image into a raw file, block device or directory",
-                       description="Import SOURCE (http(s) URL, file:// URL or path) into TARGET.")
-    p.add_argument("source", help="http(s) URL, file:// URL or local path")
+                       description="Import SOURCE (http(s) URL, docker:// containerDisk image, S3 object with "
+                       "--s3, file:// URL or path) into TARGET.")
+    p.add_argument("source", help="http(s) URL, docker://host/repo:tag, file:// URL or local path")
     p.add_argument("target", help="raw file (created), existing block device, or directory (archive)")
     p.add_argument("--user", help="basic-auth user name")
     p.add_argument("--password-file", help="file holding the basic-auth password")
     p.add_argument("--ca-file", help="PEM file of CA certificates to trust for https")
     p.add_argument("--insecure-skip-verify", action="store_true",
-                   help="do not verify the server's TLS certificate")
+                   help="do not verify the server's TLS certificate (a docker:// registry: plain http too)")
+    p.add_argument("--s3", action="store_true",
+                   help="SOURCE is an S3 object: sign requests (SigV4) with --user (access key id) and "
+                   "--password-file (secret key)")
     p.add_argument("--header", action="append", default=[], metavar="'Name: value'",
                    help="extra HTTP header (repeatable)")
     p.add_argument("--checksum", metavar="ALGO:HEX",
@@ -87,7 +91,7 @@ def run_import_cmd(args: argparse.Namespace) -> int:
         http=HttpOptions(user=args.user, password=password, ca_file=args.ca_file,
                          insecure=args.insecure_skip_verify, headers=headers, retries=args.retries,
                          speed_limit=speed_limit, speed_time=args.speed_time,
-                         max_stalled_retries=args.max_stalled_retries),
+                         max_stalled_retries=args.max_stalled_retries, s3=args.s3),
         checksum=args.checksum,
         scratch_dir=args.scratch_dir,
     )

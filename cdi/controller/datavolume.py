@@ -1,4 +1,4 @@
-"""The DataVolume reconciler for import sources (http, blank).
+"""The DataVolume reconciler for import sources (http, s3, registry, blank).
 
 ``reconcile(namespace, name)`` reads the DataVolume, its PVC and its importer pod fresh, creates what
 is missing, and computes phase, conditions, progress and restartCount in one place, writing the status
@@ -22,16 +22,18 @@ from cdi.controller.resources import (
     ANN_POD_PHASE,
     ANN_RETAIN_POD,
     ANN_SOURCE_CHECKSUM,
+    ANN_SOURCE_DIGEST,
     ControllerSettings,
     build_importer_pod,
     build_pvc,
     importer_pod_name,
 )
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
+from cdi.kube.kinds import CDICONFIG
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SOURCES = ("http", "blank")
+SUPPORTED_SOURCES = ("http", "s3", "registry", "blank")
 PENDING_RECHECK = 5.0
 
 
@@ -188,8 +190,9 @@ class DataVolumeReconciler:
         pod_name = importer_pod_name(dv["metadata"]["name"])
         pod = self.client.find(POD, dv["metadata"]["namespace"], pod_name)
         if pod is None:
+            self._check_registry_source(dv)
             try:
-                wanted = build_importer_pod(dv, pvc, self.settings)
+                wanted = build_importer_pod(dv, pvc, self.settings, insecure_registries=self._insecure_registries(dv))
             except ValueError as e:
                 raise PermanentError("InvalidSpec", str(e)) from e
             try:
@@ -230,12 +233,15 @@ class DataVolumeReconciler:
                               message=f"Import restarted ({status['restartCount']}): {why}")
         phase = pstatus.get("phase", "Pending")
         if phase == "Succeeded" and result and result.get("ok"):
+            outcome = result.get("result") or {}
             record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Succeeded",
-                               ANN_DIGEST: (result.get("result") or {}).get("digest"),
-                               ANN_SOURCE_CHECKSUM: (result.get("result") or {}).get("source_checksum")})
-            digest = (result.get("result") or {}).get("digest")
-            if digest:
-                self._annotate_dv(dv, {ANN_DIGEST: digest})
+                               ANN_DIGEST: outcome.get("digest"),
+                               ANN_SOURCE_CHECKSUM: outcome.get("source_checksum"),
+                               ANN_SOURCE_DIGEST: outcome.get("source_digest")})
+            digest = outcome.get("digest")
+            marks = {k: v for k, v in ((ANN_DIGEST, digest), (ANN_SOURCE_DIGEST, outcome.get("source_digest"))) if v}
+            if marks:
+                self._annotate_dv(dv, marks)
             mark_succeeded(status)
             self.client.event(dv, reason=c.SUCCEEDED,
                               message=f"Successfully imported into PVC {pvc['metadata']['name']}")
@@ -275,6 +281,25 @@ class DataVolumeReconciler:
         c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or "Pending"),
                         str(waiting.get("message") or ""))
         return None
+
+    def _check_registry_source(self, dv: Obj) -> None:
+        """What of CDI's registry source this importer cannot do, refused before a pod is made."""
+        reg = (dv["spec"].get("source") or {}).get("registry")
+        if reg is None:
+            return
+        if reg.get("imageStream"):
+            raise PermanentError("UnsupportedSource", "source registry imageStream needs OpenShift's image streams, "
+                                 "which this CDI does not have: give the image as url: docker://host/repo:tag")
+        if str(reg.get("url") or "").startswith("oci-archive://"):
+            raise PermanentError("UnsupportedSource", "oci-archive:// registry sources are not supported: push the "
+                                 "image to a registry and give its docker:// URL")
+
+    def _insecure_registries(self, dv: Obj) -> list[str]:
+        """CDIConfig ``config``'s ``spec.insecureRegistries`` (read only for a registry source)."""
+        if "registry" not in (dv["spec"].get("source") or {}):
+            return []
+        config = self.client.find(CDICONFIG, None, "config") or {}
+        return [str(r) for r in (config.get("spec") or {}).get("insecureRegistries") or []]
 
     def _progress(self, pod: Obj) -> str | None:
         try:

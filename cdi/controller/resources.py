@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ ANN_POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 ANN_POD_RESTARTS = "cdi.kubevirt.io/storage.pod.restarts"
 ANN_DIGEST = "cdi.kubevirt.io/storage.import.volumeDigest"
 ANN_SOURCE_CHECKSUM = "cdi.kubevirt.io/storage.import.sourceChecksum"
+# the manifest digest of the registry image imported (an index's own digest for a multi-arch image)
+ANN_SOURCE_DIGEST = "cdi.kubevirt.io/storage.import.sourceDigest"
 ANN_IMPORT_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
 ANN_IMPORT_REASON = "cdi.kubevirt.io/storage.condition.running.reason"
 ANN_RETAIN_POD = "cdi.kubevirt.io/storage.pod.retainAfterCompletion"
@@ -137,8 +140,19 @@ def image_size(dv: Obj, pvc: Obj, settings: ControllerSettings) -> int:
     return usable // 512 * 512
 
 
-def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
-    """The importer pod for an http or blank DataVolume, in the shape CDI gives it."""
+def insecure_registry(url: str, insecure_registries: Sequence[str]) -> bool:
+    """Whether a ``docker://`` URL's host is one of CDIConfig's ``spec.insecureRegistries`` (CDI compares
+    the URL's host, port included, with each entry)."""
+    if not url.startswith("docker://"):
+        return False
+    host = url[len("docker://"):].split("/", 1)[0]
+    return host in insecure_registries
+
+
+def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings, *,
+                       insecure_registries: Sequence[str] = ()) -> Obj:
+    """The importer pod for an http, s3, registry or blank DataVolume, in the shape CDI gives it
+    (``insecure_registries``: CDIConfig's ``spec.insecureRegistries``)."""
     source = dv["spec"].get("source") or {}
     meta = dv["metadata"]
     env: list[Obj] = [
@@ -158,25 +172,34 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
         devices.append({"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"})
     else:
         mounts.append({"name": "cdi-data-vol", "mountPath": "/data"})
-    if "http" in source:
-        http = source["http"]
-        env += [{"name": "IMPORTER_SOURCE", "value": "http"}, {"name": "IMPORTER_ENDPOINT", "value": http["url"]}]
-        if http.get("checksum"):
-            env.append({"name": "IMPORTER_CHECKSUM", "value": http["checksum"]})
-        if http.get("secretRef"):
-            ref = http["secretRef"]
+    kind = next((k for k in ("http", "s3", "registry") if k in source), None)
+    if kind is not None:
+        body = source[kind]
+        url = body.get("url") or ""
+        env += [{"name": "IMPORTER_SOURCE", "value": kind}, {"name": "IMPORTER_ENDPOINT", "value": url}]
+        if kind == "http" and body.get("checksum"):
+            env.append({"name": "IMPORTER_CHECKSUM", "value": body["checksum"]})
+        if kind == "registry" and insecure_registry(url, insecure_registries):
+            env.append({"name": "INSECURE_TLS", "value": "true"})  # CDIConfig spec.insecureRegistries, as CDI
+        if kind == "registry":
+            env.append({"name": "IMPORTER_REGISTRY_IMPORT_METHOD", "value": body.get("pullMethod") or "pod"})
+            arch = (body.get("platform") or {}).get("architecture")
+            if arch:
+                env.append({"name": "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE", "value": arch})
+        if body.get("secretRef"):
+            ref = body["secretRef"]
             env += [
                 {"name": "IMPORTER_ACCESS_KEY_ID",
                  "valueFrom": {"secretKeyRef": {"name": ref, "key": "accessKeyId"}}},
                 {"name": "IMPORTER_SECRET_KEY", "valueFrom": {"secretKeyRef": {"name": ref, "key": "secretKey"}}},
             ]
-        if http.get("certConfigMap"):
-            volumes.append({"name": "cdi-cert-vol", "configMap": {"name": http["certConfigMap"]}})
+        if body.get("certConfigMap"):
+            volumes.append({"name": "cdi-cert-vol", "configMap": {"name": body["certConfigMap"]}})
             mounts.append({"name": "cdi-cert-vol", "mountPath": "/certs"})
             env.append({"name": "IMPORTER_CERT_DIR", "value": "/certs"})
-        for i, header in enumerate(http.get("extraHeaders") or []):
+        for i, header in enumerate(body.get("extraHeaders") or [] if kind == "http" else []):
             env.append({"name": f"IMPORTER_EXTRA_HEADER_{i}", "value": header})
-        for i, secret in enumerate(http.get("secretExtraHeaders") or []):
+        for i, secret in enumerate(body.get("secretExtraHeaders") or [] if kind == "http" else []):
             volumes.append({"name": f"cdi-extra-headers-vol-{i}", "secret": {"secretName": secret}})
             mounts.append({"name": f"cdi-extra-headers-vol-{i}", "mountPath": f"/extraheaders/secret{i}"})
     elif "blank" in source:

@@ -83,7 +83,14 @@ def opener(url: str) -> Callable[[str, HttpOptions], Source]:
     if scheme in ("http", "https"):
         from importer.sources.http import HttpSource  # not loaded for blank and local jobs
 
-        return HttpSource
+        def http_or_s3(u: str, options: HttpOptions) -> Source:
+            if options.s3:
+                from importer.sources.s3 import S3Source
+
+                return S3Source(u, options)
+            return HttpSource(u, options)
+
+        return http_or_s3
     if scheme == "docker":
         from importer.sources.registry import RegistrySource
 

@@ -164,6 +164,10 @@ class Client:
             headers[name] = value
         return headers
 
+    def request_headers(self, url: str, extra: dict[str, str]) -> dict[str, str]:
+        """All the headers of one GET of ``url`` (a signing client adds its signature here)."""
+        return {**self._headers(url), **extra}
+
     def connect(self, url: str) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
@@ -184,7 +188,7 @@ class Client:
             parts = urllib.parse.urlsplit(url)
             path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
             try:
-                conn.request("GET", path, headers={**self._headers(url), **extra})
+                conn.request("GET", path, headers=self.request_headers(url, extra))
                 resp = conn.getresponse()
             except ssl.SSLCertVerificationError as e:
                 conn.close()

@@ -108,7 +108,7 @@ class RegistrySource:
         self.ref = oci.Reference.parse(url)
         self.client = oci.Client(self.ref, oci.Credentials(
             username=opts.user, password=opts.password, ca_file=opts.ca_file, insecure=opts.insecure,
-            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff))
+            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff, architecture=opts.architecture))
         self.capabilities = Capabilities()
         self.image: oci.Image | None = None
         self.disk_name: str | None = None

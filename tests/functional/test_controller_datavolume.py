@@ -237,7 +237,7 @@ def test_a_name_deleted_and_made_again_at_once_gets_a_fresh_import(env: Env) -> 
 def test_an_unsupported_source_says_so_in_an_event(env: Env) -> None:
     body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
             "metadata": {"name": "unsup", "namespace": NS},
-            "spec": {"source": {"s3": {"url": "http://127.0.0.1:1/b/o"}},
+            "spec": {"source": {"gcs": {"url": "gs://bucket/object"}},
                      "storage": {"resources": {"requests": {"storage": "1Mi"}}}}}
     env.client.create(DATAVOLUME, body)
     until(lambda: any(e["reason"] == "UnsupportedSource" for e in env.node.events("unsup")))

@@ -17,8 +17,15 @@ from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
 from tests.support import images
-from tests.support.registry import OciLayout, Registry, container_disk, layout_blobs, push_new_image
-from tests.support.registry import registry_fixture, tls_auth_registry_fixture  # noqa: F401
+from tests.support.registry import (  # noqa: F401
+    OciLayout,
+    Registry,
+    container_disk,
+    layout_blobs,
+    push_new_image,
+    registry_fixture,
+    tls_auth_registry_fixture,
+)
 
 
 def _job(url: str, out: Path, **http: object) -> ImportJob:
@@ -176,3 +183,21 @@ def test_resolve_digest_follows_a_new_push(image_factory, registry: Registry, tm
 def test_reference_parsing(url: str, expected: tuple[object, ...]) -> None:
     ref = oci.Reference.parse(url)
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == expected
+
+
+def test_bearer_token_auth(image_factory, tmp_path) -> None:
+    with Registry(tmp_path / "registry", auth=("robot", "t0ken-pw"), token=True) as reg:
+        assert reg.token_server is not None
+        digest = reg.push(container_disk(tmp_path / "layout", image_factory.get("raw")), "team/disk", "v1",
+                          src_tag="latest")
+        out = tmp_path / "out.img"
+        url = reg.url("team/disk", "v1")
+        result = run_import(_job(url, out, insecure=True, user="robot", password="t0ken-pw"))
+        assert images.same_content(out, image_factory.raw) and result.source_digest == digest
+        assert any("scope=repository%3Ateam%2Fdisk%3Apull" in r for r in reg.token_server.requests)
+        out.unlink()
+        with pytest.raises(oci.Unauthorized, match="token service refused the credentials"):
+            run_import(_job(url, out, insecure=True, user="robot", password="wrong"))
+        with pytest.raises(oci.Unauthorized, match="requires credentials"):
+            run_import(_job(url, out, insecure=True))
+        assert not out.exists()

@@ -212,13 +212,77 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class TokenServer:
+    """A registry token service (Docker's token auth): checks Basic credentials, grants the scopes
+    asked for in a JWT signed by a key whose certificate the registry trusts (``x5c`` header)."""
+
+    def __init__(self, workdir: Path, user: str, password: str) -> None:
+        import base64 as b64
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        import jwt
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        ca = trustme.CA()
+        self.cert_file = workdir / "token-ca.pem"
+        ca.cert_pem.write_to_path(str(self.cert_file))
+        key = ca.private_key_pem.bytes()
+        x5c = [b64.b64encode(x509.load_pem_x509_certificate(ca.cert_pem.bytes()).public_bytes(Encoding.DER)).decode()]
+        self.service, self.issuer = "cdi-test-registry", "cdi-test-tokens"
+        self.requests: list[str] = []
+        expected = "Basic " + b64.b64encode(f"{user}:{password}".encode()).decode()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                outer.requests.append(self.path)
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                access = []
+                for scope in query.get("scope", []):
+                    kind, _, rest = scope.partition(":")
+                    name, _, actions = rest.rpartition(":")
+                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                now = int(time.time())
+                claims = {"iss": outer.issuer, "sub": user, "aud": outer.service, "exp": now + 600,
+                          "nbf": now - 60, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+                token = jwt.encode(claims, key, algorithm="ES256", headers={"x5c": x5c})
+                body = json.dumps({"token": token}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 @dataclass
 class Registry:
-    """``docker-registry`` on 127.0.0.1; ``with Registry(workdir) as reg:`` starts and stops it."""
+    """``docker-registry`` on 127.0.0.1; ``with Registry(workdir) as reg:`` starts and stops it.
+    ``auth`` alone: htpasswd (Basic); with ``token=True``: Bearer tokens from a ``TokenServer``."""
 
     workdir: Path
     tls: bool = False
     auth: tuple[str, str] | None = None
+    token: bool = False
+    token_server: TokenServer | None = None
     port: int = 0
     ca_file: Path | None = None  # the CA that signed the server's certificate (tls)
     cert_dir: Path | None = None  # ``ca.crt`` in a directory, as skopeo's --*-cert-dir wants it
@@ -259,7 +323,12 @@ class Registry:
             shutil.copy(self.ca_file, self.cert_dir / "ca.crt")
             config["http"]["tls"] = {"certificate": str(self.workdir / "server.pem"),
                                      "key": str(self.workdir / "server.pem")}
-        if self.auth:
+        if self.auth and self.token:
+            self.token_server = TokenServer(self.workdir, *self.auth)
+            config["auth"] = {"token": {"realm": self.token_server.realm, "service": self.token_server.service,
+                                        "issuer": self.token_server.issuer,
+                                        "rootcertbundle": str(self.token_server.cert_file)}}
+        elif self.auth:
             import bcrypt
 
             user, password = self.auth
@@ -292,6 +361,9 @@ class Registry:
         return False
 
     def stop(self) -> None:
+        if self.token_server is not None:
+            self.token_server.stop()
+            self.token_server = None
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
