@@ -8,7 +8,8 @@ served by cloning that volume (the clone machinery, with its digest verification
 downloading again; its event says so: ``served from cache of PVC ns/name, digest sha256:...``.
 
 Conservative on purpose. A cached volume must be: the claim of a Succeeded DataVolume whose own
-(immutable) spec pins that digest, with its success and volume digest recorded on the claim, not being
+(immutable) spec pins that digest or whose importer verified and recorded it
+(``cdi.kubevirt.io/storage.import.sourceDigest``), with its success and volume digest recorded on the claim, not being
 deleted, of content type kubevirt, and of the new volume's size: the clone's volume digest must then
 equal the one recorded when the cached volume was imported, so a cached volume changed since (written by
 a pod) fails the clone (``CloneVerifyFailed``) instead of passing for the image. Only the DataVolume's own
@@ -23,7 +24,14 @@ import logging
 
 from cdi.controller.clone import ANN_CLONE_OF, claim_size
 from cdi.controller.registry_access import pinned_digest, tag_digest
-from cdi.controller.resources import ANN_DIGEST, ANN_POD_PHASE, ControllerSettings, build_pvc, requested_size
+from cdi.controller.resources import (
+    ANN_DIGEST,
+    ANN_POD_PHASE,
+    ANN_SOURCE_DIGEST,
+    ControllerSettings,
+    build_pvc,
+    requested_size,
+)
 from cdi.kube import DATAVOLUME, PVC, ApiError, Client, Obj
 from cdi.units import parse_size
 from importer.errors import Error as RegistryFailure
@@ -90,7 +98,7 @@ class ImageCache:
         for cand in sorted(candidates, key=lambda d: str(d["metadata"]["name"])):
             cmeta = cand["metadata"]
             reg = registry_source(cand)
-            if (cmeta["uid"] == meta["uid"] or reg is None or pinned_digest(str(reg["url"])) != digest
+            if (cmeta["uid"] == meta["uid"] or reg is None
                     or (cand.get("status") or {}).get("phase") != "Succeeded" or cmeta.get("deletionTimestamp")
                     or (cand["spec"].get("contentType") or "kubevirt") != "kubevirt"):
                 continue
@@ -99,6 +107,9 @@ class ImageCache:
                 continue
             ann = pvc["metadata"].get("annotations") or {}
             if ann.get(ANN_POD_PHASE) != "Succeeded" or not ann.get(ANN_DIGEST):
+                continue
+            # What was imported: the digest its (immutable) URL pins, or the one its importer verified.
+            if digest not in (pinned_digest(str(reg["url"])), ann.get(ANN_SOURCE_DIGEST)):
                 continue
             if target is not None and claim_size(pvc) != target:
                 continue  # same size only: then the clone's digest must equal the one recorded at import

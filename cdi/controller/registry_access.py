@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
-import urllib.parse
 
+from cdi.controller import resources
 from cdi.kube import CONFIGMAP, SECRET, Client, Obj
 from cdi.kube.kinds import CDICONFIG
 from importer import oci
@@ -37,11 +37,10 @@ def _resolve(url: str, *, username: str | None, password: str | None, ca_file: s
 
 
 def insecure_registry(client: Client, url: str) -> bool:
-    """Whether CDIConfig ``config`` lists the URL's registry (host or host:port) in insecureRegistries."""
+    """Whether CDIConfig ``config`` lists the URL's registry in insecureRegistries (as the importer's pod)."""
     config = client.find(CDICONFIG, None, "config")
     listed = [str(x) for x in ((config or {}).get("spec") or {}).get("insecureRegistries") or []]
-    host = urllib.parse.urlsplit(url).netloc
-    return any(entry in (host, host.split(":")[0]) for entry in listed)
+    return resources.insecure_registry(url, listed)
 
 
 def pinned_digest(url: str) -> str | None:

@@ -22,7 +22,7 @@ from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import TokenCheck
 from cdi.controller.dataimportcron import ANN_DESIRED_DIGEST, LABEL_CRON, DataImportCronReconciler, import_name
 from cdi.controller.manager import ControllerManager
-from cdi.controller.resources import ANN_DIGEST, ControllerSettings
+from cdi.controller.resources import ANN_DIGEST, ANN_SOURCE_DIGEST, ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
 from cdi.controller.vmi import VM
 from cdi.kube import DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, PVC, Client, NotFound, Obj
@@ -344,10 +344,12 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
     env.kubectl("create", "namespace", "cache")
     digest = reg.push(container_disk(tmp_path / "c1", env.raw), "cache/disk")
     pinned = reg.url("cache/disk", digest)
-    env.client.create(DATAVOLUME, registry_dv("first", "cache", pinned))
+    env.client.create(DATAVOLUME, registry_dv("first", "cache", reg.url("cache/disk")))  # by tag: the importer
+    # records the digest it verified, and that makes the volume a cache entry
     until("the first import", lambda: phase_of(env, "first", "cache") in ("Succeeded", "Failed"), timeout=60)
     assert phase_of(env, "first", "cache") == "Succeeded"
     assert "ImportFromCache" not in {e["reason"] for e in env.events("first", "cache")}
+    assert env.client.get(PVC, "cache", "first")["metadata"]["annotations"][ANN_SOURCE_DIGEST] == digest
 
     # the same digest again, pinned or behind the tag: a clone of "first", no download
     env.client.create(DATAVOLUME, registry_dv("second", "cache", pinned))
