@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
@@ -170,6 +170,8 @@ class DataImportCronReconciler:
             log.warning("[%s/%s] %s", meta["namespace"], meta["name"], message)
             self.client.event(cron, reason="PollFailed", type="Warning", message=message)
             _set(conds, UP_TO_DATE, "False", message, "PollFailed")
+            # Next try after POLL_RETRY (not at every update of the cron), or at the schedule if sooner.
+            ann[ANN_NEXT_CRON] = stamp(min(now + timedelta(seconds=POLL_RETRY), next_run(schedule, now)))
             return POLL_RETRY
         ann[ANN_LAST_CRON] = stamp(now)
         if ann.get(ANN_DESIRED_DIGEST) != digest:

@@ -25,7 +25,7 @@ from cdi.controller.manager import ControllerManager
 from cdi.controller.resources import ANN_DIGEST, ANN_SOURCE_DIGEST, ControllerSettings
 from cdi.controller.vm_manager import VmControllerManager
 from cdi.controller.vmi import VM
-from cdi.kube import DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, PVC, Client, NotFound, Obj
+from cdi.kube import CONFIGMAP, DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, PVC, SECRET, Client, NotFound, Obj
 from cdi.kube.kinds import CDICONFIG
 from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
@@ -422,3 +422,29 @@ def test_dataimportcron_failures_ownership_and_retention(env: Env, reg: Registry
     DataImportCronReconciler(env.client, now=env.clock.now).reconcile(NS, "fedora-cron")  # its cleanup, run now
     kept = env.client.get(DATASOURCE, NS, "fedora")
     assert env.client.find(DATAVOLUME, NS, kept["spec"]["source"]["pvc"]["name"]) is not None
+
+
+def test_dataimportcron_polls_with_the_templates_credentials_and_ca(env: Env, tmp_path: Path) -> None:
+    """TLS with a private CA and basic auth: the poll uses the template's secretRef and certConfigMap, and
+    a wrong password says so."""
+    with Registry(tmp_path / "tls-registry", tls=True, auth=("cdi", "s3cret-pw")) as reg:
+        digest = reg.push(container_disk(tmp_path / "secure", env.raw), "secure/disk")
+        assert reg.ca_file is not None
+        env.client.create(CONFIGMAP, {"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": {"name": "reg-ca", "namespace": NS},
+                                      "data": {"ca.crt": reg.ca_file.read_text()}})
+        for name, password in (("reg-good", "s3cret-pw"), ("reg-bad", "wrong-pw")):
+            env.client.create(SECRET, {"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": name, "namespace": NS},
+                                       "stringData": {"accessKeyId": "cdi", "secretKey": password}})
+        for cron, secret in (("secure-cron", "reg-good"), ("denied-cron", "reg-bad")):
+            manifest = cron_manifest(reg, cron, cron.replace("-cron", ""), "secure/disk", keep=1)
+            manifest["spec"]["template"]["spec"]["source"]["registry"].update(secretRef=secret,
+                                                                              certConfigMap="reg-ca")
+            env.client.create(DATAIMPORTCRON, manifest)
+        until("the secure import", lambda: points_to(env, "secure", import_name("secure", digest)), timeout=60)
+        assert holds(env.volume(import_name("secure", digest)), env.raw)
+        cron = until("PollFailed", lambda: condition(c := env.client.get(DATAIMPORTCRON, NS, "denied-cron"),
+                                                     "UpToDate").get("reason") == "PollFailed" and c)
+        message = condition(cron, "UpToDate")["message"]
+        assert "denied (HTTP 401): check the secretRef's accessKeyId and secretKey" in message, message
