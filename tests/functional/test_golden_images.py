@@ -243,6 +243,21 @@ def test_a_datasource_does_not_reach_a_pvc_its_user_could_not_clone(env: Env) ->
     with pytest.raises(NotFound):
         env.client.get(DATAVOLUME, "alice", "stolen")
 
+    # the DataSource in default itself: the same rule, and once default lets her clone, it works
+    theirs = ("apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: granted, namespace: alice}\n"
+              "spec: {sourceRef: {kind: DataSource, name: golden-ds, namespace: default}, storage: {}}\n")
+    refused = env.cluster.kubectl("--kubeconfig", str(env.work / "users" / "alice.kubeconfig"), "create", "-f", "-",
+                                  input=theirs, check=False)
+    assert "User alice has insufficient permissions in clone source namespace default" in refused.stderr
+    env.kubectl("create", "rolebinding", "alice-clones", "--clusterrole=cdi.kubevirt.io:clone-sourcer",
+                "--user=alice", "-n", "default")
+    env.cluster.kubectl("--kubeconfig", str(env.work / "users" / "alice.kubeconfig"), "create", "-f", "-",
+                        input=theirs)
+    until("the clone across namespaces", lambda: phase_of(env, "granted", "alice") in ("Succeeded", "Failed"),
+          timeout=60)
+    assert phase_of(env, "granted", "alice") == "Succeeded"
+    assert holds(env.volume("granted", "alice"), env.raw)
+
 
 # -- DataImportCron and the image cache, with a real registry -----------------------------------------
 
