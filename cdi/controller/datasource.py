@@ -106,8 +106,3 @@ class DataSourceReconciler:
                               status=True, json_patch=True)
             log.info("[%s/%s] datasource ready=%s reason=%s", namespace, name, state, reason)
         return None
-
-
-def is_ready(ds: Obj) -> bool:
-    cond = c.find(((ds.get("status") or {}).get("conditions")) or [], READY)
-    return bool(cond and cond.get("status") == "True")
