@@ -2,8 +2,8 @@
 
 KubeVirt's containerDisk layout puts the VM disk as the one file under ``/disk/`` of the image. This
 source resolves the image (``importer.oci``), then looks for that file from the last layer back to the
-first: the last layer that holds one wins, and a whiteout (``disk/.wh.NAME``, or the opaque marker
-``disk/.wh..wh..opq``) in a later layer hides what earlier layers hold. Only the layers from the last
+first: the last layer that holds one wins, and a whiteout (``disk/.wh.NAME``, ``.wh.disk``, or the
+opaque marker ``disk/.wh..wh..opq``) in a later layer hides what earlier layers hold. Only the layers from the last
 one down to the disk's own are read; earlier layers are never fetched.
 
 The disk's bytes come straight out of the layer as it streams (gzip, zstd or uncompressed tar): no
@@ -154,6 +154,9 @@ class RegistrySource:
         while (member := layer.next()) is not None:
             name = _normalise(member.name)
             parent, base = posixpath.split(name)
+            if name == ".wh." + DISK_DIR:  # the whole /disk/ of lower layers deleted
+                opaque = True
+                continue
             if parent != DISK_DIR:
                 continue
             if base == OPAQUE:

@@ -19,7 +19,7 @@ from cdi.kube.kinds import CDICONFIG
 from cdi.node.claims import volume_dir_name
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
 from tests.support import images
-from tests.support.registry import OciLayout, Registry, container_disk, layout_blobs, push_new_image
+from tests.support.registry import OciLayout, Registry, container_disk, layout_blobs
 from tests.support.s3server import S3Server
 
 
@@ -146,15 +146,6 @@ def test_registry_refusals_fail_with_their_reason(env: Env) -> None:
     assert not any(e.startswith("Succeeded:") for e in events), events
     reason, message = _reasons(env, "stream")
     assert reason == "UnsupportedSource" and "imageStream" in message
-
-
-def test_moving_tag_is_seen_by_resolve_digest(env: Env) -> None:
-    from importer import oci
-
-    url = env.plain.url("disks/moving", "latest")
-    first = push_new_image(env.plain, env.work, env.raw, "disks/moving", "latest", label="a")
-    second = push_new_image(env.plain, env.work, env.raw, "disks/moving", "latest", label="b")
-    assert first != second == oci.resolve_digest(url, insecure=True)
 
 
 def test_s3_import_and_a_wrong_key(env: Env) -> None:

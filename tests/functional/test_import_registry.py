@@ -17,15 +17,17 @@ from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
 from tests.support import images
-from tests.support.registry import (  # noqa: F401
+from tests.support.registry import (
     OciLayout,
     Registry,
     container_disk,
+    host_arch,
     layout_blobs,
     push_new_image,
-    registry_fixture,
-    tls_auth_registry_fixture,
+    registry_fixture,  # noqa: F401  (the registry fixture)
+    tls_auth_registry_fixture,  # noqa: F401  (the tls_auth_registry fixture)
 )
+from tests.support.s3server import CuttingProxy
 
 
 def _job(url: str, out: Path, **http: object) -> ImportJob:
@@ -33,7 +35,7 @@ def _job(url: str, out: Path, **http: object) -> ImportJob:
     return ImportJob(source=url, target=str(out), http=options, scratch_dir=str(out.parent / "scratch"))
 
 
-@pytest.mark.parametrize(("fmt", "compression"), [("raw", "gzip"), ("qcow2", "zstd"), ("qcow2", "gzip")])
+@pytest.mark.parametrize(("fmt", "compression"), [("raw", "gzip"), ("qcow2", "zstd")])
 def test_disk_streams_out_of_its_layer(image_factory, registry: Registry, tmp_path, fmt, compression) -> None:
     layout = container_disk(tmp_path / "layout", image_factory.get(fmt), compression=compression)
     digest = registry.push(layout, f"disks/{fmt}-{compression}", "v1", src_tag="latest")
@@ -57,17 +59,29 @@ def test_uncompressed_layer_converts_qcow2_at_random_without_scratch(image_facto
     assert images.same_content(out, image_factory.raw)
 
 
-def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, tmp_path) -> None:
+@pytest.mark.parametrize("manifests", ["oci", "v2s2"])
+def test_multi_arch_index_picks_this_machine(image_factory, registry: Registry, tmp_path, manifests) -> None:
     layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), arches=("arm64", "amd64", "s390x"))
-    digest = registry.push(layout, "disks/multi", "v1", src_tag="latest")
+    repo = f"disks/multi-{manifests}"
+    digest = registry.push(layout, repo, "v1", src_tag="latest", manifest_format=manifests)
+    with registry.http() as http:  # what the registry now serves: an OCI index or a Docker manifest list
+        kind = http.get(f"/v2/{repo}/manifests/v1", headers={"Accept": oci.ACCEPT}).json()["mediaType"]
+    assert kind == {"oci": oci.OCI_INDEX, "v2s2": oci.DOCKER_LIST}[manifests]
     out = tmp_path / "out.img"
-    result = run_import(_job(registry.url("disks/multi", "v1"), out, insecure=True))
+    result = run_import(_job(registry.url(repo, "v1"), out, insecure=True))
     assert images.same_content(out, image_factory.raw)
     assert result.source_digest == digest  # the index's digest, as the tag points at it
     # pinned by digest, the same image
     out2 = tmp_path / "out2.img"
-    run_import(_job(registry.url("disks/multi", digest), out2, insecure=True))
+    run_import(_job(registry.url(repo, digest), out2, insecure=True))
     assert images.same_content(out2, image_factory.raw)
+    # source.registry.platform.architecture picks another image of the index
+    other = "s390x" if host_arch() != "s390x" else "arm64"
+    out3 = tmp_path / "out3.img"
+    run_import(_job(registry.url(repo, "v1"), out3, insecure=True, architecture=other))
+    assert out3.read_bytes().startswith(f"not the {host_arch()} disk: {other}".encode())
+    with pytest.raises(oci.PlatformNotFound, match="no linux/riscv64 image in its index"):
+        run_import(_job(registry.url(repo, "v1"), tmp_path / "out4.img", insecure=True, architecture="riscv64"))
 
 
 def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry: Registry, tmp_path) -> None:
@@ -79,8 +93,9 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     layout.tag(layout.image([old, new, other]), "two")
     layout.tag(layout.image([old, new, gone]), "whiteout")
     layout.tag(layout.image([old, new, layout.layer({"disk/.wh..wh..opq": None})]), "opaque")
+    layout.tag(layout.image([old, new, layout.layer({".wh.disk": None})]), "nodiskdir")
     layout.tag(layout.image([other]), "nodisk")
-    for tag in ("two", "whiteout", "opaque", "nodisk"):
+    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk"):
         registry.push(layout, "disks/layers", tag)
     out = tmp_path / "out.img"
     run_import(_job(registry.url("disks/layers", "two"), out, insecure=True))
@@ -89,7 +104,7 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     run_import(_job(registry.url("disks/layers", "whiteout"), out, insecure=True))
     assert out.read_bytes()[:8] == b"old disk"  # the newer disk was deleted by the last layer
     out.unlink()
-    for tag in ("opaque", "nodisk"):
+    for tag in ("opaque", "nodiskdir", "nodisk"):
         with pytest.raises(NoDisk, match="Failed to find VM disk image file in the container image"):
             run_import(_job(registry.url("disks/layers", tag), out, insecure=True))
         assert not out.exists()
@@ -201,3 +216,15 @@ def test_bearer_token_auth(image_factory, tmp_path) -> None:
         with pytest.raises(oci.Unauthorized, match="requires credentials"):
             run_import(_job(url, out, insecure=True))
         assert not out.exists()
+
+
+def test_a_layer_cut_mid_body_resumes_with_a_range(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("raw"), compression="zstd")
+    digest = registry.push(layout, "disks/cut", "v1", src_tag="latest")
+    with CuttingProxy(registry.port, cut_after=1 << 20) as proxy:
+        out = tmp_path / "out.img"
+        url = f"docker://127.0.0.1:{proxy.port}/disks/cut:v1"
+        result = run_import(_job(url, out, insecure=True))
+        assert proxy.cut == 1
+    assert result.resumes == 1 and result.source_digest == digest
+    assert images.same_content(out, image_factory.raw)

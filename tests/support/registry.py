@@ -386,10 +386,13 @@ class Registry:
         args = [f"--{prefix}cert-dir", str(self.cert_dir)] if self.tls else [f"--{prefix}tls-verify=false"]
         return args + ([f"--{prefix}creds", f"{self.auth[0]}:{self.auth[1]}"] if self.auth else [])
 
-    def push(self, layout: OciLayout | Path, repo: str, tag: str = "latest", *, src_tag: str | None = None) -> str:
-        """``skopeo copy --all oci:DIR:SRC_TAG docker://HOST/repo:tag``; returns the tag's manifest digest."""
+    def push(self, layout: OciLayout | Path, repo: str, tag: str = "latest", *, src_tag: str | None = None,
+             manifest_format: str | None = None) -> str:
+        """``skopeo copy --all oci:DIR:SRC_TAG docker://HOST/repo:tag``; returns the tag's manifest digest.
+        ``manifest_format`` "v2s2": Docker v2 manifests (and a Docker manifest list) instead of OCI's."""
         root = layout.root if isinstance(layout, OciLayout) else Path(layout)
-        cmd = [SKOPEO, "copy", "--all", "--quiet", *self._skopeo_args("dest-"),
+        fmt = ["--format", manifest_format] if manifest_format else []
+        cmd = [SKOPEO, "copy", "--all", "--quiet", *fmt, *self._skopeo_args("dest-"),
                f"oci:{root}:{src_tag or tag}", f"docker://{self.host}/{repo}:{tag}"]
         done = subprocess.run(cmd, capture_output=True, timeout=300)
         if done.returncode:

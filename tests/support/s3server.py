@@ -11,6 +11,7 @@ dropped connection would.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -39,9 +40,10 @@ class S3Server:
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         admin = self.client("admin", "admin", "iam")
-        admin.create_user(UserName="cdi")
-        admin.put_user_policy(UserName="cdi", PolicyName="s3", PolicyDocument=json.dumps(POLICY))
-        key = admin.create_access_key(UserName="cdi")["AccessKey"]
+        user = f"cdi-{os.urandom(4).hex()}"  # moto's state is the process's: another server sees earlier users
+        admin.create_user(UserName=user)
+        admin.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(POLICY))
+        key = admin.create_access_key(UserName=user)["AccessKey"]
         self.access_key, self.secret_key = key["AccessKeyId"], key["SecretAccessKey"]
         self._saved_auth = settings.INITIAL_NO_AUTH_ACTION_COUNT
         settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # every request from now on is authenticated

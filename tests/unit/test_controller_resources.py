@@ -91,3 +91,43 @@ def test_termination_and_progress_parsing() -> None:
     text = 'INFO x\n{"progress": "12.50%", "phase": "transfer"}\nnoise\n{"progress": "40.00%"}\n'
     assert latest_progress(text) == "40.00%"
     assert latest_progress("no progress here") is None
+
+
+def test_registry_and_s3_pods_carry_cdi_environment() -> None:
+    storage = {"resources": {"requests": {"storage": "1Gi"}}}
+    reg = dv({"source": {"registry": {"url": "docker://reg.local:5000/disks/f:40", "secretRef": "rc",
+                                      "certConfigMap": "ca", "pullMethod": "node"}}, "storage": storage})
+    pod = build_importer_pod(reg, bound(build_pvc(reg, SETTINGS)), SETTINGS, insecure_registries=["reg.local:5000"])
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["IMPORTER_SOURCE"]["value"] == "registry"
+    assert env["IMPORTER_ENDPOINT"]["value"] == "docker://reg.local:5000/disks/f:40"
+    assert env["INSECURE_TLS"]["value"] == "true"
+    assert env["IMPORTER_REGISTRY_IMPORT_METHOD"]["value"] == "node"
+    assert env["IMPORTER_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "rc", "key": "accessKeyId"}}
+    assert env["IMPORTER_CERT_DIR"]["value"] == "/certs"
+    # another host (or the same host without its port) is not insecure
+    for listed in (["reg.local"], ["other:5000"], []):
+        pod = build_importer_pod(reg, bound(build_pvc(reg, SETTINGS)), SETTINGS, insecure_registries=listed)
+        assert "INSECURE_TLS" not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+    s3 = dv({"source": {"s3": {"url": "https://b.s3.eu-west-1.amazonaws.com/k.qcow2", "secretRef": "sc"}},
+             "storage": storage})
+    env = {e["name"]: e for e in build_importer_pod(s3, bound(build_pvc(s3, SETTINGS)), SETTINGS)["spec"][
+        "containers"][0]["env"]}
+    assert env["IMPORTER_SOURCE"]["value"] == "s3"
+    assert env["IMPORTER_SECRET_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "sc", "key": "secretKey"}}
+    assert "INSECURE_TLS" not in env
+
+
+def test_importer_job_for_registry_and_s3() -> None:
+    from importer.errors import PermanentError
+    from importer.job_env import job_from_env
+
+    base = {"IMPORTER_IMAGE_SIZE": "1Mi", "IMPORTER_TARGET_PATH": "/tmp/x.img"}
+    job = job_from_env({**base, "IMPORTER_SOURCE": "registry", "IMPORTER_ENDPOINT": "docker://h:1/r:t",
+                        "INSECURE_TLS": "true", "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE": "arm64"})
+    assert job.source == "docker://h:1/r:t" and job.http.insecure and job.http.architecture == "arm64"
+    job = job_from_env({**base, "IMPORTER_SOURCE": "s3", "IMPORTER_ENDPOINT": "http://h:1/b/k",
+                        "IMPORTER_ACCESS_KEY_ID": "AK", "IMPORTER_SECRET_KEY": "SK"})
+    assert job.http.s3 and (job.http.user, job.http.password) == ("AK", "SK")
+    with pytest.raises(PermanentError, match="not a docker:// image reference"):
+        job_from_env({**base, "IMPORTER_SOURCE": "registry", "IMPORTER_ENDPOINT": "https://h/r"})
