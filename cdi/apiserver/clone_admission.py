@@ -12,8 +12,11 @@ DataVolume marked pre-populated (`cdi.kubevirt.io/storage.prePopulated` or
 
 Once a clone is allowed (same namespace, or the review passed), a new DataVolume gets CDI's clone
 token (`cdi.kubevirt.io/storage.clone.token`, see `cdi.clonetoken`) when a signer is set: the
-controller clones only with it. Not here (yet): `sourceRef` to a DataSource and `source.snapshot`
-(this server serves neither DataSources nor VolumeSnapshots).
+controller clones only with it. A `sourceRef` to a DataSource is authorized as a clone of the PVC the
+DataSource stands for at that moment (CDI's `newCloneSourceHandler`), so nobody reaches through a
+DataSource a PVC they could not clone directly; a DataSource that does not exist yet or has no PVC is
+let through without a token (the DataVolume waits; the controller then clones without a token only from
+the DataVolume's own namespace). Not here: `source.snapshot` (this server serves no VolumeSnapshots).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 WEBHOOK = "datavolume-mutate.cdi.kubevirt.io"
 GROUP = "cdi.kubevirt.io"
+DATASOURCES = "cdi.kubevirt.io/datasources"  # the store's key of the DataSource kind
+DATASOURCE_KIND = "DataSource"
 NO_TOKEN_OKAY = ("cdi.kubevirt.io/storage.prePopulated", "cdi.kubevirt.io/storage.checkStaticVolume")
 
 
@@ -52,6 +57,30 @@ class CloneSourceCheck:
         meta.setdefault("annotations", {})[ANN_CLONE_TOKEN] = issue(self.signer, source_ns, source_name,
                                                                     meta.get("namespace", ""), meta.get("name", ""))
 
+    def _clone_source(self, obj: Obj, target_ns: str) -> tuple[str, str] | None:
+        """The PVC a DataVolume clones: ``source.pvc``, or what its ``sourceRef`` DataSource stands for now
+        (through a ``dataSource`` reference, its status, as CDI); None when it clones nothing (yet)."""
+        spec = obj.get("spec") or {}
+        pvc = (spec.get("source") or {}).get("pvc")
+        if isinstance(pvc, dict):
+            return str(pvc.get("namespace") or target_ns), str(pvc.get("name") or "")
+        ref = spec.get("sourceRef")
+        if not isinstance(ref, dict) or ref.get("kind", DATASOURCE_KIND) != DATASOURCE_KIND:
+            return None
+        ds_ns = str(ref.get("namespace") or target_ns)
+        ds = self.store.get(DATASOURCES, ds_ns, str(ref.get("name") or ""))
+        if ds is None:
+            # Nothing to authorize yet: the DataVolume waits for the DataSource, and the controller clones
+            # without a token only from the DataVolume's own namespace.
+            return None
+        source = (ds.get("spec") or {}).get("source") or {}
+        if source.get("dataSource") is not None:
+            source = (ds.get("status") or {}).get("source") or {}
+        pvc = source.get("pvc")
+        if not isinstance(pvc, dict) or not pvc.get("name"):
+            return None
+        return str(pvc.get("namespace") or ds_ns), str(pvc["name"])
+
     def __call__(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
         user = CURRENT_USER.get()
         if user is None or (kind.group, kind.kind) != (GROUP, "DataVolume"):
@@ -59,11 +88,11 @@ class CloneSourceCheck:
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
             return
-        pvc = ((obj.get("spec") or {}).get("source") or {}).get("pvc")
-        if not isinstance(pvc, dict):
-            return
         target_ns = meta.get("namespace", "")
-        source_ns, source_name = str(pvc.get("namespace") or target_ns), str(pvc.get("name") or "")
+        source = self._clone_source(obj, target_ns)
+        if source is None:
+            return
+        source_ns, source_name = source
         no_token_okay = any(a in (meta.get("annotations") or {}) for a in NO_TOKEN_OKAY)
         if self.store.get("/namespaces", "", source_ns) is None:
             if no_token_okay:

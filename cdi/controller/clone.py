@@ -1,4 +1,4 @@
-"""The DataVolume reconciler for clones: ``source.pvc`` (and ``sourceRef``, refused until DataSources exist).
+"""The DataVolume reconciler for clones: ``source.pvc``, and ``sourceRef`` (the PVC a DataSource stands for).
 
 ``reconcile(dv)`` resolves the source claim, verifies the clone token the admission put on the
 DataVolume, waits while the source is still being written (its DataVolume not Succeeded, or a pod
@@ -20,6 +20,7 @@ from typing import Any
 
 from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
 from cdi.controller import conditions as c
+from cdi.controller import sourceref
 from cdi.controller.clone_pod import build_clone_pod, clone_pod_name
 from cdi.controller.clone_source import delete_source_side, release_source_side, source_busy
 from cdi.controller.clone_stream import (
@@ -28,6 +29,7 @@ from cdi.controller.clone_stream import (
     source_pod_name,
     upload_url,
 )
+from cdi.controller.datasource import Unresolved
 from cdi.controller.datavolume import failure_message, latest_progress, termination
 from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
@@ -55,6 +57,7 @@ ANN_CLONE_METHOD = "cdi.kubevirt.io/storage.clone.method"
 ANN_CLONE_OF = "cdi.kubevirt.io/storage.clone.source"
 ANN_FORCE_STREAM = "cdi.kubevirt.io/storage.clone.hostAssisted"
 WAIT = 1.0
+WAIT_FOR_DATASOURCE = sourceref.WAIT_FOR_DATASOURCE
 
 
 def is_clone_dv(dv: Obj) -> bool:
@@ -78,7 +81,11 @@ class CloneReconciler:
         ctx = f"[{meta['namespace']}/{meta['name']}]"
         status = working_status(dv)
         try:
+            if dv["spec"].get("sourceRef"):
+                dv = self._resolve_ref(dv)
             requeue = self._reconcile(dv, status, ctx)
+        except Unresolved as e:
+            requeue = max(self._wait(dv, status, e.reason, e.message), WAIT_FOR_DATASOURCE)
         except PermanentError as e:
             mark_failed(status, e.reason, e.message)
             log.warning("%s clone failed reason=%s message=%s", ctx, e.reason, e.message)
@@ -95,15 +102,41 @@ class CloneReconciler:
         c.set_condition(conds, c.RUNNING, "False", reason, message)
         return WAIT
 
+    def _resolve_ref(self, dv: Obj) -> Obj:
+        """The DataVolume as a ``source.pvc`` clone of what its sourceRef stands for: the source the
+        target claim was made from once it exists (a DataSource moving on never changes a clone half
+        way), else the DataSource's PVC now; ``Unresolved`` while there is nothing to clone."""
+        meta = dv["metadata"]
+        target = self.client.find(PVC, meta["namespace"], meta["name"])
+        made_from = ((target or {}).get("metadata", {}).get("annotations") or {}).get(ANN_CLONE_OF, "")
+        owned = target is not None and any(o.get("uid") == meta["uid"]
+                                           for o in target["metadata"].get("ownerReferences") or [])
+        if owned and "/" in made_from:
+            namespace, name = made_from.split("/", 1)
+        else:
+            namespace, name = sourceref.resolve(self.client, dv)
+        return sourceref.with_pvc_source(dv, namespace, name, via="sourceRef")
+
+    def _needs_token(self, dv: Obj, source_ns: str) -> bool:
+        """Whether the clone needs the admission's token. As CDI (ValidateCloneTokenDV), a DataSource's PVC
+        in the DataVolume's own namespace needs none: anyone who may create the DataVolume may clone it.
+        The same holds for a clone the image cache chose (always within the namespace)."""
+        if self.tokens is None:
+            return False
+        return not (sourceref.resolved_via(dv) and source_ns == dv["metadata"]["namespace"])
+
+    def _token_problem(self, dv: Obj, why: str) -> PermanentError:
+        message = f"The clone doesn't meet the validation requirements: {why}"
+        if dv["spec"].get("sourceRef"):
+            src = dv["spec"]["source"]["pvc"]
+            message += (f" (the DataSource now stands for PVC {src['namespace']}/{src['name']}, which the "
+                        "DataVolume's creator was not authorized for when it was created; create the "
+                        "DataVolume again to have it authorized)")
+        return PermanentError("CloneValidationFailed", message)
+
     def _reconcile(self, dv: Obj, status: Obj, ctx: str) -> float | None:
         meta, spec = dv["metadata"], dv["spec"]
         conds = status["conditions"]
-        if spec.get("sourceRef"):
-            ref = spec["sourceRef"]
-            message = (f"DataSource is not supported yet: sourceRef {ref.get('kind', 'DataSource')} "
-                       f"{ref.get('namespace') or meta['namespace']}/{ref.get('name', '')} cannot be resolved")
-            self._wait(dv, status, "DataSourceNotSupported", message)
-            return None
         src = spec["source"]["pvc"]
         source_ns, source_name = str(src.get("namespace") or meta["namespace"]), str(src.get("name") or "")
         target = self.client.find(PVC, meta["namespace"], meta["name"])
@@ -112,12 +145,11 @@ class CloneReconciler:
             if source is None:
                 return self._wait(dv, status, "CloneWithoutSource",
                                   f"The source pvc {source_ns}/{source_name} doesn't exist")
-            if self.tokens is not None:
+            if self.tokens is not None and self._needs_token(dv, source_ns):
                 why = self.tokens.check((meta.get("annotations") or {}).get(ANN_CLONE_TOKEN), source_ns,
                                         source_name, meta["namespace"], meta["name"])
                 if why:
-                    raise PermanentError("CloneValidationFailed",
-                                         f"The clone doesn't meet the validation requirements: {why}")
+                    raise self._token_problem(dv, why)
             target = self._create_target(dv, source, ctx)
         owners = target["metadata"].get("ownerReferences") or []
         if not any(o.get("uid") == meta["uid"] for o in owners):
@@ -240,7 +272,7 @@ class CloneReconciler:
 
     def _verify(self, dv: Obj, target: Obj, source_ns: str, source_name: str) -> None:
         """Check the clone token the target claim carries, as of the claim's creation (set by the server)."""
-        if self.tokens is None:
+        if self.tokens is None or not self._needs_token(dv, source_ns):
             if source_ns != dv["metadata"]["namespace"]:
                 raise PermanentError("CloneValidationFailed", "The clone doesn't meet the validation "
                                      "requirements: no clone token key is configured for clones across namespaces")
@@ -251,7 +283,7 @@ class CloneReconciler:
         why = self.tokens.check((meta.get("annotations") or {}).get(ANN_CLONE_TOKEN), source_ns, source_name,
                                 meta["namespace"], meta["name"], at=at)
         if why:
-            raise PermanentError("CloneValidationFailed", f"The clone doesn't meet the validation requirements: {why}")
+            raise self._token_problem(dv, why)
 
     def _create_target(self, dv: Obj, source: Obj, ctx: str) -> Obj:
         """The target claim; an empty size takes the source's, a smaller one fails as CDI fails it."""
@@ -347,8 +379,13 @@ class CloneReconciler:
             record_on_claim(self.client, source, {ANN_DIGEST: source_digest})
         # The source read as the target holds it (zeros past its end when the target is larger).
         expected = source_digest or known
+        if sourceref.resolved_via(dv) == "cache" and known and not padded:
+            expected = known  # a cache clone must hold what was imported, not what the volume holds now
         if digest and expected and digest != expected:
             message = f"the clone's volume digest {digest} differs from the source's {expected}"
+            if sourceref.resolved_via(dv) == "cache":
+                message += (f" (the cached volume {source_ns}/{src.get('name')} changed since it was imported; "
+                            "delete it, or this DataVolume, to import again)")
             record_on_claim(self.client, target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
                                   ANN_IMPORT_MESSAGE: message})
             raise PermanentError("CloneVerifyFailed", message)

@@ -15,6 +15,8 @@ from cdi.kube.errors import (
 from cdi.kube.informer import Informer, Key, WorkQueue
 from cdi.kube.kinds import (
     CONFIGMAP,
+    DATAIMPORTCRON,
+    DATASOURCE,
     DATAVOLUME,
     EVENT,
     NAMESPACE,
@@ -28,7 +30,8 @@ from cdi.kube.kinds import (
 )
 
 __all__ = [
-    "AlreadyExists", "ApiError", "CONFIGMAP", "Client", "Conflict", "DATAVOLUME", "EVENT", "Forbidden", "Gone",
+    "AlreadyExists", "ApiError", "CONFIGMAP", "Client", "Conflict", "DATAIMPORTCRON", "DATASOURCE", "DATAVOLUME",
+    "EVENT", "Forbidden", "Gone",
     "Informer", "Invalid", "Key", "Kind", "NAMESPACE", "NODE", "NotFound", "Obj", "POD", "PVC", "PermanentError",
     "SECRET", "SERVICE", "SERVICEACCOUNT", "TemporaryError", "WorkQueue", "now_iso",
 ]

@@ -208,15 +208,15 @@ def test_a_clone_waits_while_its_source_is_still_importing(env: Env) -> None:
     assert digest_of(env, DATAVOLUME, "waiter") == digest_of(env, PVC, "slowsrc")
 
 
-def test_source_ref_says_datasources_are_not_supported_yet(env: Env) -> None:
+def test_source_ref_to_a_missing_datasource_waits_and_says_so(env: Env) -> None:
     env.client.create(DATAVOLUME, {
         "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "fromref", "namespace": NS},
         "spec": {"sourceRef": {"kind": "DataSource", "name": "fedora"},
                  "storage": {"resources": {"requests": {"storage": "8Mi"}}}}})
-    dv = env.wait("fromref", lambda d: any(c.get("reason") == "DataSourceNotSupported"
+    dv = env.wait("fromref", lambda d: any(c.get("reason") == "DataSourceNotFound"
                                            for c in (d.get("status") or {}).get("conditions") or []))
     assert dv["status"]["phase"] == "Pending"
-    assert any("DataSource is not supported yet" in e["message"] for e in env.events("fromref"))
+    assert any("DataSource default/fedora not found" in e["message"] for e in env.events("fromref"))
 
 
 def test_a_clone_without_a_token_is_refused_by_the_controller(env: Env, source: str) -> None:

@@ -123,7 +123,9 @@ def _reasons(env: Env, name: str) -> tuple[str, str]:
 
 def test_registry_refusals_fail_with_their_reason(env: Env) -> None:
     reg = env.plain
-    layout = container_disk(env.work / "l3", env.raw, compression="gzip")
+    # a disk file name of its own: an image no other test imported (the image cache would serve an
+    # image already imported from its verified volume, without reading the tampered blob)
+    layout = container_disk(env.work / "l3", env.raw, compression="gzip", name="tamper.img")
     reg.push(layout, "disks/tamper", "v1", src_tag="latest")
     stored = reg.stored_blob(next(layout_blobs(layout, "latest"))["digest"])
     data = bytearray(stored.read_bytes())
