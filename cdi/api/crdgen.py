@@ -142,9 +142,8 @@ def structural_problems(schema: Obj, path: str = "", *, root: bool = True) -> li
         problems.append(f"{here}: type is required")
     for key in ("anyOf", "oneOf", "allOf"):
         for branch in schema.get(key) or []:
-            if key != "anyOf" or not _is_int_or_string(schema):
-                if "type" in branch:
-                    problems.append(f"{here}.{key}: type is forbidden inside {key}")
+            if (key != "anyOf" or not _is_int_or_string(schema)) and "type" in branch:
+                problems.append(f"{here}.{key}: type is forbidden inside {key}")
     if "properties" in schema and "additionalProperties" in schema:
         problems.append(f"{here}: properties and additionalProperties are mutually exclusive")
     props = schema.get("properties") or {}

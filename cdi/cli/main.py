@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import demo, imageupload, importcmd, serve, user, vm
+from cdi.cli import demo, imageupload, importcmd, serve, user, vm, webhook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register(sub)
     user.register(sub)
     vm.register(sub)
+    webhook.register(sub)
     return parser
 
 
