@@ -6,6 +6,7 @@ serve more kinds (VirtualMachine, DataSource, ...) register their `ResourceKind`
 
 from __future__ import annotations
 
+from cdi.api.coordination import COORDINATION_KINDS
 from cdi.api.core import core_kinds
 from cdi.api.datavolume import DATAVOLUME
 from cdi.api.kubevirt import KUBEVIRT_KINDS
@@ -15,8 +16,9 @@ from cdi.api.upload import UPLOAD_KINDS
 
 
 def default_registry() -> Registry:
-    """A new registry: core kinds, RBAC and review kinds, the DataVolume, upload kinds, KubeVirt's VM kinds."""
-    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS, *RBAC_KINDS, *UPLOAD_KINDS])
+    """A new registry: core kinds, RBAC and review kinds, the DataVolume, upload kinds, KubeVirt's VM kinds, Lease."""
+    return Registry([*core_kinds(), DATAVOLUME, *KUBEVIRT_KINDS, *RBAC_KINDS, *UPLOAD_KINDS,
+                     *COORDINATION_KINDS])
 
 
 __all__ = ["Column", "DATAVOLUME", "Registry", "ResourceKind", "default_registry", "get_path"]

@@ -153,7 +153,8 @@ class CloneReconciler:
             busy = source_busy(self.client, source)
             if busy is not None:
                 return self._wait(dv, status, *busy)
-            wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image)
+            wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image,
+                                     placement=self.settings.worker_pod)
             try:
                 self.client.create(POD, wanted)
                 log.info("%s created clone pod %s", ctx, wanted["metadata"]["name"])
@@ -196,6 +197,7 @@ class CloneReconciler:
             secret = build_source_secret(target, source, read_pair(self.client, CLIENT_SIGNER),
                                          read_pair(self.client, SERVER_SIGNER)[0])
             pod = build_source_pod(dv, target, source, image=self.settings.cloner_image, url=url,
+                                   placement=self.settings.worker_pod,
                                    target_size=image_size(dv, target, self.settings))
             for kind, obj in ((SECRET, secret), (POD, pod)):
                 try:

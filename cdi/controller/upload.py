@@ -107,6 +107,7 @@ class UploadReconciler:
         pod = self.client.find(POD, namespace, pod_name)
         if pod is None:
             pod = self._create(POD, build_pod(pvc, image=self.settings.uploadserver_image,
+                                              placement=self.settings.worker_pod,
                                               image_size=self._image_size(pvc),
                                               filesystem_overhead=self.settings.filesystem_overhead,
                                               resume_interval=self.settings.upload_resume_interval), ctx)
