@@ -112,12 +112,16 @@ def run_controller(args: argparse.Namespace) -> int:
             lost.set()
             stop.set()
 
-        elector = LeaderElector(client, lease, on_started=lambda: None if controllers.start() else None,
-                                on_stopped=lose).start()
+        def lead() -> None:
+            print(f"cdi controller: leading as {lease.identity}; controllers started", file=sys.stderr, flush=True)
+            controllers.start()
+
+        elector = LeaderElector(client, lease, on_started=lead, on_stopped=lose).start()
         print(f"cdi controller: campaigning for lease {lease.namespace}/{lease.name} as {lease.identity}",
               file=sys.stderr, flush=True)
     else:
         controllers.start()
+        print("cdi controller: controllers started", file=sys.stderr, flush=True)
     stop.wait()
     controllers.stop()
     if elector is not None:
