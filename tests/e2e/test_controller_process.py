@@ -122,7 +122,8 @@ def test_two_in_cluster_replicas_elect_one_leader_and_the_other_takes_over(serve
                                     *(["--metrics-port", str(free_port())] if name == "a" else []), env=env)
              for name in ("a", "b")}
     try:
-        leader = until(lambda: holder(serve), 20, lambda: f"no leader; logs {[p.read_text()[-800:] for p in logs.values()]}")
+        leader = until(lambda: holder(serve), 20,
+                       lambda: f"no leader; logs {[p.read_text()[-800:] for p in logs.values()]}")
         follower = "b" if leader == "a" else "a"
         serve.apply(dv_manifest("handover", {"http": {"url": files.url("/slow.raw")}}, size="8Mi"))
         serve.wait_phase("handover", "ImportInProgress", timeout=30)
@@ -130,7 +131,8 @@ def test_two_in_cluster_replicas_elect_one_leader_and_the_other_takes_over(serve
         assert "leading" not in logs[follower].read_text()  # only one reconciles
         procs[leader].send_signal(signal.SIGKILL)
         procs[leader].wait()
-        until(lambda: holder(serve) == follower, 20, lambda: f"holder {holder(serve)}; {logs[follower].read_text()[-800:]}")
+        until(lambda: holder(serve) == follower, 20,
+              lambda: f"holder {holder(serve)}; {logs[follower].read_text()[-800:]}")
         dv = serve.wait_phase("handover", "Succeeded", timeout=60)
         assert dv["status"]["progress"] == "100.0%"
         lease = serve.client.get(LEASE, NAMESPACE_NAME, "cdi-controller")
