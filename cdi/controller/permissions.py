@@ -20,7 +20,8 @@ import yaml
 
 Obj = dict[str, Any]
 
-CORE, CDI, KUBEVIRT, COORDINATION = "", "cdi.kubevirt.io", "kubevirt.io", "coordination.k8s.io"
+CORE, CDI, KUBEVIRT = "", "cdi.kubevirt.io", "kubevirt.io"
+COORDINATION, STORAGE = "coordination.k8s.io", "storage.k8s.io"
 READ = ("get", "list", "watch")
 RULES_FILE = Path(__file__).resolve().parents[2] / "charts" / "cdi" / "files" / "controller-rules.yaml"
 
@@ -47,18 +48,21 @@ DATAVOLUME = (
     rule(CORE, "pods", *READ, "create", "delete"),        # importer pods
     rule(CORE, "pods/log", "get"),                        # the importer's progress and termination lines
     rule(CORE, "events", "create", "patch", "list"),      # events (patch: repeated ones; list: restarts)
+    rule(STORAGE, "storageclasses", "get", "list"),       # WaitForFirstConsumer (cdi.kube.storage)
 )
 # The upload controller: upload.py, upload_pod.py, upload_tls.py (signers in the cdi namespace).
 UPLOAD = (
     rule(CORE, "services", "get", "create", "delete"),    # the upload server's Service
     rule(CORE, "secrets", "get", "create", "delete"),     # its serving certificate, the signers
     rule(CORE, "namespaces", "get", "create"),            # the cdi namespace of the signers, if missing
+    rule(STORAGE, "storageclasses", "get", "list"),
 )
 # The clone controller: clone.py, clone_source.py, clone_stream.py (pods and secrets in the source namespace).
 CLONE = (
     rule(CORE, "persistentvolumeclaims", "get"),
     rule(CORE, "pods", "list", "delete"),                 # source pods across namespaces, by label
     rule(CORE, "secrets", "create", "delete"),
+    rule(STORAGE, "storageclasses", "get", "list"),
 )
 # The VM runtime: vm.py, vmi.py, vm_manager.py (only when it is enabled).
 VM = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from cdi.controller.permissions import cluster_rules
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.run import Controllers, RunOptions
 from cdi.kube import DATAVOLUME, NODE, PVC, Client, Forbidden, NotFound, Obj
+from cdi.kube.kinds import STORAGECLASS
+from cdi.kube.storage import ANN_SELECTED_NODE
 from cdi.upload_runtime import KEY_FILE, start_upload_proxy
 from cdi.uploadtoken import ensure_key, public_pem
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
@@ -140,3 +143,41 @@ def test_a_missing_rule_is_a_clear_403(env: Env, caplog: pytest.LogCaptureFixtur
         env.admin.delete(DATAVOLUME, NS, "denied")
     except NotFound:
         pass
+
+
+def test_an_import_into_a_wait_for_first_consumer_class_binds_through_its_importer_pod(env: Env) -> None:
+    env.admin.create(STORAGECLASS, {"metadata": {"name": "local-wffc"}, "provisioner": "cdi.kubevirt.io/local",
+                                    "volumeBindingMode": "WaitForFirstConsumer"})
+    # A bare claim of the class has no consumer: the provisioner says it waits, and it stays Pending.
+    env.admin.create(PVC, {"metadata": {"name": "no-consumer", "namespace": NS},
+                           "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-wffc",
+                                    "resources": {"requests": {"storage": "1Mi"}}}})
+    _wait_for(lambda: any(e.get("reason") == "WaitForFirstConsumer" for e in env.node.events("no-consumer")))
+    claim = env.admin.get(PVC, NS, "no-consumer")
+    assert claim["status"]["phase"] == "Pending"
+    assert ANN_SELECTED_NODE not in (claim["metadata"].get("annotations") or {})
+
+    phases: list[str] = []
+    _, since = env.admin.list(DATAVOLUME, NS)  # every status write after this, whenever the watch opens
+
+    def follow() -> None:
+        for _, obj in env.admin.watch(DATAVOLUME, NS, resource_version=since, timeout_seconds=30,
+                                      label_selector="test=wffc"):
+            phases.append(str((obj.get("status") or {}).get("phase")))
+            if phases[-1] in ("Succeeded", "Failed"):
+                return
+
+    threading.Thread(target=follow, daemon=True).start()
+    body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "wffc", "namespace": NS, "labels": {"test": "wffc"}},
+            "spec": {"source": {"http": {"url": env.http.url("/disk.raw")}},
+                     "storage": {"storageClassName": "local-wffc", "resources": {"requests": {"storage": "8Mi"}}}}}
+    env.admin.create(DATAVOLUME, body)
+    dv = env.phase("wffc", "Succeeded", "Failed")
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    claim = env.admin.get(PVC, NS, "wffc")
+    assert claim["metadata"]["annotations"][ANN_SELECTED_NODE] == env.node.node.settings.node_name
+    assert env.digest("wffc") == env.digest("imp")
+    _wait_for(lambda: "Succeeded" in phases)
+    assert "WaitForFirstConsumer" in phases, phases
+    assert phases.index("WaitForFirstConsumer") < phases.index("Succeeded")

@@ -35,6 +35,6 @@ def test_least_privilege_no_wildcards_and_no_rbac_or_node_writes() -> None:
 
 def test_a_subset_of_controllers_gets_only_their_rules() -> None:
     groups = {g for r in cluster_rules(["datavolume", "upload", "clone"]) for g in r["apiGroups"]}
-    assert groups == {"", "cdi.kubevirt.io"}
+    assert groups == {"", "cdi.kubevirt.io", "storage.k8s.io"}
     with pytest.raises(ValueError, match="nope"):
         cluster_rules(["nope"])
