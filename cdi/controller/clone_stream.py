@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from cdi.controller.clone_pod import LABEL_COMPONENT, SOURCE_DEVICE, SOURCE_DIR, is_block
-from cdi.controller.resources import LABEL_APP, child_name, worker_container, worker_pod
+from cdi.controller.resources import LABEL_APP, WorkerPodConfig, child_name, worker_container, worker_pod
 from cdi.controller.upload_pod import SERVER_PORT
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
@@ -52,7 +52,8 @@ def build_source_secret(target: Obj, source: Obj, client_ca: tuple[bytes, bytes]
             "data": secret_data(tls_crt=cert, tls_key=key, ca_crt=server_ca_cert)}
 
 
-def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str, target_size: int) -> Obj:
+def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str, target_size: int,
+                     placement: WorkerPodConfig | None = None) -> Obj:
     uid = target["metadata"]["uid"]
     name = source_pod_name(uid)
 
@@ -80,4 +81,4 @@ def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str,
                       [{"name": "cdi-clone-source", "persistentVolumeClaim": {
                           "claimName": source["metadata"]["name"], "readOnly": True}}],
                       labels={"cdi.kubevirt.io": LABEL_COMPONENT, LABEL_TARGET_UID: uid},
-                      annotations={ANN_TARGET: f"{meta['namespace']}/{meta['name']}"})
+                      annotations={ANN_TARGET: f"{meta['namespace']}/{meta['name']}"}, placement=placement)
