@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import controller, demo, imageupload, importcmd, serve, user, vm, webhook
+from cdi.cli import controller, demo, imageupload, importcmd, serve, uploadproxy, user, vm, webhook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     user.register(sub)
     vm.register(sub)
     webhook.register(sub)
+    uploadproxy.register(sub)
     return parser
 
 
