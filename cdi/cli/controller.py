@@ -82,7 +82,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from cdi import metrics
     from cdi.clonetoken import TokenCheck
     from cdi.controller.run import Controllers, RunOptions
-    from cdi.kube import ApiError, Client
+    from cdi.kube import ApiError, Client, Forbidden
     from cdi.kube.leader import LeaderElector, LeaseConfig
 
     try:
@@ -95,6 +95,11 @@ def run_controller(args: argparse.Namespace) -> int:
         tokens = TokenCheck(Path(args.clone_token_key).read_bytes()) if args.clone_token_key else None
         client = (Client.from_kubeconfig(args.kubeconfig, context=args.context) if args.kubeconfig
                   else Client.in_cluster(args.service_account_dir))
+        user = client.whoami()
+    except Forbidden as e:
+        print(f"cdi controller: error: the API server refused the credentials ({e.status}: {e}); check the "
+              f"token of the kubeconfig or the ServiceAccount", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ApiError) as e:
         print(f"cdi controller: error: {e}", file=sys.stderr)
         return 2
@@ -105,7 +110,7 @@ def run_controller(args: argparse.Namespace) -> int:
     stop, lost = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"cdi controller: API server {client.server}", file=sys.stderr, flush=True)
+    print(f"cdi controller: API server {client.server} as {user}", file=sys.stderr, flush=True)
     elector = None
     if args.leader_elect:
         def lose() -> None:

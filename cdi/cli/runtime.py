@@ -51,6 +51,8 @@ class Runtime:
         self.api.write_kubeconfig(self.kubeconfig)
         refresh_user_kubeconfigs(self.data_dir)
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
+        # The controllers' ServiceAccount and role, also for a separate `cdi controller` (--no-controllers).
+        ensure_account(self.client)
         self.node = LocalNode(self.client, NodeSettings(
             data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,
             restart_backoff=self.cfg.node.restart_backoff,
@@ -63,7 +65,6 @@ class Runtime:
         (self.data_dir / PUBLIC_KEY_FILE).write_bytes(public_key)  # for `cdi controller --clone-token-key`
         if c.enabled:
             # The node keeps the admin credentials (it is the kubelet); the controllers get only their role.
-            ensure_account(self.client)
             self.controllers = Controllers(controller_client(self.client), ControllerSettings(
                 importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
                 progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,

@@ -56,8 +56,9 @@ class WorkerPodConfig:
                 raise ValueError(f"{source}: unknown key {key!r}; known: {', '.join(known)}")
             if not isinstance(value, known[key]):
                 raise ValueError(f"{source}: {key} must be a {'mapping' if known[key] is dict else 'list'}")
-        secrets = [s.get("name") if isinstance(s, dict) else s for s in data.get("imagePullSecrets") or []]
-        if not all(isinstance(s, str) and s for s in secrets):
+        entries = [s.get("name") if isinstance(s, dict) else s for s in data.get("imagePullSecrets") or []]
+        secrets = [s for s in entries if isinstance(s, str) and s]
+        if len(secrets) != len(entries):
             raise ValueError(f"{source}: imagePullSecrets must be names (or {{name: ...}} entries)")
         return cls(resources=data.get("podResourceRequirements") or copy.deepcopy(DEFAULT_RESOURCES),
                    node_selector={str(k): str(v) for k, v in (data.get("nodeSelector") or {}).items()},

@@ -145,6 +145,12 @@ class Client:
         result: Obj = self._call("POST", SERVICEACCOUNT.path(namespace, service_account, "token"), body=body)
         return result
 
+    def whoami(self) -> str:
+        """The user the API server sees (SelfSubjectReview, which every authenticated user may create)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body)
+        return str(((review.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
     # -- CRUD --------------------------------------------------------------------------------------
 
     def get(self, kind: Kind, namespace: str | None, name: str) -> Obj:

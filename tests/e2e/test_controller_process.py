@@ -151,13 +151,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_controller_without_credentials_says_what_to_pass(tmp_path: Path) -> None:
+def test_a_controller_without_credentials_or_with_a_wrong_token_says_what_to_fix(serve: Serve, tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
     proc = subprocess.run([sys.executable, "-m", "cdi.cli.main", "controller", "--service-account-dir",
-                           str(tmp_path)], capture_output=True, text=True, timeout=30,
-                          env={k: v for k, v in os.environ.items()
-                               if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")})
+                           str(tmp_path)], capture_output=True, text=True, timeout=30, env=clean)
     assert proc.returncode == 2
     assert "no in-cluster configuration" in proc.stderr and "--kubeconfig" in proc.stderr
+    sa, env = account_files(serve, tmp_path / "tampered")
+    (sa / "token").write_text((sa / "token").read_text()[:-4] + "AAAA")  # a forged signature
+    proc = subprocess.run([sys.executable, "-m", "cdi.cli.main", "controller", "--service-account-dir", str(sa)],
+                          capture_output=True, text=True, timeout=30, env={**clean, **env})
+    assert proc.returncode == 2
+    assert "refused the credentials (401" in proc.stderr, proc.stderr
 
 
 def test_kubectl_get_raw_metrics_on_cdi_serve(tmp_path: Path, files: HttpServer) -> None:
