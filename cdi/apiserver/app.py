@@ -26,6 +26,7 @@ from cdi.api import default_registry
 from cdi.api.registry import Registry
 from cdi.apiserver import (
     bootstrap_policy,
+    crds,
     discovery,
     kubevirt_subresources,
     openapi,
@@ -121,12 +122,14 @@ class InternalErrors:
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
     registry = registry or default_registry()
+    crds.register(registry)
     allow_deep_documents()
     store = Store(settings.db_path, history=settings.watch_history)
     objects = Objects(store, registry)
     for ns in settings.initial_namespaces:
         objects.ensure_namespace(ns)
     bootstrap_policy.ensure(objects)
+    crds.ensure(objects, registry)
     authorizer = Authorizer(store)
     clone_check = CloneSourceCheck(authorizer, store)
     objects.admission += [EscalationCheck(authorizer), clone_check]

@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from cdi.api import crdgen, default_registry
-from cdi.apiserver import fieldvalidation
+from cdi.api.registry import Registry, ResourceKind
+from cdi.apiserver import Settings, fieldvalidation
+from cdi.apiserver.app import create_app
+from cdi.apiserver.crds import CRD_KIND
 from cdi.apiserver.openapi import schema_name
 from tests.functional.apiserver_fixtures import Cluster, cluster, datavolume  # noqa: F401
 
@@ -73,3 +76,37 @@ def test_server_table_columns_match_the_crd_printer_columns(cluster: Cluster) ->
                if not c.get("priority")]
     assert out == ["NAME", *columns]
     assert crdgen.crd_kinds(default_registry())  # the generator sees the same registry the server serves
+
+
+def test_kubectl_get_crd_shows_the_charts_crds_read_only(cluster: Cluster) -> None:  # noqa: F811
+    names = cluster.kubectl("get", "crd", "-o", "name").stdout.split()
+    expected = sorted(f"customresourcedefinition.apiextensions.k8s.io/{_crd(p)['metadata']['name']}" for p in CRDS)
+    assert sorted(names) == expected
+    served = yaml.safe_load(cluster.kubectl("get", "crd", "datavolumes.cdi.kubevirt.io", "-o", "yaml").stdout)
+    assert served["spec"] == _crd(ROOT / "charts/cdi/crds/cdi.kubevirt.io_datavolumes.yaml")["spec"]
+    header = cluster.kubectl("get", "crds").stdout.split("\n")[0].split()
+    assert header == ["NAME", "CREATED", "AT"]
+    refused = cluster.kubectl("delete", "crd", "datavolumes.cdi.kubevirt.io", check=False)
+    assert refused.returncode != 0 and "does not allow this method" in refused.stderr
+    edit = cluster.kubectl("label", "crd", "datavolumes.cdi.kubevirt.io", "x=y", check=False)
+    assert edit.returncode != 0 and "does not allow this method" in edit.stderr
+    assert cluster.kubectl("get", "crd", "datavolumes.cdi.kubevirt.io").returncode == 0
+
+
+def test_crds_follow_the_served_kinds_across_restarts(tmp_path: Path) -> None:
+    extra = ResourceKind(group="cdi.kubevirt.io", version="v1beta1", kind="DataSource", plural="datasources",
+                         singular="datasource")
+
+    def crd_names(registry: Registry) -> list[str]:
+        app = create_app(Settings(token="t", db_path=str(tmp_path / "objects.db")), registry=registry)
+        store = app.state.store
+        try:
+            return sorted(o["metadata"]["name"] for o in store.items(CRD_KIND.key))
+        finally:
+            store.close()
+
+    base = sorted(k.group_resource for k in crdgen.crd_kinds(default_registry()))
+    with_extra = default_registry()
+    with_extra.register(extra)
+    assert crd_names(with_extra) == sorted([*base, "datasources.cdi.kubevirt.io"])
+    assert crd_names(default_registry()) == base
