@@ -279,6 +279,3 @@ def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
         template(namespace="default")
     with pytest.raises(RuntimeError, match="controller.replicas > 1 needs controller.leaderElection.enabled"):
         template({"controller": {"leaderElection": {"enabled": False}}}, tmp=tmp_path)
-    single = template({"controller": {"replicas": 1, "leaderElection": {"enabled": False}}}, tmp=tmp_path)
-    args = _containers(single)["cdi-controller"]["args"]
-    assert "--leader-elect" not in args
