@@ -131,7 +131,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     bootstrap_policy.ensure(objects)
     crds.ensure(objects, registry)
     authorizer = Authorizer(store)
-    clone_check = CloneSourceCheck(authorizer, store)
+    clone_check = CloneSourceCheck(authorizer, lambda ns: store.get("/namespaces", "", ns) is not None)
     objects.admission += [EscalationCheck(authorizer), clone_check]
     issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
                          issuer=settings.service_account_issuer)

@@ -16,18 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-
-def public_key_pem(data: bytes) -> bytes:
-    """The public key PEM of a PEM private or public key; ValueError when it is neither."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-        return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, TypeError):
-        serialization.load_pem_public_key(data)  # raises ValueError when it is not a key either
-        return data
+from cdi.uploadtoken import public_key_pem
 
 
 def cluster_dns(namespace: str, name: str, port: int) -> tuple[str, int]:

@@ -13,15 +13,16 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from cdi.api.registry import ResourceKind
-from cdi.webhook.review import Reviewer, ReviewError, bad_request
+from cdi.webhook.review import Check, Reviewer, ReviewError, bad_request
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ START_TIMEOUT = 10.0
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's own request limit is 3 MiB
 
 
-def create_app(kinds: Iterable[ResourceKind]) -> FastAPI:
-    reviewer = Reviewer(kinds)
+def create_app(kinds: Iterable[ResourceKind], checks: Sequence[Check] = ()) -> FastAPI:
+    reviewer = Reviewer(kinds, checks)
     app = FastAPI(title="cdi admission webhooks", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def _review(request: Request, *, mutating: bool) -> JSONResponse:
@@ -39,7 +40,8 @@ def create_app(kinds: Iterable[ResourceKind]) -> FastAPI:
             return JSONResponse(bad_request(f"request body larger than {MAX_BODY} bytes"), status_code=400)
         try:
             review: Any = json.loads(body)
-            answer = reviewer.mutate(review) if mutating else reviewer.validate(review)
+            # the checks may ask the API server (blocking calls): off the event loop
+            answer = await run_in_threadpool(reviewer.mutate if mutating else reviewer.validate, review)
         except (ValueError, ReviewError) as e:  # json.JSONDecodeError is a ValueError
             log.warning("bad admission request path=%s error=%s", request.url.path, e)
             return JSONResponse(bad_request(str(e)), status_code=400)
@@ -64,14 +66,14 @@ class WebhookServer:
     """The webhook app under uvicorn with TLS, in a background thread (tests) or in the foreground."""
 
     def __init__(self, kinds: Iterable[ResourceKind], *, cert_file: str, key_file: str, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, checks: Sequence[Check] = ()) -> None:
         self.host = host
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
                                    socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(create_app(kinds), log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(create_app(kinds, checks), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2, ssl_certfile=cert_file, ssl_keyfile=key_file)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

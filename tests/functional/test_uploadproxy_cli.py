@@ -16,8 +16,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cdi.cli.uploadproxy import public_key_pem
-from cdi.uploadtoken import Signer
+from cdi.uploadtoken import Signer, public_key_pem
 from tests.functional.apiserver_fixtures import Cluster, cluster  # noqa: F401
 
 

@@ -25,10 +25,17 @@ import httpx
 import jsonpatch
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cdi.api import crdgen, default_registry
 from cdi.api.registry import ResourceKind
+from cdi.apiserver.clone_admission import CloneSourceCheck
+from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
+from cdi.kube import Client
+from cdi.uploadtoken import Signer
 from cdi.webhook import WebhookServer
+from cdi.webhook.cluster import ClusterAuthorizer
 from tests.functional.apiserver_fixtures import Cluster, cluster, datavolume  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,18 +246,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_cli_serves_and_refuses_a_bad_key_pair(tls: tuple[trustme.CA, Path, Path], tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_cli_serves_and_refuses_a_bad_key_pair_or_missing_credentials(
+        tls: tuple[trustme.CA, Path, Path], tmp_path: Path, cluster: Cluster) -> None:  # noqa: F811
     ca, crt, key = tls
     bad_key = tmp_path / "other.key"
     trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(bad_key))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    bad = subprocess.run([sys.executable, "-m", "cdi.cli.main", "webhook", "--tls-cert", str(crt), "--tls-key",
-                          str(bad_key), "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")} | {"PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cdi.cli.main", "webhook", "--tls-cert", str(crt)]
+    bad = subprocess.run([*cmd, "--tls-key", str(bad_key), "--port", "0"], capture_output=True, text=True, timeout=30,
+                         env=env)
     assert bad.returncode == 2
     assert f"cannot load --tls-cert {crt} / --tls-key {bad_key}" in bad.stderr
+    alone = subprocess.run([*cmd, "--tls-key", str(key), "--service-account-dir", str(tmp_path)], capture_output=True,
+                           text=True, timeout=30, env=env)
+    assert alone.returncode == 2
+    assert "no in-cluster configuration" in alone.stderr and "or --no-clone-check" in alone.stderr
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cdi.cli.main", "webhook", "--tls-cert", str(crt), "--tls-key",
-                             str(key), "--port", str(port), "--address", "127.0.0.1"], env=env,
+    proc = subprocess.Popen([*cmd, "--tls-key", str(key), "--port", str(port), "--address", "127.0.0.1",
+                             "--kubeconfig", str(cluster.kubeconfig)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ctx = ssl.create_default_context()
@@ -270,3 +284,73 @@ def test_cli_serves_and_refuses_a_bad_key_pair(tls: tuple[trustme.CA, Path, Path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# CDI's clone authorization (datavolume-mutate): SubjectAccessReviews to a real API server's RBAC.
+
+@pytest.fixture(scope="module")
+def clone_webhook(tls: tuple[trustme.CA, Path, Path],
+                  cluster: Cluster) -> Iterator[tuple[httpx.Client, rsa.RSAPrivateKey]]:  # noqa: F811
+    for ns in ("src", "dst"):
+        cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("create", "rolebinding", "bob-edit", "--clusterrole=edit", "--user=bob", "-n", "src")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    authorizer = ClusterAuthorizer(Client.from_kubeconfig(str(cluster.kubeconfig)))
+    check = CloneSourceCheck(authorizer, authorizer.namespace_exists)
+    check.signer = Signer(key)
+    ca, crt, key_file = tls
+    server = WebhookServer(crdgen.crd_kinds(default_registry()), cert_file=str(crt), key_file=str(key_file),
+                           checks=[check]).start()
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as http:
+        yield http, key
+    server.stop()
+
+
+def _clone_review(user: str, source_ns: str, *, target_ns: str = "dst") -> dict:
+    dv = stored(datavolume("copy", source={"pvc": {"namespace": source_ns, "name": "golden"}},
+                          storage={"resources": {"requests": {"storage": "1Gi"}}}))
+    dv["metadata"]["namespace"] = target_ns
+    body = review("CREATE", dv)
+    body["request"]["namespace"] = target_ns
+    body["request"]["userInfo"] = {"username": user, "uid": "u-" + user, "groups": ["system:authenticated"]}
+    return body
+
+
+def test_cross_namespace_clone_without_rights_is_refused_as_cdi_words_it(
+        clone_webhook: tuple[httpx.Client, rsa.RSAPrivateKey]) -> None:
+    http, _ = clone_webhook
+    response = post(http, "/mutate", _clone_review("alice", "src"))
+    assert response["allowed"] is False
+    status = response["status"]
+    assert status["code"] == 422
+    assert status["message"] == " User alice has insufficient permissions in clone source namespace src"
+    assert status["details"]["causes"] == [{"reason": "FieldValueInvalid", "field": "spec.source.PVC.namespace",
+                                            "message": "User alice has insufficient permissions in clone source "
+                                                       "namespace src"}]
+
+
+def test_allowed_clone_gets_a_clone_token_for_exactly_that_source_and_target(
+        clone_webhook: tuple[httpx.Client, rsa.RSAPrivateKey]) -> None:
+    http, key = clone_webhook
+    body = _clone_review("bob", "src")
+    response = post(http, "/mutate", body)
+    assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(body["request"]["object"], json.loads(base64.b64decode(response["patch"])))
+    token = patched["metadata"]["annotations"][ANN_CLONE_TOKEN]
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert TokenCheck(public).check(token, "src", "golden", "dst", "copy") is None
+    assert TokenCheck(public).check(token, "src", "golden", "dst", "other") is not None
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    assert TokenCheck(private).check(token, "src", "golden", "dst", "copy") is None  # the chart's Secret form
+    same = post(http, "/mutate", _clone_review("alice", "dst"))  # same namespace: no review needed
+    assert same["allowed"] is True and "patch" in same
+
+
+def test_clone_from_a_missing_namespace_is_a_bad_request(clone_webhook: tuple[httpx.Client, rsa.RSAPrivateKey]) -> None:
+    http, _ = clone_webhook
+    response = post(http, "/mutate", _clone_review("bob", "nope"))
+    assert response["allowed"] is False
+    assert (response["status"]["code"], response["status"]["message"]) == (400, 'namespaces "nope" not found')

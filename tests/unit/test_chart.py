@@ -21,11 +21,15 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cdi import clonetoken
 from cdi.api import crdgen, default_registry
 from cdi.apiserver import bootstrap_policy
 from cdi.cli.main import build_parser
 from cdi.controller.resources import WorkerPodConfig
+from cdi.uploadtoken import Signer, Validator, public_key_pem
 from cdi.webhook import WebhookServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,11 +178,12 @@ def test_user_roles_aggregate_into_admin_edit_view_with_the_servers_rules(defaul
 
 
 def test_least_privilege_for_the_webhook_and_the_upload_proxy(default_docs: list[dict]) -> None:
-    account = find(default_docs, "ServiceAccount", "cdi-webhook")
-    assert account["automountServiceAccountToken"] is False
-    bound = [d for d in default_docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+    bound = [d["roleRef"]["name"] for d in default_docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
              and any(s["name"] == "cdi-webhook" for s in d["subjects"])]
-    assert bound == []
+    assert bound == ["cdi-webhook"]
+    assert find(default_docs, "ClusterRole", "cdi-webhook")["rules"] == [
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]
     proxy = find(default_docs, "ClusterRole", "cdi-uploadproxy")
     assert all(r["verbs"] == ["get"] for r in proxy["rules"])
     assert find(default_docs, "Role", "cdi-uploadproxy")["metadata"]["namespace"] == "cdi"
@@ -204,6 +209,9 @@ def test_every_container_command_is_a_cdi_subcommand_taking_those_flags(which: s
     if which == "default":
         assert controller.leader_elect and not controller.vm and controller.metrics_port == 8080
         assert controller.importer_image == controller.cloner_image == "localhost/cdi:0.1.0"
+        assert controller.clone_token_key == "/etc/cdi/token/key.pem"
+        webhook = parser.parse_args(containers["cdi-webhook"]["command"][1:] + containers["cdi-webhook"]["args"])
+        assert webhook.token_key == controller.clone_token_key and not webhook.no_clone_check
     else:
         assert controller.vm and controller.storage_class == "fast" and controller.metrics_port == 0
         assert controller.importer_image == "registry.example.com/cdi/importer:v9"
@@ -279,3 +287,12 @@ def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
         template(namespace="default")
     with pytest.raises(RuntimeError, match="controller.replicas > 1 needs controller.leaderElection.enabled"):
         template({"controller": {"leaderElection": {"enabled": False}}}, tmp=tmp_path)
+
+
+def test_the_charts_token_key_signs_and_checks_upload_and_clone_tokens(default_docs: list[dict]) -> None:
+    pem = base64.b64decode(find(default_docs, "Secret", "cdi-upload-token")["data"]["key.pem"])
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)  # what cdi webhook --token-key needs
+    token = clonetoken.issue(Signer(key), "src", "golden", "dst", "copy")
+    assert clonetoken.TokenCheck(pem).check(token, "src", "golden", "dst", "copy") is None  # the controller's view
+    assert Validator(public_key_pem(pem)).validate(Signer(key).upload_token("dst", "disk")).name == "disk"
