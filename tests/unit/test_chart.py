@@ -185,13 +185,24 @@ def test_least_privilege_for_the_webhook_and_the_upload_proxy(default_docs: list
         {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]
     proxy = find(default_docs, "ClusterRole", "cdi-uploadproxy")
-    assert all(r["verbs"] == ["get"] for r in proxy["rules"])
+    assert proxy["rules"] == [
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}]
+    reader = find(default_docs, "RoleBinding", "cdi-uploadproxy-auth-reader")
+    assert (reader["metadata"]["namespace"], reader["roleRef"]["name"]) == (
+        "kube-system", "extension-apiserver-authentication-reader")
     assert find(default_docs, "Role", "cdi-uploadproxy")["metadata"]["namespace"] == "cdi"
 
 
 def _containers(docs: list[dict]) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
-            for d in docs if d["kind"] == "Deployment"}
+    """Every container of every Deployment, by `deployment` (its first) or `deployment/container`."""
+    out = {}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            for i, c in enumerate(d["spec"]["template"]["spec"]["containers"]):
+                out[d["metadata"]["name"] + ("" if i == 0 else "/" + c["name"])] = c
+    return out
 
 
 @pytest.mark.parametrize("which", ["default", "custom"])
@@ -200,7 +211,7 @@ def test_every_container_command_is_a_cdi_subcommand_taking_those_flags(which: s
     docs = default_docs if which == "default" else custom_docs
     parser = build_parser()
     containers = _containers(docs)
-    assert sorted(containers) == ["cdi-controller", "cdi-uploadproxy", "cdi-webhook"]
+    assert sorted(containers) == ["cdi-controller", "cdi-uploadproxy", "cdi-uploadproxy/upload-api", "cdi-webhook"]
     for name, c in containers.items():
         assert c["command"][0] == "cdi", name
         args = parser.parse_args([*c["command"][1:], *c["args"]])  # exits (SystemExit) on an unknown flag
@@ -260,23 +271,31 @@ def test_webhook_rules_follow_the_vm_runtime_and_the_failure_policy(default_docs
     assert find(custom_docs, "Certificate", "cdi-webhook")["spec"]["dnsNames"][0] == "cdi-webhook.cdi.svc"
 
 
-def test_the_charts_webhook_certificate_serves_tls_that_the_ca_bundle_verifies(default_docs: list[dict],
-                                                                              tmp_path: Path) -> None:
-    secret = find(default_docs, "Secret", "cdi-webhook-tls")["data"]
-    (hook,) = find(default_docs, "ValidatingWebhookConfiguration", "cdi-validating")["webhooks"]
-    (mhook,) = find(default_docs, "MutatingWebhookConfiguration", "cdi-mutating")["webhooks"]
-    assert hook["clientConfig"]["caBundle"] == mhook["clientConfig"]["caBundle"] == secret["ca.crt"]
+def _bundles(docs: list[dict]) -> dict[str, tuple[dict, list[str]]]:
+    (hook,) = find(docs, "ValidatingWebhookConfiguration", "cdi-validating")["webhooks"]
+    (mhook,) = find(docs, "MutatingWebhookConfiguration", "cdi-mutating")["webhooks"]
+    api = find(docs, "APIService", "v1beta1.upload.cdi.kubevirt.io")["spec"]
+    return {"cdi-webhook": (find(docs, "Secret", "cdi-webhook-tls")["data"],
+                            [hook["clientConfig"]["caBundle"], mhook["clientConfig"]["caBundle"]]),
+            "cdi-upload-api": (find(docs, "Secret", "cdi-upload-api-tls")["data"], [api["caBundle"]])}
+
+
+@pytest.mark.parametrize("service", ["cdi-webhook", "cdi-upload-api"])
+def test_the_charts_certificates_serve_tls_that_the_ca_bundles_verify(service: str, default_docs: list[dict],
+                                                                     tmp_path: Path) -> None:
+    secret, bundles = _bundles(default_docs)[service]
+    assert set(bundles) == {secret["ca.crt"]}
     for key in ("tls.crt", "tls.key"):
         (tmp_path / key).write_bytes(base64.b64decode(secret[key]))
     server = WebhookServer([], cert_file=str(tmp_path / "tls.crt"), key_file=str(tmp_path / "tls.key")).start()
     try:
-        ctx = ssl.create_default_context(cadata=base64.b64decode(hook["clientConfig"]["caBundle"]).decode())
+        ctx = ssl.create_default_context(cadata=base64.b64decode(bundles[0]).decode())
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="cdi-webhook.cdi.svc") as tls:
+                ctx.wrap_socket(raw, server_hostname=f"{service}.cdi.svc") as tls:
             assert tls.version() is not None
         with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"), \
                 socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="cdi-webhook.other.svc"):
+                ctx.wrap_socket(raw, server_hostname=f"{service}.other.svc"):
             pass
     finally:
         server.stop()

@@ -65,7 +65,7 @@ def test_programs_the_chart_and_the_controller_start_exist() -> None:
     rendered = []
     for template in (ROOT / "charts" / "cdi" / "templates").glob("*.yaml"):
         rendered += re.findall(r'command: \["cdi", "([a-z-]+)"\]', template.read_text())
-    assert sorted(set(rendered)) == ["controller", "upload-proxy", "webhook"]
+    assert sorted(set(rendered)) == ["controller", "upload-api", "upload-proxy", "webhook"]
     assert set(rendered) <= commands
     for image in WORKER_IMAGES.values():
         for program in image.programs:
