@@ -23,7 +23,7 @@ from cdi.controller.account import ACCOUNT, CLUSTERROLE, NAMESPACE_NAME, ROLE, c
 from cdi.controller.permissions import cluster_rules
 from cdi.controller.resources import ControllerSettings
 from cdi.controller.run import Controllers, RunOptions
-from cdi.kube import DATAVOLUME, NODE, PVC, Client, Forbidden, NotFound, Obj
+from cdi.kube import DATAVOLUME, NODE, PVC, Client, Forbidden, Invalid, NotFound, Obj
 from cdi.kube.kinds import STORAGECLASS
 from cdi.kube.storage import ANN_SELECTED_NODE
 from cdi.upload_runtime import KEY_FILE, start_upload_proxy
@@ -148,6 +148,8 @@ def test_a_missing_rule_is_a_clear_403(env: Env, caplog: pytest.LogCaptureFixtur
 def test_an_import_into_a_wait_for_first_consumer_class_binds_through_its_importer_pod(env: Env) -> None:
     env.admin.create(STORAGECLASS, {"metadata": {"name": "local-wffc"}, "provisioner": "cdi.kubevirt.io/local",
                                     "volumeBindingMode": "WaitForFirstConsumer"})
+    with pytest.raises(Invalid, match="updates to volumeBindingMode are forbidden"):  # immutable, as in kube
+        env.admin.patch(STORAGECLASS, None, "local-wffc", {"volumeBindingMode": "Immediate"})
     # A bare claim of the class has no consumer: the provisioner says it waits, and it stays Pending.
     env.admin.create(PVC, {"metadata": {"name": "no-consumer", "namespace": NS},
                            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-wffc",
