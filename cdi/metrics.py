@@ -12,14 +12,17 @@ the workers' progress reports):
 - ``kubevirt_cdi_cr_ready``: 1 while these controllers run (and, with leader election, lead).
 
 One ``CollectorRegistry`` per process serves ``/metrics`` of the embedded API server and of
-``cdi controller --metrics-port``.
+``cdi controller --metrics-port``. Worker pods serve their own progress as CDI's do
+(``serve_worker_progress``): the importer ``kubevirt_cdi_import_progress_total`` and the cloner
+``kubevirt_cdi_clone_progress_total`` for their OWNER_UID, on the container port named ``metrics``
+(8443, plain HTTP) that the controller declares and passes as METRICS_PORT.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -36,6 +39,7 @@ DATAVOLUME_PENDING = "kubevirt_cdi_datavolume_pending"
 DATAVOLUME_PHASE = "kubevirt_cdi_datavolume_phase"
 CR_READY = "kubevirt_cdi_cr_ready"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+WORKER_METRICS_PORT = 8443  # CDI's worker pods serve /metrics on 8443, port name "metrics"
 
 _PROGRESS = {"import": (IMPORT_PROGRESS, "The import progress in percentage"),
              "clone": (CLONE_PROGRESS, "The clone progress in percentage"),
@@ -98,6 +102,32 @@ class DataVolumeMetrics(Collector):
             by_phase.add_metric([phase], count)
         yield by_phase
         yield GaugeMetricFamily(CR_READY, "CDI install ready", value=1 if self.ready else 0)
+
+
+class WorkerProgress(Collector):
+    """One worker's progress in percent, read from the worker at scrape time."""
+
+    def __init__(self, name: str, owner_uid: str, percent: Callable[[], float]) -> None:
+        self.name, self.owner_uid, self.percent = name, owner_uid, percent
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        help_text = next((h for n, h in _PROGRESS.values() if n == self.name), "Progress in percentage")
+        family = CounterMetricFamily(self.name, help_text, labels=["ownerUID"])
+        family.add_metric([self.owner_uid], self.percent())
+        yield family
+
+
+def serve_worker_progress(name: str, percent: Callable[[], float], environ: Mapping[str, str]) -> int | None:
+    """In a worker pod: serve ``name{ownerUID=$OWNER_UID}`` on $METRICS_PORT (the local node's host port
+    for it, ``CDI_PORT_<port>``, on one machine). Returns the port, or None when the pod asks for none."""
+    declared = environ.get("METRICS_PORT")
+    if not declared:
+        return None
+    local = environ.get(f"CDI_PORT_{declared}")  # the local node: every pod is 127.0.0.1 with its own port
+    port = int(local or declared)
+    serve(new_registry(WorkerProgress(name, environ.get("OWNER_UID", ""), percent)), port,
+          "127.0.0.1" if local else "0.0.0.0")  # noqa: S104 (a pod's port)
+    return port
 
 
 def new_registry(*collectors: Collector) -> CollectorRegistry:

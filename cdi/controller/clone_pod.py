@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import ANN_CREATED_BY, WorkerPodConfig, child_name, worker_container, worker_pod
+from cdi.controller.resources import (
+    ANN_CREATED_BY,
+    METRICS_ENV,
+    METRICS_PORTS,
+    WorkerPodConfig,
+    child_name,
+    worker_container,
+    worker_pod,
+)
 
 Obj = dict[str, Any]
 
@@ -55,8 +63,8 @@ def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: b
         {"name": "CLONER_DIGEST", "value": "true"},
         {"name": "OWNER_UID", "value": meta["uid"]},
     ]
-    container = worker_container("cdi-cloner", image, ["python3", "-m", "cloner"], env, mounts=mounts,
-                                 devices=devices)
+    container = worker_container("cdi-cloner", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                 mounts=mounts, devices=devices, ports=METRICS_PORTS)
     volumes = [
         {"name": "cdi-clone-source",
          "persistentVolumeClaim": {"claimName": source["metadata"]["name"], "readOnly": True}},

@@ -15,7 +15,15 @@ import json
 from typing import Any
 
 from cdi.controller.clone_pod import LABEL_COMPONENT, SOURCE_DEVICE, SOURCE_DIR, is_block
-from cdi.controller.resources import LABEL_APP, WorkerPodConfig, child_name, worker_container, worker_pod
+from cdi.controller.resources import (
+    LABEL_APP,
+    METRICS_ENV,
+    METRICS_PORTS,
+    WorkerPodConfig,
+    child_name,
+    worker_container,
+    worker_pod,
+)
 from cdi.controller.upload_pod import SERVER_PORT
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
@@ -70,11 +78,13 @@ def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str,
         {"name": "OWNER_UID", "value": uid},
     ]
     if is_block(source):
-        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
-                                     devices=[{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}])
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                     devices=[{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}],
+                                     ports=METRICS_PORTS)
     else:
-        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
-                                     mounts=[{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}])
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                     mounts=[{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}],
+                                     ports=METRICS_PORTS)
     meta = dv["metadata"]
     # No owner: the target lives in another namespace, where an owner reference cannot reach.
     return worker_pod(name, source["metadata"]["namespace"], container,

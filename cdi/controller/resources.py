@@ -29,6 +29,9 @@ ANN_CREATED_BY = "cdi.kubevirt.io/createdForDataVolume"
 LABEL_APP = {"app": "containerized-data-importer", "app.kubernetes.io/component": "storage",
              "app.kubernetes.io/managed-by": "cdi-controller"}
 ALIGN = 1 << 20
+# Worker pods serve their progress to Prometheus on CDI's port (cdi.metrics.serve_worker_progress).
+METRICS_PORTS: list[Obj] = [{"name": "metrics", "containerPort": 8443, "protocol": "TCP"}]
+METRICS_ENV: list[Obj] = [{"name": "METRICS_PORT", "value": "8443"}]
 
 
 DEFAULT_RESOURCES: Obj = {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}}
@@ -245,8 +248,8 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings) -> Obj:
         env.append({"name": "IMPORTER_SOURCE", "value": "none"})
     else:
         raise ValueError(f"source {sorted(source)} is not imported by the import controller")
-    container = worker_container("importer", settings.importer_image, ["python3", "-m", "importer"], env,
-                                 mounts=mounts, devices=devices)
+    container = worker_container("importer", settings.importer_image, ["python3", "-m", "importer"],
+                                 [*env, *METRICS_ENV], mounts=mounts, devices=devices, ports=METRICS_PORTS)
     return worker_pod(importer_pod_name(meta["name"]), meta["namespace"], container, volumes,
                       labels={"cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
                       annotations={ANN_CREATED_BY: meta["uid"]}, owner=pvc, placement=settings.worker_pod)

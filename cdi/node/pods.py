@@ -35,7 +35,6 @@ from cdi.kube.storage import ANN_SELECTED_NODE, waits_for_first_consumer
 from cdi.node.claims import claim_path
 from cdi.node.containers import COMPONENT, Launcher
 from cdi.node.podspec import MountError, grace_period, prepare_volumes
-from cdi.node.ports import declared_ports
 from cdi.node.process import Process
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime, pod_status, restore_container
@@ -348,7 +347,10 @@ class PodRunner:
 
 
 def _serves(rt: PodRuntime) -> bool:
-    return bool(declared_ports(rt.pod))
+    """A pod that serves (an upload server, a VM console) does not take a run slot; a port for
+    metrics alone (importer, cloner) does not make a worker a server."""
+    return any(p.get("name") != "metrics" for c in (rt.pod.get("spec") or {}).get("containers") or []
+               for p in c.get("ports") or [])
 
 
 def _key(obj: Obj) -> Key:

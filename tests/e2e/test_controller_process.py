@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cdi.cli.main import main
 from cdi.controller.account import ACCOUNT, NAMESPACE_NAME, ensure_account
 from cdi.kube import NotFound
 from cdi.kube.kinds import LEASE
@@ -118,9 +119,15 @@ def test_two_in_cluster_replicas_elect_one_leader_and_the_other_takes_over(serve
     timing = ["--leader-elect", "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.5",
               "--service-account-dir", str(sa)]
     logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
-    procs = {name: start_controller(serve, logs[name], *timing, "--identity", name,
-                                    *(["--metrics-port", str(free_port())] if name == "a" else []), env=env)
+    ports = {"a": free_port(), "b": free_port()}
+    procs = {name: start_controller(serve, logs[name], *timing, "--identity", name, "--metrics-port",
+                                    str(ports[name]), "--metrics-address", "127.0.0.1", env=env)
              for name in ("a", "b")}
+
+    def metrics(name: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/metrics", timeout=5) as answer:
+            return str(answer.read().decode())
+
     try:
         leader = until(lambda: holder(serve), 20,
                        lambda: f"no leader; logs {[p.read_text()[-800:] for p in logs.values()]}")
@@ -129,6 +136,8 @@ def test_two_in_cluster_replicas_elect_one_leader_and_the_other_takes_over(serve
         serve.wait_phase("handover", "ImportInProgress", timeout=30)
         assert "leading" in logs[leader].read_text()
         assert "leading" not in logs[follower].read_text()  # only one reconciles
+        assert "kubevirt_cdi_cr_ready 1.0" in metrics(leader)
+        assert "kubevirt_cdi_cr_ready 0.0" in metrics(follower)
         procs[leader].send_signal(signal.SIGKILL)
         procs[leader].wait()
         until(lambda: holder(serve) == follower, 20,
@@ -138,6 +147,8 @@ def test_two_in_cluster_replicas_elect_one_leader_and_the_other_takes_over(serve
         lease = serve.client.get(LEASE, NAMESPACE_NAME, "cdi-controller")
         assert lease["spec"]["leaseTransitions"] >= 1
         assert "leading" in logs[follower].read_text()
+        until(lambda: f'kubevirt_cdi_import_progress_total{{ownerUID="{dv["metadata"]["uid"]}"}} 100.0'
+              in metrics(follower), 10, lambda: metrics(follower))
     finally:
         for proc in procs.values():
             stop(proc)
@@ -151,19 +162,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_controller_without_credentials_or_with_a_wrong_token_says_what_to_fix(serve: Serve, tmp_path: Path) -> None:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "cdi.cli.main", "controller", "--service-account-dir",
-                           str(tmp_path)], capture_output=True, text=True, timeout=30, env=clean)
-    assert proc.returncode == 2
-    assert "no in-cluster configuration" in proc.stderr and "--kubeconfig" in proc.stderr
+def test_a_controller_without_credentials_or_with_a_wrong_token_says_what_to_fix(
+        serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    # In this process: both end before the controllers would start.
+    assert main(["controller", "--service-account-dir", str(tmp_path)]) == 2
+    said = capsys.readouterr().err
+    assert "no in-cluster configuration" in said and "--kubeconfig" in said
     sa, env = account_files(serve, tmp_path / "tampered")
     (sa / "token").write_text((sa / "token").read_text()[:-4] + "AAAA")  # a forged signature
-    proc = subprocess.run([sys.executable, "-m", "cdi.cli.main", "controller", "--service-account-dir", str(sa)],
-                          capture_output=True, text=True, timeout=30, env={**clean, **env})
-    assert proc.returncode == 2
-    assert "refused the credentials (401" in proc.stderr, proc.stderr
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["controller", "--service-account-dir", str(sa)]) == 2
+    said = capsys.readouterr().err
+    assert "refused the credentials (401" in said, said
 
 
 def test_kubectl_get_raw_metrics_on_cdi_serve(tmp_path: Path, files: HttpServer) -> None:

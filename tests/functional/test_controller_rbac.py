@@ -6,6 +6,7 @@ Import, upload and clone each run end to end with nothing but the rules of
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -21,11 +22,12 @@ import pytest
 from cdi.clonetoken import TokenCheck
 from cdi.controller.account import ACCOUNT, CLUSTERROLE, NAMESPACE_NAME, ROLE, controller_client, ensure_account
 from cdi.controller.permissions import cluster_rules
-from cdi.controller.resources import ControllerSettings
+from cdi.controller.resources import ControllerSettings, importer_pod_name
 from cdi.controller.run import Controllers, RunOptions
-from cdi.kube import DATAVOLUME, NODE, PVC, Client, Forbidden, NotFound, Obj
+from cdi.kube import DATAVOLUME, NODE, POD, PVC, Client, Forbidden, Invalid, NotFound, Obj
 from cdi.kube.kinds import STORAGECLASS
 from cdi.kube.storage import ANN_SELECTED_NODE
+from cdi.node.ports import ANN_PORTS
 from cdi.upload_runtime import KEY_FILE, start_upload_proxy
 from cdi.uploadtoken import ensure_key, public_pem
 from tests.functional.test_node_fixtures import NS, NodeEnv, make_env
@@ -69,6 +71,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     raw = images.make_raw(work / "disk.raw", 4 << 20)
     with HttpServer() as http:
         http.add("/disk.raw", Route(path=str(raw)))
+        http.add("/slow.raw", Route(path=str(raw), rate=1 << 20))  # about 4 s
         yield Env(node, admin, controller, proxy, http, raw)
     controllers.stop()
     proxy.stop()
@@ -148,6 +151,8 @@ def test_a_missing_rule_is_a_clear_403(env: Env, caplog: pytest.LogCaptureFixtur
 def test_an_import_into_a_wait_for_first_consumer_class_binds_through_its_importer_pod(env: Env) -> None:
     env.admin.create(STORAGECLASS, {"metadata": {"name": "local-wffc"}, "provisioner": "cdi.kubevirt.io/local",
                                     "volumeBindingMode": "WaitForFirstConsumer"})
+    with pytest.raises(Invalid, match="updates to volumeBindingMode are forbidden"):  # immutable, as in kube
+        env.admin.patch(STORAGECLASS, None, "local-wffc", {"volumeBindingMode": "Immediate"})
     # A bare claim of the class has no consumer: the provisioner says it waits, and it stays Pending.
     env.admin.create(PVC, {"metadata": {"name": "no-consumer", "namespace": NS},
                            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-wffc",
@@ -181,3 +186,23 @@ def test_an_import_into_a_wait_for_first_consumer_class_binds_through_its_import
     _wait_for(lambda: "Succeeded" in phases)
     assert "WaitForFirstConsumer" in phases, phases
     assert phases.index("WaitForFirstConsumer") < phases.index("Succeeded")
+
+
+def test_the_importer_pod_serves_its_progress_as_cdis_importer_does(env: Env) -> None:
+    dv = env.dv("measured", {"http": {"url": env.http.url("/slow.raw")}})
+    env.phase("measured", "ImportInProgress")
+    pod = env.admin.get(POD, NS, importer_pod_name("measured"))
+    assert {"name": "metrics", "containerPort": 8443, "protocol": "TCP"} in pod["spec"]["containers"][0]["ports"]
+    port = json.loads(pod["metadata"]["annotations"][ANN_PORTS])["8443"]
+    line = f'kubevirt_cdi_import_progress_total{{ownerUID="{dv["metadata"]["uid"]}"}} '
+
+    def progress() -> float:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.ConnectError:  # the process runs, but its Python is still starting
+            return -1.0
+        return float(text.split(line, 1)[1].split()[0]) if line in text else -1.0
+
+    assert _wait_for(lambda: 0 < progress() < 100), "no progress between 0 and 100 on the importer's /metrics"
+    done = env.phase("measured", "Succeeded", "Failed")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
