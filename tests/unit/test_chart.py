@@ -302,6 +302,10 @@ def test_the_charts_certificates_serve_tls_that_the_ca_bundles_verify(service: s
 
 
 def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as typo:  # values.schema.json: a misspelt or wrong value is named
+        template({"vmRuntime": {"enable": True}, "webhook": {"failurePolicy": "Fial"}}, tmp=tmp_path)
+    assert "vmRuntime: Additional property enable is not allowed" in str(typo.value)
+    assert 'webhook.failurePolicy must be one of the following: "Fail", "Ignore"' in str(typo.value)
     with pytest.raises(RuntimeError, match='install cdi into the namespace cdi .* not in "default"'):
         template(namespace="default")
     with pytest.raises(RuntimeError, match="controller.replicas > 1 needs controller.leaderElection.enabled"):
