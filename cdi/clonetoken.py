@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from cdi.uploadtoken import ALGORITHM, ISSUER, LEEWAY, LIFETIME, PVC_RESOURCE, Signer
+from cdi.uploadtoken import ALGORITHM, ISSUER, LEEWAY, LIFETIME, PVC_RESOURCE, Signer, public_key_pem
 
 ANN_CLONE_TOKEN = "cdi.kubevirt.io/storage.clone.token"
 OPERATION_CLONE = "Clone"
@@ -39,8 +39,9 @@ def issue(signer: Signer, source_ns: str, source_name: str, target_ns: str, targ
 class TokenCheck:
     """Verifies clone tokens with the public half of the signing key."""
 
-    def __init__(self, public_key_pem: bytes) -> None:
-        self.public_key = serialization.load_pem_public_key(public_key_pem)
+    def __init__(self, key_pem: bytes) -> None:
+        """`key_pem`: the public key, or the private one (a chart's Secret holds only that)."""
+        self.public_key = serialization.load_pem_public_key(public_key_pem(key_pem))
 
     def check(self, token: str | None, source_ns: str, source_name: str, target_ns: str, target_name: str, *,
               at: datetime.datetime | None = None) -> str | None:

@@ -22,6 +22,7 @@ from uploadproxy.proxy import UploadProxy
 log = logging.getLogger(__name__)
 
 KEY_FILE = "upload-token.key"
+PUBLIC_KEY_FILE = "upload-token.pub"  # what a separate `cdi controller` checks clone tokens with
 
 
 def start_upload_proxy(api: ApiServer, client: Client, data_dir: Path, host: str, port: int) -> UploadProxy:

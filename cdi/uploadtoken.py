@@ -64,6 +64,18 @@ def public_pem(key: rsa.RSAPrivateKey) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def public_key_pem(data: bytes) -> bytes:
+    """The public key PEM of a PEM private key (as a Helm chart's Secret holds it) or of a public key.
+
+    Raises ValueError when `data` is neither."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        serialization.load_pem_public_key(data)  # ValueError when it is not a key either
+        return data
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 class Signer:
     """Issues upload tokens with the private key."""
 

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Mapping
 
+from cdi.metrics import CLONE_PROGRESS, serve_worker_progress
 from cdi.podenv import MountsError, PathMap, write_termination
 from cloner.copy import clone
 from cloner.digest import padded_digest
@@ -57,6 +58,7 @@ def run(env: Mapping[str, str]) -> dict[str, object]:
     source = paths(env["CLONER_SOURCE"])
     size = int(env.get("CLONER_SIZE") or 0) or source_size(source)
     progress = Progress(size)
+    serve_worker_progress(CLONE_PROGRESS, lambda: min(100.0, 100.0 * progress.done / progress.total), env)
     started = time.monotonic()
     result: dict[str, object] = {"size": size}
     if env.get("UPLOAD_URL"):

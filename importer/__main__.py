@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from cdi.metrics import IMPORT_PROGRESS, serve_worker_progress
 from cdi.podenv import write_termination
 from importer.errors import Error
 from importer.job_env import job_from_env
@@ -28,6 +29,7 @@ def main() -> int:
         job = job_from_env(os.environ)
         progress = Progress(mode=os.environ.get("IMPORTER_PROGRESS", "json"),
                             file=os.environ.get("IMPORTER_PROGRESS_FILE") or None, interval=1.0)
+        serve_worker_progress(IMPORT_PROGRESS, progress.percent, os.environ)
         with progress:
             result = run_import(job, progress)
     except (Error, ValueError) as e:

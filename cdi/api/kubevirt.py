@@ -237,6 +237,12 @@ def _ready(obj: Obj) -> str | None:
     return None
 
 
+def _condition_path(kind: str) -> str:
+    """The printer-column JSONPath of a condition's status, as KubeVirt's CRDs declare it."""
+    return f".status.conditions[?(@.type=='{kind}')].status"
+
+
+_READY_PATH = _condition_path("Ready")
 _AGE = Column("Age", "date", ".metadata.creationTimestamp", description="CreationTimestamp of the object.")
 
 VIRTUALMACHINE = ResourceKind(
@@ -245,7 +251,7 @@ VIRTUALMACHINE = ResourceKind(
     columns=(
         _AGE,
         Column("Status", "string", ".status.printableStatus", description="Human readable status"),
-        Column("Ready", "string", func=_ready, description="Ready condition of the VM"),
+        Column("Ready", "string", _READY_PATH, func=_ready, description="Ready condition of the VM"),
     ),
     age_column=False, validate=validate_vm, schema=vm_schema(),
     description="VirtualMachine handles the VirtualMachineInstance that is supposed to be running.",
@@ -259,9 +265,9 @@ VIRTUALMACHINEINSTANCE = ResourceKind(
         Column("Phase", "string", ".status.phase"),
         Column("IP", "string", ".status.interfaces[0].ipAddress"),
         Column("NodeName", "string", ".status.nodeName"),
-        Column("Ready", "string", func=_ready),
-        Column("Live-Migratable", "string", func=lambda _obj: "False", priority=1),
-        Column("Paused", "string", func=lambda _obj: None, priority=1),
+        Column("Ready", "string", _READY_PATH, func=_ready),
+        Column("Live-Migratable", "string", _condition_path("LiveMigratable"), func=lambda _obj: "False", priority=1),
+        Column("Paused", "string", _condition_path("Paused"), func=lambda _obj: None, priority=1),
     ),
     age_column=False, validate=validate_vmi, schema=vmi_schema(),
     description="VirtualMachineInstance is *the* VirtualMachineInstance Definition.",

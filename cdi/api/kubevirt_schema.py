@@ -149,7 +149,8 @@ def _top(desc: str, spec: Schema, status: Schema) -> Schema:
         ["spec"],
         apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
         kind=s("Kind is a string value representing the REST resource this object represents."),
-        metadata=_metadata(),
+        # The object's own metadata is ObjectMeta, which a CRD schema may not describe (beyond name).
+        metadata={"type": "object", "description": "Standard object's metadata."},
         spec=spec,
         status=status,
     )

@@ -34,7 +34,10 @@ BASE_SELECTABLE_FIELDS = ("metadata.name", "metadata.namespace")
 class Column:
     """One column of a server-side table, like a CRD's additionalPrinterColumns entry.
 
-    Exactly one of `json_path` (a simple `.a.b.c` path) or `func` (object -> cell) gives the cell.
+    `func` (object -> cell) or else `json_path` (a simple `.a.b.c` path) gives the cell. A column
+    with a `func` may still carry a `json_path`: the JSONPath a CustomResourceDefinition's printer
+    column uses for it (e.g. a condition filter the embedded server computes in Python), so the
+    generated CRD (`cdi.api.crdgen`) shows the same column in a cluster.
     `priority` 0 columns are always shown, priority 1 only with `-o wide`.
     """
 
@@ -84,6 +87,9 @@ class ResourceKind:
     non_spec_fields: tuple[str, ...] = ("status",)
     description: str = ""
     verbs: tuple[str, ...] = STANDARD_VERBS
+    # Served in a cluster by an aggregated API server rather than stored through a CRD (CDI's
+    # upload API): `cdi.api.crdgen` generates no CustomResourceDefinition for it.
+    aggregated: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

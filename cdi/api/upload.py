@@ -8,6 +8,7 @@ where ``virtctl image-upload`` and ``cdi image-upload`` find the upload proxy.
 
 from __future__ import annotations
 
+from cdi.api.dv_schema import Schema, arr, b, i, o, s
 from cdi.api.registry import Column, ResourceKind
 
 UPLOAD_GROUP = "upload.cdi.kubevirt.io"
@@ -19,9 +20,49 @@ UPLOADTOKENREQUEST = ResourceKind(
     plural="uploadtokenrequests",
     singular="uploadtokenrequest",
     verbs=("create",),
+    aggregated=True,
     description="UploadTokenRequest is the CR used to initiate a CDI upload: its status carries a "
     "short-lived token that allows an upload into the PVC named by spec.pvcName",
 )
+
+
+
+def _open(schema: Schema) -> Schema:
+    """CDI's configuration grows release by release: fields outside the ones named here are kept."""
+    return {**schema, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def cdiconfig_schema() -> Schema:
+    """CDIConfig's schema: the fields of CDI's CDIConfigSpec/Status this project reads or writes."""
+    spec = _open(o(
+        "CDIConfigSpec defines specification for user configuration.",
+        uploadProxyURLOverride=s("Override the URL used when uploading to a DataVolume."),
+        scratchSpaceStorageClass=s("Override the storage class used for scratch space."),
+        podResourceRequirements=_open(o("ResourceRequirements of the worker pods.")),
+        featureGates=arr(s(), "FeatureGates are a list of specific enabled feature gates."),
+        preallocation=b("Preallocation controls whether storage for DataVolumes is allocated in advance."),
+        insecureRegistries=arr(s(), "Registries the importer may reach without TLS verification."),
+        dataVolumeTTLSeconds=i("Seconds after completion before a DataVolume is garbage collected."),
+        imagePullSecrets=arr(_open(o("A reference to a pull secret.", name=s("Name of the secret."))),
+                             "Pull secrets of the worker pods."),
+    ))
+    status = _open(o(
+        "CDIConfigStatus provides the most recently observed status of the CDI Config resource.",
+        uploadProxyURL=s("The calculated upload proxy URL."),
+        scratchSpaceStorageClass=s("The calculated storage class used for scratch space."),
+        defaultPodResourceRequirements=_open(o("ResourceRequirements of the worker pods.")),
+        preallocation=b("Preallocation controls whether storage for DataVolumes is allocated in advance."),
+    ))
+    return o(
+        "CDIConfig provides a user configuration for CDI.",
+        ["spec"],
+        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
+        kind=s("Kind is a string value representing the REST resource this object represents."),
+        metadata={"type": "object", "description": "Standard object's metadata."},
+        spec=spec,
+        status=status,
+    )
+
 
 CDICONFIG = ResourceKind(
     group="cdi.kubevirt.io",
@@ -33,6 +74,7 @@ CDICONFIG = ResourceKind(
     status_subresource=True,
     columns=(Column("UploadProxyURL", "string", ".status.uploadProxyURL", priority=1,
                     description="Where clients send uploads"),),
+    schema=cdiconfig_schema(),
     description="CDIConfig provides a user configuration for CDI",
 )
 

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cdi import metrics
 from cdi.api import default_registry
 from cdi.api.registry import Registry
 from cdi.apiserver import (
     bootstrap_policy,
+    crds,
     discovery,
     kubevirt_subresources,
     openapi,
@@ -119,14 +122,16 @@ class InternalErrors:
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     """Build the API server app; `registry` defaults to `cdi.api.default_registry()`."""
     registry = registry or default_registry()
+    crds.register(registry)
     allow_deep_documents()
     store = Store(settings.db_path, history=settings.watch_history)
     objects = Objects(store, registry)
     for ns in settings.initial_namespaces:
         objects.ensure_namespace(ns)
     bootstrap_policy.ensure(objects)
+    crds.ensure(objects, registry)
     authorizer = Authorizer(store)
-    clone_check = CloneSourceCheck(authorizer, store)
+    clone_check = CloneSourceCheck(authorizer, lambda ns: store.get("/namespaces", "", ns) is not None)
     objects.admission += [EscalationCheck(authorizer), clone_check]
     issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
                          issuer=settings.service_account_issuer)
@@ -151,6 +156,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.state.objects = objects
     app.state.registry = registry
     app.state.hooks = hooks
+    app.state.metrics_registry = None
     app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit)
     app.add_middleware(reviews.AccessFilter, authenticator=authenticator, authorizer=authorizer)
@@ -209,6 +215,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     async def _health() -> Response:
         return Response("ok", media_type="text/plain")
 
+    @app.get("/metrics")
+    async def _metrics() -> Response:
+        registry = app.state.metrics_registry
+        body = metrics.exposition(registry) if registry is not None else b""
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
     @app.get("/openapi/v2")
     async def _openapi_v2(request: Request) -> Response:
         media = openapi_v2.negotiate(request.headers.get("accept"))
@@ -251,4 +263,9 @@ def set_log_provider(app: FastAPI, provider: LogProvider | None) -> None:
     hooks.set_log_provider(provider)
 
 
-__all__ = ["JSON", "Settings", "create_app", "set_log_provider"]
+def set_metrics_registry(app: FastAPI, registry: CollectorRegistry | None) -> None:
+    """What `/metrics` serves (CDI's metrics of the controllers running in this process)."""
+    app.state.metrics_registry = registry
+
+
+__all__ = ["JSON", "Settings", "create_app", "set_log_provider", "set_metrics_registry"]

@@ -100,6 +100,8 @@ _KUBEVIRT_VIEW = [
                              "virtualmachineinstancereplicasets", "virtualmachineinstancemigrations"]),
 ]
 _HEALTH = ["/livez", "/readyz", "/healthz", "/version", "/version/"]
+# kube's system:monitoring (bound to the group of the same name): the metrics and health endpoints.
+_MONITORING = ["/metrics", "/metrics/slis", "/livez", "/readyz", "/healthz", "/livez/*", "/readyz/*", "/healthz/*"]
 
 
 def _role(name: str, rules: list[Obj], *, labels: dict[str, str] | None = None,
@@ -137,6 +139,7 @@ def cluster_roles() -> list[Obj]:
             _rule(["create"], ["authentication.k8s.io"], ["selfsubjectreviews"]),
         ]),
         _role("system:public-info-viewer", [_urls(["get"], _HEALTH)]),
+        _role("system:monitoring", [_urls(["get"], _MONITORING)]),
         _role("cdi.kubevirt.io:admin", _CDI_EDIT, labels={AGGREGATE + "admin": "true"}),
         _role("cdi.kubevirt.io:edit", _CDI_EDIT, labels={AGGREGATE + "edit": "true"}),
         _role("cdi.kubevirt.io:view", _CDI_VIEW, labels={AGGREGATE + "view": "true"}),
@@ -154,6 +157,7 @@ def cluster_role_bindings() -> list[Obj]:
         _binding("system:discovery", authenticated),
         _binding("system:basic-user", authenticated),
         _binding("system:public-info-viewer", ["system:authenticated", "system:unauthenticated"]),
+        _binding("system:monitoring", ["system:monitoring"]),
     ]
 
 

@@ -22,12 +22,12 @@ the DataVolume's own namespace). Not here: `source.snapshot` (this server serves
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from cdi.api.registry import ResourceKind
 from cdi.apiserver.errors import WebhookDenied, WebhookError
-from cdi.apiserver.rbac import CURRENT_USER, Attributes, Authorizer
-from cdi.apiserver.store import Store
+from cdi.apiserver.rbac import CURRENT_USER, Attributes, Decision
 from cdi.clonetoken import ANN_CLONE_TOKEN, issue
 from cdi.uploadtoken import Signer
 
@@ -41,12 +41,22 @@ DATASOURCE_KIND = "DataSource"
 NO_TOKEN_OKAY = ("cdi.kubevirt.io/storage.prePopulated", "cdi.kubevirt.io/storage.checkStaticVolume")
 
 
-class CloneSourceCheck:
-    """The admission check: may the requesting user read the clone source in its namespace?"""
+class Authorizes(Protocol):
+    """Who answers the reviews: the embedded server's RBAC, or a cluster's SubjectAccessReview API."""
 
-    def __init__(self, authorizer: Authorizer, store: Store) -> None:
+    def authorize(self, attrs: Attributes) -> Decision: ...
+
+
+class CloneSourceCheck:
+    """The admission check: may the requesting user read the clone source in its namespace?
+
+    The embedded API server runs it with its own RBAC and store; the webhook server (`cdi.webhook`)
+    with SubjectAccessReviews and namespace reads against the cluster's API server.
+    """
+
+    def __init__(self, authorizer: Authorizes, namespace_exists: Callable[[str], bool]) -> None:
         self.authorizer = authorizer
-        self.store = store
+        self.namespace_exists = namespace_exists
         self.signer: Signer | None = None  # the upload-token key, once the server has one
 
     def _grant(self, obj: Obj, old: Obj | None, source_ns: str, source_name: str) -> None:
@@ -94,7 +104,7 @@ class CloneSourceCheck:
             return
         source_ns, source_name = source
         no_token_okay = any(a in (meta.get("annotations") or {}) for a in NO_TOKEN_OKAY)
-        if self.store.get("/namespaces", "", source_ns) is None:
+        if not self.namespace_exists(source_ns):
             if no_token_okay:
                 return
             raise WebhookError.by(WEBHOOK, f'namespaces "{source_ns}" not found')

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cdi.api import admission
 from cdi.api.registry import Registry, ResourceKind
 from cdi.apiserver import fieldvalidation, managedfields, metavalidation
 from cdi.apiserver.errors import AlreadyExists, BadRequest, Conflict, Forbidden, Invalid, NotFound
@@ -124,8 +125,7 @@ class Objects:
             meta["generation"] = 1
             if kind.status_subresource:
                 obj.pop("status", None)
-            if kind.default:
-                kind.default(obj)
+            admission.apply_defaults(kind, obj)
             self._validate(kind, obj, None)
             if manager is not None:
                 managedfields.record_update(kind, None, obj, manager)
@@ -181,8 +181,7 @@ class Objects:
                 new = merged
             else:
                 self._carry_over(kind, old, new)
-                if kind.default:
-                    kind.default(new)
+                admission.apply_defaults(kind, new)
                 self._validate(kind, new, old)
                 if _spec_part(kind, new) != _spec_part(kind, old):
                     new["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
@@ -360,8 +359,7 @@ class Objects:
 
     def _validate(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
         errors = metavalidation.check_metadata(obj["metadata"])
-        if kind.validate:
-            errors += kind.validate(obj, old)
+        errors += admission.validation_errors(kind, obj, old)
         if errors:
             raise Invalid.of(kind, obj["metadata"].get("name", ""), errors)
         for admit in self.admission:

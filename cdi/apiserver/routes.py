@@ -106,6 +106,10 @@ async def wait_fresh(store: Any, rv: int | None) -> None:
         await asyncio.sleep(0.05)
 
 
+# The kind verbs an HTTP method needs (kinds declare theirs; the CRDs served here are read-only).
+_WRITE_VERBS = {"POST": ("create",), "PUT": ("update",), "PATCH": ("patch",), "DELETE": ("delete", "deletecollection")}
+
+
 class ResourceHandlers:
     def __init__(
         self, objects: Objects, registry: Registry, hooks: Hooks, *, bookmark_interval: float
@@ -141,6 +145,11 @@ class ResourceHandlers:
         method = request.method
         q = request.query_params
         ns = t.namespace or ""
+        if method in _WRITE_VERBS and not set(_WRITE_VERBS[method]) & set(t.kind.verbs):
+            raise MethodNotAllowed(
+                f"the server does not allow this method on the requested resource "
+                f"({method.lower()} {t.kind.group_resource})"
+            )
         if method == "GET":
             await wait_fresh(self.objects.store, check_resource_version(q.get("resourceVersion")))
             if t.name is None:

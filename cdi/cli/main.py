@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from cdi.cli import demo, imageupload, importcmd, serve, user, vm
+from cdi.cli import controller, demo, imageupload, importcmd, serve, uploadproxy, user, vm, webhook
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,8 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     imageupload.register(sub)
     demo.register(sub)
     serve.register(sub)
+    controller.register(sub)
     user.register(sub)
     vm.register(sub)
+    webhook.register(sub)
+    uploadproxy.register(sub)
     return parser
 
 

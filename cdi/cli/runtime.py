@@ -9,20 +9,22 @@ import time
 from pathlib import Path
 
 from cdi.apiserver import Settings
+from cdi.apiserver.app import set_metrics_registry
 from cdi.apiserver.kubevirt_subresources import set_console_provider
 from cdi.apiserver.server import ApiServer
 from cdi.cli.serve import ServeConfig, _token
 from cdi.cli.user import refresh_user_kubeconfigs, users_file
 from cdi.clonetoken import TokenCheck
 from cdi.console.server import ConsoleServer
-from cdi.controller.manager import ControllerManager
+from cdi.controller.account import controller_client, ensure_account
 from cdi.controller.resources import ControllerSettings
-from cdi.controller.vm_manager import VmControllerManager
+from cdi.controller.run import Controllers, RunOptions
 from cdi.fileserver import FileServer
 from cdi.kube import DATAVOLUME, AlreadyExists, ApiError, Client
+from cdi.metrics import new_registry
 from cdi.node import LocalNode, NodeSettings
 from cdi.node.vm_console import LauncherConsoles
-from cdi.upload_runtime import KEY_FILE, publish_proxy_url, start_upload_proxy
+from cdi.upload_runtime import KEY_FILE, PUBLIC_KEY_FILE, publish_proxy_url, start_upload_proxy
 from cdi.uploadtoken import ensure_key, public_pem
 from uploadproxy.proxy import UploadProxy
 
@@ -41,8 +43,7 @@ class Runtime:
                             service_account_key_file=str(self.data_dir / "serviceaccount.key"))
         self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
         self.node: LocalNode | None = None
-        self.manager: ControllerManager | None = None
-        self.vm_manager: VmControllerManager | None = None
+        self.controllers: Controllers | None = None
         self.fileserver: FileServer | None = None
         self.upload_proxy: UploadProxy | None = None
         self.console: ConsoleServer | None = None
@@ -52,6 +53,8 @@ class Runtime:
         self.api.write_kubeconfig(self.kubeconfig)
         refresh_user_kubeconfigs(self.data_dir)
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
+        # The controllers' ServiceAccount and role, also for a separate `cdi controller` (--no-controllers).
+        ensure_account(self.client)
         self.node = LocalNode(self.client, NodeSettings(
             data_dir=self.data_dir, max_running_pods=self.cfg.node.max_running_pods,
             restart_backoff=self.cfg.node.restart_backoff,
@@ -59,16 +62,19 @@ class Runtime:
         self.api.set_log_provider(self.node.log_provider)
         self.node.start()
         c = self.cfg.controller
-        self.manager = ControllerManager(self.client, ControllerSettings(
-            importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
-            progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
-            importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries,
-            upload_resume_interval=c.upload_resume_interval, clone_host_assisted=c.clone_host_assisted),
-            workers=c.workers,
-            # clone tokens are signed with the upload-token key by the API server's admission
-            clone_tokens=TokenCheck(public_pem(ensure_key(self.data_dir / KEY_FILE)))).start()
+        # clone tokens are signed with the upload-token key by the API server's admission
+        public_key = public_pem(ensure_key(self.data_dir / KEY_FILE))
+        (self.data_dir / PUBLIC_KEY_FILE).write_bytes(public_key)  # for `cdi controller --clone-token-key`
+        if c.enabled:
+            # The node keeps the admin credentials (it is the kubelet); the controllers get only their role.
+            self.controllers = Controllers(controller_client(self.client), ControllerSettings(
+                importer_image=c.importer_image, filesystem_overhead=c.filesystem_overhead,
+                progress_interval=c.progress_interval, importer_speed_limit=c.speed_limit,
+                importer_speed_time=c.speed_time, importer_max_stalled_retries=c.max_stalled_retries,
+                upload_resume_interval=c.upload_resume_interval, clone_host_assisted=c.clone_host_assisted),
+                RunOptions(workers=c.workers, vm=c.vm), clone_tokens=TokenCheck(public_key)).start()
+            set_metrics_registry(self.api.app, new_registry(self.controllers.metrics))
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
-        self.vm_manager = VmControllerManager(self.client).start()
         self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,
                                                self.cfg.upload_proxy.address, self.cfg.upload_proxy.port)
         publish_proxy_url(self.client, self.upload_proxy.url)
@@ -83,10 +89,8 @@ class Runtime:
             self.console.stop()
         if self.upload_proxy is not None:
             self.upload_proxy.stop()
-        if self.vm_manager is not None:
-            self.vm_manager.stop()
-        if self.manager is not None:
-            self.manager.stop()
+        if self.controllers is not None:
+            self.controllers.stop()
         if self.node is not None:
             self.node.stop()
         if self.fileserver is not None:

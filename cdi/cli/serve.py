@@ -1,5 +1,8 @@
 """``cdi serve``: the API server, the controllers and the local node in one process.
 
+The controllers act as ServiceAccount ``cdi/cdi-controller`` bound to the ClusterRole the chart installs;
+``--no-controllers`` leaves them to a separate ``cdi controller``.
+
 On first start it creates the data directory, a bearer token and ``DIR/kubeconfig``, so that
 ``kubectl --kubeconfig DIR/kubeconfig get dv`` works with nothing else set. Objects live in
 ``DIR/state.db`` (SQLite), volumes under ``DIR/volumes``; a restart picks up where it stopped.
@@ -65,6 +68,10 @@ class ControllerSection:
     upload_resume_interval: int = 64 << 20
     # Clone every PVC with the host-assisted stream (cloner pod -> upload server), even on one node.
     clone_host_assisted: bool = False
+    # Run the controllers in this process (off: `cdi controller` runs them, against this API server).
+    enabled: bool = True
+    # Run the VM runtime (VirtualMachine/VirtualMachineInstance controllers) with them.
+    vm: bool = True
 
 
 @dataclass
@@ -182,6 +189,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="bytes between durable resume points of a raw upload")
     p.add_argument("--clone-host-assisted", action="store_true",
                    help="clone every PVC with the host-assisted stream, even where a local copy would do")
+    p.add_argument("--no-controllers", action="store_true",
+                   help="serve the API, the upload proxy and the local node only; run `cdi controller` against it")
     p.add_argument("--uploadproxy-address", default=d.upload_proxy.address, help="upload proxy listen address")
     p.add_argument("--uploadproxy-port", type=int, default=d.upload_proxy.port,
                    help=f"upload proxy port (default {d.upload_proxy.port}; 0 = any free)")
@@ -205,7 +214,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                      speed_limit=_size_arg("--speed-limit", args.speed_limit),
                                      speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries,
                                      upload_resume_interval=args.upload_resume_interval,
-                                     clone_host_assisted=args.clone_host_assisted),
+                                     clone_host_assisted=args.clone_host_assisted,
+                                     enabled=not args.no_controllers),
         upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),
         console=ConsoleSection(address=args.console_address, port=args.console_port),
     )

@@ -46,6 +46,7 @@ from cdi.controller.resources import (
 from cdi.controller.upload_pod import ANN_CONTENT_TYPE, ANN_POD_READY, ANN_UPLOAD_TARGET, upload_name
 from cdi.controller.upload_tls import CLIENT_SIGNER, SERVER_SIGNER, ensure_signers, read_pair
 from cdi.kube import DATAVOLUME, POD, PVC, SECRET, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
+from cdi.kube.storage import waits_for_first_consumer
 from cdi.units import format_quantity, parse_size
 
 log = logging.getLogger(__name__)
@@ -157,13 +158,29 @@ class CloneReconciler:
             c.set_condition(conds, c.BOUND, "False", "NotOwned", f"PVC {meta['name']} exists and is not owned "
                                                                   "by this DataVolume")
             return None
-        if (target.get("status") or {}).get("phase") != "Bound":
+        unbound = (target.get("status") or {}).get("phase") != "Bound"
+        if unbound and not waits_for_first_consumer(self.client, target):
             status["phase"] = c.PENDING
             c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {meta['name']} Pending")
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False")
             return WAIT
+        if unbound:
+            # WaitForFirstConsumer: the clone pod (or the upload server of a stream) is the first consumer.
+            requeue = self._clone_bound(dv, target, status, source_ns, source_name, ctx)
+            if status["phase"] in (c.PENDING, CLONE_SCHEDULED):
+                status["phase"] = c.WAIT_FOR_FIRST_CONSUMER
+                c.set_condition(conds, c.BOUND, "False", "Pending",
+                                f"PVC {meta['name']} Pending: waiting for its first consumer to be scheduled")
+            return requeue if requeue is not None else WAIT
         c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {meta['name']} Bound")
+        return self._clone_bound(dv, target, status, source_ns, source_name, ctx)
+
+    def _clone_bound(self, dv: Obj, target: Obj, status: Obj, source_ns: str, source_name: str,
+                     ctx: str) -> float | None:
+        """From the target claim's outcome or the clone's pods (creating them when missing)."""
+        conds = status["conditions"]
+        meta = dv["metadata"]
         ann = target["metadata"].get("annotations") or {}
         stream = ANN_UPLOAD_TARGET in ann
         if ann.get(ANN_POD_PHASE) == "Succeeded":
@@ -185,7 +202,8 @@ class CloneReconciler:
             busy = source_busy(self.client, source)
             if busy is not None:
                 return self._wait(dv, status, *busy)
-            wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image)
+            wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image,
+                                     placement=self.settings.worker_pod)
             try:
                 self.client.create(POD, wanted)
                 log.info("%s created clone pod %s", ctx, wanted["metadata"]["name"])
@@ -228,6 +246,7 @@ class CloneReconciler:
             secret = build_source_secret(target, source, read_pair(self.client, CLIENT_SIGNER),
                                          read_pair(self.client, SERVER_SIGNER)[0])
             pod = build_source_pod(dv, target, source, image=self.settings.cloner_image, url=url,
+                                   placement=self.settings.worker_pod,
                                    target_size=image_size(dv, target, self.settings))
             for kind, obj in ((SECRET, secret), (POD, pod)):
                 try:

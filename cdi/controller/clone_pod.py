@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import ANN_CREATED_BY, child_name, worker_container, worker_pod
+from cdi.controller.resources import (
+    ANN_CREATED_BY,
+    METRICS_ENV,
+    METRICS_PORTS,
+    WorkerPodConfig,
+    child_name,
+    worker_container,
+    worker_pod,
+)
 
 Obj = dict[str, Any]
 
@@ -30,7 +38,8 @@ def is_block(pvc: Obj) -> bool:
     return (pvc.get("spec") or {}).get("volumeMode") == "Block"
 
 
-def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: bool = True) -> Obj:
+def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: bool = True,
+                    placement: WorkerPodConfig | None = None) -> Obj:
     meta = dv["metadata"]
     mounts: list[Obj] = []
     devices: list[Obj] = []
@@ -54,8 +63,8 @@ def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: b
         {"name": "CLONER_DIGEST", "value": "true"},
         {"name": "OWNER_UID", "value": meta["uid"]},
     ]
-    container = worker_container("cdi-cloner", image, ["python3", "-m", "cloner"], env, mounts=mounts,
-                                 devices=devices)
+    container = worker_container("cdi-cloner", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                 mounts=mounts, devices=devices, ports=METRICS_PORTS)
     volumes = [
         {"name": "cdi-clone-source",
          "persistentVolumeClaim": {"claimName": source["metadata"]["name"], "readOnly": True}},
@@ -63,4 +72,4 @@ def build_clone_pod(dv: Obj, source: Obj, target: Obj, *, image: str, reflink: b
     ]
     return worker_pod(clone_pod_name(meta["name"]), meta["namespace"], container, volumes,
                       labels={"cdi.kubevirt.io": LABEL_COMPONENT}, annotations={ANN_CREATED_BY: meta["uid"]},
-                      owner=target)
+                      owner=target, placement=placement)

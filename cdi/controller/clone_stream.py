@@ -15,7 +15,15 @@ import json
 from typing import Any
 
 from cdi.controller.clone_pod import LABEL_COMPONENT, SOURCE_DEVICE, SOURCE_DIR, is_block
-from cdi.controller.resources import LABEL_APP, child_name, worker_container, worker_pod
+from cdi.controller.resources import (
+    LABEL_APP,
+    METRICS_ENV,
+    METRICS_PORTS,
+    WorkerPodConfig,
+    child_name,
+    worker_container,
+    worker_pod,
+)
 from cdi.controller.upload_pod import SERVER_PORT
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
@@ -52,7 +60,8 @@ def build_source_secret(target: Obj, source: Obj, client_ca: tuple[bytes, bytes]
             "data": secret_data(tls_crt=cert, tls_key=key, ca_crt=server_ca_cert)}
 
 
-def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str, target_size: int) -> Obj:
+def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str, target_size: int,
+                     placement: WorkerPodConfig | None = None) -> Obj:
     uid = target["metadata"]["uid"]
     name = source_pod_name(uid)
 
@@ -69,15 +78,17 @@ def build_source_pod(dv: Obj, target: Obj, source: Obj, *, image: str, url: str,
         {"name": "OWNER_UID", "value": uid},
     ]
     if is_block(source):
-        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
-                                     devices=[{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}])
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                     devices=[{"name": "cdi-clone-source", "devicePath": SOURCE_DEVICE}],
+                                     ports=METRICS_PORTS)
     else:
-        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], env,
-                                     mounts=[{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}])
+        container = worker_container("cdi-clone-source", image, ["python3", "-m", "cloner"], [*env, *METRICS_ENV],
+                                     mounts=[{"name": "cdi-clone-source", "mountPath": SOURCE_DIR, "readOnly": True}],
+                                     ports=METRICS_PORTS)
     meta = dv["metadata"]
     # No owner: the target lives in another namespace, where an owner reference cannot reach.
     return worker_pod(name, source["metadata"]["namespace"], container,
                       [{"name": "cdi-clone-source", "persistentVolumeClaim": {
                           "claimName": source["metadata"]["name"], "readOnly": True}}],
                       labels={"cdi.kubevirt.io": LABEL_COMPONENT, LABEL_TARGET_UID: uid},
-                      annotations={ANN_TARGET: f"{meta['namespace']}/{meta['name']}"})
+                      annotations={ANN_TARGET: f"{meta['namespace']}/{meta['name']}"}, placement=placement)

@@ -12,6 +12,7 @@ from cdi.kube import now_iso
 
 # phases
 PENDING = "Pending"
+WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"  # the claim binds once its first pod is scheduled
 IMPORT_SCHEDULED = "ImportScheduled"
 IMPORT_IN_PROGRESS = "ImportInProgress"
 SUCCEEDED = "Succeeded"

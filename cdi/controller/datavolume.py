@@ -30,6 +30,7 @@ from cdi.controller.resources import (
 )
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
 from cdi.kube.kinds import CDICONFIG
+from cdi.kube.storage import waits_for_first_consumer
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +172,30 @@ class DataVolumeReconciler:
     def _compute(self, dv: Obj, pvc: Obj, status: Obj, ctx: str) -> float | None:
         conds = status["conditions"]
         name = pvc["metadata"]["name"]
-        ann = pvc["metadata"].get("annotations") or {}
-        if (pvc.get("status") or {}).get("phase") != "Bound":
+        unbound = (pvc.get("status") or {}).get("phase") != "Bound"
+        if unbound and not waits_for_first_consumer(self.client, pvc):
             status["phase"] = c.PENDING
             c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {name} Pending{self._claim_trouble(pvc)}")
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False")
             return PENDING_RECHECK  # a provisioner's events do not touch the claim: look again
+        if unbound:
+            # A WaitForFirstConsumer class binds when a pod using the claim is scheduled: the importer
+            # pod is that first consumer, so it is created now (CDI's immediate binding).
+            requeue = self._compute_bound(dv, pvc, status, ctx)
+            if status["phase"] in (c.PENDING, c.IMPORT_SCHEDULED):
+                status["phase"] = c.WAIT_FOR_FIRST_CONSUMER
+                c.set_condition(conds, c.BOUND, "False", "Pending",
+                                f"PVC {name} Pending: waiting for its first consumer (the importer pod) to be "
+                                f"scheduled{self._claim_trouble(pvc)}")
+            return requeue if requeue is not None else PENDING_RECHECK
         c.set_condition(conds, c.BOUND, "True", "Bound", f"PVC {name} Bound")
+        return self._compute_bound(dv, pvc, status, ctx)
+
+    def _compute_bound(self, dv: Obj, pvc: Obj, status: Obj, ctx: str) -> float | None:
+        """From the claim's outcome or the importer pod (creating it when missing)."""
+        conds = status["conditions"]
+        ann = pvc["metadata"].get("annotations") or {}
         outcome = ann.get(ANN_POD_PHASE)
         if outcome == "Succeeded":
             mark_succeeded(status)

@@ -24,6 +24,8 @@ from cdi.kube.loop import ReconcileLoop
 
 log = logging.getLogger(__name__)
 
+WORKER_POD_SELECTOR = "cdi.kubevirt.io"  # the label exists (its value names the worker)
+
 
 class ControllerManager:
     def __init__(self, client: Client, settings: ControllerSettings | None = None, *, workers: int = 4,
@@ -39,7 +41,10 @@ class ControllerManager:
         self.upload_loop = ReconcileLoop("upload", self.uploads.reconcile_pvc, workers)
         # DataSources and DataImportCrons (``now``: the cron schedule's clock).
         self.golden = GoldenImages(client, self.queue, now=now)
-        self.informers = [Informer(client, DATAVOLUME), Informer(client, PVC), Informer(client, POD)]
+        # Only CDI's worker pods (importer, upload server, cloner carry the cdi.kubevirt.io label), not every
+        # pod of the cluster.
+        self.informers = [Informer(client, DATAVOLUME), Informer(client, PVC),
+                          Informer(client, POD, label_selector=WORKER_POD_SELECTOR)]
         self.informers[0].add_handler(self._on_dv)
         self.informers[0].add_handler(self.golden.on_datavolume)
         self.informers[1].add_handler(self._on_owned)

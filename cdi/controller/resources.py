@@ -11,7 +11,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdi.units import format_quantity, parse_size
@@ -32,6 +32,69 @@ ANN_CREATED_BY = "cdi.kubevirt.io/createdForDataVolume"
 LABEL_APP = {"app": "containerized-data-importer", "app.kubernetes.io/component": "storage",
              "app.kubernetes.io/managed-by": "cdi-controller"}
 ALIGN = 1 << 20
+# Worker pods serve their progress to Prometheus on CDI's port (cdi.metrics.serve_worker_progress).
+METRICS_PORTS: list[Obj] = [{"name": "metrics", "containerPort": 8443, "protocol": "TCP"}]
+METRICS_ENV: list[Obj] = [{"name": "METRICS_PORT", "value": "8443"}]
+
+
+DEFAULT_RESOURCES: Obj = {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}}
+
+
+@dataclass(frozen=True)
+class WorkerPodConfig:
+    """Where and with what worker pods run, as CDI takes it from CDIConfig (spec.podResourceRequirements,
+    spec.imagePullSecrets) and from the CDI resource's spec.workload (nodeSelector, tolerations, affinity)."""
+
+    resources: Obj = field(default_factory=lambda: copy.deepcopy(DEFAULT_RESOURCES))
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[Obj] = field(default_factory=list)
+    affinity: Obj = field(default_factory=dict)
+    image_pull_secrets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Obj, *, source: str = "worker pod config") -> WorkerPodConfig:
+        """From CDIConfig-like keys: podResourceRequirements, imagePullSecrets (names or {name: ...}),
+        nodeSelector, tolerations, affinity. Unknown keys and wrong types are refused, naming the key."""
+        known = {"podResourceRequirements": dict, "imagePullSecrets": list, "nodeSelector": dict,
+                 "tolerations": list, "affinity": dict}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"{source}: unknown key {key!r}; known: {', '.join(known)}")
+            if not isinstance(value, known[key]):
+                raise ValueError(f"{source}: {key} must be a {'mapping' if known[key] is dict else 'list'}")
+        entries = [s.get("name") if isinstance(s, dict) else s for s in data.get("imagePullSecrets") or []]
+        secrets = [s for s in entries if isinstance(s, str) and s]
+        if len(secrets) != len(entries):
+            raise ValueError(f"{source}: imagePullSecrets must be names (or {{name: ...}} entries)")
+        return cls(resources=data.get("podResourceRequirements") or copy.deepcopy(DEFAULT_RESOURCES),
+                   node_selector={str(k): str(v) for k, v in (data.get("nodeSelector") or {}).items()},
+                   tolerations=list(data.get("tolerations") or []), affinity=dict(data.get("affinity") or {}),
+                   image_pull_secrets=secrets)
+
+    @classmethod
+    def from_file(cls, path: str) -> WorkerPodConfig:
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: must be a mapping of CDIConfig-like keys")
+        return cls.from_dict(data, source=path)
+
+    def apply(self, pod: Obj) -> Obj:
+        """Set resources on every container and the placement and pull secrets on the pod spec."""
+        spec = pod["spec"]
+        for container in spec.get("containers") or []:
+            container["resources"] = copy.deepcopy(self.resources)
+        if self.node_selector:
+            spec["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            spec["tolerations"] = copy.deepcopy(self.tolerations)
+        if self.affinity:
+            spec["affinity"] = copy.deepcopy(self.affinity)
+        if self.image_pull_secrets:
+            spec["imagePullSecrets"] = [{"name": n} for n in self.image_pull_secrets]
+        return pod
 
 
 @dataclass(frozen=True)
@@ -60,6 +123,8 @@ class ControllerSettings:
     importer_speed_limit: int = 16 << 10
     importer_speed_time: float = 60.0
     importer_max_stalled_retries: int = 3
+    # Resources, node placement and image pull secrets of every worker pod (importer, upload server, cloner).
+    worker_pod: WorkerPodConfig = field(default_factory=WorkerPodConfig)
 
 
 def importer_pod_name(dv_name: str) -> str:
@@ -206,11 +271,11 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings, *,
         env.append({"name": "IMPORTER_SOURCE", "value": "none"})
     else:
         raise ValueError(f"source {sorted(source)} is not imported by the import controller")
-    container = worker_container("importer", settings.importer_image, ["python3", "-m", "importer"], env,
-                                 mounts=mounts, devices=devices)
+    container = worker_container("importer", settings.importer_image, ["python3", "-m", "importer"],
+                                 [*env, *METRICS_ENV], mounts=mounts, devices=devices, ports=METRICS_PORTS)
     return worker_pod(importer_pod_name(meta["name"]), meta["namespace"], container, volumes,
                       labels={"cdi.kubevirt.io": "importer", "prometheus.cdi.kubevirt.io": "true"},
-                      annotations={ANN_CREATED_BY: meta["uid"]}, owner=pvc)
+                      annotations={ANN_CREATED_BY: meta["uid"]}, owner=pvc, placement=settings.worker_pod)
 
 
 def worker_container(name: str, image: str, command: list[str], env: list[Obj], *, mounts: list[Obj] | None = None,
@@ -224,7 +289,7 @@ def worker_container(name: str, image: str, command: list[str], env: list[Obj], 
         "env": env,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
-        "resources": {"requests": {"cpu": "100m", "memory": "60Mi"}, "limits": {"cpu": "2", "memory": "600Mi"}},
+        "resources": copy.deepcopy(DEFAULT_RESOURCES),
     }
     if ports:
         container["ports"] = ports
@@ -236,14 +301,15 @@ def worker_container(name: str, image: str, command: list[str], env: list[Obj], 
 
 
 def worker_pod(name: str, namespace: str, container: Obj, volumes: list[Obj], *, labels: dict[str, str],
-               annotations: dict[str, str] | None = None, owner: Obj | None = None) -> Obj:
+               annotations: dict[str, str] | None = None, owner: Obj | None = None,
+               placement: WorkerPodConfig | None = None) -> Obj:
     """A worker pod: one container, restarted OnFailure, ``LABEL_APP`` plus ``labels``, owned by ``owner``."""
     meta: Obj = {"name": name, "namespace": namespace, "labels": {**LABEL_APP, **labels}}
     if annotations:
         meta["annotations"] = annotations
     if owner is not None:
         meta["ownerReferences"] = [owner_ref(owner)]
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": meta,
@@ -255,3 +321,4 @@ def worker_pod(name: str, namespace: str, container: Obj, volumes: list[Obj], *,
             "securityContext": {"fsGroup": 107},
         },
     }
+    return (placement or WorkerPodConfig()).apply(pod)

@@ -50,6 +50,7 @@ from cdi.kube import (
     Obj,
     PermanentError,
 )
+from cdi.kube.storage import waits_for_first_consumer
 from cdi.units import parse_size
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,8 @@ class UploadReconciler:
         if ann.get(ANN_POD_PHASE) in ("Succeeded", "Failed"):
             self._cleanup(namespace, name)
             return None
-        if (pvc.get("status") or {}).get("phase") != "Bound":
-            return None
+        if (pvc.get("status") or {}).get("phase") != "Bound" and not waits_for_first_consumer(self.client, pvc):
+            return None  # a WaitForFirstConsumer claim binds when the upload server, its first pod, is scheduled
         ctx = f"[{namespace}/{name}]"
         pod_name = upload_name(name)
         self._ensure_tls(pvc)
@@ -107,6 +108,7 @@ class UploadReconciler:
         pod = self.client.find(POD, namespace, pod_name)
         if pod is None:
             pod = self._create(POD, build_pod(pvc, image=self.settings.uploadserver_image,
+                                              placement=self.settings.worker_pod,
                                               image_size=self._image_size(pvc),
                                               filesystem_overhead=self.settings.filesystem_overhead,
                                               resume_interval=self.settings.upload_resume_interval), ctx)
@@ -218,8 +220,10 @@ class UploadReconciler:
                             f"PVC {meta['name']} exists and is not owned by this DataVolume")
             return
         if (pvc.get("status") or {}).get("phase") != "Bound":
-            status["phase"] = c.PENDING
-            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {meta['name']} Pending")
+            wffc = waits_for_first_consumer(self.client, pvc)
+            status["phase"] = c.WAIT_FOR_FIRST_CONSUMER if wffc else c.PENDING
+            c.set_condition(conds, c.BOUND, "False", "Pending", f"PVC {meta['name']} Pending" + (
+                ": waiting for its first consumer (the upload server pod) to be scheduled" if wffc else ""))
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False")
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import LABEL_APP, child_name, owner_ref, worker_container, worker_pod
+from cdi.controller.resources import LABEL_APP, WorkerPodConfig, child_name, owner_ref, worker_container, worker_pod
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
 Obj = dict[str, Any]
@@ -57,7 +57,7 @@ def build_service(pvc: Obj) -> Obj:
 
 
 def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: float,
-              resume_interval: int = 64 << 20) -> Obj:
+              resume_interval: int = 64 << 20, placement: WorkerPodConfig | None = None) -> Obj:
     meta = pvc["metadata"]
     name = upload_name(meta["name"])
     block = pvc["spec"].get("volumeMode") == "Block"
@@ -84,4 +84,4 @@ def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: flo
         devices=volume if block else None, mounts=None if block else volume)
     return worker_pod(name, meta["namespace"], container,
                       [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": meta["name"]}}],
-                      labels={"cdi.kubevirt.io": LABEL_COMPONENT, "service": name}, owner=pvc)
+                      labels={"cdi.kubevirt.io": LABEL_COMPONENT, "service": name}, owner=pvc, placement=placement)

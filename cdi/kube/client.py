@@ -10,16 +10,18 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from cdi.kube.errors import ApiError, NotFound, from_response
 from cdi.kube.kinds import EVENT, POD, SERVICEACCOUNT, Kind
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 EVENT_WINDOW = 600.0  # seconds during which a repeated event is counted on the first one (kube: 10 min)
 EVENT_CACHE = 4096
 
@@ -53,10 +56,35 @@ class Client:
         return cls(k8s.ApiClient(configuration))
 
     @classmethod
-    def in_cluster(cls) -> Client:
+    def in_cluster(cls, account_dir: str = SERVICE_ACCOUNT_DIR, *, environ: Mapping[str, str] | None = None) -> Client:
+        """The pod's own identity: the ServiceAccount token and CA under ``account_dir`` (re-read as the
+        kubelet rotates the token) and the API server at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT."""
         configuration = k8s.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        try:
+            InClusterConfigLoader(token_filename=os.path.join(account_dir, "token"),
+                                  cert_filename=os.path.join(account_dir, "ca.crt"),
+                                  environ=os.environ if environ is None else environ).load_and_set(configuration)
+        except k8s_config.ConfigException as e:
+            raise ApiError(f"no in-cluster configuration: {e} (in a pod, the ServiceAccount token and CA are "
+                           f"mounted under {account_dir}; elsewhere pass --kubeconfig)") from e
+        configuration.connection_pool_maxsize = 32
         return cls(k8s.ApiClient(configuration))
+
+    def with_token(self, token: Callable[[], str]) -> Client:
+        """A client of the same API server (same CA) that authenticates with the bearer token ``token()``
+        returns, asked again before each request (so a token source can renew it)."""
+        base = self.api.configuration
+        configuration = k8s.Configuration(host=base.host)
+        configuration.ssl_ca_cert = base.ssl_ca_cert
+        configuration.verify_ssl = base.verify_ssl
+        configuration.connection_pool_maxsize = base.connection_pool_maxsize
+
+        def refresh(conf: k8s.Configuration) -> None:
+            conf.api_key["BearerToken"] = f"Bearer {token()}"
+
+        refresh(configuration)
+        configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
+        return Client(k8s.ApiClient(configuration))
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -116,6 +144,12 @@ class Client:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         result: Obj = self._call("POST", SERVICEACCOUNT.path(namespace, service_account, "token"), body=body)
         return result
+
+    def whoami(self) -> str:
+        """The user the API server sees (SelfSubjectReview, which every authenticated user may create)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body)
+        return str(((review.get("status") or {}).get("userInfo") or {}).get("username") or "")
 
     # -- CRUD --------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from cdi.kube.errors import ApiError, Conflict, PermanentError, TemporaryError
+from cdi.kube.errors import ApiError, Conflict, Forbidden, PermanentError, TemporaryError
 from cdi.kube.informer import Key, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,13 @@ def work(queue: WorkQueue, reconcile: Reconcile, *, name: str, failures: dict[Ke
         except TemporaryError as e:
             log.info("[%s/%s] %s waits retry_in=%.1fs reason=%s", key[0], key[1], name, e.delay, e)
             queue.add_after(key, e.delay)
+        except Forbidden as e:
+            # The controller's own RBAC: an operator's error, retried (a fixed role works without a restart).
+            n = failures[key] = failures.get(key, 0) + 1
+            delay = min(0.2 * 2 ** (n - 1), MAX_BACKOFF)
+            log.error("[%s/%s] %s forbidden (403): %s; the controller's ClusterRole lacks this rule "
+                      "(cdi/controller/permissions.py) retry_in=%.1fs", key[0], key[1], name, e, delay)
+            queue.add_after(key, delay)
         except PermanentError as e:
             # The reconciler should have recorded it on the object; never retry what cannot succeed.
             failures.pop(key, None)

@@ -31,10 +31,10 @@ import time
 
 from cdi.kube import POD, PVC, ApiError, Client, Informer, Key, NotFound, Obj, WorkQueue, now_iso
 from cdi.kube.loop import work
+from cdi.kube.storage import ANN_SELECTED_NODE, waits_for_first_consumer
 from cdi.node.claims import claim_path
 from cdi.node.containers import COMPONENT, Launcher
 from cdi.node.podspec import MountError, grace_period, prepare_volumes
-from cdi.node.ports import declared_ports
 from cdi.node.process import Process
 from cdi.node.settings import NodeSettings
 from cdi.node.status import ContainerRuntime, PodRuntime, pod_status, restore_container
@@ -251,8 +251,21 @@ class PodRunner:
             if pvc["metadata"].get("deletionTimestamp"):
                 return f'0/1 nodes are available: persistentvolumeclaim "{claim}" is being deleted.'
             if claim_path(self.settings.volumes_dir, pvc) is None:
+                if waits_for_first_consumer(self.client, pvc):
+                    self._select_node(pvc)
+                    return f'persistentvolumeclaim "{claim}" is being provisioned for node {self.settings.node_name}'
                 return "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
         return ""
+
+    def _select_node(self, pvc: Obj) -> None:
+        """The scheduler's part for a WaitForFirstConsumer claim: this node is where its first pod runs."""
+        meta = pvc["metadata"]
+        if (meta.get("annotations") or {}).get(ANN_SELECTED_NODE) == self.settings.node_name:
+            return
+        self.client.patch(PVC, meta["namespace"], meta["name"],
+                          {"metadata": {"annotations": {ANN_SELECTED_NODE: self.settings.node_name}}})
+        log.info("[%s/%s] selected node %s for the claim's first consumer", meta["namespace"], meta["name"],
+                 self.settings.node_name)
 
     def _holds_slots(self, rt: PodRuntime) -> bool:
         if _serves(rt):
@@ -334,7 +347,10 @@ class PodRunner:
 
 
 def _serves(rt: PodRuntime) -> bool:
-    return bool(declared_ports(rt.pod))
+    """A pod that serves (an upload server, a VM console) does not take a run slot; a port for
+    metrics alone (importer, cloner) does not make a worker a server."""
+    return any(p.get("name") != "metrics" for c in (rt.pod.get("spec") or {}).get("containers") or []
+               for p in c.get("ports") or [])
 
 
 def _key(obj: Obj) -> Key:

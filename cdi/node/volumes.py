@@ -8,6 +8,8 @@ provisioner and the PV controller would together: the finalizer ``cdi.kubevirt.i
 ``spec.volumeName: pvc-<uid>``, the annotation ``cdi.kubevirt.io/local-path`` (the host path) and
 status ``Bound`` with ``capacity.storage`` and ``accessModes``.
 
+A claim of a ``WaitForFirstConsumer`` StorageClass waits (event ``WaitForFirstConsumer``) until the pod
+runner has scheduled a pod that uses it here (annotation ``volume.kubernetes.io/selected-node``).
 A claim larger than the free space of the data directory's filesystem stays Pending with a
 ``ProvisioningFailed`` event and is retried with back-off. A deleted claim keeps its data while a pod
 on this node runs with it or is scheduled to (kube's pvc-protection); then the data goes and the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from cdi.kube import PVC, Client, Informer, Key, NotFound, Obj, WorkQueue
 from cdi.kube.loop import work
+from cdi.kube.storage import ANN_SELECTED_NODE, waits_for_first_consumer
 from cdi.node.claims import FINALIZER, volume_dir_name
 from cdi.node.podspec import LOCAL_PATH
 from cdi.node.settings import NodeSettings
@@ -62,6 +65,7 @@ class VolumeProvisioner:
         self.informer = Informer(client, PVC)
         self.informer.add_handler(self._handle)
         self._failures: dict[str, int] = {}  # uid -> attempts, for the retry back-off
+        self._waiting: set[str] = set()  # uids of claims announced as waiting for their first consumer
         self._thread = threading.Thread(target=self._work, name="node-volumes", daemon=True)
 
     def start(self) -> None:
@@ -98,9 +102,22 @@ class VolumeProvisioner:
         elif (pvc.get("status") or {}).get("phase") != "Bound" or FINALIZER not in (meta.get("finalizers") or []):
             if (pvc.get("spec") or {}).get("volumeName") and FINALIZER not in (meta.get("finalizers") or []):
                 return  # bound to a volume someone else provides
+            if ANN_SELECTED_NODE not in (meta.get("annotations") or {}) and waits_for_first_consumer(self.client, pvc):
+                self._wait_for_consumer(pvc)
+                return
             self._provision(pvc)
 
     # -- provisioning -------------------------------------------------------------------------------
+
+    def _wait_for_consumer(self, pvc: Obj) -> None:
+        """A WaitForFirstConsumer claim without a selected node: say so once, as kube's PV controller does."""
+        uid = pvc["metadata"]["uid"]
+        if uid in self._waiting:
+            return
+        self._waiting.add(uid)
+        log.info("[%s/%s] waits for its first consumer", pvc["metadata"]["namespace"], pvc["metadata"]["name"])
+        self.client.event(pvc, reason="WaitForFirstConsumer", component="persistentvolume-controller",
+                          message="waiting for first consumer to be created before binding")
 
     def _volume_dirs(self, ns: str, name: str, uid: str) -> list[Path]:
         path = self.settings.volumes_dir / ns / volume_dir_name(name, uid)
