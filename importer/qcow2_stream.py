@@ -1,0 +1,492 @@
+"""qcow2 -> raw from a stream read once, front to back: no seeking back, scratch only where the layout
+forces it.
+
+A qcow2 file is tables (header, refcount table, L1, L2) and clusters. qemu-img writes each table
+before the clusters it maps, so a reader that remembers where the tables it has seen point can place
+every cluster as it streams past: the header says where the L1 table is, the L1 where the L2 tables
+are, each L2 where its clusters are and at which guest offset they belong.
+
+What the stream offers next is matched against the *wanted* ranges (``_Need``): tables to parse,
+clusters to write, compressed clusters to inflate, refcount blocks to pass over. Bytes nobody wants
+yet may still be wanted by a table that comes later (a resized image keeps its L1 at the end, a
+snapshot moves tables): until the L1 and every L2 table it names have been read, such bytes go to a
+sparse spool file in scratch space, at their offset, and a table that turns up later takes its
+ranges from there. Only that part of an image costs scratch; for qemu-img's own layout it is none.
+Once every table is known, unwanted bytes (leaked clusters, snapshot data) are dropped.
+
+Refusals: what ``qcow2_header`` refuses; a table or cluster that is not aligned as qemu requires, a
+zero flag in a version 2 image, invalid subcluster bitmaps, a normal cluster used twice, a range
+wanted after it passed while the spool was not keeping it, anything past the end of the file (a
+truncated image: qemu would read zeros), a compressed cluster that does not inflate to exactly one
+cluster. Each is a ``FormatError`` that says where.
+
+Memory: one chunk, the L1 entries the disk needs (at most 32 MiB, qemu's limit), 8 bytes per data
+cluster of an L2 table read whose clusters have not streamed past yet (for qemu-img's layout, at
+most one L2 table's worth: 64 KiB for 64 KiB clusters), one object per allocated L2 table not yet
+read, and 32 bytes of digest per MiB of disk before the last data cluster.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import struct
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from importer import qcow2_header as q
+from importer.errors import CapacityExceeded, FormatError
+from importer.scratch import Scratch
+from importer.stream import CHUNK, Reader, read_full
+from importer.target import SparseWriter, Target
+
+log = logging.getLogger(__name__)
+
+WINDOW = 1 << 20  # guest bytes assembled before the writer sees them: the digest's block size
+_ZERO_WINDOW = bytes(WINDOW)
+_SPOOL_BLOCK = 64 << 10
+_ZERO_SPOOL = bytes(_SPOOL_BLOCK)
+
+
+@dataclass
+class StreamResult:
+    virtual_size: int
+    digest: str | None  # the volume digest when the clusters came in guest order, else None
+    scratch_bytes: int  # the spool's peak allocation
+    data_clusters: int
+    in_order: bool
+
+
+def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, device_zeroed: bool = False,
+                   spool_limit: int | None = None) -> StreamResult:
+    """Convert the qcow2 image read from ``reader`` (from its first byte to its end) into ``target``.
+
+    For any sequential source: an upload body, an http body without ranges, a decompressed registry
+    layer. ``scratch_parent``: where a spool directory is made if the layout needs one;
+    ``spool_limit``: its bound in bytes (default: the capacity plus a tenth plus 64 MiB, as the
+    scratch path allows). The target is complete and sized when this returns; on an error it is
+    partly written and the caller removes it."""
+    if spool_limit is None and target.capacity is not None:
+        spool_limit = target.capacity + target.capacity // 10 + (64 << 20)
+    with _Spool(scratch_parent, spool_limit) as spool:
+        walker = _Walker(reader, target, spool, device_zeroed=device_zeroed)
+        return walker.run()
+
+
+class _Spool:
+    """Bytes that streamed past before any table claimed them, sparse at their file offsets."""
+
+    def __init__(self, parent: str, limit: int | None) -> None:
+        self.parent = parent
+        self.limit = limit
+        self._scratch: Scratch | None = None
+        self.fd = -1
+        self.allocated = 0
+        self.peak = 0
+        self.starts: list[int] = []  # kept ranges, ascending and disjoint (zeros were not written)
+        self.ends: list[int] = []
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        if self._scratch is not None:
+            self._scratch.__exit__(None, None, None)
+
+    def keep(self, offset: int, view: memoryview) -> None:
+        if self.ends and self.ends[-1] == offset:
+            self.ends[-1] = offset + len(view)
+        else:
+            self.starts.append(offset)
+            self.ends.append(offset + len(view))
+        for pos in range(0, len(view), _SPOOL_BLOCK):
+            part = bytes(view[pos:pos + _SPOOL_BLOCK])  # a copy, compared by memcmp
+            if part != _ZERO_SPOOL[:len(part)]:
+                self._write(offset + pos, part)
+
+    def _write(self, offset: int, part: bytes) -> None:
+        if self.fd < 0:
+            self._scratch = Scratch(self.parent)
+            path = self._scratch.__enter__()
+            log.info("qcow2 tables come after the data they map: keeping that data in scratch path=%s", path)
+            self.fd = os.open(os.path.join(path, "spool"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.allocated += len(part)
+        if self.limit is not None and self.allocated > self.limit:
+            raise CapacityExceeded(f"image file is larger than the volume capacity allows: more than "
+                                   f"{self.limit} bytes of it would need scratch space")
+        self.peak = max(self.peak, self.allocated)
+        done = 0
+        while done < len(part):
+            done += os.pwrite(self.fd, part[done:], offset + done)
+
+    def holds(self, start: int, end: int) -> bool:
+        i = bisect_right(self.starts, start) - 1
+        return i >= 0 and self.ends[i] >= end
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.fd < 0:
+            return bytes(end - start)
+        data = os.pread(self.fd, end - start, start)
+        return data + bytes(end - start - len(data))
+
+
+class _GuestWriter:
+    """Clusters at guest offsets into the sparse writer: assembled in 1 MiB windows so that zero
+    detection and the inline digest work as for a raw stream; a cluster that comes back to an
+    earlier window switches the writer to writes at any offset (the digest is then taken after)."""
+
+    def __init__(self, target: Target, size: int, *, device_zeroed: bool) -> None:
+        self.size = size
+        self.writer = SparseWriter(target, device_zeroed=device_zeroed, digest=True, drop_cache=True,
+                                   detect_vhd=False)
+        self.window = bytearray(WINDOW)
+        self.start = 0
+        self.dirty = False
+        self.scattered = False
+
+    def put(self, guest: int, data: bytes | bytearray | memoryview) -> None:
+        data = memoryview(data)[: max(0, self.size - guest)]
+        while len(data):
+            if self.scattered:
+                self.writer.write_at(guest, bytes(data))
+                return
+            if guest < self.start:
+                self._flush()
+                self.writer.scatter()
+                self.scattered = True
+                continue
+            if guest >= self.start + WINDOW:
+                self._flush()
+                nxt = guest // WINDOW * WINDOW
+                self.writer.skip(nxt - self.start)
+                self.start = nxt
+                continue
+            at = guest - self.start
+            n = min(len(data), WINDOW - at)
+            self.window[at:at + n] = data[:n]
+            self.dirty = True
+            guest += n
+            data = data[n:]
+
+    def _flush(self) -> None:
+        """Write the window and move past it."""
+        if self.scattered:
+            return
+        n = min(WINDOW, self.size - self.start)
+        if self.dirty:
+            self.writer.write(self.window, n)
+            self.window[:] = _ZERO_WINDOW
+            self.dirty = False
+        else:
+            self.writer.skip(n)
+        self.start += n
+
+    def finish(self) -> str | None:
+        if not self.scattered and self.start < self.size:
+            self._flush()
+        if self.writer.offset < self.size:
+            self.writer.skip(self.size - self.writer.offset)
+        self.writer.finish()
+        return self.writer.digest
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Need:
+    """A range of the file some table wants; ``start`` moves as its bytes arrive."""
+
+    plain = True  # a table or a normal cluster: no other table or cluster may use its bytes
+
+    def __init__(self, start: int, end: int, *, optional: bool = False) -> None:
+        self.start, self.end = start, end
+        self.optional = optional  # refcount metadata: passed over when present, never needed
+
+    @property
+    def piece_end(self) -> int:
+        return self.end
+
+    def take(self, view: memoryview) -> None:
+        self.start += len(view)
+
+    @property
+    def done(self) -> bool:
+        return self.start >= self.end
+
+
+class _Table(_Need):
+    def __init__(self, start: int, length: int, on_done: Callable[[bytes], None], what: str, *,
+                 optional: bool = False) -> None:
+        super().__init__(start, start + length, optional=optional)
+        self.buf = bytearray()
+        self.on_done = on_done
+        self.what = what
+
+    def take(self, view: memoryview) -> None:
+        self.buf += view
+        super().take(view)
+        if self.done:
+            self.on_done(bytes(self.buf))
+            self.buf = bytearray()
+
+
+class _Compressed(_Need):
+    plain = False  # compressed clusters share sectors with each other
+
+    def __init__(self, start: int, length: int, guest: int, walker: _Walker) -> None:
+        super().__init__(start, start + length)
+        self.buf = bytearray()
+        self.guest = guest
+        self.walker = walker
+
+    def take(self, view: memoryview) -> None:
+        self.buf += view
+        super().take(view)
+        if self.done:
+            self.walker.inflate(self)
+
+
+class _Clusters(_Need):
+    """The normal clusters of one L2 table in file order: keys are ``host | index`` (hosts are
+    cluster-aligned and an index is smaller than a cluster)."""
+
+    def __init__(self, keys: array[int], guest_base: int, cluster: int, writer: _GuestWriter,
+                 masks: dict[int, int]) -> None:
+        self.keys = keys
+        self.i = 0
+        self.cluster = cluster
+        self.guest_base = guest_base
+        self.writer = writer
+        self.masks = masks  # index -> allocated-subcluster bitmap, for partly allocated clusters
+        host = keys[0] & ~(cluster - 1)
+        super().__init__(host, keys[-1] & ~(cluster - 1))
+        self.host = host
+
+    @property
+    def piece_end(self) -> int:
+        return self.host + self.cluster
+
+    @property
+    def done(self) -> bool:
+        return self.i >= len(self.keys)
+
+    def data_end(self) -> int:
+        """Where the allocated data of the current cluster ends in the file: subclusters that are
+        not allocated need not be in the file at all (qemu leaves them out at its end)."""
+        mask = self.masks.get(self.keys[self.i] & (self.cluster - 1))
+        return self.host + (self.cluster if mask is None else mask.bit_length() * (self.cluster // 32))
+
+    def take(self, view: memoryview) -> None:
+        index = self.keys[self.i] & (self.cluster - 1)
+        into = self.start - self.host
+        guest = self.guest_base + index * self.cluster + into
+        mask = self.masks.get(index)
+        if mask is None:
+            self.writer.put(guest, view)
+        else:
+            sub = self.cluster // 32
+            for k in range(into // sub, -(-(into + len(view)) // sub)):
+                if mask >> k & 1:
+                    a, b = max(into, k * sub), min(into + len(view), (k + 1) * sub)
+                    self.writer.put(guest - into + a, view[a - into:b - into])
+        self.start += len(view)
+        if self.start >= self.piece_end:
+            self.i += 1
+            if self.i < len(self.keys):
+                self.host = self.keys[self.i] & ~(self.cluster - 1)
+                self.start = self.host
+
+
+class _Walker:
+    def __init__(self, reader: Reader, target: Target, spool: _Spool, *, device_zeroed: bool) -> None:
+        self.reader = reader
+        self.target = target
+        self.spool = spool
+        self.device_zeroed = device_zeroed
+        self.heap: list[tuple[int, int, _Need]] = []
+        self.seq = itertools.count()
+        self.pos = 0  # the stream offset of the chunk being worked on
+        self.view = memoryview(b"")
+        self.l1_read = False
+        self.l2_pending = 0
+        self.clusters = 0
+        self.h: q.Header
+        self.out: _GuestWriter
+
+    # -- the stream ------------------------------------------------------------------------------
+
+    def run(self) -> StreamResult:
+        first = bytearray(2 << 20)
+        n = read_full(self.reader, memoryview(first))
+        self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
+        h = self.h
+        self.out = _GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
+        try:
+            self.add(_Need(0, h.header_end))
+            if h.refcount_table_offset and h.refcount_table_offset % h.cluster_size == 0 and \
+                    0 < h.refcount_table_clusters * h.cluster_size <= q.MAX_REFTABLE_BYTES:
+                self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
+                                self._refcount_table, "refcount table", optional=True))
+            if h.l1_needed:
+                self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
+            else:
+                self.l1_read = True
+            self._chunk(memoryview(first)[:n])
+            buf = bytearray(CHUNK)
+            while n:
+                n = read_full(self.reader, memoryview(buf))
+                if n:
+                    self._chunk(memoryview(buf)[:n])
+            self._at_end()
+            digest = self.out.finish()
+        finally:
+            self.out.close()
+        return StreamResult(h.size, digest, self.spool.peak, self.clusters, not self.out.scattered)
+
+    def _chunk(self, view: memoryview) -> None:
+        start, end = self.pos, self.pos + len(view)
+        self.view = view
+        taken: list[tuple[int, int]] = []
+        while self.heap and self.heap[0][0] < end:
+            _, seq, need = heapq.heappop(self.heap)
+            a = need.start
+            b = min(need.piece_end, end)
+            need.take(view[a - start:b - start])
+            taken.append((a, b) if need.plain else (a, -b))
+            if not need.done:
+                heapq.heappush(self.heap, (need.start, seq, need))
+        plain = sorted((a, b) for a, b in taken if b > 0)
+        for (_, b1), (a2, _) in zip(plain, plain[1:]):
+            if a2 < b1:
+                raise FormatError(f"qcow2 image uses the bytes at offset {a2:#x} twice (a table or cluster "
+                                  "overlaps another): refused")
+        taken = [(a, abs(b)) for a, b in taken]
+        if self.keeping:
+            for a, b in _gaps(start, end, taken):
+                self.spool.keep(a, view[a - start:b - start])
+        self.pos = end
+
+    @property
+    def keeping(self) -> bool:
+        """Some table is still unread, so bytes nobody wants yet may be wanted later."""
+        return not self.l1_read or self.l2_pending > 0
+
+    def add(self, need: _Need) -> None:
+        """Want ``need``'s range: from the stream when it is still ahead, else from the chunk at hand
+        or the spool. A range that passed while nothing kept it is refused."""
+        chunk_start = self.pos
+        while not need.done and need.start < chunk_start:
+            a = need.start
+            b = min(need.piece_end, chunk_start)
+            if not self.spool.holds(a, b):
+                if need.optional:
+                    return  # a refcount block behind us: nothing to skip any more
+                raise FormatError(f"qcow2 image is not laid out as a valid image: the range at offset {a:#x} "
+                                  "is wanted by a table read later, but was read as something else")
+            need.take(memoryview(self.spool.read(a, b)))
+        if not need.done:
+            heapq.heappush(self.heap, (need.start, next(self.seq), need))
+
+    def _at_end(self) -> None:
+        for _, _, need in sorted(self.heap):
+            if need.optional:
+                continue
+            if isinstance(need, _Compressed) and need.end - self.pos < q.SECTOR and need.start == self.pos:
+                # qemu reads a last compressed cluster's sector-rounded tail past the end as zeros
+                need.take(memoryview(bytes(need.end - need.start)))
+                continue
+            while isinstance(need, _Clusters) and not need.done and need.data_end() <= self.pos:
+                need.take(memoryview(bytes(need.piece_end - need.start)))  # unallocated subclusters
+            if isinstance(need, _Clusters) and need.done:
+                continue
+            what = need.what if isinstance(need, _Table) else "a data cluster"
+            raise FormatError(f"image is truncated: {what} at offset {need.start:#x} lies past the end of the "
+                              f"file ({self.pos} bytes)")
+        self.heap.clear()
+
+    # -- tables ----------------------------------------------------------------------------------
+
+    def _refcount_table(self, data: bytes) -> None:
+        for entry in struct.unpack(f">{len(data) // 8}Q", data):
+            block = entry & ~0x1FF
+            if block and block % self.h.cluster_size == 0 and block >= self.pos:
+                self.add(_Need(block, block + self.h.cluster_size, optional=True))
+
+    def _l1(self, data: bytes) -> None:
+        h = self.h
+        self.l1_read = True
+        for index, entry in enumerate(struct.unpack(f">{len(data) // 8}Q", data)):
+            offset = entry & q.L1E_OFFSET_MASK
+            if not offset:
+                continue
+            if offset % h.cluster_size:
+                raise FormatError(f"qcow2 L2 table offset {offset:#x} is not aligned to a cluster")
+            self.l2_pending += 1
+            self.add(_Table(offset, h.cluster_size, lambda d, i=index: self._l2(i, d), f"L2 table {index}"))
+
+    def _l2(self, index: int, data: bytes) -> None:
+        h = self.h
+        self.l2_pending -= 1
+        base = index * h.l1_coverage
+        count = min(h.l2_entries, -(-(h.size - base) // h.cluster_size))
+        words = struct.unpack(f">{count * h.l2_entry_size // 8}Q", data[:count * h.l2_entry_size])
+        keys = array("Q")
+        masks: dict[int, int] = {}
+        compressed: list[_Compressed] = []
+        step = 2 if h.extended_l2 else 1
+        for i in range(count):
+            entry = words[i * step]
+            bitmap = words[i * step + 1] if h.extended_l2 else 0
+            if entry & q.OFLAG_COMPRESSED:
+                if bitmap:
+                    raise FormatError(f"qcow2 compressed cluster {index}:{i} has a subcluster bitmap")
+                start, length = h.compressed_range(entry)
+                compressed.append(_Compressed(start, length, base + i * h.cluster_size, self))
+                continue
+            host = entry & q.L2E_OFFSET_MASK
+            if h.extended_l2:
+                if bitmap >> 32 & bitmap & 0xFFFFFFFF or (not host and bitmap & 0xFFFFFFFF):
+                    raise FormatError(f"qcow2 cluster {index}:{i} has an invalid subcluster bitmap")
+                alloc = bitmap & 0xFFFFFFFF
+                if not host or not alloc:
+                    continue
+                if alloc != 0xFFFFFFFF:
+                    masks[i] = alloc
+            elif entry & q.OFLAG_ZERO:
+                if h.version < 3:
+                    raise FormatError(f"qcow2 version 2 image has a zero cluster entry ({index}:{i}): corrupt")
+                continue
+            if not host:
+                continue
+            if host % h.cluster_size:
+                raise FormatError(f"qcow2 cluster offset {host:#x} is not aligned to a cluster")
+            keys.append(host | i)
+        self.clusters += len(keys) + len(compressed)
+        if keys:
+            ordered = array("Q", sorted(keys))
+            self.add(_Clusters(ordered, base, h.cluster_size, self.out, masks))
+        for need in compressed:
+            self.add(need)
+
+    def inflate(self, need: _Compressed) -> None:
+        self.out.put(need.guest, q.decompress(self.h.compression, need.buf, self.h.cluster_size))
+        need.buf = bytearray()
+
+
+def _gaps(start: int, end: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of [start, end) outside every range in ``taken``."""
+    gaps = []
+    pos = start
+    for a, b in sorted(taken):
+        if a > pos:
+            gaps.append((pos, a))
+        pos = max(pos, b)
+    if pos < end:
+        gaps.append((pos, end))
+    return gaps
