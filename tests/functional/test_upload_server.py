@@ -249,7 +249,8 @@ def test_a_conversion_failure_after_the_async_answer_fails_the_upload_server(
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(qemu_img, "convert", failing_convert)
     monkeypatch.setattr(upload_server, "UploadHTTPServer", Recorded)
-    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "qcow2", tmp_path / "d.qcow2")
+    # vmdk is converted after the bytes are in (qcow2 is converted while it streams)
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "vmdk", tmp_path / "d.vmdk")
     rc: list[int] = []
     runner = threading.Thread(target=lambda: rc.append(upload_server.main()), daemon=True)
     runner.start()
