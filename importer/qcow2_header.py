@@ -26,6 +26,9 @@ OFLAG_COMPRESSED = 1 << 62
 OFLAG_ZERO = 1
 MAX_L1_BYTES = 32 << 20  # qemu's QCOW_MAX_L1_SIZE
 MAX_REFTABLE_BYTES = 8 << 20  # qemu's QCOW_MAX_REFTABLE_SIZE
+MAX_SNAPSHOTS = 65536
+MAX_SNAPSHOT_EXTRA = 1024
+MAX_SNAPSHOT_TABLE = 64 << 20
 SECTOR = 512
 
 INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = (1 << i for i in range(5))
@@ -45,6 +48,8 @@ class Header:
     compression: str  # "zlib" or "zstd"
     extended_l2: bool
     header_end: int  # bytes of the first cluster the header and its extensions use
+    nb_snapshots: int
+    snapshots_offset: int
 
     @property
     def cluster_size(self) -> int:
@@ -111,6 +116,7 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
     size, crypt = _u64(head, 24), _u32(head, 32)
     l1_size, l1_offset = _u32(head, 36), _u64(head, 40)
     rt_offset, rt_clusters = _u64(head, 48), _u32(head, 56)
+    nb_snapshots, snapshots_offset = _u32(head, 60), _u64(head, 64)
     incompat = 0
     header_length, compression_type = 72, 0
     if version == 3:
@@ -142,13 +148,18 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
         raise FormatError("qcow2 extended L2 entries need clusters of at least 16 KiB")
     if capacity is not None and size > capacity:
         raise CapacityExceeded(f"image virtual size {size} is larger than the volume capacity {capacity}")
+    if not rt_clusters or rt_clusters * cluster_size > MAX_REFTABLE_BYTES or rt_offset % cluster_size \
+            or rt_offset + rt_clusters * cluster_size >= 1 << 63:
+        raise FormatError("qcow2 reference count table is missing, too large or not aligned")
+    if nb_snapshots > MAX_SNAPSHOTS or (nb_snapshots and (snapshots_offset % cluster_size or snapshots_offset >= 1 << 62)):
+        raise FormatError("qcow2 snapshot table is too large or not aligned")
     header = Header(version, bits, size, l1_size, l1_offset, rt_offset, rt_clusters, compression, extended_l2,
-                    header_end)
+                    header_end, nb_snapshots, snapshots_offset)
     if l1_size * 8 > MAX_L1_BYTES:
         raise FormatError(f"qcow2 L1 table of {l1_size} entries is too large")
     if l1_size < header.l1_needed:
         raise FormatError(f"qcow2 L1 table of {l1_size} entries is too small for a disk of {size} bytes")
-    if l1_size and (l1_offset % cluster_size or l1_offset == 0):
+    if l1_offset % cluster_size or (l1_size and l1_offset == 0) or l1_offset + l1_size * 8 >= 1 << 63:
         raise FormatError(f"qcow2 L1 table offset {l1_offset:#x} is invalid")
     return header
 
@@ -176,6 +187,20 @@ def _extensions(head: bytes, start: int, cluster_size: int) -> tuple[dict[int, b
         found[kind] = head[pos + 8:pos + 8 + length]
         pos += 8 + (length + 7) // 8 * 8
     return found, min(pos, end)
+
+
+def snapshot_entry(entry: bytes, *, version: int, cluster_size: int) -> int:
+    """Check one snapshot table entry (its fixed 40 bytes) as qemu does when it opens the image;
+    returns the entry's whole length, padded to 8 bytes. Snapshots are never read, but an image whose
+    snapshot table qemu would refuse is refused too."""
+    l1_offset, l1_size = _u64(entry, 0), _u32(entry, 8)
+    id_size, name_size = struct.unpack_from(">HH", entry, 12)
+    extra = _u32(entry, 36)
+    if extra > MAX_SNAPSHOT_EXTRA or (version >= 3 and extra < 16):
+        raise FormatError("qcow2 snapshot table entry has invalid extra data")
+    if l1_size * 8 > MAX_L1_BYTES or l1_offset % cluster_size or l1_offset + l1_size * 8 >= 1 << 63:
+        raise FormatError("qcow2 snapshot L1 table is too large or not aligned")
+    return (40 + extra + id_size + name_size + 7) // 8 * 8
 
 
 # -- compressed clusters ------------------------------------------------------------------------------

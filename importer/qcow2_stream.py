@@ -236,6 +236,37 @@ class _Table(_Need):
             self.buf = bytearray()
 
 
+class _Snapshots(_Need):
+    """The snapshot table, checked entry by entry as it passes (its length is known only then)."""
+
+    def __init__(self, h: q.Header) -> None:
+        super().__init__(h.snapshots_offset, h.snapshots_offset + 40)
+        self.h = h
+        self.left = h.nb_snapshots
+        self.buf = bytearray()
+        self.what = "snapshot table"
+
+    def take(self, view: memoryview) -> None:
+        self.buf += view
+        self.start += len(view)
+        while self.start >= self.end and self.left:
+            entry_start = self.start - len(self.buf)  # the buffer begins with the current entry
+            length = q.snapshot_entry(bytes(self.buf[:40]), version=self.h.version, cluster_size=self.h.cluster_size)
+            if self.end < entry_start + length:
+                self.end = entry_start + length
+                continue
+            if self.end - self.h.snapshots_offset > q.MAX_SNAPSHOT_TABLE:
+                raise FormatError("qcow2 snapshot table is too large")
+            self.left -= 1
+            del self.buf[:length]
+            if self.left:
+                self.end += 40
+
+    @property
+    def done(self) -> bool:
+        return not self.left
+
+
 class _Compressed(_Need):
     plain = False  # compressed clusters share sectors with each other
 
@@ -329,10 +360,11 @@ class _Walker:
         self.out = _GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
         try:
             self.add(_Need(0, h.header_end))
-            if h.refcount_table_offset and h.refcount_table_offset % h.cluster_size == 0 and \
-                    0 < h.refcount_table_clusters * h.cluster_size <= q.MAX_REFTABLE_BYTES:
+            if h.refcount_table_offset:
                 self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
                                 self._refcount_table, "refcount table", optional=True))
+            if h.nb_snapshots:
+                self.add(_Snapshots(h))
             if h.l1_needed:
                 self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
             else:
@@ -405,7 +437,7 @@ class _Walker:
                 need.take(memoryview(bytes(need.piece_end - need.start)))  # unallocated subclusters
             if isinstance(need, _Clusters) and need.done:
                 continue
-            what = need.what if isinstance(need, _Table) else "a data cluster"
+            what = need.what if isinstance(need, (_Table, _Snapshots)) else "a data cluster"
             raise FormatError(f"image is truncated: {what} at offset {need.start:#x} lies past the end of the "
                               f"file ({self.pos} bytes)")
         self.heap.clear()
