@@ -482,6 +482,8 @@ class _Walker:
                 compressed.append(_Compressed(start, length, base + i * h.cluster_size, self))
                 continue
             host = entry & q.L2E_OFFSET_MASK
+            if host % h.cluster_size:  # qemu refuses it even for a zero or unallocated subcluster
+                raise FormatError(f"qcow2 cluster offset {host:#x} is not aligned to a cluster")
             if h.extended_l2:
                 if bitmap >> 32 & bitmap & 0xFFFFFFFF or (not host and bitmap & 0xFFFFFFFF):
                     raise FormatError(f"qcow2 cluster {index}:{i} has an invalid subcluster bitmap")
@@ -496,8 +498,6 @@ class _Walker:
                 continue
             if not host:
                 continue
-            if host % h.cluster_size:
-                raise FormatError(f"qcow2 cluster offset {host:#x} is not aligned to a cluster")
             keys.append(host | i)
         self.clusters += len(keys) + len(compressed)
         if keys:
