@@ -146,18 +146,19 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
     extended_l2 = bool(incompat & INCOMPAT_EXTL2)
     if extended_l2 and bits < 14:
         raise FormatError("qcow2 extended L2 entries need clusters of at least 16 KiB")
-    if capacity is not None and size > capacity:
+    if capacity is not None and size // SECTOR * SECTOR > capacity:
         raise CapacityExceeded(f"image virtual size {size} is larger than the volume capacity {capacity}")
     if not rt_clusters or rt_clusters * cluster_size > MAX_REFTABLE_BYTES or rt_offset % cluster_size \
             or rt_offset + rt_clusters * cluster_size >= 1 << 63:
         raise FormatError("qcow2 reference count table is missing, too large or not aligned")
     if nb_snapshots > MAX_SNAPSHOTS or (nb_snapshots and (snapshots_offset % cluster_size or snapshots_offset >= 1 << 62)):
         raise FormatError("qcow2 snapshot table is too large or not aligned")
+    size = size // SECTOR * SECTOR  # qemu's disk is whole sectors
     header = Header(version, bits, size, l1_size, l1_offset, rt_offset, rt_clusters, compression, extended_l2,
                     header_end, nb_snapshots, snapshots_offset)
     if l1_size * 8 > MAX_L1_BYTES:
         raise FormatError(f"qcow2 L1 table of {l1_size} entries is too large")
-    if l1_size < header.l1_needed:
+    if l1_size < -(-size // header.l1_coverage):  # qemu counts the header's size before rounding it
         raise FormatError(f"qcow2 L1 table of {l1_size} entries is too small for a disk of {size} bytes")
     if l1_offset % cluster_size or (l1_size and l1_offset == 0) or l1_offset + l1_size * 8 >= 1 << 63:
         raise FormatError(f"qcow2 L1 table offset {l1_offset:#x} is invalid")
