@@ -151,7 +151,7 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
     if not rt_clusters or rt_clusters * cluster_size > MAX_REFTABLE_BYTES or rt_offset % cluster_size \
             or rt_offset + rt_clusters * cluster_size >= 1 << 63:
         raise FormatError("qcow2 reference count table is missing, too large or not aligned")
-    if nb_snapshots > MAX_SNAPSHOTS or (nb_snapshots and (snapshots_offset % cluster_size or snapshots_offset >= 1 << 62)):
+    if nb_snapshots > MAX_SNAPSHOTS or snapshots_offset % cluster_size or snapshots_offset >= 1 << 62:
         raise FormatError("qcow2 snapshot table is too large or not aligned")
     size = size // SECTOR * SECTOR  # qemu's disk is whole sectors
     header = Header(version, bits, size, l1_size, l1_offset, rt_offset, rt_clusters, compression, extended_l2,
