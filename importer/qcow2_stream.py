@@ -28,6 +28,7 @@ read, and 32 bytes of digest per MiB of disk before the last data cluster.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -394,7 +395,7 @@ class _Walker:
             if not need.done:
                 heapq.heappush(self.heap, (need.start, seq, need))
         plain = sorted((a, b) for a, b in taken if b > 0)
-        for (_, b1), (a2, _) in zip(plain, plain[1:]):
+        for (_, b1), (a2, _) in zip(plain, plain[1:], strict=False):
             if a2 < b1:
                 raise FormatError(f"qcow2 image uses the bytes at offset {a2:#x} twice (a table or cluster "
                                   "overlaps another): refused")
@@ -460,7 +461,7 @@ class _Walker:
             if offset % h.cluster_size:
                 raise FormatError(f"qcow2 L2 table offset {offset:#x} is not aligned to a cluster")
             self.l2_pending += 1
-            self.add(_Table(offset, h.cluster_size, lambda d, i=index: self._l2(i, d), f"L2 table {index}"))
+            self.add(_Table(offset, h.cluster_size, functools.partial(self._l2, index), f"L2 table {index}"))
 
     def _l2(self, index: int, data: bytes) -> None:
         h = self.h

@@ -124,7 +124,8 @@ def _snapshotted(raw: Path, path: Path) -> Path:
 @pytest.mark.parametrize("kind", ["guest", "guest-extended-l2", "resized", "snapshots"])
 def test_out_of_order_layouts_convert_exactly(raw: Path, tmp_path: Path, kind: str) -> None:
     image = {"guest": lambda: _guest_writes(tmp_path / "g.qcow2"),
-             "guest-extended-l2": lambda: _guest_writes(tmp_path / "gx.qcow2", "-o", "extended_l2=on,cluster_size=128k"),
+             "guest-extended-l2": lambda: _guest_writes(tmp_path / "gx.qcow2", "-o",
+                                                        "extended_l2=on,cluster_size=128k"),
              "resized": lambda: _resized(raw, tmp_path / "r.qcow2"),
              "snapshots": lambda: _snapshotted(raw, tmp_path / "s.qcow2")}[kind]()
     digest, size = reference(image)
@@ -221,7 +222,8 @@ def _metadata_offsets(data: bytes) -> list[int]:
     l1 = struct.unpack(">Q", data[40:48])[0]
     l2 = struct.unpack(">Q", data[l1:l1 + 8])[0] & 0x00FFFFFFFFFFFE00
     snapshots = struct.unpack(">Q", data[64:72])[0]
-    return [*range(0, 112), *range(l1, l1 + 16), *range(l2, l2 + 512), *range(snapshots, snapshots + 64 if snapshots else 0)]
+    table = range(snapshots, snapshots + 64) if snapshots else range(0)
+    return [*range(0, 112), *range(l1, l1 + 16), *range(l2, l2 + 512), *table]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
