@@ -28,7 +28,6 @@ read, and 32 bytes of digest per MiB of disk before the last data cluster.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -237,6 +236,38 @@ class _Table(_Need):
             self.buf = bytearray()
 
 
+class _Tables(_Need):
+    """The L2 tables the L1 table names, in file order: one need for all of them (16 bytes a table),
+    so a hostile L1 naming millions of tables costs no object per table."""
+
+    def __init__(self, offsets: array[int], indexes: array[int], size: int,
+                 on_table: Callable[[int, bytes], None]) -> None:
+        super().__init__(offsets[0], offsets[0] + size)
+        self.offsets, self.indexes, self.size, self.on_table = offsets, indexes, size, on_table
+        self.i = 0
+        self.buf = bytearray()
+        self.what = "an L2 table"
+
+    @property
+    def piece_end(self) -> int:
+        return self.offsets[self.i] + self.size
+
+    @property
+    def done(self) -> bool:
+        return self.i >= len(self.offsets)
+
+    def take(self, view: memoryview) -> None:
+        self.buf += view
+        self.start += len(view)
+        if self.start >= self.piece_end:
+            data, self.buf = bytes(self.buf), bytearray()
+            index = self.indexes[self.i]
+            self.i += 1
+            if self.i < len(self.offsets):
+                self.start = self.offsets[self.i]
+            self.on_table(index, data)
+
+
 class _Snapshots(_Need):
     """The snapshot table, checked entry by entry as it passes (its length is known only then)."""
 
@@ -389,6 +420,9 @@ class _Walker:
         while self.heap and self.heap[0][0] < end:
             _, seq, need = heapq.heappop(self.heap)
             a = need.start
+            if a < start:  # a table or cluster named twice: its bytes passed with the chunk before
+                raise FormatError(f"qcow2 image uses the bytes at offset {a:#x} twice (a table or cluster "
+                                  "is named twice): refused")
             b = min(need.piece_end, end)
             need.take(view[a - start:b - start])
             taken.append((a, b) if need.plain else (a, -b))
@@ -438,7 +472,7 @@ class _Walker:
                 need.take(memoryview(bytes(need.piece_end - need.start)))  # unallocated subclusters
             if isinstance(need, _Clusters) and need.done:
                 continue
-            what = need.what if isinstance(need, (_Table, _Snapshots)) else "a data cluster"
+            what = getattr(need, "what", "a data cluster")
             raise FormatError(f"image is truncated: {what} at offset {need.start:#x} lies past the end of the "
                               f"file ({self.pos} bytes)")
         self.heap.clear()
@@ -454,14 +488,21 @@ class _Walker:
     def _l1(self, data: bytes) -> None:
         h = self.h
         self.l1_read = True
+        keys = []  # offset << 22 | index: an L1 has at most 2^22 entries (qemu's 32 MiB)
         for index, entry in enumerate(struct.unpack(f">{len(data) // 8}Q", data)):
             offset = entry & q.L1E_OFFSET_MASK
             if not offset:
                 continue
             if offset % h.cluster_size:
                 raise FormatError(f"qcow2 L2 table offset {offset:#x} is not aligned to a cluster")
-            self.l2_pending += 1
-            self.add(_Table(offset, h.cluster_size, functools.partial(self._l2, index), f"L2 table {index}"))
+            keys.append(offset << 22 | index)
+        del data
+        if keys:
+            keys.sort()
+            self.l2_pending = len(keys)
+            offsets, indexes = array("Q", (k >> 22 for k in keys)), array("I", (k & (1 << 22) - 1 for k in keys))
+            del keys
+            self.add(_Tables(offsets, indexes, h.cluster_size, self._l2))
 
     def _l2(self, index: int, data: bytes) -> None:
         h = self.h

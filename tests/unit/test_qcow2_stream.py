@@ -251,3 +251,27 @@ def test_mutated_images_are_refused_or_equal_to_qemu_img(small: dict[str, Path],
     assert result.virtual_size == ref.stat().st_size <= 8 * MiB
     os.truncate(ref, 8 * MiB)  # the volume: the disk, then zeros up to the capacity
     assert volume_digest(str(out)) == volume_digest(str(ref))
+
+
+def test_an_l2_table_named_twice_is_refused(raw: Path, tmp_path: Path) -> None:
+    image = _made(raw, "cluster-4k", "-o", "cluster_size=4k")  # an L2 table maps 2 MiB: several tables
+    data = image.read_bytes()
+    l1 = struct.unpack(">Q", data[40:48])[0]
+    with pytest.raises(FormatError, match="twice"):
+        stream(_patched(image, tmp_path, l1 + 8, data[l1:l1 + 8]), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["in-order", "guest"])
+def test_a_device_full_of_old_data_reads_back_exactly_the_image(raw: Path, tmp_path: Path, kind: str) -> None:
+    """A block device is not zeroed beforehand: every byte the image does not write must be zeroed
+    (a regular file stands in for the device; the writer treats it as one)."""
+    image = _made(raw, "default") if kind == "in-order" else _guest_writes(tmp_path / "g.qcow2")
+    digest, size = reference(image)
+    device = tmp_path / "device"
+    device.write_bytes(b"\xaa" * (size + MiB))
+    result = convert_stream(Once(image.read_bytes()), Target(str(device), "block", size + MiB, True),
+                            scratch_parent=str(tmp_path / "scratch"))
+    expected = tmp_path / "expected"
+    expected.write_bytes(image.with_suffix(".ref").read_bytes() + bytes(MiB))
+    assert volume_digest(str(device)) == volume_digest(str(expected))
+    assert result.digest in (None, volume_digest(str(expected)))
