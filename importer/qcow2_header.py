@@ -33,6 +33,7 @@ SECTOR = 512
 
 INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = (1 << i for i in range(5))
 KNOWN_INCOMPAT = (1 << 5) - 1
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
 EXT_END, EXT_BACKING_FORMAT, EXT_DATA_FILE = 0, 0xE2792ACA, 0x44415441
 
 
@@ -119,8 +120,9 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
     nb_snapshots, snapshots_offset = _u32(head, 60), _u64(head, 64)
     incompat = 0
     header_length, compression_type = 72, 0
+    autoclear = 0
     if version == 3:
-        incompat, header_length = _u64(head, 72), _u32(head, 100)
+        incompat, header_length, autoclear = _u64(head, 72), _u32(head, 100), _u64(head, 88)
         if header_length < 104 or header_length > cluster_size or header_length % 8:
             raise FormatError(f"qcow2 header length {header_length} is invalid")
         if _u32(head, 96) > 6:
@@ -140,6 +142,8 @@ def parse(head: bytes, *, capacity: int | None) -> Header:
     if incompat & ~KNOWN_INCOMPAT:
         raise UnsafeImage(f"image uses qcow2 features this importer does not know (incompatible feature bits "
                           f"{incompat & ~KNOWN_INCOMPAT:#x}); refused")
+    if autoclear & AUTOCLEAR_DATA_FILE_RAW:  # no data file (refused above), so qemu cannot open it
+        raise FormatError("qcow2 header says its data is raw in an external data file, but it has none")
     if incompat & INCOMPAT_CORRUPT:
         raise FormatError("image is marked corrupt by qemu; repair it with qemu-img check -r all first")
     compression = _compression(compression_type, bool(incompat & INCOMPAT_COMPRESSION))
