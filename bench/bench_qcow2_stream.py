@@ -6,6 +6,8 @@ The same 2 GiB disk (about 40% data) as ``bench_upload.py``, as qcow2 written by
   upload body without ranges), spooling it to a scratch file and converting that with qemu-img, as
   the upload server did before;
 - pipeline, streamed (now): the same body converted as it streams (``importer/qcow2_stream.py``);
+- upload server, scratch (before) and streamed (now): the real upload server (one mutual-TLS hop)
+  receiving the file POSTed whole, with the upload server's former qcow2 path and with the new one;
 - cdi serve + curl POST (now): the whole path, ``cdi serve``, a DataVolume with ``source.upload``,
   curl POSTing the file through the upload proxy as CDI's doc/upload.md shows;
 - qemu-img convert of the local file (``-W -m 8 -t writeback``, as the importer runs it), for scale.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,6 +69,65 @@ def _case(kind: str, target: str, scratch: str, size: int) -> int:
     result = runner.run()
     print(json.dumps(result.to_dict()))
     return 0
+
+
+def _server_case(kind: str, target: str, image: str) -> int:
+    """The child process of one upload server case: the real upload server (one TLS hop, in this
+    process) receiving the image POSTed whole by an http.client in a thread."""
+    import http.client
+    import threading
+
+    from importer import pipeline
+    from tests.functional.test_upload_server import Pki, start
+
+    if kind == "scratch":  # the upload server's qcow2 path before streaming
+        pipeline.Importer._stream_qcow2 = (  # type: ignore[method-assign]
+            lambda self, top, bottom, tap, hasher, source: self._via_scratch(top, bottom, tap, hasher, source))
+    work = Path(target).parent
+    os.chdir(work)
+    pki = Pki(work)
+    size = Path(image).stat().st_size
+    server = start(pki, Path(target), int(os.environ["BENCH_CAPACITY"]))
+    answer: list[int] = []
+
+    def send() -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", server.server_address[1], context=pki.client_context(),
+                                           timeout=600)
+        with open(image, "rb") as f:
+            conn.request("POST", "/v1beta1/upload", body=f, headers={"Content-Length": str(size)})
+            answer.append(conn.getresponse().status)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    sender.join()
+    server.shutdown()
+    assert answer == [200] and server.state.result is not None, answer
+    print(json.dumps(server.state.result.to_dict()))
+    return 0
+
+
+def server_case(kind: str, image: Path, raw: Path, size: int) -> Result:
+    target = WORK / "server" / "disk.img"
+    shutil.rmtree(target.parent, ignore_errors=True)
+    target.parent.mkdir(parents=True)
+    drop_caches()
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, __file__, "--server-case", kind, "--target", str(target), "--image",
+                             str(image)], stdout=subprocess.PIPE, cwd=REPO,
+                            env={**os.environ, "BENCH_CAPACITY": str(size)})
+
+    def scratch_dir() -> Path | None:
+        return next(target.parent.glob(".cdi-scratch-*"), None)
+
+    with Sampler(proc.pid, scratch_dir) as s:
+        out, _ = proc.communicate()
+        subprocess.run(["sync"], check=True)
+        wall = time.monotonic() - start
+    assert proc.returncode == 0, out
+    result = json.loads(out.splitlines()[-1])
+    ok = result["digest"] == volume_digest(str(target)) == expected_digest(raw, size)
+    name = "upload server, scratch (before)" if kind == "scratch" else "upload server, streamed (now)"
+    return Result(name, "qcow2", wall, size, s.rss, s.scratch_peak, image.stat().st_size, ok)
 
 
 def pipeline_case(kind: str, image: Path, raw: Path, size: int) -> Result:
@@ -117,9 +179,13 @@ def main() -> int:
     ap.add_argument("--target")
     ap.add_argument("--scratch")
     ap.add_argument("--size", type=int)
+    ap.add_argument("--server-case", choices=["scratch", "stream"])
+    ap.add_argument("--image")
     args = ap.parse_args()
     if args.case:
         return _case(args.case, args.target, args.scratch, args.size)
+    if args.server_case:
+        return _server_case(args.server_case, args.target, args.image)
     size = args.size_mib << 20
     WORK.mkdir(parents=True, exist_ok=True)
     raw, qcow2 = make_images(size)
@@ -127,6 +193,9 @@ def main() -> int:
     for kind in ("scratch", "stream"):
         log(f"pipeline {kind}")
         results.append(pipeline_case(kind, qcow2, raw, size))
+    for kind in ("scratch", "stream"):
+        log(f"upload server {kind}")
+        results.append(server_case(kind, qcow2, raw, size))
     log("cdi serve + curl")
     cdi = Cdi()
     try:
