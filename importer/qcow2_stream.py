@@ -188,11 +188,9 @@ class _GuestWriter:
         self.start += n
 
     def finish(self) -> str | None:
-        if not self.scattered and self.start < self.size:
+        if not self.scattered and self.start < self.size and self.dirty:
             self._flush()
-        if self.writer.offset < self.size:
-            self.writer.skip(self.size - self.writer.offset)
-        self.writer.finish()
+        self.writer.finish(end=self.size)  # the zeros after the last cluster cost nothing
         return self.writer.digest
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER =
 # before is waited for and dropped from the page cache, so a large import does not fill the cache.
 WINDOW = 64 << 20
 DIGEST_BLOCK = vdigest.BLOCK
+MAX_LEAVES = 8 << 20  # inline digest of a disk whose holes are skipped: up to 256 GiB of it (32 B a MiB)
 _ZERO_DIGEST_BLOCK = bytes(DIGEST_BLOCK)
 
 
@@ -240,8 +241,9 @@ class SparseWriter:
             raise CapacityExceeded(f"image is larger than the volume capacity {self.capacity} bytes "
                                    f"(data continues past byte {self.capacity})")
         if self._leaves is not None:
-            if self._tail is not None or self.offset % DIGEST_BLOCK:
-                self._leaves = None
+            grown = len(self._leaves) + len(vdigest.zero_leaf(DIGEST_BLOCK)) * (length // DIGEST_BLOCK)
+            if self._tail is not None or self.offset % DIGEST_BLOCK or grown > MAX_LEAVES:
+                self._leaves = None  # the digest is taken afterwards (holes cost it nothing)
             else:
                 self._leaves += vdigest.zero_leaf(DIGEST_BLOCK) * (length // DIGEST_BLOCK)
                 if length % DIGEST_BLOCK:
@@ -312,9 +314,10 @@ class SparseWriter:
         self.offset += len(view)
         self.data_bytes += len(view)
 
-    def finish(self) -> int:
-        """Complete the volume; returns the size of the image written (before growing to capacity)."""
-        image_size = self.offset + len(self._spill)
+    def finish(self, *, end: int = 0) -> int:
+        """Complete the volume; returns the size of the image written (before growing to capacity).
+        ``end``: where the image ends when its last bytes are zeros that were never written."""
+        image_size = max(self.offset + len(self._spill), end)
         if self._detect_vhd and image_size >= 512 and image_size % 512 == 0:
             tail = bytearray(512)
             in_file = 512 - len(self._spill)
