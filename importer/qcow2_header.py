@@ -196,7 +196,7 @@ def _extensions(head: bytes, start: int, cluster_size: int) -> tuple[dict[int, b
 
 def snapshot_entry(entry: bytes, *, version: int, cluster_size: int) -> int:
     """Check one snapshot table entry (its fixed 40 bytes) as qemu does when it opens the image;
-    returns the entry's whole length, padded to 8 bytes. Snapshots are never read, but an image whose
+    returns the entry's whole length (before its padding to 8 bytes). Snapshots are never read, but an image whose
     snapshot table qemu would refuse is refused too."""
     l1_offset, l1_size = _u64(entry, 0), _u32(entry, 8)
     id_size, name_size = struct.unpack_from(">HH", entry, 12)
@@ -205,7 +205,7 @@ def snapshot_entry(entry: bytes, *, version: int, cluster_size: int) -> int:
         raise FormatError("qcow2 snapshot table entry has invalid extra data")
     if l1_size * 8 > MAX_L1_BYTES or l1_offset % cluster_size or l1_offset + l1_size * 8 >= 1 << 63:
         raise FormatError("qcow2 snapshot L1 table is too large or not aligned")
-    return (40 + extra + id_size + name_size + 7) // 8 * 8
+    return 40 + extra + id_size + name_size
 
 
 # -- compressed clusters ------------------------------------------------------------------------------

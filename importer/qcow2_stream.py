@@ -267,12 +267,14 @@ class _Tables(_Need):
 
 
 class _Snapshots(_Need):
-    """The snapshot table, checked entry by entry as it passes (its length is known only then)."""
+    """The snapshot table, checked entry by entry as it passes (its length is known only then). Each
+    entry is padded to 8 bytes, except that the file may end before the last entry's padding."""
 
     def __init__(self, h: q.Header) -> None:
         super().__init__(h.snapshots_offset, h.snapshots_offset + 40)
         self.h = h
         self.left = h.nb_snapshots
+        self.entry_start = h.snapshots_offset
         self.buf = bytearray()
         self.what = "snapshot table"
 
@@ -280,17 +282,17 @@ class _Snapshots(_Need):
         self.buf += view
         self.start += len(view)
         while self.start >= self.end and self.left:
-            entry_start = self.start - len(self.buf)  # the buffer begins with the current entry
             length = q.snapshot_entry(bytes(self.buf[:40]), version=self.h.version, cluster_size=self.h.cluster_size)
-            if self.end < entry_start + length:
-                self.end = entry_start + length
+            if self.end < self.entry_start + length:
+                self.end = self.entry_start + length
                 continue
             if self.end - self.h.snapshots_offset > q.MAX_SNAPSHOT_TABLE:
                 raise FormatError("qcow2 snapshot table is too large")
             self.left -= 1
-            del self.buf[:length]
-            if self.left:
-                self.end += 40
+            self.entry_start += (length + 7) // 8 * 8
+            self.buf = bytearray()
+            if self.left:  # the padding before the next entry is not wanted
+                self.start, self.end = self.entry_start, self.entry_start + 40
 
     @property
     def done(self) -> bool:
