@@ -31,25 +31,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import struct
 from array import array
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from importer import qcow2_header as q
-from importer.errors import CapacityExceeded, FormatError
-from importer.scratch import Scratch
+from importer.errors import FormatError
+from importer.qcow2_output import GuestWriter, Spool
 from importer.stream import CHUNK, Reader, read_full
-from importer.target import SparseWriter, Target
+from importer.target import Target
 
 log = logging.getLogger(__name__)
 
-WINDOW = 1 << 20  # guest bytes assembled before the writer sees them: the digest's block size
-_ZERO_WINDOW = bytes(WINDOW)
-_SPOOL_BLOCK = 64 << 10
-_ZERO_SPOOL = bytes(_SPOOL_BLOCK)
 
 
 @dataclass
@@ -72,129 +66,9 @@ def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, devic
     partly written and the caller removes it."""
     if spool_limit is None and target.capacity is not None:
         spool_limit = target.capacity + target.capacity // 10 + (64 << 20)
-    with _Spool(scratch_parent, spool_limit) as spool:
+    with Spool(scratch_parent, spool_limit) as spool:
         walker = _Walker(reader, target, spool, device_zeroed=device_zeroed)
         return walker.run()
-
-
-class _Spool:
-    """Bytes that streamed past before any table claimed them, sparse at their file offsets."""
-
-    def __init__(self, parent: str, limit: int | None) -> None:
-        self.parent = parent
-        self.limit = limit
-        self._scratch: Scratch | None = None
-        self.fd = -1
-        self.allocated = 0
-        self.peak = 0
-        self.starts: list[int] = []  # kept ranges, ascending and disjoint (zeros were not written)
-        self.ends: list[int] = []
-
-    def __enter__(self) -> _Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        if self._scratch is not None:
-            self._scratch.__exit__(None, None, None)
-
-    def keep(self, offset: int, view: memoryview) -> None:
-        if self.ends and self.ends[-1] == offset:
-            self.ends[-1] = offset + len(view)
-        else:
-            self.starts.append(offset)
-            self.ends.append(offset + len(view))
-        for pos in range(0, len(view), _SPOOL_BLOCK):
-            part = bytes(view[pos:pos + _SPOOL_BLOCK])  # a copy, compared by memcmp
-            if part != _ZERO_SPOOL[:len(part)]:
-                self._write(offset + pos, part)
-
-    def _write(self, offset: int, part: bytes) -> None:
-        if self.fd < 0:
-            self._scratch = Scratch(self.parent)
-            path = self._scratch.__enter__()
-            log.info("qcow2 tables come after the data they map: keeping that data in scratch path=%s", path)
-            self.fd = os.open(os.path.join(path, "spool"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.allocated += len(part)
-        if self.limit is not None and self.allocated > self.limit:
-            raise CapacityExceeded(f"image file is larger than the volume capacity allows: more than "
-                                   f"{self.limit} bytes of it would need scratch space")
-        self.peak = max(self.peak, self.allocated)
-        done = 0
-        while done < len(part):
-            done += os.pwrite(self.fd, part[done:], offset + done)
-
-    def holds(self, start: int, end: int) -> bool:
-        i = bisect_right(self.starts, start) - 1
-        return i >= 0 and self.ends[i] >= end
-
-    def read(self, start: int, end: int) -> bytes:
-        if self.fd < 0:
-            return bytes(end - start)
-        data = os.pread(self.fd, end - start, start)
-        return data + bytes(end - start - len(data))
-
-
-class _GuestWriter:
-    """Clusters at guest offsets into the sparse writer: assembled in 1 MiB windows so that zero
-    detection and the inline digest work as for a raw stream; a cluster that comes back to an
-    earlier window switches the writer to writes at any offset (the digest is then taken after)."""
-
-    def __init__(self, target: Target, size: int, *, device_zeroed: bool) -> None:
-        self.size = size
-        self.writer = SparseWriter(target, device_zeroed=device_zeroed, digest=True, drop_cache=True,
-                                   detect_vhd=False)
-        self.window = bytearray(WINDOW)
-        self.start = 0
-        self.dirty = False
-        self.scattered = False
-
-    def put(self, guest: int, data: bytes | bytearray | memoryview) -> None:
-        data = memoryview(data)[: max(0, self.size - guest)]
-        while len(data):
-            if self.scattered:
-                self.writer.write_at(guest, bytes(data))
-                return
-            if guest < self.start:
-                self._flush()
-                self.writer.scatter()
-                self.scattered = True
-                continue
-            if guest >= self.start + WINDOW:
-                self._flush()
-                nxt = guest // WINDOW * WINDOW
-                self.writer.skip(nxt - self.start)
-                self.start = nxt
-                continue
-            at = guest - self.start
-            n = min(len(data), WINDOW - at)
-            self.window[at:at + n] = data[:n]
-            self.dirty = True
-            guest += n
-            data = data[n:]
-
-    def _flush(self) -> None:
-        """Write the window and move past it."""
-        if self.scattered:
-            return
-        n = min(WINDOW, self.size - self.start)
-        if self.dirty:
-            self.writer.write(self.window, n)
-            self.window[:] = _ZERO_WINDOW
-            self.dirty = False
-        else:
-            self.writer.skip(n)
-        self.start += n
-
-    def finish(self) -> str | None:
-        if not self.scattered and self.start < self.size and self.dirty:
-            self._flush()
-        self.writer.finish(end=self.size)  # the zeros after the last cluster cost nothing
-        return self.writer.digest
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 class _Need:
@@ -319,7 +193,7 @@ class _Clusters(_Need):
     """The normal clusters of one L2 table in file order: keys are ``host | index`` (hosts are
     cluster-aligned and an index is smaller than a cluster)."""
 
-    def __init__(self, keys: array[int], guest_base: int, cluster: int, writer: _GuestWriter,
+    def __init__(self, keys: array[int], guest_base: int, cluster: int, writer: GuestWriter,
                  masks: dict[int, int]) -> None:
         self.keys = keys
         self.i = 0
@@ -367,7 +241,7 @@ class _Clusters(_Need):
 
 
 class _Walker:
-    def __init__(self, reader: Reader, target: Target, spool: _Spool, *, device_zeroed: bool) -> None:
+    def __init__(self, reader: Reader, target: Target, spool: Spool, *, device_zeroed: bool) -> None:
         self.reader = reader
         self.target = target
         self.spool = spool
@@ -380,7 +254,7 @@ class _Walker:
         self.l2_pending = 0
         self.clusters = 0
         self.h: q.Header
-        self.out: _GuestWriter
+        self.out: GuestWriter
 
     # -- the stream ------------------------------------------------------------------------------
 
@@ -389,7 +263,7 @@ class _Walker:
         n = read_full(self.reader, memoryview(first))
         self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
         h = self.h
-        self.out = _GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
+        self.out = GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
         try:
             self.add(_Need(0, h.header_end))
             if h.refcount_table_offset:
