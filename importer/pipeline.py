@@ -4,8 +4,9 @@
 directory for contentType archive) and returns an ``ImportResult``. Each phase has one method:
 
 - probe: open the source, peel compression and tar layers by magic bytes, detect the image format;
-- transfer: raw images stream straight into the target, zero blocks left as holes; other formats
-  stream into a scratch file only when qemu-img cannot read the source itself;
+- transfer: raw images stream straight into the target, zero blocks left as holes; qcow2 from a
+  source read once, in order, is converted as it streams (``qcow2_stream``); other formats stream
+  into a scratch file only when qemu-img cannot read the source itself;
 - convert: qemu-img converts to raw, from the local file, from scratch, or over the network through
   an NBD export of verified range reads (no scratch) when the source offers random access;
 - verify: the source checksum, then the volume digest.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from importer import archive, checkpoint, formats, qemu_img, sources
+from importer import archive, checkpoint, formats, qcow2_stream, qemu_img, sources
 from importer.digest import volume_digest
 from importer.errors import (
     CapacityExceeded,
@@ -289,6 +290,9 @@ class Importer:
                 self._convert_remote(source, head=head, first_bytes=tap.count)
                 return
             bottom.start()
+            if self.fmt == "qcow2":
+                self._stream_qcow2(top, bottom, tap, hasher, source)
+                return
             self._via_scratch(top, bottom, tap, hasher, source)
         finally:
             top.close()
@@ -381,11 +385,35 @@ class Importer:
         self.transferred = tap.count + self.resumed_at
         self._timed(Step.TRANSFER, started)
 
+    def _stream_qcow2(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
+        """Convert a qcow2 image as it streams in (a source read once, in order: an upload body, an
+        http server without ranges, a compressed or archived image); scratch only for the bytes its
+        layout makes arrive before the table that maps them."""
+        self.step = Step.TRANSFER
+        started = time.monotonic()
+        log.info("converting qcow2 as it streams reason=%s", "compressed or archived" if self.layers
+                 else "source cannot be read at random" if not self.checksum else "checksum requested")
+        result = qcow2_stream.convert_stream(top, self.target, scratch_parent=self._scratch_parent(),
+                                             device_zeroed=self.job.device_zeroed)
+        _drain(bottom)
+        self._check_end(source)
+        self._check_sum(hasher)
+        self.virtual_size = result.virtual_size
+        self.inline_digest = result.digest
+        self.scratch_bytes = result.scratch_bytes
+        self.transferred = tap.count
+        log.info("qcow2 streamed clusters=%d in_order=%s scratch_bytes=%d", result.data_clusters,
+                 result.in_order, result.scratch_bytes)
+        self._timed(Step.TRANSFER, started)
+
+    def _scratch_parent(self) -> str:
+        return self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
+
     def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         """Spool the (decompressed) image to a scratch file, then convert it locally."""
         self.step = Step.TRANSFER
         started = time.monotonic()
-        scratch_parent = self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
+        scratch_parent = self._scratch_parent()
         limit = None
         if self.target.capacity is not None:  # the image file may carry metadata beyond the virtual size
             limit = self.target.capacity + self.target.capacity // 10 + (64 << 20)

@@ -37,6 +37,7 @@ SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER =
 # before is waited for and dropped from the page cache, so a large import does not fill the cache.
 WINDOW = 64 << 20
 DIGEST_BLOCK = vdigest.BLOCK
+MAX_LEAVES = 8 << 20  # inline digest of a disk whose holes are skipped: up to 256 GiB of it (32 B a MiB)
 _ZERO_DIGEST_BLOCK = bytes(DIGEST_BLOCK)
 
 
@@ -122,8 +123,9 @@ class SparseWriter:
     """
 
     def __init__(self, target: Target, *, device_zeroed: bool = False, resume_at: int = 0,
-                 digest: bool = False, drop_cache: bool = False) -> None:
+                 digest: bool = False, drop_cache: bool = False, detect_vhd: bool = True) -> None:
         self.target = target
+        self._detect_vhd = detect_vhd  # a raw stream may be a fixed VHD; a converted disk never is
         self.capacity = target.capacity
         flags = os.O_RDWR | os.O_CLOEXEC
         if target.kind == "file":
@@ -233,6 +235,48 @@ class SparseWriter:
             self._dropped_to = self._started_to
         self._started_to = self.offset
 
+    def skip(self, length: int) -> None:
+        """Leave ``length`` bytes of zeros at the current offset (a hole), without a buffer of them."""
+        if self.capacity is not None and self.offset + length > self.capacity:
+            raise CapacityExceeded(f"image is larger than the volume capacity {self.capacity} bytes "
+                                   f"(data continues past byte {self.capacity})")
+        if self._leaves is not None:
+            grown = len(self._leaves) + len(vdigest.zero_leaf(DIGEST_BLOCK)) * (length // DIGEST_BLOCK)
+            if self._tail is not None or self.offset % DIGEST_BLOCK or grown > MAX_LEAVES:
+                self._leaves = None  # the digest is taken afterwards (holes cost it nothing)
+            else:
+                self._leaves += vdigest.zero_leaf(DIGEST_BLOCK) * (length // DIGEST_BLOCK)
+                if length % DIGEST_BLOCK:
+                    self._tail = bytes(length % DIGEST_BLOCK)
+        self._skip(length)
+        self._writeback()
+
+    def scatter(self) -> None:
+        """From now on data may also come at offsets below ``offset`` (``write_at``): the digest is
+        then taken after the writes, and a block device is zeroed from here to the capacity at once
+        (each byte is written at most once after this, so nothing written is zeroed again)."""
+        self._leaves = None
+        self._flush_zeros()
+        end = self.capacity if self.capacity is not None else self.offset
+        if not self._device_zeroed and end > self.offset:
+            self._zero_device(self.offset, end - self.offset)
+        self._device_zeroed = True
+
+    def write_at(self, offset: int, buf: bytes | bytearray) -> None:
+        """Write ``buf`` at ``offset`` (after ``scatter``), leaving its zero blocks as holes."""
+        if self.capacity is not None and offset + len(buf) > self.capacity:
+            raise CapacityExceeded(f"image is larger than the volume capacity {self.capacity} bytes")
+        view = memoryview(buf)
+        pos = 0
+        while pos < len(buf):
+            end = min(pos + BLOCK, len(buf))
+            if not buf.startswith(_ZEROS[: end - pos], pos):
+                done = 0
+                while done < end - pos:
+                    done += os.pwrite(self.fd, view[pos + done:end], offset + pos + done)
+                self.data_bytes += end - pos
+            pos = end
+
     def sync(self) -> int:
         """Make everything up to ``offset`` durable; returns that offset (a resume point)."""
         self._flush_zeros()
@@ -270,10 +314,11 @@ class SparseWriter:
         self.offset += len(view)
         self.data_bytes += len(view)
 
-    def finish(self) -> int:
-        """Complete the volume; returns the size of the image written (before growing to capacity)."""
-        image_size = self.offset + len(self._spill)
-        if image_size >= 512 and image_size % 512 == 0:
+    def finish(self, *, end: int = 0) -> int:
+        """Complete the volume; returns the size of the image written (before growing to capacity).
+        ``end``: where the image ends when its last bytes are zeros that were never written."""
+        image_size = max(self.offset + len(self._spill), end)
+        if self._detect_vhd and image_size >= 512 and image_size % 512 == 0:
             tail = bytearray(512)
             in_file = 512 - len(self._spill)
             if in_file > 0:

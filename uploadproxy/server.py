@@ -4,7 +4,8 @@ It serves HTTPS on its container port (8443; on the local node the port the node
 ``CDI_PORT_8443``), accepts only clients whose certificate is signed by ``CLIENT_CERT`` and names
 ``CLIENT_NAME`` (the upload proxy), and streams one upload at a time into the volume through the
 importer's pipeline: the body is never held whole, raw and compressed images go straight into the
-volume, sparse, and the digest is taken as it is written.
+volume, sparse, qcow2 is converted as it streams in (``importer/qcow2_stream``), and the digest is
+taken as it is written. Its JSON progress lines on stdout are what the DataVolume's progress shows.
 
 Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete and verified),
 ``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync

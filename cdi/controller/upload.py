@@ -16,7 +16,7 @@ import json
 import logging
 
 from cdi.controller import conditions as c
-from cdi.controller.datavolume import termination
+from cdi.controller.datavolume import latest_progress, termination
 from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_DIGEST,
@@ -78,6 +78,19 @@ def last_failure(log_text: str) -> dict[str, str] | None:
                 continue
             if isinstance(value, dict):
                 return {"reason": str(value.get("reason") or "Error"), "message": str(value.get("message") or "")}
+    return None
+
+
+def upload_progress(log_text: str) -> str | None:
+    """The running upload's "NN.NN%" from the upload server's JSON log lines; None when no upload runs
+    (none started yet, or the last one was refused: its figure no longer means anything)."""
+    lines = log_text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
+        if line.startswith("{") and '"uploadFailed"' in line:
+            return None
+        if line.startswith("{") and '"progress"' in line:
+            return latest_progress("\n".join(lines[: i + 1]))
     return None
 
 
@@ -152,6 +165,14 @@ class UploadReconciler:
             return None
         return last_failure(text)
 
+    def _upload_progress(self, pvc: Obj) -> str | None:
+        meta = pvc["metadata"]
+        try:
+            text = self.client.pod_log(meta["namespace"], upload_name(meta["name"]), tail_lines=20)
+        except ApiError:
+            return None
+        return upload_progress(text)
+
     def _image_size(self, pvc: Obj) -> int:
         capacity = parse_size(str(((pvc.get("status") or {}).get("capacity") or {}).get("storage")
                                   or pvc["spec"]["resources"]["requests"]["storage"]))
@@ -199,7 +220,8 @@ class UploadReconciler:
         except PermanentError as e:
             mark_failed(status, e.reason, e.message)
         self._write(dv, status)
-        return None
+        # while the server accepts data, its progress is read again as an import's is
+        return self.settings.progress_interval if status.get("phase") == UPLOAD_READY else None
 
     def _dv_status(self, dv: Obj, status: Obj, ctx: str) -> None:
         conds = status["conditions"]
@@ -245,6 +267,7 @@ class UploadReconciler:
                 c.set_condition(conds, c.RUNNING, "True", reason, message)
             else:
                 c.set_condition(conds, c.RUNNING, "True", "Pod is running")
+            status["progress"] = self._upload_progress(pvc) or "N/A"
         else:
             status["phase"] = UPLOAD_SCHEDULED
             c.set_condition(conds, c.READY, "False")

@@ -268,9 +268,9 @@ def test_relative_path_to_vmdk(image_factory, tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("ranges", [True, False], ids=["remote-convert", "scratch"])
-def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path, ranges) -> None:
-    fault = faults.add("/d", Fault(path=str(image_factory.get("qcow2")), rate=512 << 10, ranges=ranges))
+@pytest.mark.parametrize(("ranges", "name"), [(True, "qcow2"), (False, "vmdk")], ids=["remote-convert", "scratch"])
+def test_kill_9_leaves_no_temporary_files(image_factory, faults, tmp_path, ranges, name) -> None:
+    fault = faults.add("/d", Fault(path=str(image_factory.get(name)), rate=512 << 10, ranges=ranges))
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}

@@ -26,10 +26,21 @@ def test_qcow2_with_ranges_converts_over_the_network_without_scratch(image_facto
     assert images.same_content(tmp_path / "out.img", image_factory.raw)
 
 
-def test_qcow2_without_ranges_uses_scratch_and_removes_it(image_factory, http_server, tmp_path) -> None:
+def test_qcow2_without_ranges_converts_as_it_streams_without_scratch(image_factory, http_server, tmp_path) -> None:
     http_server.add("/d.qcow2", Route(path=str(image_factory.get("qcow2")), ranges=False))
     scratch = tmp_path / "scratch"
     job = _job(http_server.url("/d.qcow2"), tmp_path / "out.img")
+    job.scratch_dir = str(scratch)
+    result = run_import(job)
+    assert result.scratch_bytes == 0 and not scratch.exists()
+    assert "convert" not in result.phases
+    assert images.same_content(tmp_path / "out.img", image_factory.raw)
+
+
+def test_vmdk_without_ranges_uses_scratch_and_removes_it(image_factory, http_server, tmp_path) -> None:
+    http_server.add("/d.vmdk", Route(path=str(image_factory.get("vmdk")), ranges=False))
+    scratch = tmp_path / "scratch"
+    job = _job(http_server.url("/d.vmdk"), tmp_path / "out.img")
     job.scratch_dir = str(scratch)
     result = run_import(job)
     assert result.scratch_bytes > 0

@@ -147,6 +147,31 @@ def test_async_upload_of_qcow2(env: Env, image_factory: Any) -> None:
     env.check_volume("up-async", image_factory.raw)
 
 
+def test_a_running_upload_shows_its_progress_on_the_datavolume(env: Env, image_factory: Any) -> None:
+    import threading
+
+    env.create_dv("up-progress")
+    env.phase("up-progress", "UploadReady")
+    image = image_factory.get("qcow2")
+    answer: list[tuple[int, str]] = []
+    sender = threading.Thread(target=lambda: answer.append(env.curl(
+        "/v1beta1/upload", "--limit-rate", str(image.stat().st_size // 3), "--data-binary", f"@{image}",
+        token=env.token("up-progress"))))
+    sender.start()
+
+    def midway(d: Obj) -> bool:
+        status = d.get("status") or {}
+        value = str(status.get("progress", "N/A"))
+        return status.get("phase") == "UploadReady" and value.endswith("%") and 0 < float(value[:-1]) < 100
+
+    dv = env.node.wait(DATAVOLUME, "up-progress", midway, 30)
+    assert dv["status"]["progress"].count(".") == 1 and len(dv["status"]["progress"].split(".")[1]) == 3  # NN.NN%
+    sender.join(60)
+    assert answer == [(200, "")]
+    assert env.phase("up-progress", "Succeeded", timeout=10)["status"]["progress"] == "100.0%"
+    env.check_volume("up-progress", image_factory.raw)
+
+
 def test_form_upload_of_gz_and_v1alpha1_alias(env: Env, image_factory: Any) -> None:
     env.create_dv("up-form")
     env.phase("up-form", "UploadReady")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -249,7 +250,8 @@ def test_a_conversion_failure_after_the_async_answer_fails_the_upload_server(
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(qemu_img, "convert", failing_convert)
     monkeypatch.setattr(upload_server, "UploadHTTPServer", Recorded)
-    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "qcow2", tmp_path / "d.qcow2")
+    # vmdk is converted after the bytes are in (qcow2 is converted while it streams)
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 2 << 20), "vmdk", tmp_path / "d.vmdk")
     rc: list[int] = []
     runner = threading.Thread(target=lambda: rc.append(upload_server.main()), daemon=True)
     runner.start()
@@ -294,3 +296,70 @@ def _padded(src: Path, dst: Path, size: int) -> Path:
     with open(dst, "r+b") as f:
         f.truncate(size)
     return dst
+
+
+def _reference(image: Path, size: int) -> Path:
+    """What qemu-img makes of ``image``, as a volume of ``size`` bytes."""
+    ref = image.with_suffix(".ref")
+    images.qemu_img("convert", "-f", "qcow2", "-O", "raw", str(image), str(ref))
+    with open(ref, "r+b") as f:
+        f.truncate(size)
+    return ref
+
+
+def _count_scratch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from importer import scratch
+
+    made: list[str] = []
+    real = scratch.Scratch.__enter__
+
+    def counted(self: scratch.Scratch) -> str:
+        made.append(self.parent)
+        return real(self)
+
+    monkeypatch.setattr(scratch.Scratch, "__enter__", counted)
+    return made
+
+
+@pytest.mark.parametrize("path", ["/v1beta1/upload", "/v1beta1/upload-async"])
+def test_qcow2_uploaded_whole_is_converted_as_it_streams_without_scratch(
+        pki: Pki, tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importer.digest import volume_digest
+
+    made = _count_scratch(monkeypatch)
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 6 << 20), "qcow2", tmp_path / "d.qcow2")
+    reference = _reference(image, 8 << 20)
+    server = start(pki, tmp_path / "disk.img", 8 << 20)
+    try:
+        assert post(server, pki.client_context(), image.read_bytes(), path=path) == (200, "")
+        assert server.state.finished.wait(10)
+        result = server.state.result
+        assert result is not None and result.formats == ["qcow2"]
+        assert result.scratch_bytes == 0 and made == []  # no scratch space was even created
+        assert "convert" not in result.phases  # converted while the body streamed in
+        assert result.digest == volume_digest(str(reference))
+        assert images.same_content(tmp_path / "disk.img", reference)
+    finally:
+        server.shutdown()
+
+
+def test_qcow2_whose_tables_come_last_uses_bounded_scratch_and_is_exact(
+        pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importer.digest import volume_digest
+
+    made = _count_scratch(monkeypatch)
+    # more than the first 2 MiB the converter reads at once, so the tables really come after their data
+    image = images.convert(images.make_raw(tmp_path / "d.raw", 12 << 20), "qcow2", tmp_path / "d.qcow2")
+    images.qemu_img("resize", str(image), "1G")  # qemu moves the L1 table behind the data
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 5 1000M 64k", str(image)], check=True,
+                   capture_output=True)
+    reference = _reference(image, 1 << 30)
+    server = start(pki, tmp_path / "disk.img", 1 << 30)
+    try:
+        assert post(server, pki.client_context(), image.read_bytes()) == (200, "")
+        result = server.state.result
+        assert result is not None and 0 < result.scratch_bytes <= image.stat().st_size and len(made) == 1
+        assert result.digest == volume_digest(str(reference))
+        assert not list(tmp_path.glob(".cdi-scratch-*"))  # gone afterwards
+    finally:
+        server.shutdown()
