@@ -76,6 +76,17 @@ VM = (
     rule(CORE, "pods/log", "get"),                       # the launcher's status lines
     rule(CORE, "events", "create", "patch"),
 )
+# DataSources, DataImportCrons and the image cache: golden.py, datasource.py, dataimportcron.py,
+# imagecache.py, registry_access.py (the template's secretRef/certConfigMap and CDIConfig for polling).
+GOLDEN = (
+    rule(CDI, "datasources dataimportcrons", *READ, "create", "patch", "delete"),
+    rule(CDI, "datasources/status dataimportcrons/status", "get", "patch"),
+    rule(CDI, "datavolumes", *READ, "create", "delete", "patch"),  # imports of a cron, cache hits
+    rule(CDI, "cdiconfigs", "get"),                                 # insecureRegistries
+    rule(CORE, "persistentvolumeclaims", *READ, "patch", "delete"),  # collected imports
+    rule(CORE, "secrets configmaps", "get"),                        # registry credentials and CA
+    rule(CORE, "events", "create", "patch"),
+)
 # `cdi controller --leader-elect`: the Lease (cdi.kube.leader).
 LEADER_ELECTION = (
     rule(COORDINATION, "leases", "get", "create", "update"),
@@ -86,6 +97,7 @@ CONTROLLERS: dict[str, tuple[Rule, ...]] = {
     "upload": UPLOAD,
     "clone": CLONE,
     "vm": VM,
+    "golden": GOLDEN,
     "leader-election": LEADER_ELECTION,
 }
 
