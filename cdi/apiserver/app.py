@@ -35,7 +35,7 @@ from cdi.apiserver import (
     upload_tokens,
 )
 from cdi.apiserver.authn import Authenticator, StaticTokens
-from cdi.apiserver.clone_admission import CloneSourceCheck
+from cdi.apiserver.clone_admission import DATASOURCES, CloneSourceCheck
 from cdi.apiserver.errors import ApiServerError, NotFound, status_object, to_status
 from cdi.apiserver.hooks import Hooks, LogProvider
 from cdi.apiserver.limits import BodyLimit, allow_deep_documents
@@ -131,7 +131,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     bootstrap_policy.ensure(objects)
     crds.ensure(objects, registry)
     authorizer = Authorizer(store)
-    clone_check = CloneSourceCheck(authorizer, lambda ns: store.get("/namespaces", "", ns) is not None)
+    clone_check = CloneSourceCheck(authorizer, lambda ns: store.get("/namespaces", "", ns) is not None,
+                                   lambda ns, name: store.get(DATASOURCES, ns, name))
     objects.admission += [EscalationCheck(authorizer), clone_check]
     issuer = TokenIssuer(objects, key_file=settings.service_account_key_file,
                          issuer=settings.service_account_issuer)

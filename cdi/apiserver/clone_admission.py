@@ -54,9 +54,11 @@ class CloneSourceCheck:
     with SubjectAccessReviews and namespace reads against the cluster's API server.
     """
 
-    def __init__(self, authorizer: Authorizes, namespace_exists: Callable[[str], bool]) -> None:
+    def __init__(self, authorizer: Authorizes, namespace_exists: Callable[[str], bool],
+                 find_datasource: Callable[[str, str], Obj | None]) -> None:
         self.authorizer = authorizer
         self.namespace_exists = namespace_exists
+        self.find_datasource = find_datasource  # (namespace, name) -> the DataSource, or None
         self.signer: Signer | None = None  # the upload-token key, once the server has one
 
     def _grant(self, obj: Obj, old: Obj | None, source_ns: str, source_name: str) -> None:
@@ -78,7 +80,7 @@ class CloneSourceCheck:
         if not isinstance(ref, dict) or ref.get("kind", DATASOURCE_KIND) != DATASOURCE_KIND:
             return None
         ds_ns = str(ref.get("namespace") or target_ns)
-        ds = self.store.get(DATASOURCES, ds_ns, str(ref.get("name") or ""))
+        ds = self.find_datasource(ds_ns, str(ref.get("name") or ""))
         if ds is None:
             # Nothing to authorize yet: the DataVolume waits for the DataSource, and the controller clones
             # without a token only from the DataVolume's own namespace.

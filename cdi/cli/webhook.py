@@ -34,7 +34,7 @@ def _clone_check(args: argparse.Namespace) -> CloneSourceCheck:
 
     client = Client.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Client.in_cluster(args.service_account_dir)
     cluster = ClusterAuthorizer(client)
-    check = CloneSourceCheck(cluster, cluster.namespace_exists)
+    check = CloneSourceCheck(cluster, cluster.namespace_exists, cluster.find_datasource)
     if args.token_key:
         key = serialization.load_pem_private_key(Path(args.token_key).read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from cdi.apiserver.rbac import Attributes, Decision
-from cdi.kube import Client
-from cdi.kube.kinds import NAMESPACE, Kind
+from cdi.kube import Client, Obj
+from cdi.kube.kinds import DATASOURCE, NAMESPACE, Kind
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +37,6 @@ class ClusterAuthorizer:
 
     def namespace_exists(self, name: str) -> bool:
         return self.client.find(NAMESPACE, None, name) is not None
+
+    def find_datasource(self, namespace: str, name: str) -> Obj | None:
+        return self.client.find(DATASOURCE, namespace, name)

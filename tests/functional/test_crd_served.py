@@ -94,8 +94,8 @@ def test_kubectl_get_crd_shows_the_charts_crds_read_only(cluster: Cluster) -> No
 
 
 def test_crds_follow_the_served_kinds_across_restarts(tmp_path: Path) -> None:
-    extra = ResourceKind(group="cdi.kubevirt.io", version="v1beta1", kind="DataSource", plural="datasources",
-                         singular="datasource")
+    extra = ResourceKind(group="cdi.kubevirt.io", version="v1beta1", kind="VolumeImportSource",
+                         plural="volumeimportsources", singular="volumeimportsource")
 
     def crd_names(registry: Registry) -> list[str]:
         app = create_app(Settings(token="t", db_path=str(tmp_path / "objects.db")), registry=registry)
@@ -108,5 +108,5 @@ def test_crds_follow_the_served_kinds_across_restarts(tmp_path: Path) -> None:
     base = sorted(k.group_resource for k in crdgen.crd_kinds(default_registry()))
     with_extra = default_registry()
     with_extra.register(extra)
-    assert crd_names(with_extra) == sorted([*base, "datasources.cdi.kubevirt.io"])
+    assert crd_names(with_extra) == sorted([*base, "volumeimportsources.cdi.kubevirt.io"])
     assert crd_names(default_registry()) == base

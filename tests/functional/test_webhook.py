@@ -296,7 +296,7 @@ def clone_webhook(tls: tuple[trustme.CA, Path, Path],
     cluster.kubectl("create", "rolebinding", "bob-edit", "--clusterrole=edit", "--user=bob", "-n", "src")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     authorizer = ClusterAuthorizer(Client.from_kubeconfig(str(cluster.kubeconfig)))
-    check = CloneSourceCheck(authorizer, authorizer.namespace_exists)
+    check = CloneSourceCheck(authorizer, authorizer.namespace_exists, lambda ns, name: None)
     check.signer = Signer(key)
     ca, crt, key_file = tls
     server = WebhookServer(crdgen.crd_kinds(default_registry()), cert_file=str(crt), key_file=str(key_file),

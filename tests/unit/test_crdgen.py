@@ -47,7 +47,8 @@ def test_check_names_a_stale_a_missing_and_a_leftover_file(tmp_path: Path) -> No
 
 def test_every_custom_kind_but_the_aggregated_upload_api_has_a_crd() -> None:
     names = sorted(p.name for p in CRDS.glob("*.yaml"))
-    assert names == ["cdi.kubevirt.io_cdiconfigs.yaml", "cdi.kubevirt.io_datavolumes.yaml",
+    assert names == ["cdi.kubevirt.io_cdiconfigs.yaml", "cdi.kubevirt.io_dataimportcrons.yaml",
+                     "cdi.kubevirt.io_datasources.yaml", "cdi.kubevirt.io_datavolumes.yaml",
                      "kubevirt.io_virtualmachineinstances.yaml", "kubevirt.io_virtualmachines.yaml"]
     custom = {k.kind for k in default_registry() if k.custom}
     assert custom - {k.kind for k in crdgen.crd_kinds(default_registry())} == {"UploadTokenRequest"}
@@ -56,13 +57,14 @@ def test_every_custom_kind_but_the_aggregated_upload_api_has_a_crd() -> None:
 def test_a_newly_registered_kind_gets_its_crd() -> None:
     registry = default_registry()
     schema = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"x": {"type": "string"}}}}}
-    registry.register(ResourceKind(group="cdi.kubevirt.io", version="v1beta1", kind="DataSource", plural="datasources",
-                                   singular="datasource", short_names=("das",), schema=schema,
+    registry.register(ResourceKind(group="cdi.kubevirt.io", version="v1beta1", kind="VolumeImportSource",
+                                   plural="volumeimportsources", singular="volumeimportsource",
+                                   short_names=("vis",), schema=schema,
                                    columns=(Column("X", "string", ".spec.x"),)))
     files = crdgen.generate(registry)
-    crd = yaml.safe_load(files["cdi.kubevirt.io_datasources.yaml"])
-    assert crd["metadata"]["name"] == "datasources.cdi.kubevirt.io"
-    assert crd["spec"]["names"]["shortNames"] == ["das"]
+    crd = yaml.safe_load(files["cdi.kubevirt.io_volumeimportsources.yaml"])
+    assert crd["metadata"]["name"] == "volumeimportsources.cdi.kubevirt.io"
+    assert crd["spec"]["names"]["shortNames"] == ["vis"]
     assert crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"] == schema
     assert [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]] == ["X", "Age"]
 
