@@ -78,7 +78,10 @@ def test_curl_as_cdi_documents_it(serve: Serve, image_factory, tmp_path: Path) -
         assert time.monotonic() < deadline, "CDIConfig config never got status.uploadProxyURL"
         time.sleep(0.1)
     assert url.startswith("https://127.0.0.1:")
-    assert f"upload proxy at {url}" in serve.log.read_text()
+    # the start-up message is printed once everything listens, a moment after CDIConfig is published
+    while f"upload proxy at {url}" not in serve.log.read_text():
+        assert time.monotonic() < deadline, f"the start-up message never named the upload proxy at {url}"
+        time.sleep(0.1)
     serve.kubectl("create", "-f", "-", input=DV)
     serve.kubectl("wait", "--for=jsonpath={.status.phase}=UploadReady", "dv/upload-datavolume", "--timeout=60s")
     token = serve.kubectl("create", "-f", "-", "-o=jsonpath={.status.token}", input=TOKEN).stdout
