@@ -36,6 +36,7 @@ ANN_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 ANN_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
 CHUNK = 1 << 20
 RETRIES = 20
+MAX_RETRY_AFTER = 300  # seconds: a Retry-After longer than this is not waited out
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -263,6 +264,15 @@ def _context(args: argparse.Namespace, kube_ctx: ssl.SSLContext | None) -> ssl.S
     return kube_ctx or ssl.create_default_context()  # trusts the API server's CA as well (one machine)
 
 
+def retry_after(headers: dict[str, str], failures: int) -> float:
+    """How long to wait before trying again: the server's Retry-After (a busy volume says how long its
+    stalled upload may hold it), else a short backoff."""
+    value = (headers.get("retry-after") or "").strip()
+    if value.isdigit():
+        return float(min(int(value), MAX_RETRY_AFTER))
+    return min(0.5 * failures, 5)
+
+
 class Uploader:
     """Sends one image, continuing after a dropped connection from what the server holds."""
 
@@ -327,15 +337,21 @@ class Uploader:
                     return
                 if status == 401:
                     self.token = self.new_token()
-                elif status == 416:
-                    offset = int(headers.get("upload-offset") or 0)
+                elif status == 416 and failures < RETRIES:  # the server holds another part: ask what it holds
+                    failures += 1
+                    offset = self._held_or_zero()
+                    print(f"\nresume refused ({body.strip()[:300]}); continuing at byte {offset}", file=sys.stderr)
                 elif status in (502, 503) and failures < RETRIES:  # the server went away, or is busy
                     failures += 1
-                    time.sleep(min(0.5 * failures, 5))
+                    wait = retry_after(headers, failures)
+                    print(f"\nupload interrupted ({status}: {body.strip()[:300] or 'no reason given'}); "
+                          f"trying again in {wait:.0f} s", file=sys.stderr)
+                    time.sleep(wait)
                     offset = self._held_or_zero()
-                    print(f"\nupload interrupted ({status}: {body.strip()[:200]}); continuing at byte {offset}",
-                          file=sys.stderr)
+                    print(f"continuing at byte {offset}", file=sys.stderr)
                     self.resumes += 1
+                elif status in (416, 502, 503):
+                    raise CliError(f"upload failed after {RETRIES} retries: {status} {body.strip()}")
                 else:
                     raise CliError(f"unexpected return value {status}, {body.strip()}")
 

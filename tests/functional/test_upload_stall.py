@@ -1,0 +1,83 @@
+"""A client that stops sending without closing (a half-open connection) does not hold the volume: the
+upload server cuts it after its idle timeout, a second upload meanwhile gets a 503 that says why and
+when to retry, and a resume then continues from the durable bytes. In-process upload server, real TLS."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdi.cli.imageupload import Uploader
+from importer.digest import volume_digest
+from tests.functional.test_upload_server import Pki, start
+from tests.support import images
+
+
+@pytest.fixture
+def pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pki]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CDI_RESUME_INTERVAL", raising=False)
+    yield Pki(tmp_path)
+
+
+def _request(port: int, ctx: object, method: str, path: str, body: bytes = b"",
+             headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)  # type: ignore[arg-type]
+    conn.request(method, path, body=body if method != "HEAD" else None, headers=headers or {})
+    resp = conn.getresponse()
+    resp.body = resp.read()  # type: ignore[attr-defined]
+    conn.close()
+    return resp
+
+
+def test_a_stalled_upload_is_cut_after_its_idle_timeout_and_a_resume_continues(
+        pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = images.make_raw(tmp_path / "src.raw", 8 << 20, seed=5, data_ratio=0.9)
+    data = image.read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, 8 << 20)
+    server.settings.idle_timeout = 2.0
+    port = server.server_address[1]
+    ctx = pki.client_context()
+    raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+    try:
+        # headers and 5 MiB of the body, then silence on an open connection
+        raw.sendall((f"POST /v1beta1/upload-async HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                     "Content-Type: application/octet-stream\r\n\r\n").encode() + data[: 5 << 20])
+        point = target.with_name(f".{target.name}.cdi-resume.json")
+        deadline = time.monotonic() + 20
+        while not point.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert point.exists()
+        stalled_at = time.monotonic()
+        busy = _request(port, ctx, "POST", "/v1beta1/upload", b"x" * 10)
+        assert busy.status == 503
+        text = busy.body.decode()  # type: ignore[attr-defined]
+        assert "another upload to this volume is in progress since " in text
+        assert "it is cancelled after 2 s without data" in text, text
+        assert busy.getheader("Retry-After") == "2"
+        # cdi image-upload's uploader, started while the volume is held: it waits as Retry-After says,
+        # then continues from the durable bytes
+        uploader = Uploader(f"https://127.0.0.1:{port}", ctx, lambda: "token", image, archive=False)
+        uploader.upload()
+        assert time.monotonic() - stalled_at < 15  # freed within the bound, not after minutes
+        said = capsys.readouterr().err
+        assert "upload interrupted (503: another upload to this volume is in progress since" in said
+        assert "trying again in 2 s" in said
+        resumed_at = [int(n) for n in re.findall(r"continuing at byte (\d+)", said)]
+        assert resumed_at and 0 < resumed_at[-1] <= 5 << 20, said  # the durable bytes were not sent again
+        assert server.state.finished.wait(30)
+        reference = tmp_path / "ref.raw"
+        reference.write_bytes(data)
+        os.truncate(reference, target.stat().st_size)
+        assert volume_digest(str(target)) == volume_digest(str(reference))
+    finally:
+        raw.close()
+        server.shutdown()
