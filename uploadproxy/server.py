@@ -281,13 +281,7 @@ class Handler(BaseHTTPRequestHandler):
         if offset > 0:
             point = self.server.resume_point()
             if point is None or point.offset != offset or point.validator != upload_validator(size):
-                held = point.offset if point is not None and point.validator == upload_validator(size) else 0
-                self.send_response(416)
-                self.send_header(OFFSET_HEADER, str(held))
-                self.send_header("Content-Length", "0")
-                self.send_header("Connection", "close")
-                self.close_connection = True
-                self.end_headers()
+                self._refuse_range(point, offset, size)
                 return False
             log.info("continuing an interrupted upload at byte %d of %d", offset, size)
         if offset == 0 and content_type != "archive":
@@ -328,6 +322,24 @@ class Handler(BaseHTTPRequestHandler):
             return True
         finished.wait()
         return self._answer_then_finish(outcome, source)
+
+    def _refuse_range(self, point: checkpoint.Checkpoint | None, offset: int, size: int | None) -> None:
+        """416 for a ranged PUT that does not continue what the server holds: the true Upload-Offset, and
+        in words what is held and what to send."""
+        held = point.offset if point is not None else 0
+        total = point.size if point is not None and point.size is not None else 0
+        if point is None:
+            text = ("this volume holds no interrupted upload to continue: send the whole image from byte 0 "
+                    "(a POST without Content-Range)")
+        elif point.validator != upload_validator(size):
+            text = (f"the interrupted upload here is {total} bytes long, not {size}: continue it with "
+                    f"Content-Range: bytes {held}-{total - 1}/{total}, or send another image whole "
+                    f"from byte 0 (a POST without Content-Range)")
+        else:
+            text = (f"this volume holds bytes 0-{held - 1} of {total}, the range starts at {offset}: send "
+                    f"Content-Range: bytes {held}-{total - 1}/{total}")
+        log.info("ranged upload refused: %s", text)
+        self._reply(416, text, {OFFSET_HEADER: str(held), LENGTH_HEADER: str(total)})
 
     def _capacity(self) -> int | None:
         settings = self.server.settings

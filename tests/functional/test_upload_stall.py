@@ -81,3 +81,49 @@ def test_a_stalled_upload_is_cut_after_its_idle_timeout_and_a_resume_continues(
     finally:
         raw.close()
         server.shutdown()
+
+
+def _cut_upload(pki: Pki, port: int, target: Path, data: bytes, path: str = "/v1beta1/upload-async",
+                head: bytes = b"", headers: str = "Content-Type: application/octet-stream\r\n") -> None:
+    """Send the headers and 5 MiB of the image, wait for a durable resume point, drop the connection."""
+    raw = pki.client_context().wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+    raw.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(head) + len(data)}\r\n"
+                 f"{headers}\r\n").encode() + head + data[: 5 << 20])
+    point = target.with_name(f".{target.name}.cdi-resume.json")
+    deadline = time.monotonic() + 20
+    while not point.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    raw.close()
+
+
+def test_a_ranged_put_that_does_not_continue_the_upload_is_refused_saying_what_is_held(
+        pki: Pki, tmp_path: Path) -> None:
+    data = images.make_raw(tmp_path / "src.raw", 8 << 20, seed=7, data_ratio=0.9).read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, 8 << 20)
+    port, ctx = server.server_address[1], pki.client_context()
+    try:
+        fresh = _request(port, ctx, "PUT", "/v1beta1/upload", data[100:],
+                         {"Content-Range": f"bytes 100-{len(data) - 1}/{len(data)}"})
+        assert fresh.status == 416 and fresh.getheader("Upload-Offset") == "0"
+        assert "holds no interrupted upload to continue: send the whole image from byte 0" in fresh.body.decode()  # type: ignore[attr-defined]
+        _cut_upload(pki, port, target, data)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (server.state.busy or not _request(
+                port, ctx, "HEAD", "/v1beta1/upload").getheader("Upload-Length")):
+            time.sleep(0.05)
+        held = int(_request(port, ctx, "HEAD", "/v1beta1/upload").getheader("Upload-Offset") or 0)
+        assert held > 0
+        total = len(data)
+        past = _request(port, ctx, "PUT", "/v1beta1/upload", data[held + 4096:],
+                        {"Content-Range": f"bytes {held + 4096}-{total - 1}/{total}"})
+        assert past.status == 416 and past.getheader("Upload-Offset") == str(held)
+        assert (f"this volume holds bytes 0-{held - 1} of {total}, the range starts at {held + 4096}: "
+                f"send Content-Range: bytes {held}-{total - 1}/{total}") in past.body.decode()  # type: ignore[attr-defined]
+        other = _request(port, ctx, "PUT", "/v1beta1/upload", data[held:total - 512],
+                         {"Content-Range": f"bytes {held}-{total - 513}/{total - 512}"})
+        assert other.status == 416 and other.getheader("Upload-Offset") == str(held)
+        assert (f"the interrupted upload here is {total} bytes long, not {total - 512}: continue it with "
+                f"Content-Range: bytes {held}-{total - 1}/{total}") in other.body.decode()  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
