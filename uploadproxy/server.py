@@ -273,8 +273,14 @@ class Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get(CONTENT_TYPE_HEADER) or settings.content_type
         if path in ARCHIVE:
             content_type = "archive"
+        ranged = bool(self.headers.get("Content-Range"))
+        if ranged and (self.headers.get("Content-Type") or "").lower().startswith("multipart/"):
+            self._reply(400, "Saving stream failed: a resume (a PUT with Content-Range) sends the rest of the file as "
+                             "a raw body (Content-Type: application/octet-stream), not as a form")
+            return False
         try:
-            body, size, offset = self._body(path in FORM or path in FORM_ASYNC)
+            # a resume of a form upload is a raw body, on the form path as on the others
+            body, size, offset = self._body((path in FORM or path in FORM_ASYNC) and not ranged)
         except (BodyError, ValueError) as e:
             self._reply(400, f"Saving stream failed: {e}")
             return False

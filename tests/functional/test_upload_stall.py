@@ -16,7 +16,7 @@ import pytest
 
 from cdi.cli.imageupload import Uploader
 from importer.digest import volume_digest
-from tests.functional.test_upload_server import Pki, start
+from tests.functional.test_upload_server import Pki, _form, start
 from tests.support import images
 
 
@@ -125,5 +125,45 @@ def test_a_ranged_put_that_does_not_continue_the_upload_is_refused_saying_what_i
         assert other.status == 416 and other.getheader("Upload-Offset") == str(held)
         assert (f"the interrupted upload here is {total} bytes long, not {total - 512}: continue it with "
                 f"Content-Range: bytes {held}-{total - 1}/{total}") in other.body.decode()  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("path", ["/v1beta1/upload-form", "/v1beta1/upload-form-async"])
+def test_a_cut_form_upload_resumes_with_a_raw_ranged_put_on_the_form_path(pki: Pki, tmp_path: Path, path: str) -> None:
+    data = images.make_raw(tmp_path / "src.raw", 8 << 20, seed=9, data_ratio=0.9).read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, 8 << 20)
+    port, ctx = server.server_address[1], pki.client_context()
+    try:
+        body, headers = _form(data)
+        head = body[: body.index(data)]
+        raw = pki.client_context().wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                               server_hostname="127.0.0.1")
+        raw.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
+                     f"Content-Length: {len(body)}\r\nUpload-Length: {len(data)}\r\n\r\n").encode()
+                    + head + data[: 5 << 20])
+        point = target.with_name(f".{target.name}.cdi-resume.json")
+        deadline = time.monotonic() + 20
+        while not point.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raw.close()
+        held = 0
+        while time.monotonic() < deadline and not held:
+            reply = _request(port, ctx, "HEAD", path)
+            held = int(reply.getheader("Upload-Offset") or 0) if not server.state.busy else 0
+            time.sleep(0.05)
+        assert held > 0
+        ranged = {"Content-Range": f"bytes {held}-{len(data) - 1}/{len(data)}"}
+        form = _request(port, ctx, "PUT", path, data[held:], {**ranged, "Content-Type": headers["Content-Type"]})
+        assert form.status == 400
+        assert "sends the rest of the file as a raw body" in form.body.decode()  # type: ignore[attr-defined]
+        resp = _request(port, ctx, "PUT", path, data[held:], {**ranged, "Content-Type": "application/octet-stream"})
+        assert resp.status == 200, resp.body  # type: ignore[attr-defined]
+        assert server.state.finished.wait(30)
+        reference = tmp_path / "ref.raw"
+        reference.write_bytes(data)
+        os.truncate(reference, target.stat().st_size)
+        assert volume_digest(str(target)) == volume_digest(str(reference))
     finally:
         server.shutdown()
