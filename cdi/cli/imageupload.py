@@ -85,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     image = Path(path)
     if not image.is_file():
         raise CliError(f"{image} is not a readable file")
+    extents = _extents(image) if args.sparse else None  # refuse an image --sparse cannot send before creating anything
     kubeconfig = kubeconfig_path(args.kubeconfig)
     endpoint = load_endpoint(kubeconfig, args.namespace)
     ns = endpoint.namespace
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         url = args.uploadproxy_url or _proxy_url(client)
         ctx = _context(args, endpoint.ssl_context)
         uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
-                            archive=bool(args.archive_path), sparse=args.sparse)
+                            archive=bool(args.archive_path), extents=extents)
         refused_before = _refusal(client, ns, args.name)
         print(f"Uploading data to {url}", file=sys.stderr)
         uploader.upload()
@@ -264,6 +265,14 @@ def _context(args: argparse.Namespace, kube_ctx: ssl.SSLContext | None) -> ssl.S
     return kube_ctx or ssl.create_default_context()  # trusts the API server's CA as well (one machine)
 
 
+def _extents(image: Path) -> tuple[int, list[sparse_mod.Extent]]:
+    """The image's size and data extents for --sparse, or why it cannot be sent so."""
+    try:
+        return sparse_mod.data_extents(image)
+    except sparse_mod.SparseError as e:
+        raise CliError(str(e)) from e
+
+
 def retry_after(headers: dict[str, str], failures: int) -> float:
     """How long to wait before trying again: the server's Retry-After (a busy volume says how long its
     stalled upload may hold it), else a short backoff."""
@@ -277,18 +286,18 @@ class Uploader:
     """Sends one image, continuing after a dropped connection from what the server holds."""
 
     def __init__(self, url: str, ctx: ssl.SSLContext, new_token: Any, image: Path, *, archive: bool,
-                 sparse: bool = False) -> None:
+                 sparse: bool = False,
+                 extents: tuple[int, list[sparse_mod.Extent]] | None = None) -> None:
         self.url = urllib.parse.urlsplit(url)
         self.ctx = ctx
         self.new_token = new_token
         self.image = image
         self.size = image.stat().st_size
         self.extents: list[sparse_mod.Extent] | None = None
-        if sparse:
-            try:
-                self.size, self.extents = sparse_mod.data_extents(image)
-            except sparse_mod.SparseError as e:
-                raise CliError(str(e)) from e
+        if sparse and extents is None:
+            extents = _extents(image)
+        if extents is not None:
+            self.size, self.extents = extents
         self.token = new_token()
         self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
         self.resumes = 0

@@ -167,3 +167,26 @@ def test_a_cut_form_upload_resumes_with_a_raw_ranged_put_on_the_form_path(pki: P
         assert volume_digest(str(target)) == volume_digest(str(reference))
     finally:
         server.shutdown()
+
+
+def test_image_upload_sparse_refuses_a_compressed_image_before_creating_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cdi.cli import imageupload
+    from cdi.cli.main import build_parser
+
+    text = tmp_path / "text.raw"
+    text.write_bytes(b"compressible " * (1 << 16))
+    packed = tmp_path / "text.qcow2"
+    images.qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(text), str(packed))
+    reached: list[str] = []
+
+    def no_cluster(*_: object) -> None:
+        reached.append("kubeconfig")
+        raise AssertionError("the cluster was reached before the image was checked")
+
+    monkeypatch.setattr(imageupload, "kubeconfig_path", no_cluster)
+    args = build_parser().parse_args(["image-upload", "dv", "d", "--size", "16Mi", "--image-path", str(packed),
+                                      "--sparse"])
+    assert imageupload.run(args) == 1
+    assert "compressed or encrypted clusters: upload without --sparse" in capsys.readouterr().err
+    assert reached == []
