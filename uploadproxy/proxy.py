@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import http.client
 import logging
+import os
 import re
 import ssl
 import tempfile
@@ -41,8 +42,9 @@ AUTH = re.compile(r"(?i)^Bearer\s+([A-Za-z0-9\-\._~\+\/]+)$")
 WAIT_READY = 10.0
 WAIT_INTERVAL = 0.25
 CONNECT_RETRY = 10.0
+IDLE_TIMEOUT = float(os.environ.get("CDI_UPLOAD_IDLE_TIMEOUT") or 30)  # seconds without a byte from the client
 CHUNK = 1 << 20
-RELAYED = ("content-range", "range", "upload-offset", "upload-length")
+RELAYED = ("content-range", "range", "upload-offset", "upload-length", "retry-after")
 FORWARDED = ("content-type", "x-cdi-content-type", "content-range", "content-length", "transfer-encoding",
              "upload-length")
 # (namespace, service name, port) -> (address, port) of a ready pod behind the Service
@@ -304,7 +306,7 @@ class ProxyServer(ThreadingHTTPServer):
             log.info("TLS handshake failed peer=%s error=%s", client_address, e)
             request.close()
             return
-        request.settimeout(300)
+        request.settimeout(IDLE_TIMEOUT)  # a client that stops sending is cut: the upload server is freed
         try:
             super().finish_request(request, client_address)
         finally:

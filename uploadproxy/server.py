@@ -11,7 +11,9 @@ Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete a
 ``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync
 path makes: format, hostile features, virtual size; only the conversion goes on), the form
 variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
-A second upload while one runs gets 503, one after success 409; an image larger than the volume 400
+A second upload while one runs gets 503 saying since when and Retry-After (an upload whose client
+sends nothing for ``CDI_UPLOAD_IDLE_TIMEOUT`` seconds, 30, is cut: its durable bytes stay for a
+resume), one after success 409; an image larger than the volume 400
 with CDI's message. A refused upload is logged as a JSON line ``{"uploadFailed": ...}`` (the controller
 shows it on the DataVolume) and the server waits for another try; after a success it writes its
 termination message and exits 0. A failure after an async answer (the client was told the image was
@@ -29,6 +31,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -61,6 +64,7 @@ FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
 LENGTH_HEADER = "Upload-Length"
+IDLE_TIMEOUT = 30.0
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -75,6 +79,9 @@ class Settings:
         self.cert, self.key = env.get("TLS_CERT", ""), env.get("TLS_KEY", "")
         self.client_ca = env.get("CLIENT_CERT", "")
         self.scratch = os.getcwd() if paths.confined else None
+        # an upload whose client sends nothing this long is cut (a half-open connection must not hold
+        # the volume: the durable bytes stay and a resume may continue them)
+        self.idle_timeout = float(env.get("CDI_UPLOAD_IDLE_TIMEOUT") or IDLE_TIMEOUT)
 
 
 class State:
@@ -83,6 +90,7 @@ class State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.busy = False
+        self.since = 0.0  # when the running upload began (wall clock), for the 503 of another
         self.done = False
         self.finished = threading.Event()
         self.result: ImportResult | None = None
@@ -155,9 +163,11 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.info("%s %s", self.address_string(), format % args)
 
-    def _reply(self, code: int, text: str = "") -> None:
+    def _reply(self, code: int, text: str = "", headers: dict[str, str] | None = None) -> None:
         data = text.encode()
         self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         if code >= 400:
@@ -210,13 +220,19 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             if state.busy:
                 log.warning("concurrent upload refused")
-                self._reply(503, "")
+                idle = self.server.settings.idle_timeout
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.since))
+                self._reply(503, f"another upload to this volume is in progress since {since}; it is cancelled "
+                                 f"after {idle:.0f} s without data: try again then (a ranged PUT continues from "
+                                 f"the Upload-Offset that HEAD shows)", {"Retry-After": str(max(1, round(idle)))})
                 return
             if state.done:
                 log.warning("upload after success refused")
                 self._reply(409, "")
                 return
             state.busy = True
+            state.since = time.time()
+        self.connection.settimeout(self.server.settings.idle_timeout)  # a stalled body is cut, not waited on
         if not self._upload(path):
             with state.lock:
                 state.busy = False
@@ -257,21 +273,21 @@ class Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get(CONTENT_TYPE_HEADER) or settings.content_type
         if path in ARCHIVE:
             content_type = "archive"
+        ranged = bool(self.headers.get("Content-Range"))
+        if ranged and (self.headers.get("Content-Type") or "").lower().startswith("multipart/"):
+            self._reply(400, "Saving stream failed: a resume (a PUT with Content-Range) sends the rest of the file as "
+                             "a raw body (Content-Type: application/octet-stream), not as a form")
+            return False
         try:
-            body, size, offset = self._body(path in FORM or path in FORM_ASYNC)
+            # a resume of a form upload is a raw body, on the form path as on the others
+            body, size, offset = self._body((path in FORM or path in FORM_ASYNC) and not ranged)
         except (BodyError, ValueError) as e:
             self._reply(400, f"Saving stream failed: {e}")
             return False
         if offset > 0:
             point = self.server.resume_point()
             if point is None or point.offset != offset or point.validator != upload_validator(size):
-                held = point.offset if point is not None and point.validator == upload_validator(size) else 0
-                self.send_response(416)
-                self.send_header(OFFSET_HEADER, str(held))
-                self.send_header("Content-Length", "0")
-                self.send_header("Connection", "close")
-                self.close_connection = True
-                self.end_headers()
+                self._refuse_range(point, offset, size)
                 return False
             log.info("continuing an interrupted upload at byte %d of %d", offset, size)
         if offset == 0 and content_type != "archive":
@@ -312,6 +328,24 @@ class Handler(BaseHTTPRequestHandler):
             return True
         finished.wait()
         return self._answer_then_finish(outcome, source)
+
+    def _refuse_range(self, point: checkpoint.Checkpoint | None, offset: int, size: int | None) -> None:
+        """416 for a ranged PUT that does not continue what the server holds: the true Upload-Offset, and
+        in words what is held and what to send."""
+        held = point.offset if point is not None else 0
+        total = point.size if point is not None and point.size is not None else 0
+        if point is None:
+            text = ("this volume holds no interrupted upload to continue: send the whole image from byte 0 "
+                    "(a POST without Content-Range)")
+        elif point.validator != upload_validator(size):
+            text = (f"the interrupted upload here is {total} bytes long, not {size}: continue it with "
+                    f"Content-Range: bytes {held}-{total - 1}/{total}, or send another image whole "
+                    f"from byte 0 (a POST without Content-Range)")
+        else:
+            text = (f"this volume holds bytes 0-{held - 1} of {total}, the range starts at {offset}: send "
+                    f"Content-Range: bytes {held}-{total - 1}/{total}")
+        log.info("ranged upload refused: %s", text)
+        self._reply(416, text, {OFFSET_HEADER: str(held), LENGTH_HEADER: str(total)})
 
     def _capacity(self) -> int | None:
         settings = self.server.settings

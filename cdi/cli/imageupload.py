@@ -36,6 +36,7 @@ ANN_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 ANN_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
 CHUNK = 1 << 20
 RETRIES = 20
+MAX_RETRY_AFTER = 300  # seconds: a Retry-After longer than this is not waited out
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     image = Path(path)
     if not image.is_file():
         raise CliError(f"{image} is not a readable file")
+    extents = _extents(image) if args.sparse else None  # refuse an image --sparse cannot send before creating anything
     kubeconfig = kubeconfig_path(args.kubeconfig)
     endpoint = load_endpoint(kubeconfig, args.namespace)
     ns = endpoint.namespace
@@ -94,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         url = args.uploadproxy_url or _proxy_url(client)
         ctx = _context(args, endpoint.ssl_context)
         uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
-                            archive=bool(args.archive_path), sparse=args.sparse)
+                            archive=bool(args.archive_path), extents=extents)
         refused_before = _refusal(client, ns, args.name)
         print(f"Uploading data to {url}", file=sys.stderr)
         uploader.upload()
@@ -263,22 +265,39 @@ def _context(args: argparse.Namespace, kube_ctx: ssl.SSLContext | None) -> ssl.S
     return kube_ctx or ssl.create_default_context()  # trusts the API server's CA as well (one machine)
 
 
+def _extents(image: Path) -> tuple[int, list[sparse_mod.Extent]]:
+    """The image's size and data extents for --sparse, or why it cannot be sent so."""
+    try:
+        return sparse_mod.data_extents(image)
+    except sparse_mod.SparseError as e:
+        raise CliError(str(e)) from e
+
+
+def retry_after(headers: dict[str, str], failures: int) -> float:
+    """How long to wait before trying again: the server's Retry-After (a busy volume says how long its
+    stalled upload may hold it), else a short backoff."""
+    value = (headers.get("retry-after") or "").strip()
+    if value.isdigit():
+        return float(min(int(value), MAX_RETRY_AFTER))
+    return min(0.5 * failures, 5)
+
+
 class Uploader:
     """Sends one image, continuing after a dropped connection from what the server holds."""
 
     def __init__(self, url: str, ctx: ssl.SSLContext, new_token: Any, image: Path, *, archive: bool,
-                 sparse: bool = False) -> None:
+                 sparse: bool = False,
+                 extents: tuple[int, list[sparse_mod.Extent]] | None = None) -> None:
         self.url = urllib.parse.urlsplit(url)
         self.ctx = ctx
         self.new_token = new_token
         self.image = image
         self.size = image.stat().st_size
         self.extents: list[sparse_mod.Extent] | None = None
-        if sparse:
-            try:
-                self.size, self.extents = sparse_mod.data_extents(image)
-            except sparse_mod.SparseError as e:
-                raise CliError(str(e)) from e
+        if sparse and extents is None:
+            extents = _extents(image)
+        if extents is not None:
+            self.size, self.extents = extents
         self.token = new_token()
         self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
         self.resumes = 0
@@ -327,15 +346,21 @@ class Uploader:
                     return
                 if status == 401:
                     self.token = self.new_token()
-                elif status == 416:
-                    offset = int(headers.get("upload-offset") or 0)
+                elif status == 416 and failures < RETRIES:  # the server holds another part: ask what it holds
+                    failures += 1
+                    offset = self._held_or_zero()
+                    print(f"\nresume refused ({body.strip()[:300]}); continuing at byte {offset}", file=sys.stderr)
                 elif status in (502, 503) and failures < RETRIES:  # the server went away, or is busy
                     failures += 1
-                    time.sleep(min(0.5 * failures, 5))
+                    wait = retry_after(headers, failures)
+                    print(f"\nupload interrupted ({status}: {body.strip()[:300] or 'no reason given'}); "
+                          f"trying again in {wait:.0f} s", file=sys.stderr)
+                    time.sleep(wait)
                     offset = self._held_or_zero()
-                    print(f"\nupload interrupted ({status}: {body.strip()[:200]}); continuing at byte {offset}",
-                          file=sys.stderr)
+                    print(f"continuing at byte {offset}", file=sys.stderr)
                     self.resumes += 1
+                elif status in (416, 502, 503):
+                    raise CliError(f"upload failed after {RETRIES} retries: {status} {body.strip()}")
                 else:
                     raise CliError(f"unexpected return value {status}, {body.strip()}")
 
