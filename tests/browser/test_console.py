@@ -175,11 +175,12 @@ def test_upload_a_file_and_check_its_digest(serve: ConsoleServe, browser: Any, s
     assert browser.find_element("id", "upload-size").get_attribute("value") == "6Mi"
     fill(browser, "upload-size", "8Mi")
     browser.find_element("css selector", "#upload-form button[type=submit]").click()
-    wait_for("the upload to be received",
-             lambda: "received" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
+    wait_for("the upload to be received and written",
+             lambda: "written" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
              60, browser=browser)
     shot("upload-received")
     assert not text_of(browser, "#upload-error"), text_of(browser, "#upload-error")
+    # the bar is complete only once the DataVolume Succeeded
     assert browser.find_element("id", "upload-progress").get_attribute("value") == str(image.stat().st_size)
     assert f"{6.0:.1f} MiB of 6.0 MiB sent" in text_of(browser, "#upload-progress-label")
     row = 'tr[data-dv="laptop-disk"]'
