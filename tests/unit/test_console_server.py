@@ -6,6 +6,7 @@ import asyncio
 import base64
 import http.server
 import json
+import socket
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -14,8 +15,15 @@ from typing import Any
 import certifi
 import pytest
 
-from cdi.console.server import (TOKEN_PROTOCOL, WATCH_TIMEOUT_RANGE, SignIn, close_reason, create_app, refusal,
-                                token_from_protocols)
+from cdi.console.server import (
+    TOKEN_PROTOCOL,
+    WATCH_TIMEOUT_RANGE,
+    SignIn,
+    close_reason,
+    create_app,
+    refusal,
+    token_from_protocols,
+)
 
 
 def test_a_sign_in_code_gives_the_admin_token_once() -> None:
@@ -175,3 +183,18 @@ def test_a_refused_token_closes_the_vm_console_with_4401() -> None:
     assert refusal(403, 403, 'User "bob" cannot get') == (4403, 'User "bob" cannot get')
     code, reason = refusal(404, None, "")
     assert code == 4404 and "is the instance running?" in reason
+
+
+def test_a_taken_console_port_names_the_listener_and_the_port() -> None:
+    from cdi.cli.runtime import ListenerFailed, _listening
+    from cdi.console.server import ConsoleServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenerFailed) as failed, _listening("web console", "127.0.0.1", port, "--console-port"):
+            ConsoleServer(api_url="https://127.0.0.1:1", upload_url="https://127.0.0.1:1",
+                          ca_pem=certifi.contents().encode(), cert_file="-", key_file="-", admin_token="t", port=port)
+    assert str(failed.value).startswith(f"the web console could not listen on 127.0.0.1:{port}: ")
+    assert failed.value.flag == "--console-port" and failed.value.port == port
