@@ -40,10 +40,12 @@ globalThis.fetch = (url, opts = {}) => new Promise((resolve, reject) => {
 });
 const { Collection } = await import('./api.js');
 const drawn = [];
-const alice = new Collection('/apis/x/namespaces/alice/datavolumes', (items) => drawn.push(['alice', items.length]), () => {}).start();
+const view = (ns) => new Collection(`/apis/x/namespaces/${ns}/datavolumes`,
+  (items) => drawn.push([ns, items.length]), () => {}).start();
+const alice = view('alice');
 await new Promise((r) => setTimeout(r, 10));
 alice.stop();  // the user switched to the namespace "empty"
-const empty = new Collection('/apis/x/namespaces/empty/datavolumes', (items) => drawn.push(['empty', items.length]), () => {}).start();
+const empty = view('empty');
 await new Promise((r) => setTimeout(r, 10));
 pending[1].answer([]);
 pending[0].answer(['alice-disk']);  // alice's list arrives late
@@ -63,7 +65,8 @@ const { failingMessages, barValue } = await import('./volumes.js');
 const refused = { status: { phase: 'UploadReady', progress: '100.00%', conditions: [
   { type: 'Bound', status: 'True', reason: 'Bound', message: '' },
   { type: 'Ready', status: 'False', reason: '', message: '' },
-  { type: 'Running', status: 'True', reason: 'ImageTooLarge', message: 'virtual size 2Gi is over the capacity 1Gi' }] } };
+  { type: 'Running', status: 'True', reason: 'ImageTooLarge',
+    message: 'virtual size 2Gi is over the capacity 1Gi' }] } };
 const running = { status: { phase: 'UploadReady', progress: '40%', conditions: [
   { type: 'Running', status: 'True', reason: 'Pod is running', message: '' }] } };
 const done = { status: { phase: 'Succeeded', progress: '100.0%', conditions: [] } };
