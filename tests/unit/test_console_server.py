@@ -70,6 +70,14 @@ def test_close_reasons_keep_who_may_not_do_what_within_123_bytes() -> None:
 
 class _Echo(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.startswith("/api/v1/dies-midway"):  # an upstream that dies after part of its answer
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         body = json.dumps({"path": self.path}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -198,3 +206,10 @@ def test_a_taken_console_port_names_the_listener_and_the_port() -> None:
                           ca_pem=certifi.contents().encode(), cert_file="-", key_file="-", admin_token="t", port=port)
     assert str(failed.value).startswith(f"the web console could not listen on 127.0.0.1:{port}: ")
     assert failed.value.flag == "--console-port" and failed.value.port == port
+
+
+def test_an_upstream_dying_mid_answer_ends_only_that_stream(app: Any) -> None:
+    """The error stays in the relay (it must not reach the HTTP/2 server, which would drop the page's
+    whole connection with its other streams)."""
+    status, _, body = _call(app, "/api/v1/dies-midway")
+    assert status == 200 and 0 < len(body) < 100000
