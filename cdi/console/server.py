@@ -54,6 +54,7 @@ UPLOAD_PREFIXES = ("/v1beta1/upload", "/v1alpha1/upload")
 # then lists and watches again with the token it holds now, so a removed user's stream does not last
 WATCH_TIMEOUT_RANGE = (1800, 3600)
 SIGN_IN_LINK_SPENT = "This sign-in link was already used or has expired; ask for a new one or sign in with a token."
+DRAIN_TIMEOUT = 120.0  # how long an upload whose upstream failed is read on before the answer
 TOKEN_REFUSED = "the token was not accepted: sign in again"
 # request headers passed upstream; cookies and the browser's own headers stay here
 REQUEST_HEADERS = ("authorization", "content-type", "accept", "content-range", "upload-length",
@@ -185,8 +186,11 @@ class Relay:
         try:
             resp = await self.client.send(upstream, stream=True)
         except httpx.HTTPError as e:
-            log.info("relay failed url=%s%s error=%s", self.base_url, request.url.path, e)
-            return _status(502, f"the console could not reach {self.base_url}: {e}")
+            log.info("relay failed url=%s%s error=%s", self.base_url, request.url.path, repr(e))
+            if has_body:
+                await _drain(request)
+            return _status(502, f"the console could not relay {request.url.path} to {self.base_url}: "
+                                f"{str(e) or type(e).__name__} (the upstream went away; try again)")
         out = {k: v for k, v in resp.headers.items() if k in RESPONSE_HEADERS}
         if request.method == "HEAD":
             await resp.aclose()
@@ -212,6 +216,18 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         if chunk:
             yield chunk
+
+
+async def _drain(request: Request) -> None:
+    """Reads (and drops) what is left of a request body before answering early. The HTTP/2 server
+    forgets a stream once answered, and a DATA frame still arriving for it would tear down the whole
+    connection, with the page's other streams (its watches)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
 
 
 def _status(code: int, message: str) -> JSONResponse:

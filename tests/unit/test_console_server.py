@@ -7,12 +7,17 @@ import base64
 import http.server
 import json
 import socket
+import ssl
+import struct
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import certifi
+import httpx
 import pytest
 
 from cdi.console.server import (
@@ -213,3 +218,81 @@ def test_an_upstream_dying_mid_answer_ends_only_that_stream(app: Any) -> None:
     whole connection with its other streams)."""
     status, _, body = _call(app, "/api/v1/dies-midway")
     assert status == 200 and 0 < len(body) < 100000
+
+
+def _dying_upstream(sock: socket.socket) -> None:
+    """A watch streams 30 lines; an upload is read for 1 MiB, then the server dies (RST), mid-upload."""
+    def handle(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            if not (d := conn.recv(65536)):
+                return
+            data += d
+        if data.startswith(b"GET"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(30):
+                line = b'{"n":%d}\n' % i
+                conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+                time.sleep(0.05)
+            conn.sendall(b"0\r\n\r\n")
+            conn.close()
+            return
+        got = len(data)
+        while got < 1 << 20 and (d := conn.recv(65536)):
+            got += len(d)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def test_an_upstream_dying_mid_upload_fails_only_that_stream(tmp_path: Path) -> None:
+    """Over one HTTP/2 connection, as a page holds it: the upload whose server died gets a 502 saying so,
+    and the watch beside it streams on to its end."""
+    from cdi.apiserver.tls import ensure_serving_cert
+    from cdi.console.server import ConsoleServer
+
+    cert = ensure_serving_cert(tmp_path)
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(16)
+    threading.Thread(target=_dying_upstream, args=(upstream,), daemon=True).start()
+    url = f"http://127.0.0.1:{upstream.getsockname()[1]}"
+    console = ConsoleServer(api_url=url, upload_url=url, ca_pem=cert.ca_pem, cert_file=str(cert.cert_file),
+                            key_file=str(cert.key_file), admin_token="t").start()
+    base = f"https://127.0.0.1:{console.port}"
+
+    async def page() -> tuple[list[str], httpx.Response]:
+        context = ssl.create_default_context(cafile=str(cert.ca_file))
+        async with httpx.AsyncClient(http2=True, verify=context, timeout=30) as client:
+            lines: list[str] = []
+
+            async def watch() -> None:
+                async with client.stream("GET", base + "/api/v1/namespaces/a/pods?watch=1") as resp:
+                    assert resp.http_version == "HTTP/2"
+                    lines.extend([line async for line in resp.aiter_lines() if line])
+
+            async def body() -> AsyncIterator[bytes]:
+                for _ in range(64):
+                    yield b"x" * 65536
+                    await asyncio.sleep(0.002)
+
+            watching = asyncio.create_task(watch())
+            await asyncio.sleep(0.2)
+            upload = await client.post(base + "/v1beta1/upload-form-async", content=body())
+            await watching
+            return lines, upload
+
+    try:
+        lines, upload = asyncio.run(page())
+    finally:
+        console.stop()
+        upstream.close()
+    assert upload.status_code == 502
+    assert "could not relay /v1beta1/upload-form-async" in upload.json()["message"]
+    assert len(lines) == 30, "the watch on the same connection must not be torn down"
