@@ -176,7 +176,7 @@ def test_upload_a_file_and_check_its_digest(serve: ConsoleServe, browser: Any, s
     fill(browser, "upload-size", "8Mi")
     browser.find_element("css selector", "#upload-form button[type=submit]").click()
     wait_for("the upload to be received and written",
-             lambda: "written" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
+             lambda: "written into" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
              60, browser=browser)
     shot("upload-received")
     assert not text_of(browser, "#upload-error"), text_of(browser, "#upload-error")
