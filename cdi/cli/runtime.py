@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from cdi.apiserver import Settings
@@ -31,6 +33,27 @@ from uploadproxy.proxy import UploadProxy
 log = logging.getLogger(__name__)
 
 
+class ListenerFailed(OSError):
+    """One of serve's listeners could not take its address: which one, where, and the flag that moves it."""
+
+    def __init__(self, listener: str, address: str, port: int, flag: str, cause: OSError) -> None:
+        super().__init__(cause.errno, f"the {listener} could not listen on {address}:{port}: {cause.strerror or cause}")
+        self.listener, self.address, self.port, self.flag = listener, address, port, flag
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def _listening(listener: str, address: str, port: int, flag: str) -> Iterator[None]:
+    try:
+        yield
+    except ListenerFailed:
+        raise
+    except OSError as e:
+        raise ListenerFailed(listener, address, port, flag, e) from e
+
+
 class Runtime:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
@@ -41,7 +64,8 @@ class Runtime:
         settings = Settings(token=_token(self.data_dir), db_path=str(self.data_dir / "state.db"),
                             watch_history=cfg.api.watch_history, users_file=str(users_file(self.data_dir)),
                             service_account_key_file=str(self.data_dir / "serviceaccount.key"))
-        self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
+        with _listening("API server", cfg.api.address, cfg.api.port, "--port"):
+            self.api = ApiServer(settings, host=cfg.api.address, port=cfg.api.port, tls_dir=self.data_dir / "tls")
         self.node: LocalNode | None = None
         self.controllers: Controllers | None = None
         self.fileserver: FileServer | None = None
@@ -49,7 +73,9 @@ class Runtime:
         self.console: ConsoleServer | None = None
 
     def start(self) -> Runtime:
-        self.api.start()
+        cfg = self.cfg
+        with _listening("API server", cfg.api.address, cfg.api.port, "--port"):
+            self.api.start()
         self.api.write_kubeconfig(self.kubeconfig)
         refresh_user_kubeconfigs(self.data_dir)
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
@@ -75,13 +101,15 @@ class Runtime:
                 RunOptions(workers=c.workers, vm=c.vm), clone_tokens=TokenCheck(public_key)).start()
             set_metrics_registry(self.api.app, new_registry(self.controllers.metrics))
         set_console_provider(self.api.app, LauncherConsoles(self.client, self.node.pods))
-        self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,
-                                               self.cfg.upload_proxy.address, self.cfg.upload_proxy.port)
+        with _listening("upload proxy", cfg.upload_proxy.address, cfg.upload_proxy.port, "--uploadproxy-port"):
+            self.upload_proxy = start_upload_proxy(self.api, self.client, self.data_dir,
+                                                   cfg.upload_proxy.address, cfg.upload_proxy.port)
         publish_proxy_url(self.client, self.upload_proxy.url)
-        self.console = ConsoleServer(
-            api_url=self.api.url, upload_url=self.upload_proxy.url, ca_pem=self.api.ca_pem,
-            cert_file=str(self.api.tls.cert_file), key_file=str(self.api.tls.key_file),
-            admin_token=self.api.settings.token, host=self.cfg.console.address, port=self.cfg.console.port).start()
+        with _listening("web console", cfg.console.address, cfg.console.port, "--console-port"):
+            self.console = ConsoleServer(
+                api_url=self.api.url, upload_url=self.upload_proxy.url, ca_pem=self.api.ca_pem,
+                cert_file=str(self.api.tls.cert_file), key_file=str(self.api.tls.key_file),
+                admin_token=self.api.settings.token, host=cfg.console.address, port=cfg.console.port).start()
         return self
 
     def stop(self) -> None:

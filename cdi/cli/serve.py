@@ -252,17 +252,19 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(cfg.as_dict(), indent=2))
         return 0
-    from cdi.cli.runtime import Runtime  # heavy imports only when serving
+    from cdi.cli.runtime import ListenerFailed, Runtime  # heavy imports only when serving
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         runtime = Runtime(cfg).start()
+    except ListenerFailed as e:
+        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {e.port}? "
+              f"pass another {e.flag}, or 0 for any free port)", file=sys.stderr)
+        return 1
     except OSError as e:
-        print(f"cdi serve: error: cannot start: {e} (is another cdi serve using port {cfg.api.port} or "
-              f"{cfg.upload_proxy.port} or {cfg.console.port}? pass --port, --uploadproxy-port and --console-port)",
-              file=sys.stderr)
+        print(f"cdi serve: error: cannot start: {e}", file=sys.stderr)
         return 1
     kubeconfig = runtime.kubeconfig
     print(f"cdi serve: API at {runtime.api.url}, data in {runtime.data_dir}", file=sys.stderr)

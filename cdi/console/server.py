@@ -21,12 +21,14 @@ import contextlib
 import hmac
 import logging
 import os
+import random
 import re
 import secrets
 import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -48,6 +50,12 @@ CODE_LIFETIME = 3600.0  # a sign-in link left unused in a terminal stops working
 TOKEN_PROTOCOL = "base64url.bearer.authorization.k8s.io."
 CONSOLE_PROTOCOL = "plain.kubevirt.io"
 UPLOAD_PREFIXES = ("/v1beta1/upload", "/v1alpha1/upload")
+# a relayed watch ends after this long (kube's own clients pick timeoutSeconds the same way); the page
+# then lists and watches again with the token it holds now, so a removed user's stream does not last
+WATCH_TIMEOUT_RANGE = (1800, 3600)
+SIGN_IN_LINK_SPENT = "This sign-in link was already used or has expired; ask for a new one or sign in with a token."
+DRAIN_TIMEOUT = 120.0  # how long an upload whose upstream failed is read on before the answer
+TOKEN_REFUSED = "the token was not accepted: sign in again"
 # request headers passed upstream; cookies and the browser's own headers stay here
 REQUEST_HEADERS = ("authorization", "content-type", "accept", "content-range", "upload-length",
                    "x-cdi-content-type", "content-length")
@@ -118,12 +126,42 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])
+                headers = [(k, _relative(v) if k.lower() == b"location" else v)
+                           for k, v in message.get("headers") or []]
                 headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
                 message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _relative(location: bytes) -> bytes:
+    """A redirect's target as a path on this server: an absolute one would echo the request's Host
+    header, which anyone can set."""
+    parts = urllib.parse.urlsplit(location.decode("latin-1"))
+    return urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment)).encode("latin-1")
+
+
+def has_dot_segments(path: str) -> bool:
+    """True for a path with a ``.`` or ``..`` segment (also percent-encoded): relayed as it is, it would
+    reach the upstream's other paths (``/apis/../metrics``), not only the prefixes the console serves."""
+    decoded = path
+    for _ in range(3):  # %252e%252e decodes twice
+        decoded = urllib.parse.unquote(decoded)
+    return any(seg in (".", "..") for seg in re.split(r"[/\\]", decoded))
+
+
+def relayed_query(query: str) -> str:
+    """The query sent upstream: a watch gets a timeoutSeconds of at most WATCH_TIMEOUT_RANGE."""
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    if not any(k == "watch" and v.lower() in ("1", "true") for k, v in pairs):
+        return query
+    bound = random.randint(*WATCH_TIMEOUT_RANGE)
+    asked = [v for k, v in pairs if k == "timeoutSeconds"]
+    if asked and asked[-1].isdigit() and 0 < int(asked[-1]) <= bound:
+        return query
+    pairs = [(k, v) for k, v in pairs if k != "timeoutSeconds"] + [("timeoutSeconds", str(bound))]
+    return urllib.parse.urlencode(pairs)
 
 
 class Relay:
@@ -136,16 +174,23 @@ class Relay:
                                         timeout=httpx.Timeout(30.0, read=None, write=None), trust_env=False)
 
     async def handle(self, request: Request) -> Response:
+        raw_path = (request.scope.get("raw_path") or b"").decode("latin-1")
+        if has_dot_segments(request.url.path) or has_dot_segments(raw_path):
+            return _status(404, "the console relays no path with . or .. segments")
         headers = {k: v for k, v in request.headers.items() if k in REQUEST_HEADERS}
         has_body = request.method in ("POST", "PUT", "PATCH") or "content-length" in headers
+        query = relayed_query(request.url.query)
         upstream = self.client.build_request(
-            request.method, request.url.path, params=request.url.query.encode() or None, headers=headers,
+            request.method, request.url.path, params=query.encode() or None, headers=headers,
             content=_body(request) if has_body else None)
         try:
             resp = await self.client.send(upstream, stream=True)
         except httpx.HTTPError as e:
-            log.info("relay failed url=%s%s error=%s", self.base_url, request.url.path, e)
-            return _status(502, f"the console could not reach {self.base_url}: {e}")
+            log.info("relay failed url=%s%s error=%s", self.base_url, request.url.path, repr(e))
+            if has_body:
+                await _drain(request)
+            return _status(502, f"the console could not relay {request.url.path} to {self.base_url}: "
+                                f"{str(e) or type(e).__name__} (the upstream went away; try again)")
         out = {k: v for k, v in resp.headers.items() if k in RESPONSE_HEADERS}
         if request.method == "HEAD":
             await resp.aclose()
@@ -156,6 +201,8 @@ class Relay:
             try:
                 async for chunk in resp.aiter_raw():
                     yield chunk
+            except httpx.HTTPError as e:  # the upstream went away mid-answer: only this stream ends
+                log.info("relay ended early url=%s%s error=%s", self.base_url, request.url.path, e)
             finally:  # also when the browser went away mid-stream: the upstream watch ends with it
                 await resp.aclose()
 
@@ -171,8 +218,20 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
+async def _drain(request: Request) -> None:
+    """Reads (and drops) what is left of a request body before answering early. The HTTP/2 server
+    forgets a stream once answered, and a DATA frame still arriving for it would tear down the whole
+    connection, with the page's other streams (its watches)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+
+
 def _status(code: int, message: str) -> JSONResponse:
-    reason = {502: "BadGateway", 400: "BadRequest", 401: "Unauthorized"}.get(code, "Error")
+    reason = {502: "BadGateway", 400: "BadRequest", 401: "Unauthorized", 404: "NotFound"}.get(code, "Error")
     return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
                          "reason": reason, "code": code}, status_code=code)
 
@@ -200,6 +259,16 @@ def close_reason(message: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
+def refusal(handshake_status: int, probe_status: int | None, probe_message: str) -> tuple[int, str]:
+    """The websocket close (4000 + HTTP status, reason) for a refused console: an unknown token is
+    4401 whatever the handshake said, so the page asks the user to sign in again."""
+    if 401 in (handshake_status, probe_status):
+        return 4401, TOKEN_REFUSED
+    if probe_status == handshake_status and probe_message:
+        return 4000 + handshake_status, probe_message
+    return 4000 + handshake_status, f"the API server refused the console ({handshake_status}): is the instance running?"
+
+
 class ConsoleBridge:
     """The VM serial console websocket, relayed to the API server with the user's token as a header."""
 
@@ -224,8 +293,8 @@ class ConsoleBridge:
                                      additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=15,
                                      max_size=None)
         except InvalidStatus as e:
-            code = e.response.status_code
-            await ws.close(code=4000 + code, reason=close_reason(await self._why(path, token, code)))
+            close_code, why = await self._why(path, token, e.response.status_code)
+            await ws.close(code=close_code, reason=close_reason(why))
             return
         except (OSError, InvalidHandshake, TimeoutError) as e:
             await ws.close(code=4502, reason=f"the console could not reach the API server: {e}"[:120])
@@ -256,16 +325,15 @@ class ConsoleBridge:
             with contextlib.suppress(RuntimeError):
                 await ws.close(code=1000, reason="the console closed")
 
-    async def _why(self, path: str, token: str, code: int) -> str:
-        """The API server's message for a refused handshake (a websocket refusal carries none): the same
-        path asked over HTTP meets the same access check and answers with kube's Status."""
+    async def _why(self, path: str, token: str, code: int) -> tuple[int, str]:
+        """The close code and message for a refused handshake (a websocket refusal carries no message):
+        the same path asked over HTTP meets the same access check and answers with kube's Status."""
         try:
             resp = await self.api.client.get(path, headers={"Authorization": f"Bearer {token}"})
-            if resp.status_code == code:
-                return str(resp.json().get("message") or resp.reason_phrase)
+            message = str(resp.json().get("message") or resp.reason_phrase)
+            return refusal(code, resp.status_code, message)
         except (httpx.HTTPError, ValueError):
-            pass
-        return f"the API server refused the console ({code}): is the instance running?"
+            return refusal(code, None, "")
 
 
 def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn) -> tuple[Starlette, list[Relay]]:
@@ -283,8 +351,7 @@ def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn)
         token = sign_in.exchange(code)
         if token is None:
             log.warning("console sign-in code refused client=%s", request.client.host if request.client else "?")
-            return _status(401, "this sign-in link was already used or has expired: paste a token instead "
-                                "(the admin's is in DATA_DIR/token)")
+            return _status(401, SIGN_IN_LINK_SPENT)
         log.info("console sign-in code exchanged")
         return JSONResponse({"token": token}, headers={"Cache-Control": "no-store"})
 
@@ -294,17 +361,22 @@ def create_app(*, api_url: str, upload_url: str, ca_pem: bytes, sign_in: SignIn)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     routes = [
         Route("/", root),
+        Route("/ui", root),
         Route("/ui/session", session, methods=["POST"]),
         Mount("/ui", StaticFiles(directory=str(static_dir()), html=True)),
         WebSocketRoute("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console",
                        bridge.handle),
+        # /api and /apis themselves too: kubectl asks them for discovery, and a redirect breaks it
+        Route("/api", api.handle, methods=methods),
         Route("/api/{rest:path}", api.handle, methods=methods),
+        Route("/apis", api.handle, methods=methods),
         Route("/apis/{rest:path}", api.handle, methods=methods),
         Route("/version", api.handle, methods=["GET"]),
         *[Route(p + "{rest:path}", uploads.handle, methods=["POST", "PUT", "HEAD", "OPTIONS"])
           for p in UPLOAD_PREFIXES],
     ]
     app = Starlette(routes=routes)
+    app.router.redirect_slashes = False  # paths are relayed as asked, never redirected
     app.add_middleware(SecurityHeaders)
     return app, [api, uploads]
 

@@ -169,17 +169,30 @@ def test_import_from_url_reaches_succeeded_with_its_digest(serve: ConsoleServe, 
 
 def test_upload_a_file_and_check_its_digest(serve: ConsoleServe, browser: Any, shot: Callable[[str], Path],
                                             tmp_path: Path) -> None:
+    from cdi.kube import DATAVOLUME
+
+    # an empty file is refused in the page, before a DataVolume is created
+    empty = tmp_path / "empty.img"
+    empty.touch()
+    browser.find_element("id", "upload-file").send_keys(str(empty))
+    browser.find_element("css selector", "#upload-form button[type=submit]").click()
+    wait_for("the empty file's refusal", lambda: "The file is empty" in text_of(browser, "#upload-error"),
+             browser=browser)
+    assert serve.client.find(DATAVOLUME, "default", "empty") is None
+    fill(browser, "upload-name", "")
+    fill(browser, "upload-size", "")
     image = images.make_raw(tmp_path / "laptop-disk.raw", 6 << 20, seed=7)
     browser.find_element("id", "upload-file").send_keys(str(image))
     assert browser.find_element("id", "upload-name").get_attribute("value") == "laptop-disk"
     assert browser.find_element("id", "upload-size").get_attribute("value") == "6Mi"
     fill(browser, "upload-size", "8Mi")
     browser.find_element("css selector", "#upload-form button[type=submit]").click()
-    wait_for("the upload to be received",
-             lambda: "received" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
+    wait_for("the upload to be received and written",
+             lambda: "written into" in text_of(browser, "#upload-status") or text_of(browser, "#upload-error"),
              60, browser=browser)
     shot("upload-received")
     assert not text_of(browser, "#upload-error"), text_of(browser, "#upload-error")
+    # the bar is complete only once the DataVolume Succeeded
     assert browser.find_element("id", "upload-progress").get_attribute("value") == str(image.stat().st_size)
     assert f"{6.0:.1f} MiB of 6.0 MiB sent" in text_of(browser, "#upload-progress-label")
     row = 'tr[data-dv="laptop-disk"]'

@@ -31,11 +31,12 @@ async function errorOf(resp) {
   return new ApiError(resp.status, text.trim() || `${resp.status} ${resp.statusText}`);
 }
 
-export async function request(method, path, body) {
+// signal (an AbortSignal) cancels the request: a view left behind must not be drawn by a late answer.
+export async function request(method, path, body, signal) {
   const headers = { Accept: 'application/json', Authorization: `Bearer ${token()}` };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-                                   cache: 'no-store', credentials: 'omit' });
+                                   cache: 'no-store', credentials: 'omit', signal });
   if (!resp.ok) throw await errorOf(resp);
   const text = await resp.text();
   return text ? JSON.parse(text) : {};
@@ -43,14 +44,17 @@ export async function request(method, path, body) {
 
 // A list kept current by a watch (a streaming response of one JSON event per line), not by polling.
 // onChange(items) runs after each change; waitFor(name, test) resolves when an object passes test.
+// Once stopped, its requests are cancelled and nothing it still receives reaches onChange or onError:
+// a slow answer for the namespace just left never draws over the one now shown.
 export class Collection {
   constructor(path, onChange, onError) {
     this.path = path;
-    this.onChange = onChange;
-    this.onError = onError;
+    this.abort = new AbortController();
+    const live = (fn) => (...args) => { if (!this.abort.signal.aborted) fn(...args); };
+    this.onChange = live(onChange);
+    this.onError = live(onError);
     this.items = new Map();
     this.waiters = [];
-    this.abort = new AbortController();
   }
 
   start() { this._run(); return this; }
@@ -76,7 +80,8 @@ export class Collection {
     let delay = 500;
     while (!signal.aborted) {
       try {
-        const list = await request('GET', this.path);
+        const list = await request('GET', this.path, undefined, signal);
+        if (signal.aborted) return;
         this.items = new Map((list.items || []).map((o) => [o.metadata.name, o]));
         this.onError(null);
         this._changed();
@@ -105,7 +110,8 @@ export class Collection {
     let buffer = '';
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;  // the server ended the watch: list again
+      if (signal.aborted) return;
+      if (done) return;  // the server ended the watch (its timeoutSeconds, or a restart): list again
       buffer += value;
       let nl;
       while ((nl = buffer.indexOf('\n')) >= 0) {

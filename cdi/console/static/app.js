@@ -97,7 +97,8 @@ async function main() {
     const t = await redeemCode();
     if (t) setToken(t);
   } catch (err) {
-    showSignIn(describe(err));
+    // the server's own words ("This sign-in link was already used..."): nobody was signed out
+    showSignIn(err instanceof ApiError ? err.message : describe(err));
     return;
   }
   if (!token()) { showSignIn(''); return; }

@@ -5,7 +5,7 @@
 // (Upload-Offset, for an image of Upload-Length bytes) and a PUT with Content-Range sends the rest;
 // when it holds nothing of this file the upload starts again. An expired token is replaced.
 import { describe, formatBytes, formatDuration, request } from './api.js';
-import { DV_API, manifest } from './volumes.js';
+import { DV_API, failingMessages, manifest } from './volumes.js';
 
 const TOKEN_API = '/apis/upload.cdi.kubevirt.io/v1beta1';
 const FORM_ASYNC = '/v1beta1/upload-form-async';
@@ -13,6 +13,19 @@ const ASYNC = '/v1beta1/upload-async';
 const RETRIES = 5;
 
 class UploadFailed extends Error {}
+
+// What is wrong with the chosen file, checked before anything is created (no DataVolume is left
+// behind for a file that cannot be uploaded); null when it can be sent.
+export function fileProblem(file) {
+  if (!file) return 'Choose a file to upload first.';
+  if (file.size === 0) return `The file is empty: ${file.name} has 0 bytes; choose a disk image.`;
+  return null;
+}
+
+// The upload's own bar: complete only once the DataVolume Succeeded, never when the bytes are merely sent.
+export function sentShare(sent, size) {
+  return Math.min(sent, size * 0.99);
+}
 
 function roundUpMiB(bytes) { return `${Math.max(1, Math.ceil(bytes / 2 ** 20))}Mi`; }
 
@@ -152,6 +165,8 @@ export function setupUploadForm(getNamespace, getVolumes) {
     ev.preventDefault();
     error.textContent = ''; status.textContent = ''; label.textContent = '';
     const file = input.files[0];
+    const problem = fileProblem(file);
+    if (problem) { error.textContent = problem; return; }
     const ns = getNamespace();
     const name = nameInput.value.trim();
     const button = form.querySelector('button[type=submit]');
@@ -170,7 +185,7 @@ export function setupUploadForm(getNamespace, getVolumes) {
         namespace: ns, file,
         onStatus: (text) => { status.textContent = text; },
         onProgress: (n) => {
-          bar.value = n;
+          bar.value = sentShare(n, file.size);
           const now = performance.now() / 1000;
           if (firstBytes === null) firstBytes = { t: started, n: 0 };
           const rate = (n - firstBytes.n) / Math.max(now - firstBytes.t, 0.001);
@@ -180,11 +195,19 @@ export function setupUploadForm(getNamespace, getVolumes) {
       });
       status.textContent = `Uploading ${file.name} into ${ns}/${name}.`;
       await uploader.run(name, token);
-      bar.value = file.size;
       const continued = uploader.continuedAt.length
         ? ` (after ${uploader.resumes} drop(s), continued from byte ${uploader.continuedAt.join(', ')})` : '';
       status.textContent = `Upload of ${file.name} received${continued}; `
         + `the volume is being written: watch ${name} in DataVolumes.`;
+      // the bytes arrived; the image may still be refused (too large, not an image): say so, or finish the bar
+      const outcome = await getVolumes().collection.waitFor(name, (o) => ['Succeeded', 'Failed'].includes((o.status || {}).phase)
+        || failingMessages(o).length > 0);
+      if ((outcome.status || {}).phase === 'Succeeded') {
+        bar.value = bar.max;
+        status.textContent = `Upload of ${file.name} received${continued} and written into ${ns}/${name}.`;
+      } else {
+        throw new UploadFailed(`The upload into ${ns}/${name} was not accepted: ${failingMessages(outcome).join('; ') || 'see its conditions'}`);
+      }
     } catch (err) {
       error.textContent = describe(err);
     } finally {

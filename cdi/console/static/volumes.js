@@ -21,15 +21,28 @@ function percent(dv) {
   return Number.isFinite(p) ? p : null;
 }
 
+// How full a DataVolume's bar is drawn: complete only once it Succeeded (all bytes received is not a
+// written, accepted volume; an upload may still be refused).
+export function barValue(dv) {
+  const p = percent(dv);
+  if (p === null) return null;
+  return (dv.status || {}).phase === 'Succeeded' ? Math.min(p, 100) : Math.min(p, 99);
+}
+
+// the reason of a Running condition that is True as it should be
+const RUNNING_NORMALLY = new Set(['', 'Pod is running', 'PodRunning', 'Running']);
+
 // Conditions that say something went wrong: False with a reason that is not a plain "not yet"; when
-// the DataVolume failed, every False condition's message (Running carries the cause).
-function failingMessages(dv) {
+// the DataVolume failed, every False condition's message (Running carries the cause); and Running True
+// with a message and another reason (an upload refused, say ImageTooLarge, while its server stays ready).
+export function failingMessages(dv) {
   const status = dv.status || {};
   const failed = status.phase === 'Failed';
   const seen = new Set();
+  const refusedWhileRunning = (c) => c.type === 'Running' && c.status === 'True' && !RUNNING_NORMALLY.has(c.reason || '');
   return (status.conditions || [])
-    .filter((c) => c.message && c.status === 'False' && (failed ? c.type !== 'Ready' || !BENIGN.has(c.reason || '')
-      : !BENIGN.has(c.reason || '') && c.type !== 'Ready'))
+    .filter((c) => c.message && (refusedWhileRunning(c) || (c.status === 'False'
+      && (failed ? c.type !== 'Ready' || !BENIGN.has(c.reason || '') : !BENIGN.has(c.reason || '') && c.type !== 'Ready'))))
     .map((c) => `${c.type}${c.reason && c.reason !== c.type ? ` (${c.reason})` : ''}: ${c.message}`)
     .filter((m) => !seen.has(m) && seen.add(m));
 }
@@ -81,7 +94,7 @@ export class VolumesView {
     const rate = this.rates.update(dv);
     const progressCell = el('td', { class: 'progress' });
     if (p !== null) {
-      progressCell.append(el('progress', { max: 100, value: p, 'aria-label': `Progress of ${name}` }), ` ${p.toFixed(2)}%`);
+      progressCell.append(el('progress', { max: 100, value: barValue(dv), 'aria-label': `Progress of ${name}` }), ` ${p.toFixed(2)}%`);
       if (rate) {
         const speed = Number.isFinite(rate.bytesPerSecond) ? `≈ ${formatBytes(rate.bytesPerSecond)}/s, ` : '';
         progressCell.append(el('div', { class: 'help rate', text: `${speed}ETA ${formatDuration(rate.eta)}` }));
