@@ -170,6 +170,7 @@ class Importer:
                     log.warning("restarting transfer from byte 0 reason=%s", e)
             digest = self._verify()
         except BaseException as e:
+            self.progress.end(completed=False)  # a failed run reports what it got, not 100%
             log.warning("import failed step=%s error=%s", self.step.value, e)
             # what was written stays only when a later run can continue from it
             resumable = isinstance(e, Error) and not e.permanent and os.path.exists(self.ckpt_path)

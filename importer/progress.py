@@ -28,6 +28,7 @@ class Phase:
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    completed: bool = True  # False when it ended by a failure: then only the bytes it got count
 
     def seconds(self) -> float:
         return (self.ended or time.monotonic()) - self.started
@@ -77,11 +78,21 @@ class Progress:
     def set_done(self, done: int) -> None:
         self.phases[-1].done = done
 
-    def end(self) -> None:
+    def end(self, *, completed: bool = True) -> None:
+        """End the running phase; ``completed=False`` when it ended by a failure, so the figure stays the
+        share of bytes it really got instead of jumping to 100%."""
         with self._lock:
             if self.phases and self.phases[-1].ended is None:
                 self.phases[-1].ended = time.monotonic()
+                self.phases[-1].completed = completed
         self._report(force=True)
+
+    def discard(self) -> None:
+        """Forget every phase: what a refused or cut-off attempt got is no longer held, so nothing is
+        reported until the next attempt starts a phase (an upload server serves several attempts)."""
+        with self._lock:
+            self.phases.clear()
+            self.planned = []
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -92,10 +103,10 @@ class Progress:
             return 0.0
         total = 0.0
         for name in names:
-            phase = next((p for p in self.phases if p.name == name), None)
+            phase = next((p for p in reversed(self.phases) if p.name == name), None)  # the latest attempt
             if phase is None:
                 continue
-            if phase.ended is not None:
+            if phase.ended is not None and (phase.completed or not phase.total):
                 total += 1.0
             elif phase.total:
                 total += min(1.0, phase.done / phase.total)

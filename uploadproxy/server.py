@@ -381,6 +381,7 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("upload failed", exc_info=error)
         code, reason, message = cdi_failure(error)
         log.warning("upload failed reason=%s message=%s", reason, message)
+        self.server.progress.discard()  # the refused or cut-off bytes are not held: N/A until the next try
         _failure_line(reason, message)
         try:
             self._reply(code, f"Saving stream failed: {message}")

@@ -13,6 +13,7 @@ server rather than in a webhook. Differences from CDI, on purpose:
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import urlsplit
 
@@ -115,11 +116,27 @@ def _validate_target(spec: Obj, infers_size: bool) -> list[str]:
     return []
 
 
+# What Go's url.Parse refuses anywhere in a URL (CDI validates with it), and the space, which it refuses in
+# a host and which no HTTP client sends unescaped: admitted, such a URL would fail every import attempt.
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _url_characters(url: str, path: str) -> list[str]:
+    if _URL_CONTROL.search(url):
+        return [invalid(path, url, f"Invalid source URL: parse {json.dumps(url)}: "
+                                   "net/url: invalid control character in URL")]
+    if " " in url:
+        return [invalid(path, url, "Invalid source URL: it contains a space; write it as %20")]
+    return []
+
+
 def _validate_url(url: object, path: str) -> list[str]:
     if not url:
         return [required(path, "source URL is empty")]
     if not isinstance(url, str):
         return [invalid(path, url, "Invalid source URL")]
+    if errs := _url_characters(url, path):
+        return errs
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -158,6 +175,8 @@ def _validate_registry(reg: Obj, content_type: str) -> list[str]:
                 "source registry should have either URL or ImageStream",
             )
         ]
+    if isinstance(url, str) and (errs := _url_characters(url, "spec.source.registry.url")):
+        return errs
     if url:
         scheme = urlsplit(str(url)).scheme if "://" in str(url) else ""
         if scheme not in REGISTRY_SCHEMES:

@@ -16,7 +16,12 @@ controller clones only with it. A `sourceRef` to a DataSource is authorized as a
 DataSource stands for at that moment (CDI's `newCloneSourceHandler`), so nobody reaches through a
 DataSource a PVC they could not clone directly; a DataSource that does not exist yet or has no PVC is
 let through without a token (the DataVolume waits; the controller then clones without a token only from
-the DataVolume's own namespace). Not here: `source.snapshot` (this server serves no VolumeSnapshots).
+the DataVolume's own namespace). A VirtualMachine's `dataVolumeTemplates` get the same check for the
+user who writes the VirtualMachine (KubeVirt's VM admission), refused as
+`admission webhook "virtualmachine-validator.kubevirt.io" denied the request:
+spec.dataVolumeTemplates[0]: Authorization failed, message is: User NAME has insufficient permissions
+in clone source namespace NS`: the VM controller creates those DataVolumes as its ServiceAccount, which
+may clone anything. Not here: `source.snapshot` (this server serves no VolumeSnapshots).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Protocol
 
 from cdi.api.registry import ResourceKind
 from cdi.apiserver.errors import WebhookDenied, WebhookError
-from cdi.apiserver.rbac import CURRENT_USER, Attributes, Decision
+from cdi.apiserver.rbac import CURRENT_USER, Attributes, Decision, User
 from cdi.clonetoken import ANN_CLONE_TOKEN, issue
 from cdi.uploadtoken import Signer
 
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 WEBHOOK = "datavolume-mutate.cdi.kubevirt.io"
+VM_WEBHOOK = "virtualmachine-validator.kubevirt.io"  # KubeVirt's VM admission (virt-api)
+VM_GROUP = "kubevirt.io"
 GROUP = "cdi.kubevirt.io"
 DATASOURCES = "cdi.kubevirt.io/datasources"  # the store's key of the DataSource kind
 DATASOURCE_KIND = "DataSource"
@@ -95,7 +102,12 @@ class CloneSourceCheck:
 
     def __call__(self, kind: ResourceKind, obj: Obj, old: Obj | None) -> None:
         user = CURRENT_USER.get()
-        if user is None or (kind.group, kind.kind) != (GROUP, "DataVolume"):
+        if user is None:
+            return
+        if (kind.group, kind.kind) == (VM_GROUP, "VirtualMachine"):
+            self._admit_vm(user, obj, old)
+            return
+        if (kind.group, kind.kind) != (GROUP, "DataVolume"):
             return
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
@@ -110,15 +122,9 @@ class CloneSourceCheck:
             if no_token_okay:
                 return
             raise WebhookError.by(WEBHOOK, f'namespaces "{source_ns}" not found')
-        if source_ns == target_ns:
+        if source_ns == target_ns or self._may_clone(user, source_ns, source_name):
             self._grant(obj, old, source_ns, source_name)
             return
-        for group, resource, subresource in ((GROUP, "datavolumes", "source"), ("", "pods", "")):
-            attrs = Attributes(user, "create", True, group=group, namespace=source_ns, resource=resource,
-                               subresource=subresource, name=source_name)
-            if self.authorizer.authorize(attrs).allowed:
-                self._grant(obj, old, source_ns, source_name)
-                return
         if no_token_okay:
             return
         reason = f"User {user.name} has insufficient permissions in clone source namespace {source_ns}"
@@ -126,3 +132,48 @@ class CloneSourceCheck:
                  meta.get("name"))
         cause = {"reason": "FieldValueInvalid", "message": reason, "field": "spec.source.PVC.namespace"}
         raise WebhookDenied.by(WEBHOOK, f" {reason}", details={"causes": [cause]})
+
+    def _may_clone(self, user: User, source_ns: str, source_name: str) -> bool:
+        """CDI's two reviews: ``create datavolumes/source``, or else ``create pods``, in the source namespace."""
+        for group, resource, subresource in ((GROUP, "datavolumes", "source"), ("", "pods", "")):
+            attrs = Attributes(user, "create", True, group=group, namespace=source_ns, resource=resource,
+                               subresource=subresource, name=source_name)
+            if self.authorizer.authorize(attrs).allowed:
+                return True
+        return False
+
+    def _admit_vm(self, user: User, vm: Obj, old: Obj | None) -> None:
+        """KubeVirt's VM admission: each dataVolumeTemplate must be a clone the requesting user may make.
+
+        The VM controller creates the DataVolumes as its own ServiceAccount, which may clone anything;
+        without this check a VirtualMachine would reach a PVC (or a DataSource's PVC) in a namespace its
+        author cannot clone from. A template the old object already had passed this check when it came.
+        """
+        meta = vm["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        target_ns = meta.get("namespace", "")
+        before = ((old or {}).get("spec") or {}).get("dataVolumeTemplates") or []
+        causes: list[Obj] = []
+        for i, template in enumerate((vm.get("spec") or {}).get("dataVolumeTemplates") or []):
+            if not isinstance(template, dict) or template in before:
+                continue
+            tmeta = template.get("metadata") or {}
+            as_dv = {"metadata": {**tmeta, "namespace": target_ns}, "spec": template.get("spec") or {}}
+            source = self._clone_source(as_dv, target_ns)
+            if source is None or source[0] == target_ns:
+                continue
+            source_ns, source_name = source
+            if not self.namespace_exists(source_ns):
+                message = f'namespaces "{source_ns}" not found'
+            elif self._may_clone(user, source_ns, source_name):
+                continue
+            else:
+                message = f"User {user.name} has insufficient permissions in clone source namespace {source_ns}"
+            log.info("VM clone refused user=%s source=%s/%s vm=%s/%s", user.name, source_ns, source_name,
+                     target_ns, meta.get("name"))
+            causes.append({"reason": "FieldValueInvalid", "message": f"Authorization failed, message is: {message}",
+                           "field": f"spec.dataVolumeTemplates[{i}]"})
+        if causes:
+            text = ", ".join(f"{c['field']}: {c['message']}" for c in causes)
+            raise WebhookDenied.by(VM_WEBHOOK, text, details={"causes": causes})

@@ -41,7 +41,9 @@ def mark_succeeded(status: Obj) -> None:
 
 
 def mark_failed(status: Obj, reason: str, message: str) -> None:
+    """Failed: the volume holds nothing usable, whatever share of the bytes the last attempt had read."""
     status["phase"] = c.FAILED
+    status["progress"] = "N/A"
     c.set_condition(status["conditions"], c.READY, "False")
     c.set_condition(status["conditions"], c.RUNNING, "False", reason, message)
 

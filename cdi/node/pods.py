@@ -4,7 +4,9 @@ A pod whose PersistentVolumeClaims are all Bound (and whose ``spec.nodeName``, i
 node) is scheduled here (condition PodScheduled, hostIP,
 podIP 127.0.0.1, startTime) and bound to it (``spec.nodeName``). It is then admitted when a slot is free: at
 most ``max_running_pods`` containers run at once, and waiting pods (``ContainerCreating`` with a
-message saying the node is at its limit) are admitted in creation order. Each container of
+message saying the node is at its limit) are admitted in creation order. A pod none of whose
+containers could start (a missing Secret: ``CreateContainerConfigError``) gives its slots back until a
+retry finds a slot free and starts it. Each container of
 ``spec.containers`` runs as a process (see ``containers`` and ``podspec``); init containers,
 probes, resources and images are ignored. restartPolicy Never, OnFailure and Always apply, with
 exponential back-off (``CrashLoopBackOff``) between restarts.
@@ -196,6 +198,9 @@ class PodRunner:
             self.client.event(rt.pod, reason="Scheduled", component="default-scheduler",
                               message=f"Successfully assigned {rt.namespace}/{rt.name} to {self.settings.node_name}")
         if not rt.admitted and not self._admit(rt):
+            if rt.stalled:  # keep saying why it cannot start; it tries again when a slot is free
+                self.queue.add_after(rt.key, RETRY)
+                return
             msg = f"node {self.settings.node_name} runs its limit of {self.settings.max_running_pods} containers"
             for c in rt.containers.values():
                 if "terminated" not in c.last_state:
@@ -224,7 +229,11 @@ class PodRunner:
                 self.queue.add_after(rt.key, c.next_start - now)
             elif not self.launcher.start(rt, c):
                 self.queue.add_after(rt.key, RETRY)
+                if not _serves(rt) and not any(other.running for other in rt.containers.values()):
+                    self._stall(rt)
+                    return
             elif c.process is not None:
+                rt.stalled = False
                 threading.Thread(target=self._reap, args=(rt, c.process), name=f"reap-{c.process.pid}",
                                  daemon=True).start()
             else:
@@ -267,6 +276,15 @@ class PodRunner:
         log.info("[%s/%s] selected node %s for the claim's first consumer", meta["namespace"], meta["name"],
                  self.settings.node_name)
 
+    def _stall(self, rt: PodRuntime) -> None:
+        """A pod none of whose containers could start (CreateContainerConfigError, ErrImagePull) gives its
+        slots back: it runs nothing, and holding them would keep every later import ContainerCreating until
+        someone creates the missing Secret. It is admitted again, behind no one, when it retries."""
+        with self._lock:
+            rt.admitted, rt.stalled = False, True
+        log.info("[%s/%s] no container could start: slots released", rt.namespace, rt.name)
+        self._wake_waiting()
+
     def _holds_slots(self, rt: PodRuntime) -> bool:
         if _serves(rt):
             return False
@@ -286,8 +304,12 @@ class PodRunner:
         with self._lock:
             everyone = list(self._pods.values()) + list(self._dying.values())
             free = self.settings.max_running_pods - sum(len(r.containers) for r in everyone if self._holds_slots(r))
+            if rt.stalled:  # a retry of a pod that could not start takes a slot only if one is free now
+                rt.admitted = len(rt.containers) <= free or free == self.settings.max_running_pods
+                return rt.admitted
             waiting = sorted((r for r in self._pods.values() if r.scheduled and not r.admitted and not _serves(r)
-                              and not r.terminating and not all(c.finished for c in r.containers.values())),
+                              and not r.stalled and not r.terminating
+                              and not all(c.finished for c in r.containers.values())),
                              key=PodRuntime.order)
             idle = free == self.settings.max_running_pods
             for r in waiting:
@@ -302,7 +324,7 @@ class PodRunner:
 
     def _wake_waiting(self) -> None:
         with self._lock:
-            keys = [r.key for r in self._pods.values() if r.scheduled and not r.admitted]
+            keys = [r.key for r in self._pods.values() if r.scheduled and not r.admitted and not r.stalled]
         for key in keys:
             self.queue.add(key)
 

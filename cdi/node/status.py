@@ -54,6 +54,7 @@ class PodRuntime:
     scheduled: bool = False
     unschedulable: str = ""  # why the pod cannot be scheduled yet
     admitted: bool = False  # holds slots for its containers
+    stalled: bool = False  # no container could start (missing Secret, image refused): holds no slot meanwhile
     volumes: PodVolumes | None = None
     start_time: str | None = None
     terminating: bool = False

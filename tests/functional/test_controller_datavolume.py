@@ -135,6 +135,19 @@ def test_a_404_fails_for_good_without_retries(env: Env) -> None:
     assert any(e["reason"] == "ImportFailed" and "404" in e["message"] for e in env.node.events("gone"))
 
 
+def test_a_failed_import_shows_no_progress(env: Env) -> None:
+    # every byte is read, then the checksum does not match: the volume holds nothing, so no "100.00%"
+    body = {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": {"name": "badsum", "namespace": NS},
+            "spec": {"source": {"http": {"url": env.http.url("/disk.raw"), "checksum": "sha256:" + "0" * 64}},
+                     "storage": {"resources": {"requests": {"storage": "16Mi"}}}}}
+    env.client.create(DATAVOLUME, body)
+    dv = env.phase("badsum", "Failed", "Succeeded")
+    assert dv["status"]["phase"] == "Failed"
+    assert "checksum" in next(c for c in dv["status"]["conditions"] if c["type"] == "Running")["message"].lower()
+    assert dv["status"]["progress"] == "N/A"
+
+
 def test_a_transient_failure_is_retried_then_deletion_finishes_in_seconds(env: Env) -> None:
     # The importer gives up on a closed port after its own reconnects; the node restarts it.
     env.dv("retry", closed_port_url())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cdi.apiserver.upload_tokens import set_token_signer
 from cdi.clonetoken import TokenCheck
@@ -58,9 +59,10 @@ class Env:
         self.cluster, self.client, self.http, self.raw, self.work = cluster, client, http, raw, work
         self.manager, self.clock = manager, clock
 
-    def kubectl(self, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, user: str | None = None, check: bool = True,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = ("--kubeconfig", str(self.work / "users" / f"{user}.kubeconfig")) if user else ()
-        return self.cluster.kubectl(*extra, *args, check=check)
+        return self.cluster.kubectl(*extra, *args, check=check, input=input)
 
     def import_dv(self, name: str, ns: str = NS, path: str = "/disk.raw") -> Obj:
         return self.client.create(DATAVOLUME, {
@@ -289,6 +291,42 @@ def condition(obj: Obj, ctype: str) -> Obj:
 def points_to(env: Env, ds: str, pvc: str) -> bool:
     obj = env.client.get(DATASOURCE, NS, ds)
     return bool(obj["spec"]["source"] == {"pvc": {"namespace": NS, "name": pvc}} and ready(obj).get("status") == "True")
+
+
+def alice_vm(name: str, template_spec: Obj) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name, "namespace": "alice"},
+        "spec": {"runStrategy": "Halted", "dataVolumeTemplates": [{"metadata": {"name": f"{name}-root"},
+                                                                    "spec": template_spec}],
+                 "template": {"spec": {"domain": {"memory": {"guest": "128Mi"}, "devices": {
+                     "disks": [{"name": "root", "disk": {"bus": "virtio"}}]}},
+                     "volumes": [{"name": "root", "dataVolume": {"name": f"{name}-root"}}]}}}})
+
+
+def test_a_vm_template_does_not_reach_a_pvc_its_user_could_not_clone(env: Env) -> None:
+    """The VM controller creates a VM's DataVolumes as its ServiceAccount: the VM's author is checked instead."""
+    env.kubectl("delete", "rolebinding", "alice-clones", "-n", "default", "--ignore-not-found")
+    until("golden", lambda: phase_of(env, "golden") == "Succeeded", timeout=60)
+    for name, spec in (("vm-by-ref", {"sourceRef": {"kind": "DataSource", "namespace": "default", "name": "golden-ds"},
+                                      "storage": {}}),
+                       ("vm-by-pvc", {"source": {"pvc": {"namespace": "default", "name": "golden"}}, "storage": {}})):
+        refused = env.kubectl("create", "-f", "-", user="alice", check=False, input=alice_vm(name, spec))
+        assert refused.returncode != 0
+        assert ('admission webhook "virtualmachine-validator.kubevirt.io" denied the request: '
+                "spec.dataVolumeTemplates[0]: Authorization failed, message is: User alice has insufficient "
+                "permissions in clone source namespace default") in refused.stderr, refused.stderr
+        with pytest.raises(NotFound):
+            env.client.get(VM, "alice", name)
+        assert env.client.find(DATAVOLUME, "alice", f"{name}-root") is None
+
+    # once default lets her clone, the VM is admitted and the DataVolume its controller makes clones
+    env.kubectl("create", "rolebinding", "alice-clones", "--clusterrole=cdi.kubevirt.io:clone-sourcer",
+                "--user=alice", "-n", "default")
+    env.kubectl("create", "-f", "-", user="alice", input=alice_vm("vm-by-ref", {
+        "sourceRef": {"kind": "DataSource", "namespace": "default", "name": "golden-ds"}, "storage": {}}))
+    until("the VM's clone", lambda: phase_of(env, "vm-by-ref-root", "alice") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "vm-by-ref-root", "alice") == "Succeeded"
+    assert holds(env.volume("vm-by-ref-root", "alice"), env.raw)
 
 
 def test_dataimportcron_imports_at_once_follows_a_new_digest_and_collects_old_imports(

@@ -424,3 +424,27 @@ def test_pods_that_serve_do_not_hold_the_slots_work_needs(node_env: NodeEnv) -> 
         node_env.client.delete(POD, NS, name)
     for name in servers:
         node_env.wait_gone(POD, name, timeout=40)
+
+
+def test_pods_waiting_on_a_missing_secret_do_not_hold_the_slots(node_env: NodeEnv) -> None:
+    # Two pods that cannot start (their Secret is missing) on a node limited to 2 running containers.
+    env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "never-made", "key": "token"}}}]
+    stuck = ["no-secret-0", "no-secret-1"]
+    for name in stuck:
+        node_env.client.create(POD, pod(name, "import os; print(os.environ['TOKEN'])", env=env))
+    for name in stuck:
+        node_env.wait(POD, name, lambda p: container_status(p).get("state", {}).get("waiting", {}).get("reason")
+                      == "CreateContainerConfigError")
+    for name in ("work-0", "work-1"):
+        node_env.client.create(POD, pod(name, "print('done')"))
+    for name in ("work-0", "work-1"):
+        node_env.wait_pod_phase(name, "Succeeded", timeout=15)
+    got = node_env.client.get(POD, NS, "no-secret-0")
+    assert container_status(got)["state"]["waiting"] == {"reason": "CreateContainerConfigError",
+                                                         "message": 'secret "never-made" not found'}
+    # once the Secret exists they start as usual
+    node_env.client.create(SECRET, secret("never-made", token="t0k"))
+    for name in stuck:
+        node_env.wait_pod_phase(name, "Succeeded", timeout=15)
+    for name in [*stuck, "work-0", "work-1"]:
+        node_env.client.delete(POD, NS, name)

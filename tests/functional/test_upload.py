@@ -268,6 +268,16 @@ def _wait_event(env: Env, name: str, reason: str, text: str, timeout: float = 10
         time.sleep(0.1)
 
 
+def _progress_stays_na(env: Env, name: str, seconds: float = 2.5) -> None:
+    """The refused or cut-off bytes are not held: the progress says N/A, through several of the upload
+    server's progress lines (one a second) and the controller's reads (every 0.2 s)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = env.client.get(DATAVOLUME, NS, name)["status"]
+        assert (status["phase"], status["progress"]) == ("UploadReady", "N/A"), status
+        time.sleep(0.1)
+
+
 def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     env.create_dv("up-big", size="4Mi")
     env.phase("up-big", "UploadReady")
@@ -276,6 +286,7 @@ def test_image_larger_than_volume_is_400_and_the_dv_says_why(env: Env) -> None:
     assert body.startswith("Saving stream failed: effective image size is larger than the reported available storage")
     dv = env.running_message("up-big", "larger than the volume capacity")
     assert dv["status"]["phase"] == "UploadReady"  # another try may still come
+    _progress_stays_na(env, "up-big")
     _wait_event(env, "up-big", "UploadFailed", "larger than the volume capacity")
     env.client.delete(DATAVOLUME, NS, "up-big")  # a DataVolume deleted while its upload server runs
     deadline = time.monotonic() + 15
@@ -320,7 +331,7 @@ def test_cut_body_is_refused_then_a_full_upload_succeeds(env: Env) -> None:
     data = env.raw.read_bytes()
     _send_cut(env, env.token("up-cut"), data[: 3 << 20], len(data))
     env.running_message("up-cut", "the upload ended at byte")
-    assert env.client.get(DATAVOLUME, NS, "up-cut")["status"]["phase"] == "UploadReady"
+    _progress_stays_na(env, "up-cut")
     code, _ = env.curl("/v1beta1/upload", "--data-binary", f"@{env.raw}", token=env.token("up-cut"))
     assert code == 200
     env.phase("up-cut", "Succeeded", timeout=10)

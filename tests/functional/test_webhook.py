@@ -354,3 +354,26 @@ def test_clone_from_a_missing_namespace_is_a_bad_request(clone_webhook: tuple[ht
     response = post(http, "/mutate", _clone_review("bob", "nope"))
     assert response["allowed"] is False
     assert (response["status"]["code"], response["status"]["message"]) == (400, 'namespaces "nope" not found')
+
+
+def test_a_vm_template_cloning_across_namespaces_is_checked_for_the_vms_author(
+        clone_webhook: tuple[httpx.Client, rsa.RSAPrivateKey]) -> None:
+    template = {"metadata": {"name": "vm1-root"}, "spec": {"source": {"pvc": {"namespace": "src", "name": "golden"}},
+                                                           "storage": {"resources": {"requests": {"storage": "1Gi"}}}}}
+    vm = {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "vm1", "namespace": "dst"},
+          "spec": {"runStrategy": "Halted", "dataVolumeTemplates": [template],
+                   "template": {"spec": {"domain": {"devices": {}}}}}}
+    http, _ = clone_webhook
+    answers = {}
+    for user in ("alice", "bob"):
+        body = review("CREATE", vm, group="kubevirt.io", version="v1", kind="VirtualMachine",
+                      resource="virtualmachines")
+        body["request"]["namespace"] = "dst"
+        body["request"]["userInfo"] = {"username": user, "uid": "u-" + user, "groups": ["system:authenticated"]}
+        answers[user] = post(http, "/mutate", body)
+    refused = answers["alice"]
+    assert refused["allowed"] is False and refused["status"]["code"] == 422
+    message = "Authorization failed, message is: User alice has insufficient permissions in clone source namespace src"
+    assert refused["status"]["details"]["causes"] == [{"reason": "FieldValueInvalid", "message": message,
+                                                       "field": "spec.dataVolumeTemplates[0]"}]
+    assert answers["bob"]["allowed"] is True  # bob may edit in src

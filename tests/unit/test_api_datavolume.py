@@ -83,6 +83,18 @@ def test_valid_specs_pass(spec: dict) -> None:
             'spec.source.http.url: Invalid value: "file:///etc/passwd": Invalid source URL scheme',
         ),
         (
+            {"source": {"http": {"url": "http://x/disk\n.img"}}, "storage": STORAGE},
+            'Invalid source URL: parse "http://x/disk\\n.img": net/url: invalid control character in URL',
+        ),
+        (
+            {"source": {"http": {"url": "http://x/my disk.img"}}, "storage": STORAGE},
+            "Invalid source URL: it contains a space; write it as %20",
+        ),
+        (
+            {"source": {"registry": {"url": "docker://q/x\t"}}, "storage": STORAGE},
+            "net/url: invalid control character in URL",
+        ),
+        (
             {"source": {"s3": {"url": "s3://bucket/x"}}, "storage": STORAGE},
             "spec.source.s3.url: Invalid value",
         ),
