@@ -322,22 +322,6 @@ class Client:
     def blob(self, desc: dict[str, Any]) -> BlobReader:
         return BlobReader(self, desc["digest"], int(desc["size"]))
 
-    def blob_range(self, digest: str, first: int, last: int) -> httpx.Response:
-        """A streamed answer with exactly the bytes ``first..last`` of a blob (a 206 checked)."""
-        resp = self.request("GET", f"blobs/{digest}", {"Range": f"bytes={first}-{last}"}, stream=True)
-        if resp.status_code == 206:
-            got = resp.headers.get("Content-Range", "")
-            m = re.match(r"bytes (\d+)-(\d+)/", got)
-            if m and (int(m.group(1)), int(m.group(2))) == (first, last):
-                return resp
-            self._drop(resp)
-            raise RegistryError(f"the registry answered the range {first}-{last} of {digest} with {got!r}")
-        if resp.status_code == 200:
-            self._drop(resp)
-            raise RegistryError(f"the registry does not honour range requests for blob {digest}")
-        self._drop(resp)
-        raise self._refused(resp, f"the blob {digest}")
-
 
 class BlobReader:
     """A blob read in order, continued with ``Range`` after a dropped connection (a blob never changes:

@@ -10,9 +10,10 @@ The disk's bytes come straight out of the layer as it streams (gzip, zstd or unc
 layer and no image is written to scratch. The layer's sha256 is proven before the end of the disk is
 reported: the rest of the layer is read (a second disk file there is refused, as CDI refuses two files
 under /disk/) and hashed, so a tampered layer fails with a digest mismatch before the volume is
-finished. An uncompressed layer is also read at random with blob ``Range`` requests
-(``capabilities.random_access``), so a qcow2 converts with no scratch; the whole blob is then read once
-more in order to prove its digest (``capabilities.verify``), before the volume counts as complete.
+finished. A layer is never read at random (blob ``Range`` requests for qemu-img): those bytes would
+reach the volume before any digest covered them, and a second, in-order read proves only that the
+registry can send the right bytes once, not that it sent them to qemu-img. A qcow2 converts as it
+streams (``importer.qcow2_stream``) out of the one verified read, whatever the layer's compression.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ import posixpath
 import tarfile
 from typing import Any, cast
 
-import httpx
-
 from importer import formats, oci
 from importer.archive import open_stream
-from importer.errors import FormatError, NetworkError, SourceError
+from importer.errors import FormatError, SourceError
 from importer.http_options import HttpOptions
-from importer.sources import Capabilities
+from importer.sources import Capabilities, RangeReader
 from importer.stream import CHUNK, Peekable, Reader, open_decompressor
 
 log = logging.getLogger(__name__)
@@ -130,7 +129,6 @@ class RegistrySource:
         self._layer: _Layer | None = None
         self._member: tarfile.TarInfo | None = None
         self._file: Any = None
-        self._disk_layer: dict[str, Any] | None = None
         self._done = False
 
     # -- opening: find the disk ----------------------------------------------------------------
@@ -194,15 +192,14 @@ class RegistrySource:
 
     def _start(self, layer: _Layer, member: tarfile.TarInfo) -> None:
         self._layer, self._member = layer, member
-        self._disk_layer = layer.desc  # kept after close(): random reads and the proof come later
         self.disk_name = _normalise(member.name)
         self._file = layer.tar.extractfile(member)
-        random = not layer.compressed and not member.issparse()
         log.info("disk found name=%s size=%d layer=%s compressed=%s", self.disk_name, member.size,
                  layer.desc["digest"], layer.compressed)
         assert self.image is not None
-        self.capabilities = Capabilities(size=member.size, resumable=False, random_access=random,
-                                         verify=self._verify_blob if random else None, digest=self.image.digest)
+        # random_access stays False: every byte written must have passed the layer's digest check
+        self.capabilities = Capabilities(size=member.size, resumable=False, random_access=False,
+                                         digest=self.image.digest)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -250,76 +247,14 @@ class RegistrySource:
     def validator(self) -> str | None:
         return None  # an import from a registry is not continued across runs (blobs resume within one)
 
-    # -- random access -------------------------------------------------------------------------
-
-    def range_reader(self) -> BlobRangeReader:
-        assert self._disk_layer is not None and self._member is not None
-        return BlobRangeReader(self.client.clone(), self._disk_layer["digest"], self._member.offset_data,
-                               self._member.size)
-
-    def _verify_blob(self) -> None:
-        """After random reads: read the layer once, in order, to prove its digest."""
-        assert self._disk_layer is not None
-        client = self.client.clone()
-        blob = client.blob(self._disk_layer)
-        try:
-            buf = bytearray(CHUNK)
-            while blob.readinto(buf):
-                pass
-        finally:
-            blob.close()
-            client.close()
-        log.info("layer digest verified after random reads digest=%s", self._disk_layer["digest"])
+    def range_reader(self) -> RangeReader:
+        """Never offered (``random_access`` is False): ranged bytes would bypass the layer's digest."""
+        raise SourceError("a registry layer is read only in order, through its digest check")
 
     def close(self) -> None:
         if self._layer is not None:
             self._layer.close()
             self._layer = None
-        self.client.close()
-
-
-class BlobRangeReader:
-    """Random reads of the disk file inside an uncompressed layer: ``Range`` requests at ``base`` +
-    offset of the blob (a blob never changes: its digest names it); a cut read continues."""
-
-    def __init__(self, client: oci.Client, digest: str, base: int, size: int) -> None:
-        self.client = client
-        self.digest = digest
-        self.base = base
-        self.size = size
-        self.resumes = 0
-        self.received = 0
-
-    def pread(self, view: memoryview, offset: int) -> None:
-        if offset + len(view) > self.size:
-            raise SourceError(f"read past the end of the disk ({offset + len(view)} > {self.size})")
-        got = 0
-        failures = 0
-        while got < len(view):
-            first = self.base + offset + got
-            resp = self.client.blob_range(self.digest, first, self.base + offset + len(view) - 1)
-            try:
-                for chunk in resp.iter_raw():
-                    n = min(len(chunk), len(view) - got)
-                    view[got:got + n] = chunk[:n]
-                    got += n
-                    self.received += n
-            except (httpx.TransportError, httpx.StreamError) as e:
-                failures += 1
-                self.resumes += 1
-                if failures > self.client.creds.retries:
-                    raise NetworkError(f"range reads of layer {self.digest} keep failing: {e}") from e
-                log.warning("registry range read interrupted at=%d error=%s", offset + got, e)
-                continue
-            finally:
-                resp.close()
-            if got < len(view):  # the answer ended early without an error: ask again for the rest
-                failures += 1
-                self.resumes += 1
-                if failures > self.client.creds.retries:
-                    raise NetworkError(f"range reads of layer {self.digest} keep ending early at byte {offset + got}")
-
-    def close(self) -> None:
         self.client.close()
 
 

@@ -48,14 +48,13 @@ def test_disk_streams_out_of_its_layer(image_factory, registry: Registry, tmp_pa
     assert result.source_digest == digest
 
 
-def test_uncompressed_layer_converts_qcow2_at_random_without_scratch(image_factory, registry: Registry,
-                                                                      tmp_path) -> None:
+def test_uncompressed_layer_converts_qcow2_as_it_streams_without_scratch(image_factory, registry: Registry,
+                                                                        tmp_path) -> None:
     layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), compression=None)
     registry.push_layout_http(layout, "disks/plain", "v1", src_tag="latest")  # skopeo would gzip the layer on its way
     out = tmp_path / "out.img"
     result = run_import(_job(registry.url("disks/plain", "v1"), out, insecure=True))
-    assert result.scratch_bytes == 0
-    assert "convert" in result.phases
+    assert result.scratch_bytes == 0  # a qemu-img-written qcow2 streams in order: no scratch, no Range reads
     assert images.same_content(out, image_factory.raw)
 
 
@@ -123,7 +122,7 @@ def test_two_disks_in_one_layer_are_refused(registry: Registry, tmp_path) -> Non
 @pytest.mark.parametrize(("compression", "how"), [("gzip", "recompressed"), ("gzip", "flipped"), (None, "flipped")])
 def test_tampered_layer_fails_with_digest_mismatch(image_factory, registry: Registry, tmp_path, compression,
                                                    how) -> None:
-    fmt = "raw" if compression else "qcow2"  # qcow2 in a plain layer: the random-access path
+    fmt = "raw" if compression else "qcow2"  # qcow2 in a plain layer: converted as it streams
     name = f"{how}.img"  # a layer of its own (the registry stores each blob once)
     layout = container_disk(tmp_path / "layout", image_factory.get(fmt), compression=compression, name=name)
     repo = f"disks/tampered-{compression or 'plain'}-{how}"
@@ -243,3 +242,80 @@ def test_tampered_manifest_fails_with_digest_mismatch(image_factory, registry: R
     with pytest.raises(oci.DigestMismatch, match=f"not {digest} as asked"):
         run_import(_job(registry.url("disks/tampered-manifest", digest), out, insecure=True))
     assert not out.exists()
+
+
+class _FlippingProxy:
+    """An HTTP proxy before the registry that flips one byte in the middle of blob answers: only in
+    answers to ``Range`` requests (``ranged=True``) or only in full answers."""
+
+    def __init__(self, registry: Registry, *, ranged: bool) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        upstream = httpx.Client(base_url=registry.base.replace("docker://", "http://"))
+        proxy = self
+        self.flipped = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, body: bool) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                resp = upstream.request(self.command, self.path, headers=headers)
+                data = bytearray(resp.content)
+                if (body and "/blobs/" in self.path and len(data) > 4096
+                        and ("range" in {k.lower() for k in headers}) == ranged):
+                    data[len(data) // 2] ^= 0xFF
+                    proxy.flipped += 1
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data) if body else resp.headers.get("content-length", 0)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(bytes(data))
+
+            def do_GET(self) -> None:
+                self._forward(True)
+
+            def do_HEAD(self) -> None:
+                self._forward(False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._upstream = upstream
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FlippingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._upstream.close()
+
+
+@pytest.mark.parametrize("ranged", [True, False], ids=["ranged-answers-altered", "full-answers-altered"])
+def test_qcow2_in_a_plain_layer_never_takes_unverified_bytes(image_factory, registry: Registry, tmp_path,
+                                                             ranged) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), compression=None, name="flip.img")
+    registry.push_layout_http(layout, "disks/flip", "v1", src_tag="latest")
+    out = tmp_path / "out.img"
+    with _FlippingProxy(registry, ranged=ranged) as proxy:
+        url = f"docker://127.0.0.1:{proxy.port}/disks/flip:v1"
+        if ranged:  # nothing is read with ranges: every byte of the volume passed the layer's digest
+            run_import(_job(url, out, insecure=True))
+            assert proxy.flipped == 0
+            assert images.same_content(out, image_factory.raw)
+        else:
+            with pytest.raises(oci.DigestMismatch, match="layer digest mismatch"):
+                run_import(_job(url, out, insecure=True))
+            assert proxy.flipped >= 1
+            assert not out.exists()
