@@ -16,6 +16,10 @@ a pod) fails the clone (``CloneVerifyFailed``) instead of passing for the image.
 namespace is searched, so the cache never lets anyone read what they could not clone anyway. The
 decision is made once, before the target claim exists; afterwards the claim (made by the clone
 reconciler, naming its source) says whether this DataVolume is a cache clone.
+
+The key is the digest *and* the platform: a multi-arch tag's digest names its index, and the importer
+picks one image of it (this machine's architecture, or ``source.registry.platform.architecture``), so
+a volume imported for amd64 never serves a DataVolume asking for arm64 of the same index.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from cdi.controller.resources import (
 from cdi.kube import DATAVOLUME, PVC, ApiError, Client, Obj
 from cdi.units import parse_size
 from importer.errors import Error as RegistryFailure
+from importer.oci_ref import host_platform
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,11 @@ REASON = "ImportFromCache"
 def registry_source(dv: Obj) -> Obj | None:
     reg = ((dv.get("spec") or {}).get("source") or {}).get("registry")
     return reg if isinstance(reg, dict) and reg.get("url") else None
+
+
+def platform_of(registry: Obj) -> str:
+    """The architecture the importer picks from an index for this source (this machine's by default)."""
+    return str((registry.get("platform") or {}).get("architecture") or host_platform()[1])
 
 
 def _owned_by(obj: Obj, uid: str) -> bool:
@@ -94,6 +104,7 @@ class ImageCache:
     def _find(self, dv: Obj, digest: str) -> str | None:
         meta = dv["metadata"]
         target = self._target_size(dv)
+        arch = platform_of(registry_source(dv) or {})
         candidates, _ = self.client.list(DATAVOLUME, meta["namespace"])
         for cand in sorted(candidates, key=lambda d: str(d["metadata"]["name"])):
             cmeta = cand["metadata"]
@@ -111,6 +122,8 @@ class ImageCache:
             # What was imported: the digest its (immutable) URL pins, or the one its importer verified.
             if digest not in (pinned_digest(str(reg["url"])), ann.get(ANN_SOURCE_DIGEST)):
                 continue
+            if platform_of(reg) != arch:
+                continue  # the same index, another of its images
             if target is not None and claim_size(pvc) != target:
                 continue  # same size only: then the clone's digest must equal the one recorded at import
             return str(cmeta["name"])

@@ -34,7 +34,7 @@ from tests.functional.apiserver_fixtures import Cluster, start_cluster
 from tests.functional.test_node_fixtures import TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
-from tests.support.registry import Registry, container_disk, push_new_image
+from tests.support.registry import Registry, container_disk, host_arch, push_new_image
 
 NS = "default"
 
@@ -403,6 +403,29 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
         assert phase_of(env, name, ns) == "Succeeded"
         reasons = {e["reason"] for e in env.events(name, ns)}
         assert "ImportFromCache" not in reasons and "CloneSucceeded" not in reasons, reasons
+
+
+def test_the_cache_serves_only_the_platform_that_was_imported(env: Env, reg: Registry, tmp_path: Path) -> None:
+    env.kubectl("create", "namespace", "arches")
+    other = "arm64" if host_arch() != "arm64" else "s390x"
+    digest = reg.push(container_disk(tmp_path / "multi", env.raw, arches=(host_arch(), other)), "arches/disk")
+    env.client.create(DATAVOLUME, registry_dv("native", "arches", reg.url("arches/disk", digest)))
+    until("the first import", lambda: phase_of(env, "native", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "native", "arches") == "Succeeded"
+    foreign = registry_dv("foreign", "arches", reg.url("arches/disk", digest))
+    foreign["spec"]["source"]["registry"]["platform"] = {"architecture": other}
+    env.client.create(DATAVOLUME, foreign)
+    until("the other platform", lambda: phase_of(env, "foreign", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "foreign", "arches") == "Succeeded"
+    assert "ImportFromCache" not in {e["reason"] for e in env.events("foreign", "arches")}
+    assert env.volume("foreign", "arches").read_bytes()[:64].startswith(f"not the {host_arch()} disk: {other}".encode())
+    # the same platform, named explicitly, is the cached one
+    same = registry_dv("same", "arches", reg.url("arches/disk", digest))
+    same["spec"]["source"]["registry"]["platform"] = {"architecture": host_arch()}
+    env.client.create(DATAVOLUME, same)
+    until("same platform", lambda: phase_of(env, "same", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert "ImportFromCache" in {e["reason"] for e in env.events("same", "arches")}
+    assert volume_digest(str(env.volume("same", "arches"))) == volume_digest(str(env.volume("native", "arches")))
 
 
 def test_dataimportcron_failures_ownership_and_retention(env: Env, reg: Registry, tmp_path: Path) -> None:
