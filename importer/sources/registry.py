@@ -120,7 +120,8 @@ class RegistrySource:
         self.ref = oci.Reference.parse(url)
         self.client = oci.Client(self.ref, oci.Credentials(
             username=opts.user, password=opts.password, ca_file=opts.ca_file, insecure=opts.insecure,
-            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff, architecture=opts.architecture))
+            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff, architecture=opts.architecture,
+            speed_limit=opts.speed_limit, speed_time=opts.speed_time, max_stalled_retries=opts.max_stalled_retries))
         self.capabilities = Capabilities()
         self.image: oci.Image | None = None
         self.disk_name: str | None = None

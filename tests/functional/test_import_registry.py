@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from importer import oci
+from importer.errors import Stalled
 from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
@@ -246,9 +247,11 @@ def test_tampered_manifest_fails_with_digest_mismatch(image_factory, registry: R
 
 class _FlippingProxy:
     """An HTTP proxy before the registry that flips one byte in the middle of blob answers: only in
-    answers to ``Range`` requests (``ranged=True``) or only in full answers."""
+    answers to ``Range`` requests (``ranged=True``) or only in full answers. With ``trickle``, it flips
+    nothing but sends the first ``trickle`` blob answers' first third at once (none of a ranged
+    answer), then one byte every 0.2 s on the same connection."""
 
-    def __init__(self, registry: Registry, *, ranged: bool) -> None:
+    def __init__(self, registry: Registry, *, ranged: bool = False, trickle: int = 0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -257,6 +260,8 @@ class _FlippingProxy:
         upstream = httpx.Client(base_url=registry.base.replace("docker://", "http://"))
         proxy = self
         self.flipped = 0
+        self.trickle = trickle
+        self.stopped = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -268,7 +273,10 @@ class _FlippingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                 resp = upstream.request(self.command, self.path, headers=headers)
                 data = bytearray(resp.content)
-                if (body and "/blobs/" in self.path and len(data) > 4096
+                slow = body and "/blobs/" in self.path and proxy.trickle > 0
+                if slow:
+                    proxy.trickle -= 1
+                elif (body and "/blobs/" in self.path and len(data) > 4096
                         and ("range" in {k.lower() for k in headers}) == ranged):
                     data[len(data) // 2] ^= 0xFF
                     proxy.flipped += 1
@@ -278,7 +286,16 @@ class _FlippingProxy:
                         self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data) if body else resp.headers.get("content-length", 0)))
                 self.end_headers()
-                if body:
+                if slow:
+                    third = 0 if "range" in {k.lower() for k in headers} else len(data) // 3
+                    self.wfile.write(bytes(data[:third]))
+                    self.wfile.flush()
+                    for i in range(third, len(data)):
+                        if proxy.stopped.wait(0.2):
+                            return
+                        self.wfile.write(bytes(data[i:i + 1]))
+                        self.wfile.flush()
+                elif body:
                     self.wfile.write(bytes(data))
 
             def do_GET(self) -> None:
@@ -297,6 +314,7 @@ class _FlippingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
         self._upstream.close()
@@ -319,3 +337,22 @@ def test_qcow2_in_a_plain_layer_never_takes_unverified_bytes(image_factory, regi
                 run_import(_job(url, out, insecure=True))
             assert proxy.flipped >= 1
             assert not out.exists()
+
+
+def test_a_trickling_registry_is_a_stall_not_a_hang(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("raw"), name="trickle.img")
+    registry.push(layout, "disks/trickle", "v1", src_tag="latest")
+    limits = {"speed_limit": 64 << 10, "speed_time": 1.0}
+    # the first answer trickles after a third: dropped after a second, continued with a range
+    with _FlippingProxy(registry, trickle=1) as proxy:
+        out = tmp_path / "out.img"
+        result = run_import(_job(f"docker://127.0.0.1:{proxy.port}/disks/trickle:v1", out, insecure=True, **limits))
+    assert result.resumes >= 1
+    assert images.same_content(out, image_factory.raw)
+    # every answer trickles: Stalled after max_stalled_retries, in seconds rather than never
+    with _FlippingProxy(registry, trickle=100) as proxy:
+        out2 = tmp_path / "out2.img"
+        with pytest.raises(Stalled, match="the registry stalled: less than 65536 bytes/s for 1s"):
+            run_import(_job(f"docker://127.0.0.1:{proxy.port}/disks/trickle:v1", out2, insecure=True,
+                            max_stalled_retries=1, **limits))
+    assert not out2.exists()
