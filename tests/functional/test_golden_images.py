@@ -391,9 +391,17 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
     env.client.create(DATAVOLUME, registry_dv("after-tamper", "cache", pinned))
     until("refused", lambda: phase_of(env, "after-tamper", "cache") in ("Succeeded", "Failed"), timeout=60)
     dv = env.client.get(DATAVOLUME, "cache", "after-tamper")
-    running = next(c for c in dv["status"]["conditions"] if c["type"] == "Running")
-    assert dv["status"]["phase"] == "Failed" and running["reason"] == "CloneVerifyFailed", dv["status"]
-    assert "the cached volume cache/first changed since it was imported" in running["message"]
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]  # imported from the registry instead
+    skipped = [e["message"] for e in env.events("after-tamper", "cache") if e["reason"] == "ImportFromCacheSkipped"]
+    assert len(skipped) == 1 and "the cache volume cache/first changed since it was imported" in skipped[0], skipped
+    data, raw = env.volume("after-tamper", "cache").read_bytes(), env.raw.read_bytes()
+    assert data[:len(raw)] == raw and not data[len(raw):].strip(b"\0")  # the image, not the changed volume
+    assert env.client.get(PVC, "cache", "first")["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.cacheStale"]
+    # the changed volume is no longer offered: the next DataVolume of the image is served by the new import
+    env.client.create(DATAVOLUME, registry_dv("after-skip", "cache", pinned))
+    until("after-skip done", lambda: phase_of(env, "after-skip", "cache") in ("Succeeded", "Failed"), timeout=60)
+    reasons = {e["message"] for e in env.events("after-skip", "cache") if e["reason"] == "ImportFromCache"}
+    assert reasons == {f"served from cache of PVC cache/after-tamper, digest {digest}"}, reasons
 
     # conservative: a volume of another size than the cached one, and another namespace, import for themselves
     env.client.create(DATAVOLUME, registry_dv("smaller", "cache", pinned, size="7Mi"))
