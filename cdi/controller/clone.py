@@ -34,6 +34,7 @@ from cdi.controller.datavolume import failure_message, latest_progress, terminat
 from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_CACHE_STALE,
+    ANN_CACHED_FROM,
     ANN_DIGEST,
     ANN_IMPORT_MESSAGE,
     ANN_IMPORT_REASON,
@@ -437,9 +438,11 @@ class CloneReconciler:
             record_on_claim(self.client, source, {ANN_CACHE_STALE: why})
         meta = dv["metadata"]
         message = (f"the cache volume {name} changed since it was imported and was skipped ({why}); "
-                   "importing from the registry")
+                   "importing again (from the registry, or from another, unchanged cache volume)")
         log.warning("[%s/%s] %s", meta["namespace"], meta["name"], message)
         self.client.event(dv, reason="ImportFromCacheSkipped", message=message, type="Warning")
+        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
+                          {"metadata": {"annotations": {ANN_CACHED_FROM: None}}})
         try:
             self.client.delete(PVC, meta["namespace"], target["metadata"]["name"])
         except NotFound:

@@ -32,6 +32,7 @@ from cdi.controller.clone import ANN_CLONE_OF, claim_size
 from cdi.controller.registry_access import pinned_digest, tag_digest
 from cdi.controller.resources import (
     ANN_CACHE_STALE,
+    ANN_CACHED_FROM,
     ANN_DIGEST,
     ANN_POD_PHASE,
     ANN_SOURCE_DIGEST,
@@ -46,7 +47,6 @@ from importer.oci_ref import host_platform
 
 log = logging.getLogger(__name__)
 
-ANN_CACHED_FROM = "cdi.kubevirt.io/storage.import.cachedFrom"
 REASON = "ImportFromCache"
 
 
