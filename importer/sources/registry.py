@@ -3,7 +3,8 @@
 KubeVirt's containerDisk layout puts the VM disk as the one file under ``/disk/`` of the image. This
 source resolves the image (``importer.oci``), then looks for that file from the last layer back to the
 first: the last layer that holds one wins, and a whiteout (``disk/.wh.NAME``, ``.wh.disk``, or the
-opaque marker ``disk/.wh..wh..opq``) in a later layer hides what earlier layers hold. Only the layers from the last
+opaque marker ``disk/.wh..wh..opq``, or ``.wh..wh..opq`` at the root) in a later layer hides what
+earlier layers hold, as does a later ``disk/NAME`` directory (or a ``/disk`` that is no directory). Only the layers from the last
 one down to the disk's own are read; earlier layers are never fetched.
 
 The disk's bytes come straight out of the layer as it streams (gzip, zstd or uncompressed tar): no
@@ -171,8 +172,8 @@ class RegistrySource:
         while (member := layer.next()) is not None:
             name = _normalise(member.name)
             parent, base = posixpath.split(name)
-            if name == ".wh." + DISK_DIR:  # the whole /disk/ of lower layers deleted
-                opaque = True
+            if name in (".wh." + DISK_DIR, OPAQUE) or (name == DISK_DIR and not member.isdir()):
+                opaque = True  # /disk/ of lower layers deleted, the root made opaque, or /disk a file now
                 continue
             if parent != DISK_DIR:
                 continue
@@ -182,7 +183,10 @@ class RegistrySource:
             if base.startswith(".wh."):
                 whiteouts.add(posixpath.join(DISK_DIR, base[4:]))
                 continue
-            if name in hidden or member.isdir():
+            if name in hidden:
+                continue
+            if member.isdir():  # disk/NAME is a directory here: a lower layer's file of that name is gone
+                whiteouts.add(name)
                 continue
             if not member.isfile():
                 raise NoDisk(f"{name} in the image {self.ref} is not a regular file ({_kind(member)}): the disk "
@@ -232,6 +236,10 @@ class RegistrySource:
             parent, base = posixpath.split(name)
             if parent == DISK_DIR and member.isfile() and not base.startswith(".wh."):
                 others.append(name)
+        if others and set(others) == {self.disk_name}:
+            raise NoDisk(f"the layer {layer.desc['digest']} of the image {self.ref} holds {self.disk_name} "
+                         f"{len(others) + 1} times (the same tar entry repeated): rebuild the image with the "
+                         "disk added once")
         if others:
             raise NoDisk(f"image directory contains more than one file ({', '.join([self.disk_name or '', *others])}) "
                          f"in the image {self.ref}: a containerDisk holds exactly one disk under /disk/")

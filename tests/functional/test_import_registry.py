@@ -95,7 +95,9 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     layout.tag(layout.image([old, new, layout.layer({"disk/.wh..wh..opq": None})]), "opaque")
     layout.tag(layout.image([old, new, layout.layer({".wh.disk": None})]), "nodiskdir")
     layout.tag(layout.image([other]), "nodisk")
-    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk"):
+    layout.tag(layout.image([old, new, layout.layer({".wh..wh..opq": None})]), "rootopaque")
+    layout.tag(layout.image([old, new, layout.layer({"disk/": None, "disk/new.qcow2/": None})]), "nowadir")
+    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk", "rootopaque", "nowadir"):
         registry.push(layout, "disks/layers", tag)
     out = tmp_path / "out.img"
     run_import(_job(registry.url("disks/layers", "two"), out, insecure=True))
@@ -104,7 +106,10 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     run_import(_job(registry.url("disks/layers", "whiteout"), out, insecure=True))
     assert out.read_bytes()[:8] == b"old disk"  # the newer disk was deleted by the last layer
     out.unlink()
-    for tag in ("opaque", "nodiskdir", "nodisk"):
+    run_import(_job(registry.url("disks/layers", "nowadir"), out, insecure=True))
+    assert out.read_bytes()[:8] == b"old disk"  # disk/new.qcow2 became a directory: the file is gone
+    out.unlink()
+    for tag in ("opaque", "nodiskdir", "nodisk", "rootopaque"):
         with pytest.raises(NoDisk, match="Failed to find VM disk image file in the container image"):
             run_import(_job(registry.url("disks/layers", tag), out, insecure=True))
         assert not out.exists()
@@ -117,6 +122,16 @@ def test_two_disks_in_one_layer_are_refused(registry: Registry, tmp_path) -> Non
     out = tmp_path / "out.img"
     with pytest.raises(NoDisk, match="more than one file"):
         run_import(_job(registry.url("disks/two", "v1"), out, insecure=True))
+    assert not out.exists()
+
+
+def test_one_disk_entry_repeated_is_refused_saying_so(registry: Registry, tmp_path) -> None:
+    layout = OciLayout(tmp_path / "layout")
+    layout.tag(layout.image([layout.layer({"disk/disk.img": b"a" * 4096, "./disk/disk.img": b"b" * 4096})]), "v1")
+    registry.push(layout, "disks/repeated", "v1")
+    out = tmp_path / "out.img"
+    with pytest.raises(NoDisk, match=r"holds disk/disk.img 2 times \(the same tar entry repeated\): rebuild"):
+        run_import(_job(registry.url("disks/repeated", "v1"), out, insecure=True))
     assert not out.exists()
 
 
