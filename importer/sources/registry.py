@@ -4,8 +4,8 @@ KubeVirt's containerDisk layout puts the VM disk as the one file under ``/disk/`
 source resolves the image (``importer.oci``), then looks for that file from the last layer back to the
 first: the last layer that holds one wins, and a whiteout (``disk/.wh.NAME``, ``.wh.disk``, or the
 opaque marker ``disk/.wh..wh..opq``, or ``.wh..wh..opq`` at the root) in a later layer hides what
-earlier layers hold, as does a later ``disk/NAME`` directory (or a ``/disk`` that is no directory). Only the layers from the last
-one down to the disk's own are read; earlier layers are never fetched.
+earlier layers hold, as does a later ``disk/NAME`` directory (or a ``/disk`` that is no directory).
+Only the layers from the last one down to the disk's own are read; earlier layers are never fetched.
 
 The disk's bytes come straight out of the layer as it streams (gzip, zstd or uncompressed tar): no
 layer and no image is written to scratch. The layer's sha256 is proven before the end of the disk is
