@@ -28,7 +28,8 @@ from typing import Any
 
 import httpx
 
-from importer.errors import NetworkError
+from importer.errors import NetworkError, Stalled
+from importer.http_options import HttpOptions
 from importer.oci_ref import (
     DIGEST_RE,
     DigestMismatch,
@@ -42,6 +43,7 @@ from importer.oci_ref import (
     choose_platform,
     host_platform,
 )
+from importer.sources.http_client import LowSpeed, Meter
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ class Credentials:
     timeout: float = 30.0
     retries: int = 5
     backoff: float = 0.5
+    speed_limit: int = 0  # bytes/s; a blob slower than this over speed_time seconds is a stall (0: no check)
+    speed_time: float = 60.0
+    max_stalled_retries: int = 3
 
 
 def _sha256(data: bytes) -> str:
@@ -114,7 +119,10 @@ class Client:
             verify = False
         elif self.creds.ca_file:
             verify = ssl.create_default_context(cafile=self.creds.ca_file)
-        return httpx.Client(verify=verify, timeout=self.creds.timeout, follow_redirects=True)
+        timeout = self.creds.timeout
+        if self.creds.speed_limit > 0:  # nothing at all for speed_time seconds is a stall too
+            timeout = min(timeout, self.creds.speed_time)
+        return httpx.Client(verify=verify, timeout=timeout, follow_redirects=True)
 
     def clone(self) -> Client:
         other = Client(self.ref, self.creds)
@@ -322,27 +330,15 @@ class Client:
     def blob(self, desc: dict[str, Any]) -> BlobReader:
         return BlobReader(self, desc["digest"], int(desc["size"]))
 
-    def blob_range(self, digest: str, first: int, last: int) -> httpx.Response:
-        """A streamed answer with exactly the bytes ``first..last`` of a blob (a 206 checked)."""
-        resp = self.request("GET", f"blobs/{digest}", {"Range": f"bytes={first}-{last}"}, stream=True)
-        if resp.status_code == 206:
-            got = resp.headers.get("Content-Range", "")
-            m = re.match(r"bytes (\d+)-(\d+)/", got)
-            if m and (int(m.group(1)), int(m.group(2))) == (first, last):
-                return resp
-            self._drop(resp)
-            raise RegistryError(f"the registry answered the range {first}-{last} of {digest} with {got!r}")
-        if resp.status_code == 200:
-            self._drop(resp)
-            raise RegistryError(f"the registry does not honour range requests for blob {digest}")
-        self._drop(resp)
-        raise self._refused(resp, f"the blob {digest}")
-
 
 class BlobReader:
     """A blob read in order, continued with ``Range`` after a dropped connection (a blob never changes:
     its digest names it), and proven at its end: its size and sha256 must match its descriptor, else
-    ``DigestMismatch``. ``readinto`` returns 0 only after that proof."""
+    ``DigestMismatch``. ``readinto`` returns 0 only after that proof.
+
+    curl's low-speed check, as the http source has it: fewer than ``speed_limit`` bytes in the last
+    ``speed_time`` seconds (not an average since the start) drops the connection and continues with a
+    ``Range``; ``max_stalled_retries`` such stalls in a row (no healthy period between) are ``Stalled``."""
 
     def __init__(self, client: Client, digest: str, size: int) -> None:
         self.client = client
@@ -355,8 +351,31 @@ class BlobReader:
         self._resp: httpx.Response | None = None
         self._chunks: Iterator[bytes] | None = None
         self._left = memoryview(b"")
+        creds = client.creds
+        self._meter = Meter(HttpOptions(speed_limit=creds.speed_limit, speed_time=creds.speed_time))
+        self._stalls = 0
+        self._healthy_from = 0  # position where the last stall left off
+
+    def _stalled(self, why: str) -> None:
+        """A stall: drop the connection, continue where it stopped, or give up after too many."""
+        creds = self.client.creds
+        self._close_response()
+        if self.position - self._healthy_from >= creds.speed_limit * creds.speed_time:
+            self._stalls = 0  # a healthy period since the last stall
+        self._stalls += 1
+        self._healthy_from = self.position
+        if self._stalls > creds.max_stalled_retries:
+            raise Stalled(f"the registry stalled: less than {creds.speed_limit} bytes/s for {creds.speed_time:g}s "
+                          f"reading layer {self.digest} at byte {self.position} of {self.size} ({why}), "
+                          f"{self._stalls} times in a row (limits: --speed-limit, --speed-time, "
+                          "--max-stalled-retries)")
+        self.resumes += 1
+        log.warning("registry blob stalled digest=%s at=%d (%s): continuing with a range", self.digest,
+                    self.position, why)
 
     def _open(self) -> None:
+        if self.position == 0:
+            self._meter.reset()  # the window starts with the transfer (a resume keeps it running)
         headers = {"Range": f"bytes={self.position}-"} if self.position else {}
         resp = self.client.request("GET", f"blobs/{self.digest}", headers, stream=True)
         if resp.status_code == 416:
@@ -395,6 +414,15 @@ class BlobReader:
                     self._open()
                 assert self._chunks is not None
                 chunk = next(self._chunks, None)
+                self._meter.add(len(chunk or b""))
+            except LowSpeed as e:
+                self._stalled(str(e))
+                continue
+            except httpx.ReadTimeout as e:
+                if self.client.creds.speed_limit <= 0:
+                    raise NetworkError(f"reading layer {self.digest} failed at byte {self.position}: {e}") from e
+                self._stalled(f"nothing for {self.client.creds.speed_time:g}s")
+                continue
             except (httpx.TransportError, httpx.StreamError) as e:
                 self._close_response()
                 attempts += 1

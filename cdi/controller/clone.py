@@ -33,6 +33,8 @@ from cdi.controller.datasource import Unresolved
 from cdi.controller.datavolume import failure_message, latest_progress, termination
 from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
+    ANN_CACHE_STALE,
+    ANN_CACHED_FROM,
     ANN_DIGEST,
     ANN_IMPORT_MESSAGE,
     ANN_IMPORT_REASON,
@@ -45,7 +47,19 @@ from cdi.controller.resources import (
 )
 from cdi.controller.upload_pod import ANN_CONTENT_TYPE, ANN_POD_READY, ANN_UPLOAD_TARGET, upload_name
 from cdi.controller.upload_tls import CLIENT_SIGNER, SERVER_SIGNER, ensure_signers, read_pair
-from cdi.kube import DATAVOLUME, POD, PVC, SECRET, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
+from cdi.kube import (
+    DATAVOLUME,
+    POD,
+    PVC,
+    SECRET,
+    AlreadyExists,
+    ApiError,
+    Client,
+    NotFound,
+    Obj,
+    PermanentError,
+    TemporaryError,
+)
 from cdi.kube.storage import waits_for_first_consumer
 from cdi.units import format_quantity, parse_size
 
@@ -403,8 +417,8 @@ class CloneReconciler:
         if digest and expected and digest != expected:
             message = f"the clone's volume digest {digest} differs from the source's {expected}"
             if sourceref.resolved_via(dv) == "cache":
-                message += (f" (the cached volume {source_ns}/{src.get('name')} changed since it was imported; "
-                            "delete it, or this DataVolume, to import again)")
+                self._skip_stale_cache(dv, target, source, f"{source_ns}/{src.get('name')}", message)
+                raise TemporaryError("the cache volume changed since its import: importing instead", delay=0.2)
             record_on_claim(self.client, target, {ANN_POD_PHASE: "Failed", ANN_IMPORT_REASON: "CloneVerifyFailed",
                                   ANN_IMPORT_MESSAGE: message})
             raise PermanentError("CloneVerifyFailed", message)
@@ -416,6 +430,23 @@ class CloneReconciler:
         self.client.event(dv, reason="CloneMethod", message=f"Cloned with {method} copy "
                                                            f"in {result.get('seconds', '?')} s")
         log.info("%s clone succeeded method=%s digest=%s", ctx, method, digest)
+
+    def _skip_stale_cache(self, dv: Obj, target: Obj, source: Obj | None, name: str, why: str) -> None:
+        """A cache volume written since its import (a VM booted from it): never offer it again, drop
+        the clone's claim, and let the DataVolume import from the registry instead."""
+        if source is not None:
+            record_on_claim(self.client, source, {ANN_CACHE_STALE: why})
+        meta = dv["metadata"]
+        message = (f"the cache volume {name} changed since it was imported and was skipped ({why}); "
+                   "importing again (from the registry, or from another, unchanged cache volume)")
+        log.warning("[%s/%s] %s", meta["namespace"], meta["name"], message)
+        self.client.event(dv, reason="ImportFromCacheSkipped", message=message, type="Warning")
+        self.client.patch(DATAVOLUME, meta["namespace"], meta["name"],
+                          {"metadata": {"annotations": {ANN_CACHED_FROM: None}}})
+        try:
+            self.client.delete(PVC, meta["namespace"], target["metadata"]["name"])
+        except NotFound:
+            pass
 
     def _succeeded(self, dv: Obj, target: Obj, status: Obj) -> None:
         mark_succeeded(status)

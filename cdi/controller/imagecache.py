@@ -12,10 +12,16 @@ Conservative on purpose. A cached volume must be: the claim of a Succeeded DataV
 (``cdi.kubevirt.io/storage.import.sourceDigest``), with its success and volume digest recorded on the claim, not being
 deleted, of content type kubevirt, and of the new volume's size: the clone's volume digest must then
 equal the one recorded when the cached volume was imported, so a cached volume changed since (written by
-a pod) fails the clone (``CloneVerifyFailed``) instead of passing for the image. Only the DataVolume's own
+a pod) is never passed off as the image: the clone's claim is dropped, the volume is marked
+``cdi.kubevirt.io/storage.import.cacheStale`` (never offered again) and the DataVolume imports from the
+registry (event ``ImportFromCacheSkipped``). Only the DataVolume's own
 namespace is searched, so the cache never lets anyone read what they could not clone anyway. The
 decision is made once, before the target claim exists; afterwards the claim (made by the clone
 reconciler, naming its source) says whether this DataVolume is a cache clone.
+
+The key is the digest *and* the platform: a multi-arch tag's digest names its index, and the importer
+picks one image of it (this machine's architecture, or ``source.registry.platform.architecture``), so
+a volume imported for amd64 never serves a DataVolume asking for arm64 of the same index.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import logging
 from cdi.controller.clone import ANN_CLONE_OF, claim_size
 from cdi.controller.registry_access import pinned_digest, tag_digest
 from cdi.controller.resources import (
+    ANN_CACHE_STALE,
+    ANN_CACHED_FROM,
     ANN_DIGEST,
     ANN_POD_PHASE,
     ANN_SOURCE_DIGEST,
@@ -32,19 +40,24 @@ from cdi.controller.resources import (
     build_pvc,
     requested_size,
 )
-from cdi.kube import DATAVOLUME, PVC, ApiError, Client, Obj
+from cdi.kube import DATAVOLUME, PVC, ApiError, Client, Obj, TemporaryError
 from cdi.units import parse_size
 from importer.errors import Error as RegistryFailure
+from importer.oci_ref import host_platform
 
 log = logging.getLogger(__name__)
 
-ANN_CACHED_FROM = "cdi.kubevirt.io/storage.import.cachedFrom"
 REASON = "ImportFromCache"
 
 
 def registry_source(dv: Obj) -> Obj | None:
     reg = ((dv.get("spec") or {}).get("source") or {}).get("registry")
     return reg if isinstance(reg, dict) and reg.get("url") else None
+
+
+def platform_of(registry: Obj) -> str:
+    """The architecture the importer picks from an index for this source (this machine's by default)."""
+    return str((registry.get("platform") or {}).get("architecture") or host_platform()[1])
 
 
 def _owned_by(obj: Obj, uid: str) -> bool:
@@ -63,6 +76,10 @@ class ImageCache:
         if registry is None or (dv["spec"].get("contentType") or "kubevirt") != "kubevirt":
             return None
         claim = self.client.find(PVC, meta["namespace"], meta["name"])
+        if claim is not None and claim["metadata"].get("deletionTimestamp") and \
+                ANN_CLONE_OF in (claim["metadata"].get("annotations") or {}):
+            raise TemporaryError("the clone of a cache volume that changed since its import is being removed "
+                                 "before importing from the registry")
         if claim is not None:
             made_from = (claim["metadata"].get("annotations") or {}).get(ANN_CLONE_OF, "")
             if _owned_by(claim, meta["uid"]) and made_from.startswith(meta["namespace"] + "/"):
@@ -94,6 +111,7 @@ class ImageCache:
     def _find(self, dv: Obj, digest: str) -> str | None:
         meta = dv["metadata"]
         target = self._target_size(dv)
+        arch = platform_of(registry_source(dv) or {})
         candidates, _ = self.client.list(DATAVOLUME, meta["namespace"])
         for cand in sorted(candidates, key=lambda d: str(d["metadata"]["name"])):
             cmeta = cand["metadata"]
@@ -106,11 +124,13 @@ class ImageCache:
             if pvc is None or pvc["metadata"].get("deletionTimestamp") or not _owned_by(pvc, cmeta["uid"]):
                 continue
             ann = pvc["metadata"].get("annotations") or {}
-            if ann.get(ANN_POD_PHASE) != "Succeeded" or not ann.get(ANN_DIGEST):
+            if ann.get(ANN_POD_PHASE) != "Succeeded" or not ann.get(ANN_DIGEST) or ann.get(ANN_CACHE_STALE):
                 continue
             # What was imported: the digest its (immutable) URL pins, or the one its importer verified.
             if digest not in (pinned_digest(str(reg["url"])), ann.get(ANN_SOURCE_DIGEST)):
                 continue
+            if platform_of(reg) != arch:
+                continue  # the same index, another of its images
             if target is not None and claim_size(pvc) != target:
                 continue  # same size only: then the clone's digest must equal the one recorded at import
             return str(cmeta["name"])

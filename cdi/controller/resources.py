@@ -25,6 +25,8 @@ ANN_DIGEST = "cdi.kubevirt.io/storage.import.volumeDigest"
 ANN_SOURCE_CHECKSUM = "cdi.kubevirt.io/storage.import.sourceChecksum"
 # the manifest digest of the registry image imported (an index's own digest for a multi-arch image)
 ANN_SOURCE_DIGEST = "cdi.kubevirt.io/storage.import.sourceDigest"
+ANN_CACHED_FROM = "cdi.kubevirt.io/storage.import.cachedFrom"  # on a DataVolume served by the image cache
+ANN_CACHE_STALE = "cdi.kubevirt.io/storage.import.cacheStale"  # written since import: not a cache entry
 ANN_IMPORT_MESSAGE = "cdi.kubevirt.io/storage.condition.running.message"
 ANN_IMPORT_REASON = "cdi.kubevirt.io/storage.condition.running.reason"
 ANN_RETAIN_POD = "cdi.kubevirt.io/storage.pod.retainAfterCompletion"

@@ -3,16 +3,18 @@
 KubeVirt's containerDisk layout puts the VM disk as the one file under ``/disk/`` of the image. This
 source resolves the image (``importer.oci``), then looks for that file from the last layer back to the
 first: the last layer that holds one wins, and a whiteout (``disk/.wh.NAME``, ``.wh.disk``, or the
-opaque marker ``disk/.wh..wh..opq``) in a later layer hides what earlier layers hold. Only the layers from the last
-one down to the disk's own are read; earlier layers are never fetched.
+opaque marker ``disk/.wh..wh..opq``, or ``.wh..wh..opq`` at the root) in a later layer hides what
+earlier layers hold, as does a later ``disk/NAME`` directory (or a ``/disk`` that is no directory).
+Only the layers from the last one down to the disk's own are read; earlier layers are never fetched.
 
 The disk's bytes come straight out of the layer as it streams (gzip, zstd or uncompressed tar): no
 layer and no image is written to scratch. The layer's sha256 is proven before the end of the disk is
 reported: the rest of the layer is read (a second disk file there is refused, as CDI refuses two files
 under /disk/) and hashed, so a tampered layer fails with a digest mismatch before the volume is
-finished. An uncompressed layer is also read at random with blob ``Range`` requests
-(``capabilities.random_access``), so a qcow2 converts with no scratch; the whole blob is then read once
-more in order to prove its digest (``capabilities.verify``), before the volume counts as complete.
+finished. A layer is never read at random (blob ``Range`` requests for qemu-img): those bytes would
+reach the volume before any digest covered them, and a second, in-order read proves only that the
+registry can send the right bytes once, not that it sent them to qemu-img. A qcow2 converts as it
+streams (``importer.qcow2_stream``) out of the one verified read, whatever the layer's compression.
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ import posixpath
 import tarfile
 from typing import Any, cast
 
-import httpx
-
 from importer import formats, oci
 from importer.archive import open_stream
-from importer.errors import FormatError, NetworkError, SourceError
+from importer.errors import FormatError, SourceError
 from importer.http_options import HttpOptions
-from importer.sources import Capabilities
+from importer.sources import Capabilities, RangeReader
 from importer.stream import CHUNK, Peekable, Reader, open_decompressor
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ class RegistrySource:
         self.ref = oci.Reference.parse(url)
         self.client = oci.Client(self.ref, oci.Credentials(
             username=opts.user, password=opts.password, ca_file=opts.ca_file, insecure=opts.insecure,
-            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff, architecture=opts.architecture))
+            timeout=opts.timeout, retries=opts.retries, backoff=opts.backoff, architecture=opts.architecture,
+            speed_limit=opts.speed_limit, speed_time=opts.speed_time, max_stalled_retries=opts.max_stalled_retries))
         self.capabilities = Capabilities()
         self.image: oci.Image | None = None
         self.disk_name: str | None = None
@@ -130,7 +131,6 @@ class RegistrySource:
         self._layer: _Layer | None = None
         self._member: tarfile.TarInfo | None = None
         self._file: Any = None
-        self._disk_layer: dict[str, Any] | None = None
         self._done = False
 
     # -- opening: find the disk ----------------------------------------------------------------
@@ -172,8 +172,8 @@ class RegistrySource:
         while (member := layer.next()) is not None:
             name = _normalise(member.name)
             parent, base = posixpath.split(name)
-            if name == ".wh." + DISK_DIR:  # the whole /disk/ of lower layers deleted
-                opaque = True
+            if name in (".wh." + DISK_DIR, OPAQUE) or (name == DISK_DIR and not member.isdir()):
+                opaque = True  # /disk/ of lower layers deleted, the root made opaque, or /disk a file now
                 continue
             if parent != DISK_DIR:
                 continue
@@ -183,7 +183,10 @@ class RegistrySource:
             if base.startswith(".wh."):
                 whiteouts.add(posixpath.join(DISK_DIR, base[4:]))
                 continue
-            if name in hidden or member.isdir():
+            if name in hidden:
+                continue
+            if member.isdir():  # disk/NAME is a directory here: a lower layer's file of that name is gone
+                whiteouts.add(name)
                 continue
             if not member.isfile():
                 raise NoDisk(f"{name} in the image {self.ref} is not a regular file ({_kind(member)}): the disk "
@@ -194,15 +197,14 @@ class RegistrySource:
 
     def _start(self, layer: _Layer, member: tarfile.TarInfo) -> None:
         self._layer, self._member = layer, member
-        self._disk_layer = layer.desc  # kept after close(): random reads and the proof come later
         self.disk_name = _normalise(member.name)
         self._file = layer.tar.extractfile(member)
-        random = not layer.compressed and not member.issparse()
         log.info("disk found name=%s size=%d layer=%s compressed=%s", self.disk_name, member.size,
                  layer.desc["digest"], layer.compressed)
         assert self.image is not None
-        self.capabilities = Capabilities(size=member.size, resumable=False, random_access=random,
-                                         verify=self._verify_blob if random else None, digest=self.image.digest)
+        # random_access stays False: every byte written must have passed the layer's digest check
+        self.capabilities = Capabilities(size=member.size, resumable=False, random_access=False,
+                                         digest=self.image.digest)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -234,6 +236,10 @@ class RegistrySource:
             parent, base = posixpath.split(name)
             if parent == DISK_DIR and member.isfile() and not base.startswith(".wh."):
                 others.append(name)
+        if others and set(others) == {self.disk_name}:
+            raise NoDisk(f"the layer {layer.desc['digest']} of the image {self.ref} holds {self.disk_name} "
+                         f"{len(others) + 1} times (the same tar entry repeated): rebuild the image with the "
+                         "disk added once")
         if others:
             raise NoDisk(f"image directory contains more than one file ({', '.join([self.disk_name or '', *others])}) "
                          f"in the image {self.ref}: a containerDisk holds exactly one disk under /disk/")
@@ -250,76 +256,14 @@ class RegistrySource:
     def validator(self) -> str | None:
         return None  # an import from a registry is not continued across runs (blobs resume within one)
 
-    # -- random access -------------------------------------------------------------------------
-
-    def range_reader(self) -> BlobRangeReader:
-        assert self._disk_layer is not None and self._member is not None
-        return BlobRangeReader(self.client.clone(), self._disk_layer["digest"], self._member.offset_data,
-                               self._member.size)
-
-    def _verify_blob(self) -> None:
-        """After random reads: read the layer once, in order, to prove its digest."""
-        assert self._disk_layer is not None
-        client = self.client.clone()
-        blob = client.blob(self._disk_layer)
-        try:
-            buf = bytearray(CHUNK)
-            while blob.readinto(buf):
-                pass
-        finally:
-            blob.close()
-            client.close()
-        log.info("layer digest verified after random reads digest=%s", self._disk_layer["digest"])
+    def range_reader(self) -> RangeReader:
+        """Never offered (``random_access`` is False): ranged bytes would bypass the layer's digest."""
+        raise SourceError("a registry layer is read only in order, through its digest check")
 
     def close(self) -> None:
         if self._layer is not None:
             self._layer.close()
             self._layer = None
-        self.client.close()
-
-
-class BlobRangeReader:
-    """Random reads of the disk file inside an uncompressed layer: ``Range`` requests at ``base`` +
-    offset of the blob (a blob never changes: its digest names it); a cut read continues."""
-
-    def __init__(self, client: oci.Client, digest: str, base: int, size: int) -> None:
-        self.client = client
-        self.digest = digest
-        self.base = base
-        self.size = size
-        self.resumes = 0
-        self.received = 0
-
-    def pread(self, view: memoryview, offset: int) -> None:
-        if offset + len(view) > self.size:
-            raise SourceError(f"read past the end of the disk ({offset + len(view)} > {self.size})")
-        got = 0
-        failures = 0
-        while got < len(view):
-            first = self.base + offset + got
-            resp = self.client.blob_range(self.digest, first, self.base + offset + len(view) - 1)
-            try:
-                for chunk in resp.iter_raw():
-                    n = min(len(chunk), len(view) - got)
-                    view[got:got + n] = chunk[:n]
-                    got += n
-                    self.received += n
-            except (httpx.TransportError, httpx.StreamError) as e:
-                failures += 1
-                self.resumes += 1
-                if failures > self.client.creds.retries:
-                    raise NetworkError(f"range reads of layer {self.digest} keep failing: {e}") from e
-                log.warning("registry range read interrupted at=%d error=%s", offset + got, e)
-                continue
-            finally:
-                resp.close()
-            if got < len(view):  # the answer ended early without an error: ask again for the rest
-                failures += 1
-                self.resumes += 1
-                if failures > self.client.creds.retries:
-                    raise NetworkError(f"range reads of layer {self.digest} keep ending early at byte {offset + got}")
-
-    def close(self) -> None:
         self.client.close()
 
 

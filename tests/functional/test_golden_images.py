@@ -35,7 +35,7 @@ from tests.functional.apiserver_fixtures import Cluster, start_cluster
 from tests.functional.test_node_fixtures import TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
-from tests.support.registry import Registry, container_disk, push_new_image
+from tests.support.registry import Registry, container_disk, host_arch, push_new_image
 
 NS = "default"
 
@@ -429,9 +429,20 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
     env.client.create(DATAVOLUME, registry_dv("after-tamper", "cache", pinned))
     until("refused", lambda: phase_of(env, "after-tamper", "cache") in ("Succeeded", "Failed"), timeout=60)
     dv = env.client.get(DATAVOLUME, "cache", "after-tamper")
-    running = next(c for c in dv["status"]["conditions"] if c["type"] == "Running")
-    assert dv["status"]["phase"] == "Failed" and running["reason"] == "CloneVerifyFailed", dv["status"]
-    assert "the cached volume cache/first changed since it was imported" in running["message"]
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]  # imported from the registry instead
+    skipped = [e["message"] for e in env.events("after-tamper", "cache") if e["reason"] == "ImportFromCacheSkipped"]
+    assert len(skipped) == 1 and "the cache volume cache/first changed since it was imported" in skipped[0], skipped
+    data, raw = env.volume("after-tamper", "cache").read_bytes(), env.raw.read_bytes()
+    assert data[:len(raw)] == raw and not data[len(raw):].strip(b"\0")  # the image, not the changed volume
+    assert env.client.get(PVC, "cache", "first")["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.cacheStale"]
+    # (another, unchanged copy of the image, a cache clone made earlier, may serve it instead)
+    assert dv["metadata"].get("annotations", {}).get("cdi.kubevirt.io/storage.import.cachedFrom") != "cache/first"
+    # the changed volume is no longer offered: the next DataVolume of the image is served by the new import
+    env.client.create(DATAVOLUME, registry_dv("after-skip", "cache", pinned))
+    until("after-skip done", lambda: phase_of(env, "after-skip", "cache") in ("Succeeded", "Failed"), timeout=60)
+    reasons = {e["message"] for e in env.events("after-skip", "cache") if e["reason"] == "ImportFromCache"}
+    assert len(reasons) == 1 and "cache/first" not in reasons.pop()
+    assert "ImportFromCacheSkipped" not in {e["reason"] for e in env.events("after-skip", "cache")}
 
     # conservative: a volume of another size than the cached one, and another namespace, import for themselves
     env.client.create(DATAVOLUME, registry_dv("smaller", "cache", pinned, size="7Mi"))
@@ -441,6 +452,29 @@ def test_a_digest_already_imported_is_served_by_cloning_its_volume(env: Env, reg
         assert phase_of(env, name, ns) == "Succeeded"
         reasons = {e["reason"] for e in env.events(name, ns)}
         assert "ImportFromCache" not in reasons and "CloneSucceeded" not in reasons, reasons
+
+
+def test_the_cache_serves_only_the_platform_that_was_imported(env: Env, reg: Registry, tmp_path: Path) -> None:
+    env.kubectl("create", "namespace", "arches")
+    other = "arm64" if host_arch() != "arm64" else "s390x"
+    digest = reg.push(container_disk(tmp_path / "multi", env.raw, arches=(host_arch(), other)), "arches/disk")
+    env.client.create(DATAVOLUME, registry_dv("native", "arches", reg.url("arches/disk", digest)))
+    until("the first import", lambda: phase_of(env, "native", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "native", "arches") == "Succeeded"
+    foreign = registry_dv("foreign", "arches", reg.url("arches/disk", digest))
+    foreign["spec"]["source"]["registry"]["platform"] = {"architecture": other}
+    env.client.create(DATAVOLUME, foreign)
+    until("the other platform", lambda: phase_of(env, "foreign", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert phase_of(env, "foreign", "arches") == "Succeeded"
+    assert "ImportFromCache" not in {e["reason"] for e in env.events("foreign", "arches")}
+    assert env.volume("foreign", "arches").read_bytes()[:64].startswith(f"not the {host_arch()} disk: {other}".encode())
+    # the same platform, named explicitly, is the cached one
+    same = registry_dv("same", "arches", reg.url("arches/disk", digest))
+    same["spec"]["source"]["registry"]["platform"] = {"architecture": host_arch()}
+    env.client.create(DATAVOLUME, same)
+    until("same platform", lambda: phase_of(env, "same", "arches") in ("Succeeded", "Failed"), timeout=60)
+    assert "ImportFromCache" in {e["reason"] for e in env.events("same", "arches")}
+    assert volume_digest(str(env.volume("same", "arches"))) == volume_digest(str(env.volume("native", "arches")))
 
 
 def test_dataimportcron_failures_ownership_and_retention(env: Env, reg: Registry, tmp_path: Path) -> None:

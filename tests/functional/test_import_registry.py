@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from importer import oci
+from importer.errors import Stalled
 from importer.http_options import HttpOptions
 from importer.pipeline import ImportJob, run_import
 from importer.sources.registry import NoDisk
@@ -48,14 +49,13 @@ def test_disk_streams_out_of_its_layer(image_factory, registry: Registry, tmp_pa
     assert result.source_digest == digest
 
 
-def test_uncompressed_layer_converts_qcow2_at_random_without_scratch(image_factory, registry: Registry,
-                                                                      tmp_path) -> None:
+def test_uncompressed_layer_converts_qcow2_as_it_streams_without_scratch(image_factory, registry: Registry,
+                                                                        tmp_path) -> None:
     layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), compression=None)
     registry.push_layout_http(layout, "disks/plain", "v1", src_tag="latest")  # skopeo would gzip the layer on its way
     out = tmp_path / "out.img"
     result = run_import(_job(registry.url("disks/plain", "v1"), out, insecure=True))
-    assert result.scratch_bytes == 0
-    assert "convert" in result.phases
+    assert result.scratch_bytes == 0  # a qemu-img-written qcow2 streams in order: no scratch, no Range reads
     assert images.same_content(out, image_factory.raw)
 
 
@@ -95,7 +95,9 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     layout.tag(layout.image([old, new, layout.layer({"disk/.wh..wh..opq": None})]), "opaque")
     layout.tag(layout.image([old, new, layout.layer({".wh.disk": None})]), "nodiskdir")
     layout.tag(layout.image([other]), "nodisk")
-    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk"):
+    layout.tag(layout.image([old, new, layout.layer({".wh..wh..opq": None})]), "rootopaque")
+    layout.tag(layout.image([old, new, layout.layer({"disk/": None, "disk/new.qcow2/": None})]), "nowadir")
+    for tag in ("two", "whiteout", "opaque", "nodiskdir", "nodisk", "rootopaque", "nowadir"):
         registry.push(layout, "disks/layers", tag)
     out = tmp_path / "out.img"
     run_import(_job(registry.url("disks/layers", "two"), out, insecure=True))
@@ -104,7 +106,10 @@ def test_last_layer_with_a_disk_wins_and_whiteouts_hide(image_factory, registry:
     run_import(_job(registry.url("disks/layers", "whiteout"), out, insecure=True))
     assert out.read_bytes()[:8] == b"old disk"  # the newer disk was deleted by the last layer
     out.unlink()
-    for tag in ("opaque", "nodiskdir", "nodisk"):
+    run_import(_job(registry.url("disks/layers", "nowadir"), out, insecure=True))
+    assert out.read_bytes()[:8] == b"old disk"  # disk/new.qcow2 became a directory: the file is gone
+    out.unlink()
+    for tag in ("opaque", "nodiskdir", "nodisk", "rootopaque"):
         with pytest.raises(NoDisk, match="Failed to find VM disk image file in the container image"):
             run_import(_job(registry.url("disks/layers", tag), out, insecure=True))
         assert not out.exists()
@@ -120,10 +125,20 @@ def test_two_disks_in_one_layer_are_refused(registry: Registry, tmp_path) -> Non
     assert not out.exists()
 
 
+def test_one_disk_entry_repeated_is_refused_saying_so(registry: Registry, tmp_path) -> None:
+    layout = OciLayout(tmp_path / "layout")
+    layout.tag(layout.image([layout.layer({"disk/disk.img": b"a" * 4096, "./disk/disk.img": b"b" * 4096})]), "v1")
+    registry.push(layout, "disks/repeated", "v1")
+    out = tmp_path / "out.img"
+    with pytest.raises(NoDisk, match=r"holds disk/disk.img 2 times \(the same tar entry repeated\): rebuild"):
+        run_import(_job(registry.url("disks/repeated", "v1"), out, insecure=True))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("compression", "how"), [("gzip", "recompressed"), ("gzip", "flipped"), (None, "flipped")])
 def test_tampered_layer_fails_with_digest_mismatch(image_factory, registry: Registry, tmp_path, compression,
                                                    how) -> None:
-    fmt = "raw" if compression else "qcow2"  # qcow2 in a plain layer: the random-access path
+    fmt = "raw" if compression else "qcow2"  # qcow2 in a plain layer: converted as it streams
     name = f"{how}.img"  # a layer of its own (the registry stores each blob once)
     layout = container_disk(tmp_path / "layout", image_factory.get(fmt), compression=compression, name=name)
     repo = f"disks/tampered-{compression or 'plain'}-{how}"
@@ -243,3 +258,116 @@ def test_tampered_manifest_fails_with_digest_mismatch(image_factory, registry: R
     with pytest.raises(oci.DigestMismatch, match=f"not {digest} as asked"):
         run_import(_job(registry.url("disks/tampered-manifest", digest), out, insecure=True))
     assert not out.exists()
+
+
+class _FlippingProxy:
+    """An HTTP proxy before the registry that flips one byte in the middle of blob answers: only in
+    answers to ``Range`` requests (``ranged=True``) or only in full answers. With ``trickle``, it flips
+    nothing but sends the first ``trickle`` blob answers' first third at once (none of a ranged
+    answer), then one byte every 0.2 s on the same connection."""
+
+    def __init__(self, registry: Registry, *, ranged: bool = False, trickle: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import httpx
+
+        upstream = httpx.Client(base_url=registry.base.replace("docker://", "http://"))
+        proxy = self
+        self.flipped = 0
+        self.trickle = trickle
+        self.stopped = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self, body: bool) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                resp = upstream.request(self.command, self.path, headers=headers)
+                data = bytearray(resp.content)
+                slow = body and "/blobs/" in self.path and proxy.trickle > 0
+                if slow:
+                    proxy.trickle -= 1
+                elif (body and "/blobs/" in self.path and len(data) > 4096
+                        and ("range" in {k.lower() for k in headers}) == ranged):
+                    data[len(data) // 2] ^= 0xFF
+                    proxy.flipped += 1
+                self.send_response(resp.status_code)
+                for k, v in resp.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data) if body else resp.headers.get("content-length", 0)))
+                self.end_headers()
+                if slow:
+                    third = 0 if "range" in {k.lower() for k in headers} else len(data) // 3
+                    self.wfile.write(bytes(data[:third]))
+                    self.wfile.flush()
+                    for i in range(third, len(data)):
+                        if proxy.stopped.wait(0.2):
+                            return
+                        self.wfile.write(bytes(data[i:i + 1]))
+                        self.wfile.flush()
+                elif body:
+                    self.wfile.write(bytes(data))
+
+            def do_GET(self) -> None:
+                self._forward(True)
+
+            def do_HEAD(self) -> None:
+                self._forward(False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._upstream = upstream
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FlippingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._upstream.close()
+
+
+@pytest.mark.parametrize("ranged", [True, False], ids=["ranged-answers-altered", "full-answers-altered"])
+def test_qcow2_in_a_plain_layer_never_takes_unverified_bytes(image_factory, registry: Registry, tmp_path,
+                                                             ranged) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("qcow2"), compression=None, name="flip.img")
+    registry.push_layout_http(layout, "disks/flip", "v1", src_tag="latest")
+    out = tmp_path / "out.img"
+    with _FlippingProxy(registry, ranged=ranged) as proxy:
+        url = f"docker://127.0.0.1:{proxy.port}/disks/flip:v1"
+        if ranged:  # nothing is read with ranges: every byte of the volume passed the layer's digest
+            run_import(_job(url, out, insecure=True))
+            assert proxy.flipped == 0
+            assert images.same_content(out, image_factory.raw)
+        else:
+            with pytest.raises(oci.DigestMismatch, match="layer digest mismatch"):
+                run_import(_job(url, out, insecure=True))
+            assert proxy.flipped >= 1
+            assert not out.exists()
+
+
+def test_a_trickling_registry_is_a_stall_not_a_hang(image_factory, registry: Registry, tmp_path) -> None:
+    layout = container_disk(tmp_path / "layout", image_factory.get("raw"), name="trickle.img")
+    registry.push(layout, "disks/trickle", "v1", src_tag="latest")
+    limits = {"speed_limit": 64 << 10, "speed_time": 1.0}
+    # the first answer trickles after a third: dropped after a second, continued with a range
+    with _FlippingProxy(registry, trickle=1) as proxy:
+        out = tmp_path / "out.img"
+        result = run_import(_job(f"docker://127.0.0.1:{proxy.port}/disks/trickle:v1", out, insecure=True, **limits))
+    assert result.resumes >= 1
+    assert images.same_content(out, image_factory.raw)
+    # every answer trickles: Stalled after max_stalled_retries, in seconds rather than never
+    with _FlippingProxy(registry, trickle=100) as proxy:
+        out2 = tmp_path / "out2.img"
+        with pytest.raises(Stalled, match="the registry stalled: less than 65536 bytes/s for 1s"):
+            run_import(_job(f"docker://127.0.0.1:{proxy.port}/disks/trickle:v1", out2, insecure=True,
+                            max_stalled_retries=1, **limits))
+    assert not out2.exists()
