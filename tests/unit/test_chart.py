@@ -310,6 +310,13 @@ def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
         template(namespace="default")
     with pytest.raises(RuntimeError, match="controller.replicas > 1 needs controller.leaderElection.enabled"):
         template({"controller": {"leaderElection": {"enabled": False}}}, tmp=tmp_path)
+    with pytest.raises(RuntimeError, match="controller.replicas: Must be greater than or equal to 1"):
+        template({"controller": {"replicas": 0}}, tmp=tmp_path)  # nothing would reconcile
+    with pytest.raises(RuntimeError, match="webhook.replicas: 0 with webhook.failurePolicy: Fail refuses every "
+                                           "DataVolume write"):
+        template({"webhook": {"replicas": 0}}, tmp=tmp_path)
+    docs = template({"webhook": {"replicas": 0, "failurePolicy": "Ignore"}}, tmp=tmp_path)
+    assert find(docs, "Deployment", "cdi-webhook")["spec"]["replicas"] == 0
 
 
 def test_the_charts_token_key_signs_and_checks_upload_and_clone_tokens(default_docs: list[dict]) -> None:
