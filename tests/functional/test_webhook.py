@@ -234,6 +234,16 @@ def test_unserved_kind_is_allowed_with_a_warning(http: httpx.Client) -> None:
                                     "check the webhook configuration's rules"]
 
 
+@pytest.mark.parametrize("depth", [2000, 20000])
+def test_a_deeply_nested_body_is_a_bad_request_as_in_the_embedded_server(http: httpx.Client, depth: int) -> None:
+    body = review("CREATE", stored(datavolume("deep")))
+    text = json.dumps(body)
+    nested = text[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+    resp = http.post("/validate", content=nested.encode(), headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["kind"] == "Status" and "exceeded max depth" in resp.json()["message"]
+
+
 @pytest.mark.parametrize(("body", "message"), [
     (b"{not json", "Expecting property name enclosed in double quotes"),
     (b'{"apiVersion": "v1", "kind": "Pod"}', "the body must be an AdmissionReview"),
