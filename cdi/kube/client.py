@@ -169,9 +169,14 @@ class Client:
 
     def whoami(self) -> str:
         """The user the API server sees (SelfSubjectReview, which every authenticated user may create)."""
+        return str(self.user_info().get("username") or "")
+
+    def user_info(self) -> Obj:
+        """The userInfo (username, groups, ...) the API server sees, from a SelfSubjectReview."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body)
-        return str(((review.get("status") or {}).get("userInfo") or {}).get("username") or "")
+        info: Obj = (review.get("status") or {}).get("userInfo") or {}
+        return info
 
     # -- CRUD --------------------------------------------------------------------------------------
 
