@@ -326,3 +326,12 @@ def test_the_charts_token_key_signs_and_checks_upload_and_clone_tokens(default_d
     token = clonetoken.issue(Signer(key), "src", "golden", "dst", "copy")
     assert clonetoken.TokenCheck(pem).check(token, "src", "golden", "dst", "copy") is None  # the controller's view
     assert Validator(public_key_pem(pem)).validate(Signer(key).upload_token("dst", "disk")).name == "disk"
+
+
+def test_the_plain_helm_template_command_of_the_readme_renders() -> None:
+    """scripts/setup.sh links Helm as its Makefile does, so its default Kubernetes version meets the
+    chart's kubeVersion and no --kube-version is needed."""
+    proc = subprocess.run([helm(), "template", "cdi", str(CHART), "-n", "cdi"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"{proc.stderr} (a helm built by an older scripts/setup.sh: run it again)"
+    assert any(d and d["kind"] == "Deployment" for d in yaml.safe_load_all(proc.stdout))
