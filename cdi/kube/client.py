@@ -40,7 +40,7 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _TokenFileLoader(InClusterConfigLoader):  # type: ignore[misc]
+class _TokenFileLoader(InClusterConfigLoader):
     """The in-cluster loader, reading the token as client-go does: surrounding whitespace (a trailing
     newline of an editor or ``echo``) is not part of the token, on the first read and on re-reads of a
     rotated token alike."""
@@ -129,7 +129,7 @@ class Client:
             raise from_response(e.status or 0, e.body, str(e.reason)) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApiError(f"cannot reach the API server: {e}") from e
-        except ValueError as e:  # http.client refuses a header; its message quotes the value, a credential
+        except ValueError:  # http.client refuses a header; its message quotes the value, a credential
             raise ApiError("the request was refused before sending: a header (the bearer token of the kubeconfig "
                            "or ServiceAccount?) holds characters HTTP does not allow") from None
         raw = resp.response
