@@ -163,6 +163,15 @@ def test_controller_cluster_role_is_exactly_the_controllers_rules(default_docs: 
     assert role["rules"] == yaml.safe_load((CHART / "files" / "controller-rules.yaml").read_text())
     binding = find(default_docs, "ClusterRoleBinding", "cdi-controller")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cdi-controller", "namespace": "cdi"}]
+    role = find(default_docs, "Role", "cdi-controller")  # the upload signers, in the cdi namespace only
+    assert role["metadata"]["namespace"] == "cdi"
+    assert role["rules"] == yaml.safe_load((CHART / "files" / "controller-namespace-rules.yaml").read_text())
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get"]}]
+    assert find(default_docs, "RoleBinding", "cdi-controller")["subjects"] == binding["subjects"]
+    cluster = {(g, r): set(rule["verbs"]) for rule in find(default_docs, "ClusterRole", "cdi-controller")["rules"]
+               for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("", "namespaces") not in cluster  # the chart makes the namespace
+    assert not cluster[("", "secrets")] & {"list", "watch"}
 
 
 def test_user_roles_aggregate_into_admin_edit_view_with_the_servers_rules(default_docs: list[dict],
