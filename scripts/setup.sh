@@ -73,14 +73,25 @@ fi
 # Helm itself (the chart tests render with `helm template`): no Debian package, so it is built once from
 # the Go module proxy into a cache outside the checkout (about 4-16 min of 2 cores, 108 MB).
 HELM_VERSION=v3.16.4
+# As Helm's Makefile links it: its own version, and as default Kubernetes version the one of the
+# client-go it is built with (v0.31 -> 1.31), so a plain `helm template` meets the chart's kubeVersion
+# (a bare `go install` leaves v3.16 and Kubernetes 1.20).
+HELM_K8S_MAJOR=1
+HELM_K8S_MINOR=31
+HELM_LDFLAGS="-w -s -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  HELM_LDFLAGS="$HELM_LDFLAGS -X $pkg.k8sVersionMajor=$HELM_K8S_MAJOR -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+done
 TOOLS=${CDI_TOOLS_DIR:-$HOME/.cache/cdi-tools}
-if [ ! -x "$TOOLS/helm" ]; then
+if [ "$("$TOOLS/helm" version --template '{{.Version}}' 2>/dev/null)" != "$HELM_VERSION" ]; then
   GO=$(command -v go || echo /usr/local/go/bin/go)
   if [ ! -x "$GO" ]; then
     echo "setup: Go (1.22 or later) is needed to build helm $HELM_VERSION into $TOOLS" >&2
     exit 1
   fi
   echo "setup: building helm $HELM_VERSION into $TOOLS (takes minutes)" >&2
-  mkdir -p "$TOOLS"
-  GOBIN="$TOOLS" GOFLAGS=-mod=mod "$GO" install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mkdir -p "$TOOLS/.helm-build"
+  GOBIN="$TOOLS/.helm-build" GOFLAGS=-mod=mod "$GO" install -ldflags "$HELM_LDFLAGS" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$TOOLS/.helm-build/helm" "$TOOLS/helm"
 fi

@@ -15,6 +15,9 @@ from cdi.api import podprinter
 from cdi.api.registry import Column, Obj, ResourceKind, get_path
 from cdi.units import QuantityError, parse_quantity
 
+VOLUME_MODES = ("Block", "Filesystem")  # the PersistentVolumeMode values kube knows
+
+
 _ACCESS_MODE_SHORT = {
     "ReadWriteOnce": "RWO",
     "ReadOnlyMany": "ROX",
@@ -145,6 +148,10 @@ def _default_pod(obj: Obj) -> None:
 def _validate_pvc(obj: Obj, old: Obj | None) -> list[str]:
     errs = _required(obj, ".spec.accessModes", "spec.accessModes")
     errs += _required(obj, ".spec.resources.requests.storage", "spec.resources[storage]")
+    mode = get_path(obj, ".spec.volumeMode")
+    if mode is not None and mode not in VOLUME_MODES:
+        errs.append(f'spec.volumeMode: Unsupported value: "{mode}": supported values: '
+                    + ", ".join(f'"{m}"' for m in VOLUME_MODES))
     for part in ("requests", "limits"):
         for name, value in (get_path(obj, f".spec.resources.{part}") or {}).items():
             field = f"spec.resources.{part}[{name}]"

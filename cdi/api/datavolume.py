@@ -17,6 +17,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
+from cdi.api.core import VOLUME_MODES
 from cdi.api.dv_schema import datavolume_schema
 from cdi.api.registry import Column, Obj, ResourceKind
 from cdi.units import QuantityError, parse_quantity
@@ -104,7 +105,7 @@ def _validate_target(spec: Obj, infers_size: bool) -> list[str]:
             return [invalid("spec.pvc.accessModes", ", ".join(map(str, modes)), "PVC multiple accessModes")]
         if modes[0] not in ACCESS_MODES:
             return [unsupported("spec.pvc.accessModes[0]", modes[0], ACCESS_MODES)]
-        return []
+        return _validate_volume_mode(pvc, "spec.pvc")
     if not isinstance(storage, dict):
         return [invalid("spec.storage", storage, "must be an object")]
     errs = _validate_size(storage.get("resources"), "spec.storage", "Storage", optional=infers_size)
@@ -113,7 +114,15 @@ def _validate_target(spec: Obj, infers_size: bool) -> list[str]:
     for i, mode in enumerate(storage.get("accessModes") or []):
         if mode not in ACCESS_MODES:
             return [unsupported(f"spec.storage.accessModes[{i}]", mode, ACCESS_MODES)]
-    return []
+    return _validate_volume_mode(storage, "spec.storage")
+
+
+def _validate_volume_mode(spec: Obj, path: str) -> list[str]:
+    """kube's words for a volumeMode it does not know (no PVC could ever be made for the DataVolume)."""
+    mode = spec.get("volumeMode")
+    if mode is None or mode in VOLUME_MODES:
+        return []
+    return [unsupported(f"{path}.volumeMode", mode, VOLUME_MODES)]
 
 
 # What Go's url.Parse refuses anywhere in a URL (CDI validates with it), and the space, which it refuses in

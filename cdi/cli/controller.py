@@ -95,7 +95,7 @@ def run_controller(args: argparse.Namespace) -> int:
         tokens = TokenCheck(Path(args.clone_token_key).read_bytes()) if args.clone_token_key else None
         client = (Client.from_kubeconfig(args.kubeconfig, context=args.context) if args.kubeconfig
                   else Client.in_cluster(args.service_account_dir))
-        user = client.whoami()
+        user = client.user_info()
     except Forbidden as e:
         print(f"cdi controller: error: the API server refused the credentials ({e.status}: {e}); check the "
               f"token of the kubeconfig or the ServiceAccount", file=sys.stderr)
@@ -110,7 +110,13 @@ def run_controller(args: argparse.Namespace) -> int:
     stop, lost = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"cdi controller: API server {client.server} as {user}", file=sys.stderr, flush=True)
+    groups = [str(g) for g in user.get("groups") or []]
+    print(f"cdi controller: API server {client.server} as {user.get('username') or '?'} (groups: "
+          f"{', '.join(groups) or 'none'})", file=sys.stderr, flush=True)
+    if "system:masters" in groups:
+        print("cdi controller: warning: running as a member of system:masters, allowed everything; run it with "
+              "the cdi-controller ServiceAccount's token (README: Cluster mode) so it has only the rules it needs",
+              file=sys.stderr, flush=True)
     elector = None
     if args.leader_elect:
         def lose() -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import datetime
 
-from cdi.controller.permissions import cluster_rules
+from cdi.controller.permissions import cluster_rules, namespace_rules
 from cdi.kube import NAMESPACE, SERVICEACCOUNT, AlreadyExists, Client, Kind, Obj
 
 log = logging.getLogger(__name__)
@@ -25,16 +25,20 @@ ROLE = "cdi-controller"
 CLUSTERROLE = Kind("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False)
 CLUSTERROLEBINDING = Kind("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings",
                           namespaced=False)
+NSROLE = Kind("rbac.authorization.k8s.io", "v1", "Role", "roles")
+ROLEBINDING = Kind("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings")
 TOKEN_SECONDS = 3600
 
 
 def ensure_account(admin: Client, *, rules: list[Obj] | None = None, namespace: str = NAMESPACE_NAME,
                    name: str = ACCOUNT) -> None:
-    """Create (or bring up to date) the namespace, ServiceAccount, ClusterRole and ClusterRoleBinding.
+    """Create (or bring up to date) the namespace, ServiceAccount, ClusterRole and ClusterRoleBinding, and
+    the Role and RoleBinding of the namespace (the upload signers: no Secret of another namespace).
 
     The ClusterRole's rules are replaced by ``rules`` (default: every controller's), so a rule removed
-    from ``permissions.py`` is removed from the role at the next start."""
+    from ``permissions.py`` is removed from the role at the next start; the Role's likewise."""
     role_rules = cluster_rules() if rules is None else rules
+    ns_rules = namespace_rules()
     labels = {"app.kubernetes.io/name": "cdi", "app.kubernetes.io/component": "controller"}
     objects: list[tuple[Kind, Obj]] = [
         (NAMESPACE, {"metadata": {"name": namespace}}),
@@ -43,6 +47,10 @@ def ensure_account(admin: Client, *, rules: list[Obj] | None = None, namespace: 
         (CLUSTERROLEBINDING, {"metadata": {"name": ROLE, "labels": labels},
                               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": ROLE},
                               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+        (NSROLE, {"metadata": {"name": ROLE, "namespace": namespace, "labels": labels}, "rules": ns_rules}),
+        (ROLEBINDING, {"metadata": {"name": ROLE, "namespace": namespace, "labels": labels},
+                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ROLE},
+                       "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
     ]
     for kind, obj in objects:
         try:
@@ -50,6 +58,8 @@ def ensure_account(admin: Client, *, rules: list[Obj] | None = None, namespace: 
         except AlreadyExists:
             if kind is CLUSTERROLE:
                 admin.patch(kind, None, ROLE, {"rules": role_rules})
+            elif kind is NSROLE:
+                admin.patch(kind, namespace, ROLE, {"rules": ns_rules})
     log.info("controller account %s/%s bound to ClusterRole %s rules=%d", namespace, name, ROLE, len(role_rules))
 
 

@@ -50,18 +50,24 @@ DATAVOLUME = (
     rule(CORE, "events", "create", "patch", "list"),      # events (patch: repeated ones; list: restarts)
     rule(STORAGE, "storageclasses", "get", "list"),       # WaitForFirstConsumer (cdi.kube.storage)
 )
-# The upload controller: upload.py, upload_pod.py, upload_tls.py (signers in the cdi namespace).
+# The upload controller: upload.py, upload_pod.py, upload_tls.py. Cluster-wide only what it writes in
+# the DataVolume's namespace: the upload server's Service and its serving certificate's Secret (created
+# and deleted, never read back). The signers live in the cdi namespace: UPLOAD_SIGNERS, a Role there.
+# The cdi namespace itself is made by the chart or `cdi serve` (ensure_account), not by the controller.
 UPLOAD = (
     rule(CORE, "services", "get", "create", "delete"),    # the upload server's Service
-    rule(CORE, "secrets", "get", "create", "delete"),     # its serving certificate, the signers
-    rule(CORE, "namespaces", "get", "create"),            # the cdi namespace of the signers, if missing
+    rule(CORE, "secrets", "create", "delete"),            # its serving certificate (never read back)
     rule(STORAGE, "storageclasses", "get", "list"),
+)
+# Namespaced (a Role in the cdi namespace): the upload signers (upload_tls.ensure_signers/read_pair).
+UPLOAD_SIGNERS = (
+    rule(CORE, "secrets", "get", "create"),
 )
 # The clone controller: clone.py, clone_source.py, clone_stream.py (pods and secrets in the source namespace).
 CLONE = (
     rule(CORE, "persistentvolumeclaims", "get"),
     rule(CORE, "pods", "list", "delete"),                 # source pods across namespaces, by label
-    rule(CORE, "secrets", "create", "delete"),
+    rule(CORE, "secrets", "create", "delete"),           # the clone's TLS material in the source namespace
     rule(STORAGE, "storageclasses", "get", "list"),
 )
 # The VM runtime: vm.py, vmi.py, vm_manager.py (only when it is enabled).
@@ -84,13 +90,23 @@ GOLDEN = (
     rule(CDI, "datavolumes", *READ, "create", "delete", "patch"),  # imports of a cron, cache hits
     rule(CDI, "cdiconfigs", "get"),                                 # insecureRegistries
     rule(CORE, "persistentvolumeclaims", *READ, "patch", "delete"),  # collected imports
-    rule(CORE, "secrets configmaps", "get"),                        # registry credentials and CA
+    # Cluster-wide get (never list or watch): the template's registry secretRef and certConfigMap,
+    # read in the DataImportCron's own namespace to poll the registry, which can be any namespace a
+    # user makes a cron in. CDI polls from a pod that mounts them instead; until then this is the one
+    # cluster-wide secret read of the controller.
+    rule(CORE, "secrets configmaps", "get"),
     rule(CORE, "events", "create", "patch"),
 )
 # `cdi controller --leader-elect`: the Lease (cdi.kube.leader).
 LEADER_ELECTION = (
     rule(COORDINATION, "leases", "get", "create", "update"),
 )
+
+# Rules granted only in the cdi namespace (Role and RoleBinding ``cdi-controller`` there).
+NAMESPACED: dict[str, tuple[Rule, ...]] = {
+    "upload": UPLOAD_SIGNERS,
+}
+NAMESPACE_RULES_FILE = RULES_FILE.with_name("controller-namespace-rules.yaml")
 
 CONTROLLERS: dict[str, tuple[Rule, ...]] = {
     "datavolume": DATAVOLUME,
@@ -126,25 +142,33 @@ def cluster_rules(controllers: Iterable[str] | None = None) -> list[Obj]:
     return merge(r for n in names for r in CONTROLLERS[n])
 
 
-def render() -> str:
-    """The text of ``charts/cdi/files/controller-rules.yaml``."""
-    header = ("# The ClusterRole rules of the cdi controller, generated from cdi/controller/permissions.py\n"
+def namespace_rules() -> list[Obj]:
+    """The Role rules of the controller in the cdi namespace (the upload signers)."""
+    return merge(r for rules in NAMESPACED.values() for r in rules)
+
+
+def render(*, namespaced: bool = False) -> str:
+    """The text of ``charts/cdi/files/controller-rules.yaml`` (``controller-namespace-rules.yaml``)."""
+    what = "Role (in the cdi namespace)" if namespaced else "ClusterRole"
+    header = (f"# The {what} rules of the cdi controller, generated from cdi/controller/permissions.py\n"
               "# by `python -m cdi.controller.permissions`; do not edit (a test fails when this is stale).\n")
-    return header + yaml.safe_dump(cluster_rules(), sort_keys=False, default_flow_style=False)
+    rules = namespace_rules() if namespaced else cluster_rules()
+    return header + yaml.safe_dump(rules, sort_keys=False, default_flow_style=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the rules file (or, with ``--check``, exit 1 when it is stale)."""
+    """Write the rules files (or, with ``--check``, exit 1 when one is stale)."""
     args = sys.argv[1:] if argv is None else argv
-    text = render()
+    files = {RULES_FILE: render(), NAMESPACE_RULES_FILE: render(namespaced=True)}
     if "--check" in args:
-        stale = not RULES_FILE.exists() or RULES_FILE.read_text() != text
-        if stale:
-            print(f"{RULES_FILE} is stale: run python -m cdi.controller.permissions", file=sys.stderr)
+        stale = [f for f, text in files.items() if not f.exists() or f.read_text() != text]
+        for f in stale:
+            print(f"{f} is stale: run python -m cdi.controller.permissions", file=sys.stderr)
         return 1 if stale else 0
-    RULES_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RULES_FILE.write_text(text)
-    print(f"wrote {RULES_FILE}")
+    for f, text in files.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        print(f"wrote {f}")
     return 0
 
 

@@ -99,6 +99,7 @@ class UploadReconciler:
         self.client = client
         self.settings = settings
         self._signers_ready = False
+        self._tls_made: set[tuple[str, str]] = set()  # upload servers whose certificate Secret this made
 
     # -- the PVC: upload server, Service, Secret ----------------------------------------------------
 
@@ -187,13 +188,17 @@ class UploadReconciler:
 
     def _ensure_tls(self, pvc: Obj) -> None:
         meta = pvc["metadata"]
-        if self.client.find(SECRET, meta["namespace"], upload_name(meta["name"])) is not None:
+        if (meta["namespace"], meta["name"]) in self._tls_made:
             return
         if not self._signers_ready:
             ensure_signers(self.client)
             self._signers_ready = True
         client_ca, _ = read_pair(self.client, CLIENT_SIGNER)
-        self._create(SECRET, build_secret(pvc, read_pair(self.client, SERVER_SIGNER), client_ca), "")
+        try:  # created, never read back: the controller may not read Secrets of the DataVolume's namespace
+            self.client.create(SECRET, build_secret(pvc, read_pair(self.client, SERVER_SIGNER), client_ca))
+        except AlreadyExists:
+            pass
+        self._tls_made.add((meta["namespace"], meta["name"]))
 
     def _create(self, kind: object, obj: Obj, ctx: str) -> Obj:
         meta = obj["metadata"]
@@ -205,6 +210,7 @@ class UploadReconciler:
             return self.client.get(kind, meta["namespace"], meta["name"])  # type: ignore[arg-type]
 
     def _cleanup(self, namespace: str, name: str) -> None:
+        self._tls_made.discard((namespace, name))
         for kind in (POD, SERVICE, SECRET):
             try:
                 self.client.delete(kind, namespace, upload_name(name))

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cdi.kube import NAMESPACE, SECRET, AlreadyExists, Client
+from cdi.kube import SECRET, AlreadyExists, Client, NotFound, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,8 @@ def read_pair(client: Client, name: str) -> tuple[bytes, bytes]:
 
 
 def ensure_signers(client: Client) -> None:
-    """Create the cdi namespace and the two signer Secrets if missing (first writer wins)."""
-    if client.find(NAMESPACE, None, CDI_NAMESPACE) is None:
-        try:
-            client.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CDI_NAMESPACE}})
-        except AlreadyExists:
-            pass
+    """Create the two signer Secrets if missing (first writer wins). The cdi namespace is the chart's or
+    ``cdi serve``'s (the controller may not create namespaces)."""
     for name in (SERVER_SIGNER, CLIENT_SIGNER):
         if client.find(SECRET, CDI_NAMESPACE, name) is not None:
             continue
@@ -105,3 +101,6 @@ def ensure_signers(client: Client) -> None:
             log.info("created upload signer secret=%s/%s", CDI_NAMESPACE, name)
         except AlreadyExists:
             pass
+        except NotFound as e:
+            raise TemporaryError(f"the {CDI_NAMESPACE} namespace of the upload signers does not exist: install the "
+                                 f"chart into it or run cdi serve, which make it ({e})") from e

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import urllib3
@@ -40,6 +40,25 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _TokenFileLoader(InClusterConfigLoader):
+    """The in-cluster loader, reading the token as client-go does: surrounding whitespace (a trailing
+    newline of an editor or ``echo``) is not part of the token, on the first read and on re-reads of a
+    rotated token alike."""
+
+    refresh_period = timedelta(minutes=1)  # how long a read token is used before the file is read again
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._token_refresh_period = self.refresh_period
+
+    def _read_token_file(self) -> None:
+        super()._read_token_file()
+        token = self.token.split(" ", 1)[1].strip()
+        if not token:
+            raise k8s_config.ConfigException("Token file exists but holds only whitespace.")
+        self.token = "bearer " + token
+
+
 class Client:
     """Dict-in, dict-out access to an API server. Thread-safe (one connection pool)."""
 
@@ -61,7 +80,7 @@ class Client:
         kubelet rotates the token) and the API server at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT."""
         configuration = k8s.Configuration()
         try:
-            InClusterConfigLoader(token_filename=os.path.join(account_dir, "token"),
+            _TokenFileLoader(token_filename=os.path.join(account_dir, "token"),
                                   cert_filename=os.path.join(account_dir, "ca.crt"),
                                   environ=os.environ if environ is None else environ).load_and_set(configuration)
         except k8s_config.ConfigException as e:
@@ -80,7 +99,7 @@ class Client:
         configuration.connection_pool_maxsize = base.connection_pool_maxsize
 
         def refresh(conf: k8s.Configuration) -> None:
-            conf.api_key["BearerToken"] = f"Bearer {token()}"
+            conf.api_key["BearerToken"] = f"Bearer {token().strip()}"
 
         refresh(configuration)
         configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
@@ -110,6 +129,9 @@ class Client:
             raise from_response(e.status or 0, e.body, str(e.reason)) from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApiError(f"cannot reach the API server: {e}") from e
+        except ValueError:  # http.client refuses a header; its message quotes the value, a credential
+            raise ApiError("the request was refused before sending: a header (the bearer token of the kubeconfig "
+                           "or ServiceAccount?) holds characters HTTP does not allow") from None
         raw = resp.response
         if resp.status >= 400:
             data = raw.data
@@ -147,9 +169,14 @@ class Client:
 
     def whoami(self) -> str:
         """The user the API server sees (SelfSubjectReview, which every authenticated user may create)."""
+        return str(self.user_info().get("username") or "")
+
+    def user_info(self) -> Obj:
+        """The userInfo (username, groups, ...) the API server sees, from a SelfSubjectReview."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         review = self._call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body)
-        return str(((review.get("status") or {}).get("userInfo") or {}).get("username") or "")
+        info: Obj = (review.get("status") or {}).get("userInfo") or {}
+        return info
 
     # -- CRUD --------------------------------------------------------------------------------------
 

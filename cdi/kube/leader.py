@@ -4,7 +4,8 @@ Each candidate tries to create or take over the Lease; the holder renews it ever
 Another candidate takes over only once it has seen the same Lease record unchanged for
 ``lease_duration`` by its own clock (so clocks of different machines never need to agree), and every
 write carries the resourceVersion it read, so two candidates that race get one winner and one 409.
-A leader that cannot renew within ``renew_deadline`` has lost: ``on_stopped`` runs and the caller must
+A leader that cannot renew within ``renew_deadline`` has lost, and so has a candidate whose election
+loop fails with any error: ``on_stopped`` runs and the caller must
 stop reconciling at once (``cdi controller`` exits, as kube's controllers do, and is restarted).
 """
 
@@ -144,6 +145,17 @@ class LeaderElector:
             return False
 
     def _run(self) -> None:
+        """The election loop; any failure of it ends leadership, as a lost Lease does (a replica that
+        reconciles without renewing would act beside the next leader)."""
+        try:
+            self._campaign()
+        except Exception as e:  # noqa: BLE001 (whatever broke the loop, the Lease is no longer renewed)
+            log.error("leader election failed lease=%s/%s identity=%s: %s: %s", self.config.namespace,
+                      self.config.name, self.config.identity, type(e).__name__, e)
+            self.leading.clear()
+            self.on_stopped()
+
+    def _campaign(self) -> None:
         c = self.config
         while not self._stop.is_set():  # acquire
             if self._attempt():

@@ -8,7 +8,6 @@ kube-apiserver then reports the webhook call as failed (and applies the failureP
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from cdi.api.registry import ResourceKind
+from cdi.apiserver.errors import BadRequest
+from cdi.apiserver.limits import MAX_DEPTH, decode
 from cdi.tlsserver import TlsServer
 from cdi.webhook.review import Check, Reviewer, ReviewError, bad_request
 
@@ -35,10 +36,14 @@ def create_app(kinds: Iterable[ResourceKind], checks: Sequence[Check] = ()) -> F
         if len(body) > MAX_BODY:
             return JSONResponse(bad_request(f"request body larger than {MAX_BODY} bytes"), status_code=400)
         try:
-            review: Any = json.loads(body)
+            review: Any = decode(body, "the AdmissionReview")  # as the embedded server: too deep is a 400
             # the checks may ask the API server (blocking calls): off the event loop
             answer = await run_in_threadpool(reviewer.mutate if mutating else reviewer.validate, review)
-        except (ValueError, ReviewError) as e:  # json.JSONDecodeError is a ValueError
+        except RecursionError:
+            log.warning("bad admission request path=%s error=nested too deeply", request.url.path)
+            return JSONResponse(bad_request(f"the AdmissionReview: exceeded max depth of {MAX_DEPTH}"),
+                                status_code=400)
+        except (BadRequest, ValueError, ReviewError) as e:
             log.warning("bad admission request path=%s error=%s", request.url.path, e)
             return JSONResponse(bad_request(str(e)), status_code=400)
         return JSONResponse(answer)

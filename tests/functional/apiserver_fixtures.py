@@ -75,6 +75,15 @@ def start_cluster(workdir: Path, **settings: object) -> Cluster:
     return Cluster(server, kubeconfig, workdir)
 
 
+def make_cdi_namespace(kubeconfig: Path) -> None:
+    """The cdi namespace, as the chart and `cdi serve` make it (the controllers keep their signers there
+    and may not create namespaces)."""
+    from cdi.kube import NAMESPACE, Client
+
+    Client.from_kubeconfig(str(kubeconfig)).create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                                               "metadata": {"name": "cdi"}})
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = start_cluster(tmp_path_factory.mktemp("apiserver"), watch_history=50)

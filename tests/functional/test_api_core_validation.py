@@ -31,6 +31,19 @@ def test_pvc_sizes_are_checked_at_admission(cluster: Cluster, storage: str, word
     assert "spec.resources.requests[storage]" in err.value.body and re.search(re.escape(words), err.value.body)
 
 
+def test_a_pvc_volume_mode_kube_does_not_know_is_refused(cluster: Cluster) -> None:
+    api = client.CoreV1Api(cluster.api_client())
+    pvc = _pvc("weird", "1Gi")
+    pvc["spec"]["volumeMode"] = "Weird"
+    with pytest.raises(client.ApiException) as err:
+        api.create_namespaced_persistent_volume_claim("default", pvc)
+    assert err.value.status == 422
+    assert 'spec.volumeMode: Unsupported value: \\"Weird\\": supported values: \\"Block\\", \\"Filesystem\\"' \
+        in err.value.body
+    pvc["spec"]["volumeMode"] = "Block"
+    assert api.create_namespaced_persistent_volume_claim("default", pvc).spec.volume_mode == "Block"
+
+
 def test_a_number_for_a_size_is_stored_as_a_quantity(cluster: Cluster) -> None:
     cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", **_pvc("numq", 5)})
     got = cluster.kubectl("get", "pvc", "numq", "-o", "jsonpath={.spec.resources.requests.storage}").stdout

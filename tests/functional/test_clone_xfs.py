@@ -20,7 +20,7 @@ from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
 from cloner.copy import clone
 from importer.digest import volume_digest
-from tests.functional.apiserver_fixtures import start_cluster
+from tests.functional.apiserver_fixtures import make_cdi_namespace, start_cluster
 from tests.functional.test_node_fixtures import TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
@@ -62,6 +62,7 @@ def test_a_datavolume_clone_on_xfs_uses_reflink(xfs: Path, tmp_path: Path) -> No
     (tmp_path / "api").mkdir()
     cluster = start_cluster(tmp_path / "api")
     client = Client.from_kubeconfig(str(cluster.kubeconfig))
+    make_cdi_namespace(cluster.kubeconfig)
     node = LocalNode(client, NodeSettings(data_dir=xfs / "data", restart_backoff=0.2, images=TEST_IMAGES))
     node.start()
     key = ensure_key(tmp_path / "upload-token.key")

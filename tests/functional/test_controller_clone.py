@@ -27,7 +27,7 @@ from cdi.kube import DATAVOLUME, EVENT, POD, PVC, SECRET, Client, NotFound, Obj
 from cdi.node import LocalNode, NodeSettings
 from cdi.uploadtoken import Signer, ensure_key, public_pem
 from importer.digest import volume_digest
-from tests.functional.apiserver_fixtures import Cluster, start_cluster
+from tests.functional.apiserver_fixtures import Cluster, make_cdi_namespace, start_cluster
 from tests.functional.test_node_fixtures import TEST_IMAGE, TEST_IMAGES
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
@@ -103,6 +103,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     cluster = start_cluster(work, users_file=str(work / "users.csv"),
                             service_account_key_file=str(work / "serviceaccount.key"))
     client = Client.from_kubeconfig(str(cluster.kubeconfig))
+    make_cdi_namespace(cluster.kubeconfig)
     node = LocalNode(client, NodeSettings(data_dir=work / "data", restart_backoff=0.2, images=TEST_IMAGES,
                                           max_running_pods=6))
     cluster.server.set_log_provider(node.log_provider)

@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from cdi.clonetoken import TokenCheck
-from cdi.controller.account import ACCOUNT, CLUSTERROLE, NAMESPACE_NAME, ROLE, controller_client, ensure_account
-from cdi.controller.permissions import cluster_rules
+from cdi.controller.account import ACCOUNT, CLUSTERROLE, NAMESPACE_NAME, NSROLE, ROLE, controller_client, ensure_account
+from cdi.controller.permissions import cluster_rules, namespace_rules
 from cdi.controller.resources import ControllerSettings, importer_pod_name
 from cdi.controller.run import Controllers, RunOptions
-from cdi.kube import DATAVOLUME, NODE, POD, PVC, Client, Forbidden, Invalid, NotFound, Obj
+from cdi.kube import DATAVOLUME, NAMESPACE, NODE, POD, PVC, SECRET, Client, Forbidden, Invalid, NotFound, Obj
 from cdi.kube.kinds import STORAGECLASS
 from cdi.kube.storage import ANN_SELECTED_NODE
 from cdi.node.ports import ANN_PORTS
@@ -90,8 +90,21 @@ def test_the_controller_client_is_the_service_account_and_not_an_admin(env: Env)
         env.controller.list(NODE)
 
 
+def test_the_controller_may_not_create_namespaces_nor_list_secrets(env: Env) -> None:
+    with pytest.raises(Forbidden, match="namespaces"):
+        env.controller.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mine"}})
+    env.admin.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "unrelated"}})
+    env.admin.create(SECRET, {"apiVersion": "v1", "kind": "Secret", "stringData": {"password": "x"},
+                              "metadata": {"name": "s", "namespace": "unrelated"}})
+    with pytest.raises(Forbidden, match="secrets"):
+        env.controller.list(SECRET, "unrelated")
+    with pytest.raises(Forbidden, match="secrets"):
+        env.controller.list(SECRET, NAMESPACE_NAME)  # the signers: get and create only, in the cdi namespace
+
+
 def test_import_upload_and_clone_pass_with_exactly_the_charts_rules(env: Env) -> None:
     assert env.admin.get(CLUSTERROLE, None, ROLE)["rules"] == cluster_rules()
+    assert env.admin.get(NSROLE, NAMESPACE_NAME, ROLE)["rules"] == namespace_rules()
     env.dv("imp", {"http": {"url": env.http.url("/disk.raw")}})
     env.dv("up", {"upload": {}})
     dv = env.phase("imp", "Succeeded", "Failed")

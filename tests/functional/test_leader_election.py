@@ -89,3 +89,34 @@ def test_the_api_server_validates_a_lease(client: Client) -> None:
                               "spec": {"holderIdentity": "x", "leaseDurationSeconds": 0}})
     with pytest.raises(ValueError, match="retry-period"):
         LeaseConfig(identity="x", lease_duration=3, renew_deadline=2, retry_period=2).validate()
+
+
+class BreaksAfterLeading(Client):
+    """A client whose requests fail with a non-API error once armed (as a token file the HTTP layer refuses)."""
+
+    armed = False
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        if self.armed:
+            raise ValueError("Invalid header value")
+        return super().find(*args, **kwargs)
+
+
+def test_a_failing_election_loop_ends_leadership(cluster: Cluster) -> None:
+    broken = BreaksAfterLeading(Client.from_kubeconfig(str(cluster.kubeconfig)).api)
+    a = Candidate(broken, "a", "broken")
+    a.elector.start()
+    assert a.started.wait(5)
+    broken.armed = True
+    assert a.stopped.wait(5), "the loop died but the candidate still counts as leading"
+    assert not a.elector.leading.is_set()
+    assert not a.elector._thread.is_alive()
+
+
+def test_a_candidate_whose_loop_fails_before_leading_stops_too(cluster: Cluster) -> None:
+    broken = BreaksAfterLeading(Client.from_kubeconfig(str(cluster.kubeconfig)).api)
+    broken.armed = True
+    a = Candidate(broken, "a", "broken-early")
+    a.elector.start()
+    assert a.stopped.wait(5)
+    assert not a.started.is_set()

@@ -18,7 +18,7 @@ import pytest
 from cdi.kube import EVENT, POD, Client, NotFound, Obj
 from cdi.node import LocalNode, NodeSettings
 from cdi.node.images import WORKER_IMAGES, Image, Program
-from tests.functional.apiserver_fixtures import Cluster, start_cluster
+from tests.functional.apiserver_fixtures import Cluster, make_cdi_namespace, start_cluster
 
 NS = "default"
 # The worker images and one more that runs any python script: the node's image table is our own seam,
@@ -70,6 +70,7 @@ class NodeEnv:
 def make_env(work: Path, **settings: Any) -> NodeEnv:
     cluster = start_cluster(work)
     client = Client.from_kubeconfig(str(cluster.kubeconfig))
+    make_cdi_namespace(cluster.kubeconfig)
     settings.setdefault("restart_backoff", 0.2)
     settings.setdefault("images", TEST_IMAGES)
     node = LocalNode(client, NodeSettings(data_dir=work / "data", **settings))

@@ -154,6 +154,21 @@ def test_invalid_create_is_refused_with_the_embedded_servers_status(http: httpx.
     assert status["message"].startswith('DataVolume.cdi.kubevirt.io "bad" is invalid: spec.')
 
 
+@pytest.mark.parametrize("target", ["storage", "pvc"])
+def test_a_volume_mode_kube_does_not_know_is_refused_by_the_webhook(http: httpx.Client, target: str) -> None:
+    spec = {"volumeMode": "Weird", "resources": {"requests": {"storage": "1Gi"}}}
+    if target == "pvc":
+        spec["accessModes"] = ["ReadWriteOnce"]
+    dv = datavolume("weird")
+    dv["spec"].pop("storage", None)
+    dv["spec"].pop("pvc", None)
+    dv["spec"][target] = spec
+    response = post(http, "/validate", review("CREATE", stored(dv)))
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    assert (f'spec.{target}.volumeMode: Unsupported value: "Weird": supported values: "Block", "Filesystem"'
+            in response["status"]["message"])
+
+
 def test_update_of_an_immutable_spec_is_refused_and_of_labels_allowed(http: httpx.Client) -> None:
     old = stored(datavolume("upd"))
     new = copy.deepcopy(old)
@@ -217,6 +232,16 @@ def test_unserved_kind_is_allowed_with_a_warning(http: httpx.Client) -> None:
     assert response["allowed"] is True
     assert response["warnings"] == ["the cdi webhook does not admit Pod of core/v1; "
                                     "check the webhook configuration's rules"]
+
+
+@pytest.mark.parametrize("depth", [2000, 20000])
+def test_a_deeply_nested_body_is_a_bad_request_as_in_the_embedded_server(http: httpx.Client, depth: int) -> None:
+    body = review("CREATE", stored(datavolume("deep")))
+    text = json.dumps(body)
+    nested = text[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+    resp = http.post("/validate", content=nested.encode(), headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["kind"] == "Status" and "exceeded max depth" in resp.json()["message"]
 
 
 @pytest.mark.parametrize(("body", "message"), [

@@ -156,6 +156,19 @@ def test_valid_specs_pass(spec: dict) -> None:
         (
             {
                 "source": {"http": {"url": "https://x/y"}},
+                "pvc": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Weird",
+                        "resources": {"requests": {"storage": "1Gi"}}},
+            },
+            'spec.pvc.volumeMode: Unsupported value: "Weird": supported values: "Block", "Filesystem"',
+        ),
+        (
+            {"source": {"http": {"url": "https://x/y"}},
+             "storage": {"volumeMode": "Weird", "resources": {"requests": {"storage": "1Gi"}}}},
+            'spec.storage.volumeMode: Unsupported value: "Weird": supported values: "Block", "Filesystem"',
+        ),
+        (
+            {
+                "source": {"http": {"url": "https://x/y"}},
                 "storage": {"resources": {"requests": {"storage": "lots"}}},
             },
             "quantities must match the regular expression",

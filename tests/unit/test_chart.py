@@ -163,6 +163,15 @@ def test_controller_cluster_role_is_exactly_the_controllers_rules(default_docs: 
     assert role["rules"] == yaml.safe_load((CHART / "files" / "controller-rules.yaml").read_text())
     binding = find(default_docs, "ClusterRoleBinding", "cdi-controller")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cdi-controller", "namespace": "cdi"}]
+    role = find(default_docs, "Role", "cdi-controller")  # the upload signers, in the cdi namespace only
+    assert role["metadata"]["namespace"] == "cdi"
+    assert role["rules"] == yaml.safe_load((CHART / "files" / "controller-namespace-rules.yaml").read_text())
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get"]}]
+    assert find(default_docs, "RoleBinding", "cdi-controller")["subjects"] == binding["subjects"]
+    cluster = {(g, r): set(rule["verbs"]) for rule in find(default_docs, "ClusterRole", "cdi-controller")["rules"]
+               for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("", "namespaces") not in cluster  # the chart makes the namespace
+    assert not cluster[("", "secrets")] & {"list", "watch"}
 
 
 def test_user_roles_aggregate_into_admin_edit_view_with_the_servers_rules(default_docs: list[dict],
@@ -310,6 +319,13 @@ def test_refusals_name_what_to_fix(tmp_path: Path) -> None:
         template(namespace="default")
     with pytest.raises(RuntimeError, match="controller.replicas > 1 needs controller.leaderElection.enabled"):
         template({"controller": {"leaderElection": {"enabled": False}}}, tmp=tmp_path)
+    with pytest.raises(RuntimeError, match="controller.replicas: Must be greater than or equal to 1"):
+        template({"controller": {"replicas": 0}}, tmp=tmp_path)  # nothing would reconcile
+    with pytest.raises(RuntimeError, match="webhook.replicas: 0 with webhook.failurePolicy: Fail refuses every "
+                                           "DataVolume write"):
+        template({"webhook": {"replicas": 0}}, tmp=tmp_path)
+    docs = template({"webhook": {"replicas": 0, "failurePolicy": "Ignore"}}, tmp=tmp_path)
+    assert find(docs, "Deployment", "cdi-webhook")["spec"]["replicas"] == 0
 
 
 def test_the_charts_token_key_signs_and_checks_upload_and_clone_tokens(default_docs: list[dict]) -> None:
@@ -319,3 +335,12 @@ def test_the_charts_token_key_signs_and_checks_upload_and_clone_tokens(default_d
     token = clonetoken.issue(Signer(key), "src", "golden", "dst", "copy")
     assert clonetoken.TokenCheck(pem).check(token, "src", "golden", "dst", "copy") is None  # the controller's view
     assert Validator(public_key_pem(pem)).validate(Signer(key).upload_token("dst", "disk")).name == "disk"
+
+
+def test_the_plain_helm_template_command_of_the_readme_renders() -> None:
+    """scripts/setup.sh links Helm as its Makefile does, so its default Kubernetes version meets the
+    chart's kubeVersion and no --kube-version is needed."""
+    proc = subprocess.run([helm(), "template", "cdi", str(CHART), "-n", "cdi"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, f"{proc.stderr} (a helm built by an older scripts/setup.sh: run it again)"
+    assert any(d and d["kind"] == "Deployment" for d in yaml.safe_load_all(proc.stdout))
