@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cdi.api.registry import ResourceKind
 from cdi.apiserver.errors import BadRequest
-from cdi.apiserver.limits import MAX_DEPTH, decode
+from cdi.apiserver.limits import MAX_DEPTH, allow_deep_documents, decode
 from cdi.tlsserver import TlsServer
 from cdi.webhook.review import Check, Reviewer, ReviewError, bad_request
 
@@ -29,6 +29,7 @@ MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's own request limit is 3 MiB
 
 def create_app(kinds: Iterable[ResourceKind], checks: Sequence[Check] = ()) -> FastAPI:
     reviewer = Reviewer(kinds, checks)
+    allow_deep_documents()  # as the embedded server: documents up to kube's depth limit are decoded
     app = FastAPI(title="cdi admission webhooks", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def _review(request: Request, *, mutating: bool) -> JSONResponse:

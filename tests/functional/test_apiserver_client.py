@@ -117,7 +117,7 @@ def test_custom_objects_crud_and_conflict(custom: client.CustomObjectsApi) -> No
 def test_invalid_datavolume_is_422_with_causes(cluster: Cluster) -> None:
     body = datavolume(
         "bad-url",
-        source={"http": {"url": "not a url"}},
+        source={"http": {"url": "notaurl"}},
         storage={"resources": {"requests": {"storage": "1Gi"}}},
     )
     with http(cluster) as c:
@@ -127,13 +127,13 @@ def test_invalid_datavolume_is_422_with_causes(cluster: Cluster) -> None:
     assert status["reason"] == "Invalid"
     assert status["message"] == (
         'DataVolume.cdi.kubevirt.io "bad-url" is invalid: spec.source.http.url: '
-        'Invalid value: "not a url": Invalid source URL scheme: not a url'
+        'Invalid value: "notaurl": Invalid source URL scheme: notaurl'
     )
     assert status["details"]["causes"] == [
         {
             "reason": "FieldValueInvalid",
             "field": "spec.source.http.url",
-            "message": 'Invalid value: "not a url": Invalid source URL scheme: not a url',
+            "message": 'Invalid value: "notaurl": Invalid source URL scheme: notaurl',
         }
     ]
     assert status["details"]["kind"] == "DataVolume" and status["details"]["group"] == GROUP

@@ -236,10 +236,16 @@ def test_unserved_kind_is_allowed_with_a_warning(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize("depth", [2000, 20000])
 def test_a_deeply_nested_body_is_a_bad_request_as_in_the_embedded_server(http: httpx.Client, depth: int) -> None:
+    """Within kube's depth limit (10000) a body is decoded whatever Python's default recursion limit; beyond
+    it the answer is the embedded server's 400."""
     body = review("CREATE", stored(datavolume("deep")))
     text = json.dumps(body)
     nested = text[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
     resp = http.post("/validate", content=nested.encode(), headers={"Content-Type": "application/json"})
+    if depth <= 10000:
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["response"]["allowed"] is True
+        return
     assert resp.status_code == 400, resp.text
     assert resp.json()["kind"] == "Status" and "exceeded max depth" in resp.json()["message"]
 
