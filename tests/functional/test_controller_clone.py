@@ -17,18 +17,16 @@ import pytest
 import yaml
 
 from cdi.apiserver.upload_tokens import set_token_signer
-from cdi.clonetoken import ANN_CLONE_TOKEN, TokenCheck
+from cdi.clonetoken import ANN_CLONE_TOKEN
 from cdi.controller.clone import ANN_CLONE_METHOD, ANN_CLONE_TYPE, ANN_FORCE_STREAM
 from cdi.controller.clone_pod import clone_pod_name
 from cdi.controller.clone_stream import ANN_TARGET, LABEL_TARGET_UID, source_pod_name
-from cdi.controller.manager import ControllerManager
-from cdi.controller.resources import ANN_DIGEST, ControllerSettings
+from cdi.controller.resources import ANN_DIGEST
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, SECRET, Client, NotFound, Obj
-from cdi.node import LocalNode, NodeSettings
-from cdi.uploadtoken import Signer, ensure_key, public_pem
+from cdi.uploadtoken import Signer
 from importer.digest import volume_digest
-from tests.functional.apiserver_fixtures import Cluster, make_cdi_namespace, start_cluster
-from tests.functional.test_node_fixtures import TEST_IMAGE, TEST_IMAGES
+from tests.functional.apiserver_fixtures import Cluster
+from tests.functional.test_node_fixtures import TEST_IMAGE, add_admin_user, controlled_cluster
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
 
@@ -93,41 +91,17 @@ class Env:
         return vdir / "block.img" if pvc["spec"].get("volumeMode") == "Block" else vdir / "disk.img"
 
 
-def cdi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cdi.cli.main", *args], capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("clone")
-    cluster = start_cluster(work, users_file=str(work / "users.csv"),
-                            service_account_key_file=str(work / "serviceaccount.key"))
-    client = Client.from_kubeconfig(str(cluster.kubeconfig))
-    make_cdi_namespace(cluster.kubeconfig)
-    node = LocalNode(client, NodeSettings(data_dir=work / "data", restart_backoff=0.2, images=TEST_IMAGES,
-                                          max_running_pods=6))
-    cluster.server.set_log_provider(node.log_provider)
-    node.start()
-    key = ensure_key(work / "upload-token.key")
-    signer = Signer(key)
-    set_token_signer(cluster.server.app, signer)
-    manager = ControllerManager(client, ControllerSettings(progress_interval=0.2), workers=2,
-                                clone_tokens=TokenCheck(public_pem(key))).start()
-    for name, extra in (("alice", ["--namespace", "alice"]), ("bob", ["--namespace", "bobs"])):
-        out = cdi("user", "add", name, "--data-dir", str(work), *extra)
-        assert out.returncode == 0, out.stderr
-    cluster.kubectl("create", "namespace", "alice")
-    cluster.kubectl("create", "namespace", "bobs")
-    cluster.kubectl("create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "alice")
-    cluster.kubectl("create", "rolebinding", "bob-admin", "--clusterrole=admin", "--user=bob", "-n", "bobs")
-    raw = images.make_raw(work / "disk.raw", 6 << 20)
-    with HttpServer() as http:
-        http.add("/disk.raw", Route(path=str(raw)))
-        http.add("/slow.raw", Route(path=str(raw), rate=1 << 20))
-        yield Env(cluster, client, http, raw, work, signer)
-    manager.stop()
-    node.stop()
-    cluster.server.stop()
+    with controlled_cluster(work) as up:
+        add_admin_user(work, up.cluster, "alice", "alice")
+        add_admin_user(work, up.cluster, "bob", "bobs")
+        raw = images.make_raw(work / "disk.raw", 6 << 20)
+        with HttpServer() as http:
+            http.add("/disk.raw", Route(path=str(raw)))
+            http.add("/slow.raw", Route(path=str(raw), rate=1 << 20))
+            yield Env(up.cluster, up.client, http, raw, work, up.signer)
 
 
 @pytest.fixture(scope="module")

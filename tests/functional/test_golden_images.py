@@ -9,7 +9,6 @@ and ``GoldenImages.tick()``, so "every minute" takes no minute.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,20 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
-from cdi.apiserver.upload_tokens import set_token_signer
-from cdi.clonetoken import TokenCheck
 from cdi.controller.dataimportcron import ANN_DESIRED_DIGEST, LABEL_CRON, DataImportCronReconciler, import_name
 from cdi.controller.manager import ControllerManager
-from cdi.controller.resources import ANN_DIGEST, ANN_SOURCE_DIGEST, ControllerSettings
+from cdi.controller.resources import ANN_DIGEST, ANN_SOURCE_DIGEST
 from cdi.controller.vm_manager import VmControllerManager
 from cdi.controller.vmi import VM
 from cdi.kube import CONFIGMAP, DATAIMPORTCRON, DATASOURCE, DATAVOLUME, EVENT, PVC, SECRET, Client, NotFound, Obj
 from cdi.kube.kinds import CDICONFIG
-from cdi.node import LocalNode, NodeSettings
-from cdi.uploadtoken import Signer, ensure_key, public_pem
 from importer.digest import volume_digest
-from tests.functional.apiserver_fixtures import Cluster, make_cdi_namespace, start_cluster
-from tests.functional.test_node_fixtures import TEST_IMAGES
+from tests.functional.apiserver_fixtures import Cluster
+from tests.functional.test_node_fixtures import add_admin_user, controlled_cluster
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
 from tests.support.registry import Registry, container_disk, host_arch, push_new_image
@@ -120,40 +115,21 @@ def phase_of(env: Env, name: str, ns: str = NS) -> str:
     return str((env.client.get(DATAVOLUME, ns, name).get("status") or {}).get("phase") or "")
 
 
-def cdi(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cdi.cli.main", *args], capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("golden")
-    cluster = start_cluster(work, users_file=str(work / "users.csv"),
-                            service_account_key_file=str(work / "serviceaccount.key"))
-    client = Client.from_kubeconfig(str(cluster.kubeconfig))
-    make_cdi_namespace(cluster.kubeconfig)
-    node = LocalNode(client, NodeSettings(data_dir=work / "data", restart_backoff=0.2, images=TEST_IMAGES,
-                                          max_running_pods=6))
-    cluster.server.set_log_provider(node.log_provider)
-    node.start()
-    key = ensure_key(work / "upload-token.key")
-    set_token_signer(cluster.server.app, Signer(key))
     clock = FakeClock()
-    manager = ControllerManager(client, ControllerSettings(progress_interval=0.2), workers=2,
-                                clone_tokens=TokenCheck(public_pem(key)), now=clock.now).start()
-    vms = VmControllerManager(client).start()
-    out = cdi("user", "add", "alice", "--data-dir", str(work), "--namespace", "alice")
-    assert out.returncode == 0, out.stderr
-    cluster.kubectl("create", "namespace", "alice")
-    cluster.kubectl("create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "alice")
-    raw = images.make_raw(work / "disk.raw", 6 << 20)
-    with HttpServer() as http:
-        http.add("/disk.raw", Route(path=str(raw)))
-        http.add("/slow.raw", Route(path=str(raw), rate=2 << 20))
-        yield Env(cluster, client, http, raw, work, manager, clock)
-    vms.stop()
-    manager.stop()
-    node.stop()
-    cluster.server.stop()
+    with controlled_cluster(work, now=clock.now) as up:
+        vms = VmControllerManager(up.client).start()
+        add_admin_user(work, up.cluster, "alice", "alice")
+        raw = images.make_raw(work / "disk.raw", 6 << 20)
+        try:
+            with HttpServer() as http:
+                http.add("/disk.raw", Route(path=str(raw)))
+                http.add("/slow.raw", Route(path=str(raw), rate=2 << 20))
+                yield Env(up.cluster, up.client, http, raw, work, up.manager, clock)
+        finally:
+            vms.stop()
 
 
 def test_datasource_ready_follows_its_pvc_and_its_import(env: Env) -> None:

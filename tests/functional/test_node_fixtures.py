@@ -7,17 +7,25 @@ gets its own server and node.
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cdi.apiserver.upload_tokens import set_token_signer
+from cdi.clonetoken import TokenCheck
+from cdi.controller.manager import ControllerManager
+from cdi.controller.resources import ControllerSettings
 from cdi.kube import EVENT, POD, Client, NotFound, Obj
 from cdi.node import LocalNode, NodeSettings
 from cdi.node.images import WORKER_IMAGES, Image, Program
+from cdi.uploadtoken import Signer, ensure_key, public_pem
 from tests.functional.apiserver_fixtures import Cluster, make_cdi_namespace, start_cluster
 
 NS = "default"
@@ -77,6 +85,51 @@ def make_env(work: Path, **settings: Any) -> NodeEnv:
     cluster.server.set_log_provider(node.log_provider)
     node.start()
     return NodeEnv(cluster, client, node, work / "data", work)
+
+
+def cdi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cdi.cli.main", *args], capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Controlled:
+    cluster: Cluster
+    client: Client
+    signer: Signer
+    manager: ControllerManager
+
+
+@contextmanager
+def controlled_cluster(work: Path, **manager_options: Any) -> Iterator[Controlled]:
+    """An API server with users and ServiceAccounts, the cdi namespace, a local node, the upload-token
+    signer (clone tokens too) and the DataVolume controllers; all stopped on exit."""
+    cluster = start_cluster(work, users_file=str(work / "users.csv"),
+                            service_account_key_file=str(work / "serviceaccount.key"))
+    client = Client.from_kubeconfig(str(cluster.kubeconfig))
+    make_cdi_namespace(cluster.kubeconfig)
+    node = LocalNode(client, NodeSettings(data_dir=work / "data", restart_backoff=0.2, images=TEST_IMAGES,
+                                          max_running_pods=6))
+    cluster.server.set_log_provider(node.log_provider)
+    node.start()
+    key = ensure_key(work / "upload-token.key")
+    signer = Signer(key)
+    set_token_signer(cluster.server.app, signer)
+    manager = ControllerManager(client, ControllerSettings(progress_interval=0.2), workers=2,
+                                clone_tokens=TokenCheck(public_pem(key)), **manager_options).start()
+    try:
+        yield Controlled(cluster, client, signer, manager)
+    finally:
+        manager.stop()
+        node.stop()
+        cluster.server.stop()
+
+
+def add_admin_user(work: Path, cluster: Cluster, name: str, namespace: str) -> None:
+    """A static user who is admin of their own (new) namespace."""
+    out = cdi("user", "add", name, "--data-dir", str(work), "--namespace", namespace)
+    assert out.returncode == 0, out.stderr
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "rolebinding", f"{name}-admin", "--clusterrole=admin", f"--user={name}", "-n", namespace)
 
 
 @pytest.fixture(scope="module")
