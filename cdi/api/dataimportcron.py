@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from croniter import croniter
 
-from cdi.api.datasource import condition_schema
 from cdi.api.datavolume import forbidden, invalid, required, validate_datavolume
-from cdi.api.dv_schema import Schema, arr, datavolume_schema, i, o, s
+from cdi.api.dv_schema import Schema, arr, condition_schema, datavolume_schema, i, kind_schema, o, s
 from cdi.api.registry import Column, Obj, ResourceKind
 
 GROUP = "cdi.kubevirt.io"
@@ -64,16 +63,10 @@ def dataimportcron_schema() -> Schema:
         conditions=arr(condition_schema("DataImportCronCondition represents the state of a data import cron "
                                         "condition")),
     )
-    return o(
+    return kind_schema(
         "DataImportCron defines a cron job for recurring polling/importing disk images as PVCs into a golden "
         "image namespace",
-        ["spec"],
-        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
-        kind=s("Kind is a string value representing the REST resource this object represents."),
-        metadata={"type": "object", "description": "Standard object's metadata."},
-        spec=spec,
-        status=status,
-    )
+        spec, status)
 
 
 def _name_length(name: object, path: str) -> list[str]:

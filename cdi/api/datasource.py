@@ -9,7 +9,7 @@ plus the one rule its types document: at most one source.
 
 from __future__ import annotations
 
-from cdi.api.dv_schema import Schema, arr, o, s
+from cdi.api.dv_schema import Schema, arr, condition_schema, kind_schema, o, s
 from cdi.api.registry import Obj, ResourceKind
 
 GROUP = "cdi.kubevirt.io"
@@ -34,19 +34,6 @@ def source_schema(desc: str) -> Schema:
     )
 
 
-def condition_schema(desc: str) -> Schema:
-    return o(
-        desc,
-        ["status", "type"],
-        type=s("The type of the condition."),
-        status=s("True, False or Unknown."),
-        lastHeartbeatTime=s(format="date-time"),
-        lastTransitionTime=s(format="date-time"),
-        reason=s("A machine-readable reason for the condition."),
-        message=s("A human-readable message."),
-    )
-
-
 def datasource_schema() -> Schema:
     spec = o("DataSourceSpec defines specification for DataSource", ["source"],
              source=source_schema("Source is the source of the data referenced by the DataSource"))
@@ -54,15 +41,9 @@ def datasource_schema() -> Schema:
                source=source_schema("Source is the current source of the data referenced by the DataSource"),
                conditions=arr(condition_schema("DataSourceCondition represents the state of a data source "
                                                "condition")))
-    return o(
+    return kind_schema(
         "DataSource references an import/clone source for a DataVolume",
-        ["spec"],
-        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
-        kind=s("Kind is a string value representing the REST resource this object represents."),
-        metadata={"type": "object", "description": "Standard object's metadata."},
-        spec=spec,
-        status=status,
-    )
+        spec, status)
 
 
 def validate_datasource(obj: Obj, old: Obj | None) -> list[str]:

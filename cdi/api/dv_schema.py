@@ -202,16 +202,30 @@ def _sources() -> Schema:
     )
 
 
-def _condition() -> Schema:
+def condition_schema(desc: str, type_desc: str = "The type of the condition.") -> Schema:
+    """One entry of a CDI kind's ``status.conditions``."""
     return o(
-        "DataVolumeCondition represents the state of a data volume condition.",
+        desc,
         ["status", "type"],
-        type=s("Bound, Ready or Running."),
+        type=s(type_desc),
         status=s("True, False or Unknown."),
         lastHeartbeatTime=s(format="date-time"),
         lastTransitionTime=s(format="date-time"),
         reason=s("A machine-readable reason for the condition."),
         message=s("A human-readable message."),
+    )
+
+
+def kind_schema(desc: str, spec: Schema, status: Schema) -> Schema:
+    """The whole-object schema of a CDI kind: apiVersion, kind, metadata, its spec and status."""
+    return o(
+        desc,
+        ["spec"],
+        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
+        kind=s("Kind is a string value representing the REST resource this object represents."),
+        metadata={"type": "object", "description": "Standard object's metadata."},
+        spec=spec,
+        status=status,
     )
 
 
@@ -260,15 +274,10 @@ def datavolume_schema() -> Schema:
         restartCount=i(
             "RestartCount is the number of times the pod populating the DataVolume has restarted."
         ),
-        conditions=arr(_condition()),
+        conditions=arr(condition_schema("DataVolumeCondition represents the state of a data volume condition.",
+                                        "Bound, Ready or Running.")),
     )
-    return o(
+    return kind_schema(
         "DataVolume is an abstraction on top of PersistentVolumeClaims to allow easy population of those "
         "PersistentVolumeClaims with relation to VirtualMachines.",
-        ["spec"],
-        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
-        kind=s("Kind is a string value representing the REST resource this object represents."),
-        metadata={"type": "object", "description": "Standard object's metadata."},
-        spec=spec,
-        status=status,
-    )
+        spec, status)
