@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.api.dv_schema import Schema, arr, b, datavolume_schema, i, o, qty, s, str_map
+from cdi.api.dv_schema import Schema, arr, b, datavolume_schema, i, kind_schema, o, qty, s, str_map
 
 
 def _open(schema: Schema) -> Schema:
@@ -143,19 +143,6 @@ def _metadata() -> Schema:
     return _open({"type": "object", "description": "Standard object's metadata."})
 
 
-def _top(desc: str, spec: Schema, status: Schema) -> Schema:
-    return o(
-        desc,
-        ["spec"],
-        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
-        kind=s("Kind is a string value representing the REST resource this object represents."),
-        # The object's own metadata is ObjectMeta, which a CRD schema may not describe (beyond name).
-        metadata={"type": "object", "description": "Standard object's metadata."},
-        spec=spec,
-        status=status,
-    )
-
-
 def vmi_schema() -> Schema:
     status = _open(o(
         "Status is the high level overview of how the VirtualMachineInstance is doing.",
@@ -172,7 +159,7 @@ def vmi_schema() -> Schema:
                       reason=s("Why this accelerator.")),
         launcherContainerImageVersion=s("The launcher image."),
     ))
-    return _top("VirtualMachineInstance is *the* VirtualMachineInstance Definition.", vmi_spec_schema(), status)
+    return kind_schema("VirtualMachineInstance is *the* VirtualMachineInstance Definition.", vmi_spec_schema(), status)
 
 
 def vm_schema() -> Schema:
@@ -209,4 +196,5 @@ def vm_schema() -> Schema:
         desiredGeneration=i("The generation of the VM the controller saw."),
         observedGeneration=i("The generation observed by the VMI."),
     ))
-    return _top("VirtualMachine handles the VirtualMachineInstance that is supposed to be running.", spec, status)
+    return kind_schema("VirtualMachine handles the VirtualMachineInstance that is supposed to be running.",
+                       spec, status)

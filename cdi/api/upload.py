@@ -8,7 +8,7 @@ where ``virtctl image-upload`` and ``cdi image-upload`` find the upload proxy.
 
 from __future__ import annotations
 
-from cdi.api.dv_schema import Schema, arr, b, i, o, s
+from cdi.api.dv_schema import Schema, arr, b, i, kind_schema, o, s
 from cdi.api.registry import Column, ResourceKind
 
 UPLOAD_GROUP = "upload.cdi.kubevirt.io"
@@ -53,15 +53,9 @@ def cdiconfig_schema() -> Schema:
         defaultPodResourceRequirements=_open(o("ResourceRequirements of the worker pods.")),
         preallocation=b("Preallocation controls whether storage for DataVolumes is allocated in advance."),
     ))
-    return o(
+    return kind_schema(
         "CDIConfig provides a user configuration for CDI.",
-        ["spec"],
-        apiVersion=s("APIVersion defines the versioned schema of this representation of an object."),
-        kind=s("Kind is a string value representing the REST resource this object represents."),
-        metadata={"type": "object", "description": "Standard object's metadata."},
-        spec=spec,
-        status=status,
-    )
+        spec, status)
 
 
 CDICONFIG = ResourceKind(

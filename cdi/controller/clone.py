@@ -208,14 +208,9 @@ class CloneReconciler:
             return self._stream(dv, target, source_ns, source_name, status, ctx)
         pod = self.client.find(POD, meta["namespace"], clone_pod_name(meta["name"]))
         if pod is None:
-            source = self.client.find(PVC, source_ns, source_name)
-            if source is None:
-                return self._wait(dv, status, "CloneWithoutSource",
-                                  f"The source pvc {source_ns}/{source_name} doesn't exist")
-            self._verify(dv, target, source_ns, source_name)
-            busy = source_busy(self.client, source)
-            if busy is not None:
-                return self._wait(dv, status, *busy)
+            source = self._readable_source(dv, target, source_ns, source_name, status)
+            if isinstance(source, float):
+                return source
             wanted = build_clone_pod(dv, source, target, image=self.settings.cloner_image,
                                      placement=self.settings.worker_pod)
             try:
@@ -228,6 +223,18 @@ class CloneReconciler:
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Clone pod created")
             return None
         return self._from_pod(dv, target, pod, status, ctx)
+
+    def _readable_source(self, dv: Obj, target: Obj, source_ns: str, source_name: str, status: Obj) -> Obj | float:
+        """The source claim once it exists, fits the target and no pod writes it; else the delay to wait."""
+        source = self.client.find(PVC, source_ns, source_name)
+        if source is None:
+            return self._wait(dv, status, "CloneWithoutSource",
+                              f"The source pvc {source_ns}/{source_name} doesn't exist")
+        self._verify(dv, target, source_ns, source_name)
+        busy = source_busy(self.client, source)
+        if busy is not None:
+            return self._wait(dv, status, *busy)
+        return source
 
     def _wants_stream(self, dv: Obj, source_ns: str) -> bool:
         """The host-assisted stream: across namespaces (a pod cannot use the source claim there), when
@@ -248,14 +255,9 @@ class CloneReconciler:
                 c.set_condition(conds, c.READY, "False")
                 c.set_condition(conds, c.RUNNING, "False", "Pending", "Upload server pod not ready")
                 return WAIT
-            source = self.client.find(PVC, source_ns, source_name)
-            if source is None:
-                return self._wait(dv, status, "CloneWithoutSource",
-                                  f"The source pvc {source_ns}/{source_name} doesn't exist")
-            self._verify(dv, target, source_ns, source_name)
-            busy = source_busy(self.client, source)
-            if busy is not None:
-                return self._wait(dv, status, *busy)
+            source = self._readable_source(dv, target, source_ns, source_name, status)
+            if isinstance(source, float):
+                return source
             ensure_signers(self.client)
             secret = build_source_secret(target, source, read_pair(self.client, CLIENT_SIGNER),
                                          read_pair(self.client, SERVER_SIGNER)[0])
