@@ -59,6 +59,11 @@ UPLOAD_SCHEDULED = "UploadScheduled"
 UPLOAD_READY = "UploadReady"
 
 
+# A server not ready yet is looked at again after this many seconds even if no pod event comes: the
+# PVC's ready annotation (what the proxy and image-upload wait for) never hangs on one lost event.
+NOT_READY_RECHECK = 2.0
+
+
 def is_upload_dv(dv: Obj) -> bool:
     return "upload" in ((dv.get("spec") or {}).get("source") or {})
 
@@ -127,7 +132,7 @@ class UploadReconciler:
                                               filesystem_overhead=self.settings.filesystem_overhead,
                                               resume_interval=self.settings.upload_resume_interval), ctx)
             record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Pending", ANN_POD_READY: "false"})
-            return None
+            return NOT_READY_RECHECK
         return self._from_pod(pvc, pod, ctx)
 
     def _from_pod(self, pvc: Obj, pod: Obj, ctx: str) -> float | None:
@@ -157,7 +162,7 @@ class UploadReconciler:
             if failure:
                 values[ANN_IMPORT_REASON], values[ANN_IMPORT_MESSAGE] = failure["reason"], failure["message"]
         record_on_claim(self.client, pvc, values)
-        return self.settings.progress_interval if ready else None
+        return self.settings.progress_interval if ready else NOT_READY_RECHECK
 
     def _failure(self, pod: Obj) -> dict[str, str] | None:
         try:

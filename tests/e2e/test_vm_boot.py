@@ -90,9 +90,8 @@ def launcher_pods(serve: Serve, vmi: str) -> list[dict[str, Any]]:
     return serve.client.list(POD, "default", label_selector=f"vm.kubevirt.io/name={vmi}")[0]
 
 
-def qemu_running(marker: str) -> bool:
-    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
-    return marker in out
+def qemu_running(serve: Serve, marker: str) -> bool:
+    return bool(serve.pids(f"qemu-system.*{marker}"))
 
 
 def cdi(serve: Serve, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -153,6 +152,7 @@ def test_vm_boots_stops_starts_and_is_cleaned_up(serve: Serve, disks: HttpServer
     pvc = serve.client.get(PVC, "default", "testvm-root")
     volume = Path(pvc["metadata"]["annotations"]["cdi.kubevirt.io/local-path"])
     uid = get(serve, "virtualmachineinstances", "testvm")["metadata"]["uid"]  # type: ignore[index]
+    assert qemu_running(serve, "testvm"), "this serve's qemu is not found: the check below would prove nothing"
     serve.kubectl("delete", "vm", "testvm")
     wait("everything gone", lambda: get(serve, "virtualmachineinstances", "testvm") is None
          and not launcher_pods(serve, "testvm") and not volume.exists()
@@ -161,7 +161,7 @@ def test_vm_boots_stops_starts_and_is_cleaned_up(serve: Serve, disks: HttpServer
     for kind in (DATAVOLUME, PVC):
         with pytest.raises(NotFound):
             serve.client.get(kind, "default", "testvm-root")
-    wait("qemu gone", lambda: not qemu_running(uid) and not qemu_running("testvm"), timeout=30)
+    wait("qemu gone", lambda: not qemu_running(serve, uid) and not qemu_running(serve, "testvm"), timeout=30)
 
 
 def test_failed_import_shows_data_volume_error(serve: Serve, disks: HttpServer) -> None:
@@ -210,7 +210,7 @@ def test_rerun_on_failure_restarts_a_crashed_guest(serve: Serve, disks: HttpServ
     serve.kubectl("wait", "--for=condition=Ready", "vm/rerun", "--timeout=180s", timeout=200)
     first = get(serve, "virtualmachineinstances", "rerun")["metadata"]["uid"]  # type: ignore[index]
     # the guest "crashes": its qemu is killed, the launcher reports Failed, RerunOnFailure starts it again
-    pids = subprocess.run(["pgrep", "-f", "guest=default_rerun"], capture_output=True, text=True).stdout.split()
+    pids = serve.pids("guest=default_rerun")
     assert pids, "no qemu for the VM"
     for pid in pids:
         os.kill(int(pid), 9)

@@ -44,6 +44,20 @@ class Serve:
         self.client = Client.from_kubeconfig(str(self.kubeconfig))
         return self
 
+    def pids(self, pattern: str) -> list[int]:
+        """Processes matching ``pattern`` (``pgrep -f``) that belong to this serve: their command line or
+        environment names its data directory (other tests' serves may run beside it)."""
+        out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout.split()
+        mine = []
+        for pid in out:
+            try:
+                seen = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if str(self.data_dir).encode() in seen:
+                mine.append(int(pid))
+        return mine
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
