@@ -50,10 +50,21 @@ class Result:
     scratch: int
     sent: int
     verified: bool
+    server_cpu: float = 0.0
+    proxy_cpu: float = 0.0
+    client_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.size / self.wall / 1e6
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children so far (the clients it ran)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def log(msg: str) -> None:
@@ -125,20 +136,43 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
-class Sampler:
-    """Peak RSS of a process tree and peak allocated bytes of a scratch directory, every 20 ms."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, pid: Any, scratch: Any) -> None:
-        self.pid, self.scratch = pid, scratch
+
+class Sampler:
+    """Peak RSS of a process tree and peak allocated bytes of a scratch directory, every 20 ms; the CPU
+    seconds the tree spent meanwhile (each process's last figure seen, less what it had at the start), and
+    the same for ``proxy`` (the process serving the upload proxy) when given."""
+
+    def __init__(self, pid: Any, scratch: Any, proxy: int | None = None) -> None:
+        self.pid, self.scratch, self.proxy = pid, scratch, proxy
         self.rss = self.scratch_peak = 0
+        self._cpu_seen: dict[int, float] = {}
+        self._proxy_start = cpu_seconds(proxy) if proxy else 0.0
+        self.proxy_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def cpu(self) -> float:
+        return sum(self._cpu_seen.values())
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             pid = self.pid() if callable(self.pid) else self.pid
             if pid:
                 self.rss = max(self.rss, tree_rss(pid))
+                for p in tree_pids(pid):
+                    if p != self.proxy:
+                        self._cpu_seen[p] = max(self._cpu_seen.get(p, 0.0), cpu_seconds(p))
+            if self.proxy:
+                self.proxy_cpu = cpu_seconds(self.proxy) - self._proxy_start
             scratch = self.scratch() if callable(self.scratch) else self.scratch
             if scratch is not None and scratch.exists():
                 self.scratch_peak = max(self.scratch_peak, dir_bytes(scratch))
@@ -240,7 +274,8 @@ class Cdi:
         self.create(name, size)
         token, pid, work = self.token(name), self.server_pid(name), self.workdir(name)
         drop_caches()
-        with Sampler(pid, work) as s:
+        before = children_cpu()
+        with Sampler(pid, work, self.proc.pid) as s:
             start = time.monotonic()
             out = subprocess.run(["curl", "-sS", "--insecure", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
                                   "-H", f"Authorization: Bearer {token}", "-T", str(image), "-X", "POST",
@@ -253,24 +288,34 @@ class Cdi:
         digest = dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.import.volumeDigest"]
         ok = digest == volume_digest(str(self.volume(name))) and \
             volume_digest(str(self.volume(name)), size) == expected_digest(raw, size)
-        return Result("cdi + curl POST", image.suffix[1:], wall, size, s.rss, s.scratch_peak, int(sent), ok)
+        return Result("cdi + curl POST", image.suffix[1:], wall, size, s.rss, s.scratch_peak, int(sent), ok,
+                      s.cpu, s.proxy_cpu, children_cpu() - before)
 
-    def image_upload(self, name: str, image: Path, raw: Path, size: int, *, sparse: bool = False) -> Result:
+    def image_upload(self, name: str, image: Path, raw: Path, size: int, *, sparse: bool = False,
+                     ready: bool = False) -> Result:
+        """``cdi image-upload``; ``ready``: the DataVolume and its upload server exist before the clock
+        starts (``--no-create``), so the figure is the upload alone, as ovirt-imageio's is."""
         from cdi.cli.sparse import body_length, data_extents
 
+        if ready:
+            self.create(name, size)
         drop_caches()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        with Sampler(lambda: self.server_pid(name), lambda: self.workdir(name)) as s:
+        before = children_cpu()
+        with Sampler(lambda: self.server_pid(name), lambda: self.workdir(name), self.proc.pid) as s:
             start = time.monotonic()
             subprocess.run([PY, "-m", "cdi.cli.main", "image-upload", "dv", name, "--size", str(size),
-                            "--image-path", str(image), "--insecure", *(["--sparse"] if sparse else [])],
+                            "--image-path", str(image), "--insecure", *(["--sparse"] if sparse else []),
+                            *(["--no-create"] if ready else [])],
                            env=env, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             subprocess.run(["sync"], check=True)
             wall = time.monotonic() - start
         ok = volume_digest(str(self.volume(name)), size) == expected_digest(raw, size)
         sent = body_length(data_extents(image)[1]) if sparse else image.stat().st_size
-        case = "cdi image-upload --sparse (create+wait+upload)" if sparse else "cdi image-upload (create+wait+upload)"
-        return Result(case, image.suffix[1:], wall, size, s.rss, s.scratch_peak, sent, ok)
+        case = "cdi image-upload" + (" --sparse" if sparse else "") + \
+            (" (volume ready: upload only)" if ready else " (create+wait+upload)")
+        return Result(case, image.suffix[1:], wall, size, s.rss, s.scratch_peak, sent, ok,
+                      s.cpu, s.proxy_cpu, children_cpu() - before)
 
 
 # -- ovirt-imageio ------------------------------------------------------------------------------------
@@ -337,7 +382,6 @@ args = ('{self.dir}/daemon.log',)
         return tid
 
     def upload(self, image: Path, raw: Path, size: int) -> Result:
-        from ovirt_imageio import client
 
         target = OUT / f"imageio-{image.suffix[1:]}.raw"
         target.unlink(missing_ok=True)
@@ -345,14 +389,19 @@ args = ('{self.dir}/daemon.log',)
             f.truncate(size)
         tid = self.ticket(target, size)
         drop_caches()
+        before = children_cpu()
         with Sampler(self.proc.pid, None) as s:
             start = time.monotonic()
-            client.upload(str(image), f"https://localhost:{self.port}/images/{tid}", str(self.dir / "ca.pem"))
+            subprocess.run([PY, "-c", "import sys; from ovirt_imageio import client; "
+                                      "client.upload(sys.argv[1], sys.argv[2], sys.argv[3])",
+                            str(image), f"https://localhost:{self.port}/images/{tid}", str(self.dir / "ca.pem")],
+                           check=True)
             subprocess.run(["sync"], check=True)
             wall = time.monotonic() - start
         ok = volume_digest(str(target), size) == expected_digest(raw, size)
         target.unlink()
-        return Result("ovirt-imageio client -> server", image.suffix[1:], wall, size, s.rss, 0, data_bytes(image), ok)
+        return Result("ovirt-imageio client -> server", image.suffix[1:], wall, size, s.rss, 0, data_bytes(image), ok,
+                      s.cpu, 0.0, children_cpu() - before)
 
 
 def data_bytes(image: Path) -> int:
@@ -366,11 +415,13 @@ def data_bytes(image: Path) -> int:
 def report(results: list[Result], size: int) -> str:
     lines = [f"# Upload benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {size >> 20} MiB image, "
              "about 40% data, one run each)", "",
-             "| case | image | wall s | MB/s | server peak RSS MiB | scratch MiB | bytes sent MiB | verified |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | image | wall s | MB/s | server peak RSS MiB | scratch MiB | bytes sent MiB | verified "
+             "| CPU s: client / proxy / server |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.case} | {r.image} | {r.wall:.2f} | {r.rate:.0f} | {r.peak_rss / 2**20:.0f} | "
-                     f"{r.scratch / 2**20:.0f} | {r.sent / 2**20:.0f} | {'yes' if r.verified else 'NO'} |")
+                     f"{r.scratch / 2**20:.0f} | {r.sent / 2**20:.0f} | {'yes' if r.verified else 'NO'} "
+                     f"| {r.client_cpu:.1f} / {r.proxy_cpu:.1f} / {r.server_cpu:.1f} |")
     base = {r.image: r for r in results if r.case.startswith("ovirt")}
     lines += ["", "Ratios (time of cdi + curl / time of ovirt-imageio; below 1 is faster):", ""]
     for r in results:
@@ -382,6 +433,8 @@ def report(results: list[Result], size: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--ready-only", action="store_true",
+                    help="only the upload-only cases (volume ready, --sparse) and ovirt-imageio")
     args = ap.parse_args()
     size = args.size_mib << 20
     raw, qcow2 = make_images(size)
@@ -389,12 +442,15 @@ def main() -> int:
     cdi = Cdi()
     try:
         for image in (raw, qcow2):
-            log(f"cdi + curl {image.name}")
-            results.append(cdi.curl(f"curl-{image.suffix[1:]}", image, raw, size))
-            log(f"cdi image-upload {image.name}")
-            results.append(cdi.image_upload(f"iu-{image.suffix[1:]}", image, raw, size))
-            log(f"cdi image-upload --sparse {image.name}")
-            results.append(cdi.image_upload(f"ius-{image.suffix[1:]}", image, raw, size, sparse=True))
+            if not args.ready_only:
+                log(f"cdi + curl {image.name}")
+                results.append(cdi.curl(f"curl-{image.suffix[1:]}", image, raw, size))
+                log(f"cdi image-upload {image.name}")
+                results.append(cdi.image_upload(f"iu-{image.suffix[1:]}", image, raw, size))
+                log(f"cdi image-upload --sparse {image.name}")
+                results.append(cdi.image_upload(f"ius-{image.suffix[1:]}", image, raw, size, sparse=True))
+            log(f"cdi image-upload --sparse --no-create {image.name}")
+            results.append(cdi.image_upload(f"iur-{image.suffix[1:]}", image, raw, size, sparse=True, ready=True))
     finally:
         cdi.stop()
     imageio = Imageio()

@@ -20,11 +20,12 @@ import secrets
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from cdi.apiserver.authn import ADMIN_USER, StaticUser, parse_token_file
-from cdi.apiserver.server import write_kubeconfig
+if TYPE_CHECKING:
+    from cdi.apiserver.authn import StaticUser
 
 USERS_FILE = "users.csv"
 
@@ -34,6 +35,8 @@ def users_file(data_dir: str | os.PathLike[str]) -> Path:
 
 
 def read_users(path: Path) -> list[StaticUser]:
+    from cdi.apiserver.authn import parse_token_file  # the API server's modules load only when used
+
     return parse_token_file(path.read_text(), source=str(path)) if path.exists() else []
 
 
@@ -52,6 +55,8 @@ def write_users(path: Path, users: list[StaticUser]) -> None:
 
 def add_user(data_dir: str | os.PathLike[str], name: str, groups: list[str]) -> StaticUser:
     """Add a user with a fresh token; ValueError if the name is taken or not usable."""
+    from cdi.apiserver.authn import ADMIN_USER, StaticUser
+
     if not name or any(c in name for c in ",\n\r\"") or name.startswith("system:"):
         raise ValueError(f"{name!r} is not a usable user name (no commas, quotes or 'system:' prefix)")
     if name == ADMIN_USER:
@@ -77,6 +82,8 @@ def remove_user(data_dir: str | os.PathLike[str], name: str) -> None:
 
 
 def write_user_kubeconfig(data_dir: str | os.PathLike[str], user: StaticUser, out: Path, namespace: str) -> Path:
+    from cdi.apiserver.server import write_kubeconfig  # the server's module is heavy: only when writing
+
     """A kubeconfig for `user` with the server URL and CA of the admin's DIR/kubeconfig."""
     admin = Path(data_dir) / "kubeconfig"
     if not admin.exists():
