@@ -199,8 +199,7 @@ class Cdi:
         self.dir.mkdir(parents=True)
         self.log = open(OUT / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([PY, "-m", "cdi.cli.main", "serve", "--data-dir", str(self.dir / "data"),
-                                      "--port", "0", "--uploadproxy-port", "0", "--console-port", "0",
-                                      "--progress-interval", "0.3"],
+                                      "--port", "0", "--uploadproxy-port", "0", "--console-port", "0"],
                                      stdout=self.log, stderr=self.log, cwd=REPO)
         kubeconfig = self.dir / "data" / "kubeconfig"
         while not kubeconfig.exists():

@@ -64,6 +64,12 @@ UPLOAD_READY = "UploadReady"
 NOT_READY_RECHECK = 2.0
 
 
+def idle_interval(settings: ControllerSettings) -> float:
+    """How often an upload server that waits for data is looked at: five progress intervals (5 s by
+    default), so that many DataVolumes waiting for their uploads cost the control plane little."""
+    return settings.progress_interval * 5
+
+
 def is_upload_dv(dv: Obj) -> bool:
     return "upload" in ((dv.get("spec") or {}).get("source") or {})
 
@@ -162,7 +168,9 @@ class UploadReconciler:
             if failure:
                 values[ANN_IMPORT_REASON], values[ANN_IMPORT_MESSAGE] = failure["reason"], failure["message"]
         record_on_claim(self.client, pvc, values)
-        return self.settings.progress_interval if ready else NOT_READY_RECHECK
+        # a refused upload shows in the server's log, not in any event: look again, unhurried (the client
+        # that sent it was answered at once; the DataVolume says why within this interval)
+        return idle_interval(self.settings) if ready else NOT_READY_RECHECK
 
     def _failure(self, pod: Obj) -> dict[str, str] | None:
         try:
@@ -231,8 +239,12 @@ class UploadReconciler:
         except PermanentError as e:
             mark_failed(status, e.reason, e.message)
         self._write(dv, status)
-        # while the server accepts data, its progress is read again as an import's is
-        return self.settings.progress_interval if status.get("phase") == UPLOAD_READY else None
+        # while data flows its progress is read again as an import's is; a server that waits for data
+        # is looked at less often (each look reads its log through the API server)
+        if status.get("phase") != UPLOAD_READY:
+            return None
+        flowing = status.get("progress", "N/A") != "N/A"
+        return self.settings.progress_interval if flowing else idle_interval(self.settings)
 
     def _dv_status(self, dv: Obj, status: Obj, ctx: str) -> None:
         conds = status["conditions"]
