@@ -38,6 +38,7 @@ class Env:
     raw: Path
     reference: Path  # what qemu-img makes of the vmdk, as raw
     claims: dict[str, list[Obj]] = field(default_factory=dict)  # every version of every PVC seen
+    volumes: dict[str, list[Obj]] = field(default_factory=dict)  # every version of every DataVolume seen
 
     def dv(self, name: str, url: str, size: str = "8Mi", **http: Any) -> Obj:
         return self.admin.create(DATAVOLUME, {
@@ -80,35 +81,35 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     reference = work / "reference.raw"
     images.qemu_img("convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(reference))
     qcow2 = images.convert(raw, "qcow2", work / "disk.qcow2")
-    _, since = admin.list(PVC, NS)
     claims: dict[str, list[Obj]] = {}
+    volumes: dict[str, list[Obj]] = {}
     stop = threading.Event()
 
-    def follow() -> None:  # every claim's every version: the scratch claims come and go within seconds
-        nonlocal since
+    def follow(kind: Any, seen: dict[str, list[Obj]]) -> None:  # every version: scratch claims last seconds
+        _, since = admin.list(kind, NS)
         while not stop.is_set():
-            for _, obj in admin.watch(PVC, NS, resource_version=since, timeout_seconds=5):
+            for _, obj in admin.watch(kind, NS, resource_version=since, timeout_seconds=5):
                 since = obj["metadata"].get("resourceVersion") or since
-                if obj.get("kind") == "PersistentVolumeClaim":
-                    claims.setdefault(obj["metadata"]["name"], []).append(obj)
+                if obj.get("kind") == kind.kind:
+                    seen.setdefault(obj["metadata"]["name"], []).append(obj)
 
-    watcher = threading.Thread(target=follow, daemon=True)
-    watcher.start()
+    for kind, seen in ((PVC, claims), (DATAVOLUME, volumes)):
+        threading.Thread(target=follow, args=(kind, seen), daemon=True).start()
     with HttpServer() as http:
         # no ranges: qemu-img cannot read the vmdk over the network, so it is spooled to scratch first
         http.add("/noranges.vmdk", Route(path=str(vmdk), ranges=False))
         http.add("/slow-noranges.vmdk", Route(path=str(vmdk), ranges=False, rate=1 << 20))
         http.add("/noranges.qcow2", Route(path=str(qcow2), ranges=False))
         http.add("/disk.raw", Route(path=str(raw)))
-        yield Env(node, admin, http, raw, reference, claims)
+        yield Env(node, admin, http, raw, reference, claims, volumes)
     stop.set()
     controllers.stop()
     node.node.stop()
     node.cluster.server.stop()
 
 
-def _condition(dv: Obj, kind: str) -> Obj:
-    return next(c for c in dv["status"]["conditions"] if c["type"] == kind)
+def _condition(status: Obj, kind: str) -> Obj:
+    return next((c for c in status["conditions"] if c["type"] == kind), {"reason": None})
 
 
 def test_a_vmdk_without_ranges_is_imported_through_a_scratch_claim_that_goes_afterwards(env: Env) -> None:
@@ -135,6 +136,16 @@ def test_a_vmdk_without_ranges_is_imported_through_a_scratch_claim_that_goes_aft
     # ... and is gone, with its volume on disk, now that the import is over
     until(lambda: env.admin.find(PVC, NS, "vmdk-scratch") is None and not env.scratch_dirs("vmdk"),
           what=lambda: env.scratch_dirs("vmdk"))
+    # the DataVolume said so, in CDI's words, while it happened, and never left ImportScheduled/InProgress
+    history = [(d.get("status") or {}) for d in env.volumes["vmdk"]]
+    running = [(_condition(h, "Running")["reason"], _condition(h, "Running").get("message")) for h in history
+               if h.get("conditions")]
+    bound = [(_condition(h, "Bound")["reason"], _condition(h, "Bound").get("message")) for h in history
+             if h.get("conditions")]
+    assert ("Scratch space required", "scratch space required and none found") in running, running
+    assert ("CreatingScratchSpace", "Creating scratch space") in bound, bound
+    phases = [h.get("phase") for h in history if h.get("phase")]
+    assert set(phases) <= {"Pending", "ImportScheduled", "ImportInProgress", "Succeeded"}, phases
     events = [(e["reason"], e["message"]) for e in env.node.events("vmdk")]
     assert ("CreatingScratchSpace", "Creating scratch space") in events, events
     assert not any(e[0] == "ImportFailed" or "scratch space required" in e[1] for e in events), events
