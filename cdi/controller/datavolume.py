@@ -274,7 +274,9 @@ class DataVolumeReconciler:
                             f"{scratch.MESSAGE_CREATING}: waiting for the scratch claim of an earlier run to go")
             return SCRATCH_RECHECK
         if (claim.get("status") or {}).get("phase") != "Bound":
-            c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING, scratch.MESSAGE_CREATING)
+            # CDI's words, and why the claim is not bound yet when its provisioner said so
+            c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING,
+                            scratch.MESSAGE_CREATING + ("" if created else self._claim_trouble(claim)))
             return SCRATCH_RECHECK
         return None
 
