@@ -217,8 +217,9 @@ class DataVolumeReconciler:
             self._check_registry_source(dv)
             needs_scratch = ann.get(ANN_REQUIRES_SCRATCH) == "true"
             scratch_claim = scratch.claim_name(pvc["metadata"]["name"]) if needs_scratch else None
-            if scratch_claim and not self._scratch_name_free(pvc, pod_name, conds):
-                return SCRATCH_RECHECK
+            wait = self._scratch_name_taken(dv, pvc, pod_name, status) if scratch_claim else None
+            if wait is not None:
+                return wait
             try:
                 wanted = build_importer_pod(dv, pvc, self.settings, insecure_registries=self._insecure_registries(dv),
                                             scratch_claim=scratch_claim)
@@ -242,22 +243,28 @@ class DataVolumeReconciler:
             requeue = min(waits) if waits else None
         return requeue
 
-    def _scratch_name_free(self, pvc: Obj, pod_name: str, conds: list[Obj]) -> bool:
-        """Whether the name of the scratch claim is free for the next importer pod; a claim left by an
-        earlier pod is deleted first (a new pod could not use it while it goes, CDI's deadlock)."""
+    def _scratch_name_taken(self, dv: Obj, pvc: Obj, pod_name: str, status: Obj) -> float | None:
+        """None when the scratch claim's name is free for the next importer pod, else when to look again.
+        A claim left by an earlier pod is deleted first (a new pod could not use it while it goes: CDI's
+        deadlock); a claim of that name that is no scratch claim is the user's to delete or rename."""
+        conds = status["conditions"]
         namespace, name = pvc["metadata"]["namespace"], scratch.claim_name(pvc["metadata"]["name"])
         old = self.client.find(PVC, namespace, name)
         if old is None:
-            return True
+            return None
         if not scratch.is_scratch_of(old, pod_name):
-            raise PermanentError("ScratchClaimConflict",
-                                 f"the import needs scratch space, but PVC {name} exists and is not its scratch "
-                                 f"claim: delete or rename that PVC")
+            message = (f"the import needs scratch space, but PVC {name} exists and is not its scratch claim: "
+                       f"delete or rename that PVC")
+            status["phase"] = c.IMPORT_IN_PROGRESS
+            if (c.find(conds, c.RUNNING) or {}).get("message") != message:
+                self.client.event(dv, reason="ScratchClaimConflict", type="Warning", message=message)
+            c.set_condition(conds, c.RUNNING, "False", "ScratchClaimConflict", message)
+            return PENDING_RECHECK
         if not old["metadata"].get("deletionTimestamp"):
             self.client.delete(PVC, namespace, name)
         c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING,
                         f"{scratch.MESSAGE_CREATING}: waiting for the scratch claim of an earlier run to go")
-        return False
+        return SCRATCH_RECHECK
 
     def _scratch_for(self, dv: Obj, pvc: Obj, pod: Obj, conds: list[Obj]) -> float | None:
         """Give the pending importer pod its scratch claim; Bound says so until that claim is bound."""

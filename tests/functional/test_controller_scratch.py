@@ -220,3 +220,27 @@ def test_imports_that_stream_create_no_scratch_claim(env: Env) -> None:
     until(lambda: outcome_seen("plain") and outcome_seen("streamed"))
     assert "plain-scratch" not in env.claims and "streamed-scratch" not in env.claims
     assert not env.scratch_dirs("plain") and not env.scratch_dirs("streamed")
+
+
+def test_a_pvc_that_has_the_scratch_claims_name_is_left_alone_and_named(env: Env) -> None:
+    # a DataVolume called twin-scratch: its claim has the name the scratch claim of "twin" would take
+    env.dv("twin-scratch", env.http.url("/disk.raw"))
+    assert env.phase("twin-scratch", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
+    env.dv("twin", env.http.url("/noranges.vmdk"))
+    dv = env.node.wait(DATAVOLUME, "twin", lambda d: _condition(d.get("status") or {"conditions": []},
+                                                                "Running")["reason"] == "ScratchClaimConflict")
+    assert dv["status"]["phase"] == "ImportInProgress"
+    assert "PVC twin-scratch exists and is not its scratch claim: delete or rename that PVC" in \
+        _condition(dv["status"], "Running")["message"]
+    other = env.admin.get(PVC, NS, "twin-scratch")
+    assert not other["metadata"].get("deletionTimestamp")
+    assert [o["kind"] for o in other["metadata"]["ownerReferences"]] == ["DataVolume"]
+    assert any(e["reason"] == "ScratchClaimConflict" for e in env.node.events("twin"))
+    # once that DataVolume is gone the import goes on by itself
+    env.admin.delete(DATAVOLUME, NS, "twin-scratch")
+    dv = env.phase("twin", "Succeeded", "Failed", timeout=40)
+    assert dv["status"]["phase"] == "Succeeded", dv["status"]
+    volume = env.volume("twin")
+    reference = env.reference.read_bytes()
+    assert volume[:len(reference)] == reference
+    until(lambda: env.admin.find(PVC, NS, "twin-scratch") is None)
