@@ -88,7 +88,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     def follow(kind: Any, seen: dict[str, list[Obj]]) -> None:  # every version: scratch claims last seconds
         _, since = admin.list(kind, NS)
         while not stop.is_set():
-            for _, obj in admin.watch(kind, NS, resource_version=since, timeout_seconds=5):
+            for _, obj in admin.watch(kind, NS, resource_version=since, timeout_seconds=1):
                 since = obj["metadata"].get("resourceVersion") or since
                 if obj.get("kind") == kind.kind:
                     seen.setdefault(obj["metadata"]["name"], []).append(obj)
