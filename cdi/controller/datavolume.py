@@ -337,6 +337,11 @@ class DataVolumeReconciler:
             self._end_scratch(pvc)
             log.info("%s import succeeded digest=%s", ctx, digest)
             return None
+        if result and result.get("scratchSpaceRequired"):  # with a scratch claim mounted: it would never end
+            claim = scratch.pod_claim(pod)
+            result = {**result, "permanent": True,
+                      "message": f"{result.get('message')}, though the pod mounts scratch claim {claim} at "
+                                 f"{scratch.MOUNT_PATH}: the node did not give the importer that volume"}
         if (result and not result.get("ok") and result.get("permanent")) or phase == "Failed":
             reason = str((result or {}).get("reason") or "Error")
             message = str((result or {}).get("message") or "importer pod failed")
