@@ -385,7 +385,8 @@ class DataVolumeReconciler:
             record_on_claim(self.client, pvc, {ANN_REQUIRES_SCRATCH: "true"})
             self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
             log.info("%s importer needs scratch space: starting it again with a scratch claim", ctx)
-        status["phase"] = c.IMPORT_IN_PROGRESS
+        if status.get("phase") not in (c.IMPORT_SCHEDULED, c.IMPORT_IN_PROGRESS):  # as CDI: the phase stays
+            status["phase"] = c.IMPORT_SCHEDULED
         c.set_condition(status["conditions"], c.READY, "False")
         c.set_condition(status["conditions"], c.RUNNING, "False", scratch.REASON_REQUIRED, scratch.MESSAGE_REQUIRED)
         return SCRATCH_RECHECK
