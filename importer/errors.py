@@ -72,6 +72,21 @@ class ToolError(Error):
         self.stderr = stderr
 
 
+class ScratchSpaceRequired(Error):
+    """The job needs scratch space (a source qemu-img cannot read over the network, a checksum to prove
+    before use, a qcow2 whose tables come after their data) and the pod was given none: its controller
+    mounts a scratch claim at /scratch and runs the job again. Not permanent, and nothing wrong is left
+    in the volume: what was written is removed, a resume point is kept."""
+
+    permanent = False
+    reason = "ScratchSpaceRequired"
+    # CDI's words (common.ScratchSpaceRequired), which its controller and ours recognise
+    MESSAGE = "scratch space required and none found"
+
+    def __init__(self, message: str = MESSAGE) -> None:
+        super().__init__(message)
+
+
 class RestartFromZero(TemporaryError):
     """The source cannot continue where it stopped; the transfer starts again from byte 0.
 

@@ -2,7 +2,9 @@
 (IMPORTER_SOURCE http, s3, registry or none, IMPORTER_ENDPOINT, IMPORTER_CONTENTTYPE, IMPORTER_IMAGE_SIZE,
 IMPORTER_ACCESS_KEY_ID, IMPORTER_SECRET_KEY, IMPORTER_CERT_DIR, INSECURE_TLS, IMPORTER_EXTRA_HEADER_*,
 /extraheaders), plus our own: IMPORTER_CHECKSUM, IMPORTER_TARGET_PATH, IMPORTER_SCRATCH_DIR, IMPORTER_PROGRESS_FILE,
-IMPORTER_DEVICE_ZEROED, and the network limits IMPORTER_SPEED_LIMIT (bytes/s, a quantity such as 16Ki),
+IMPORTER_SCRATCH_BESIDE_TARGET (default "true"; "false": a pod without a scratch mount, which ends
+with CDI's "scratch space required" instead of putting scratch in its volume), IMPORTER_DEVICE_ZEROED,
+and the network limits IMPORTER_SPEED_LIMIT (bytes/s, a quantity such as 16Ki),
 IMPORTER_SPEED_TIME (seconds), IMPORTER_MAX_STALLED_RETRIES and IMPORTER_RETRIES (see ``cdi import
 --help``). Paths default to CDI's mount points (/data/disk.img, /dev/cdi-block-volume,
 /certs, /extraheaders). On the local node a process cannot see mounts, so the node passes
@@ -115,6 +117,7 @@ def job_from_env(env: Mapping[str, str]) -> ImportJob:
         http=http,
         checksum=env.get("IMPORTER_CHECKSUM") or None,
         scratch_dir=paths(scratch) if scratch else None,
+        scratch_beside_target=env.get("IMPORTER_SCRATCH_BESIDE_TARGET", "true").lower() != "false",
         device_zeroed=env.get("IMPORTER_DEVICE_ZEROED", "").lower() == "true",
     )
 

@@ -76,6 +76,9 @@ class ImportJob:
     http: HttpOptions = field(default_factory=HttpOptions)
     checksum: str | None = None  # "sha256:<hex>"
     scratch_dir: str | None = None
+    # without scratch_dir, scratch goes beside the target (the CLI); False: there is none (a worker pod
+    # without a scratch mount), and a job that needs it ends with ScratchSpaceRequired
+    scratch_beside_target: bool = True
     device_zeroed: bool = False
     resume: bool = True  # keep resume points and continue from them (raw over http with ranges)
 
@@ -407,8 +410,14 @@ class Importer:
                  result.in_order, result.scratch_bytes)
         self._timed(Step.TRANSFER, started)
 
-    def _scratch_parent(self) -> str:
-        return self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))
+    def _scratch_parent(self) -> str | None:
+        """Where scratch space goes; None: nowhere (entering a ``Scratch`` then raises
+        ``ScratchSpaceRequired`` before anything is read past the format probe)."""
+        if self.job.scratch_dir:
+            return self.job.scratch_dir
+        if not self.job.scratch_beside_target:
+            return None
+        return os.path.dirname(os.path.abspath(self.target.path))
 
     def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         """Spool the (decompressed) image to a scratch file, then convert it locally."""

@@ -22,7 +22,7 @@ _ZERO_SPOOL = bytes(_SPOOL_BLOCK)
 class Spool:
     """Bytes that streamed past before any table claimed them, sparse at their file offsets."""
 
-    def __init__(self, parent: str, limit: int | None) -> None:
+    def __init__(self, parent: str | None, limit: int | None) -> None:
         self.parent = parent
         self.limit = limit
         self._scratch: Scratch | None = None

@@ -55,12 +55,13 @@ class StreamResult:
     in_order: bool
 
 
-def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, device_zeroed: bool = False,
+def convert_stream(reader: Reader, target: Target, *, scratch_parent: str | None, device_zeroed: bool = False,
                    spool_limit: int | None = None) -> StreamResult:
     """Convert the qcow2 image read from ``reader`` (from its first byte to its end) into ``target``.
 
     For any sequential source: an upload body, an http body without ranges, a decompressed registry
-    layer. ``scratch_parent``: where a spool directory is made if the layout needs one;
+    layer. ``scratch_parent``: where a spool directory is made if the layout needs one
+    (None: nowhere, and such a layout raises ``ScratchSpaceRequired``);
     ``spool_limit``: its bound in bytes (default: the capacity plus a tenth plus 64 MiB, as the
     scratch path allows). The target is complete and sized when this returns; on an error it is
     partly written and the caller removes it."""

@@ -1,5 +1,7 @@
 """Scratch space: a private directory beside the target (or under --scratch-dir), removed when the
-import ends, and removed by the next import when a killed one left it behind.
+import ends, and removed by the next import when a killed one left it behind. A worker pod without a
+scratch mount has no place for it (parent None): asking for it raises ``ScratchSpaceRequired``, and its
+controller gives it a scratch claim.
 
 The owner holds an exclusive ``flock`` on a lock file inside the directory for as long as it lives;
 the kernel releases it when the process dies, however it dies. Another import that can take the lock
@@ -18,6 +20,8 @@ import tempfile
 import time
 from types import TracebackType
 
+from importer.errors import ScratchSpaceRequired
+
 log = logging.getLogger(__name__)
 
 PREFIX = ".cdi-scratch-"
@@ -26,14 +30,17 @@ GRACE = 60.0  # a directory younger than this without a lock file may be being c
 
 
 class Scratch:
-    """``with Scratch(parent) as path:`` a fresh directory, gone afterwards."""
+    """``with Scratch(parent) as path:`` a fresh directory, gone afterwards (parent None: there is no
+    scratch space here, and entering raises ``ScratchSpaceRequired``)."""
 
-    def __init__(self, parent: str) -> None:
+    def __init__(self, parent: str | None) -> None:
         self.parent = parent
         self.path = ""
         self._fd = -1
 
     def __enter__(self) -> str:
+        if self.parent is None:
+            raise ScratchSpaceRequired()
         os.makedirs(self.parent, exist_ok=True)
         self.path = tempfile.mkdtemp(prefix=PREFIX, dir=self.parent)
         self._fd = os.open(os.path.join(self.path, LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from cdi.controller import conditions as c
+from cdi.controller import scratch
 from cdi.controller.dvstatus import mark_failed, mark_succeeded, record_on_claim, working_status, write_status
 from cdi.controller.resources import (
     ANN_CREATED_BY,
@@ -28,6 +29,7 @@ from cdi.controller.resources import (
     build_pvc,
     importer_pod_name,
 )
+from cdi.controller.scratch import ANN_REQUIRES_SCRATCH
 from cdi.kube import DATAVOLUME, EVENT, POD, PVC, AlreadyExists, ApiError, Client, NotFound, Obj, PermanentError
 from cdi.kube.kinds import CDICONFIG
 from cdi.kube.storage import waits_for_first_consumer
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_SOURCES = ("http", "s3", "registry", "blank")
 PENDING_RECHECK = 5.0
+SCRATCH_RECHECK = 0.5  # a scratch claim's or an old pod's changes do not touch the DataVolume: look again
 
 
 def termination(cs: Obj) -> dict[str, Any] | None:
@@ -151,6 +154,7 @@ class DataVolumeReconciler:
             return
         if pvc["metadata"].get("deletionTimestamp") and ANN_CREATED_BY in (pvc["metadata"].get("annotations") or {}):
             self._delete_pod(namespace, name)
+        scratch.delete_claim(self.client, namespace, name, importer_pod_name(name))
 
     def _ensure_pvc(self, dv: Obj, ctx: str) -> Obj | None:
         meta = dv["metadata"]
@@ -197,31 +201,96 @@ class DataVolumeReconciler:
         conds = status["conditions"]
         ann = pvc["metadata"].get("annotations") or {}
         outcome = ann.get(ANN_POD_PHASE)
-        if outcome == "Succeeded":
-            mark_succeeded(status)
-            self._cleanup_pod(dv)
+        if outcome in ("Succeeded", "Failed"):
+            if outcome == "Succeeded":
+                mark_succeeded(status)
+                self._cleanup_pod(dv)
+            else:
+                mark_failed(status, ann.get(ANN_IMPORT_REASON, "Error"), ann.get(ANN_IMPORT_MESSAGE, ""))
+            if ANN_REQUIRES_SCRATCH in ann:
+                self._end_scratch(pvc)
             return None
-        if outcome == "Failed":
-            mark_failed(status, ann.get(ANN_IMPORT_REASON, "Error"), ann.get(ANN_IMPORT_MESSAGE, ""))
-            return None
+        namespace = dv["metadata"]["namespace"]
         pod_name = importer_pod_name(dv["metadata"]["name"])
-        pod = self.client.find(POD, dv["metadata"]["namespace"], pod_name)
+        pod = self.client.find(POD, namespace, pod_name)
         if pod is None:
             self._check_registry_source(dv)
+            needs_scratch = ann.get(ANN_REQUIRES_SCRATCH) == "true"
+            scratch_claim = scratch.claim_name(pvc["metadata"]["name"]) if needs_scratch else None
+            wait = self._scratch_name_taken(dv, pvc, pod_name, status) if scratch_claim else None
+            if wait is not None:
+                return wait
             try:
-                wanted = build_importer_pod(dv, pvc, self.settings, insecure_registries=self._insecure_registries(dv))
+                wanted = build_importer_pod(dv, pvc, self.settings, insecure_registries=self._insecure_registries(dv),
+                                            scratch_claim=scratch_claim)
             except ValueError as e:
                 raise PermanentError("InvalidSpec", str(e)) from e
             try:
-                self.client.create(POD, wanted)
-                log.info("%s created importer pod %s", ctx, pod_name)
+                pod = self.client.create(POD, wanted)
+                log.info("%s created importer pod %s%s", ctx, pod_name, " with scratch space" if scratch_claim else "")
             except AlreadyExists:
-                pass
+                pod = self.client.get(POD, namespace, pod_name)
             status["phase"] = c.IMPORT_SCHEDULED
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Import pod created")
+            if scratch_claim:
+                return self._scratch_for(dv, pvc, pod, conds)
             return None
-        return self._from_pod(dv, pvc, pod, status, ctx)
+        requeue = self._from_pod(dv, pvc, pod, status, ctx)
+        if scratch.pod_claim(pod) and (pod.get("status") or {}).get("phase", "Pending") == "Pending":
+            wait = self._scratch_for(dv, pvc, pod, conds)
+            waits = [r for r in (requeue, wait) if r is not None]
+            requeue = min(waits) if waits else None
+        return requeue
+
+    def _scratch_name_taken(self, dv: Obj, pvc: Obj, pod_name: str, status: Obj) -> float | None:
+        """None when the scratch claim's name is free for the next importer pod, else when to look again.
+        A claim left by an earlier pod is deleted first (a new pod could not use it while it goes: CDI's
+        deadlock); a claim of that name that is no scratch claim is the user's to delete or rename."""
+        conds = status["conditions"]
+        namespace, name = pvc["metadata"]["namespace"], scratch.claim_name(pvc["metadata"]["name"])
+        old = self.client.find(PVC, namespace, name)
+        if old is None:
+            return None
+        if not scratch.is_scratch_of(old, pod_name):
+            message = (f"the import needs scratch space, but PVC {name} exists and is not its scratch claim: "
+                       f"delete or rename that PVC")
+            status["phase"] = c.IMPORT_IN_PROGRESS
+            if (c.find(conds, c.RUNNING) or {}).get("message") != message:
+                self.client.event(dv, reason="ScratchClaimConflict", type="Warning", message=message)
+            c.set_condition(conds, c.RUNNING, "False", "ScratchClaimConflict", message)
+            return PENDING_RECHECK
+        if not old["metadata"].get("deletionTimestamp"):
+            self.client.delete(PVC, namespace, name)
+        c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING,
+                        f"{scratch.MESSAGE_CREATING}: waiting for the scratch claim of an earlier run to go")
+        return SCRATCH_RECHECK
+
+    def _scratch_for(self, dv: Obj, pvc: Obj, pod: Obj, conds: list[Obj]) -> float | None:
+        """Give the pending importer pod its scratch claim; Bound says so until that claim is bound."""
+        claim, created = scratch.ensure_claim(self.client, pvc, pod, self.settings)
+        if created:
+            log.info("[%s/%s] created scratch claim %s class=%s", pvc["metadata"]["namespace"], pvc["metadata"]["name"],
+                     claim["metadata"]["name"], claim["spec"].get("storageClassName") or "(default)")
+            self.client.event(dv, reason=scratch.REASON_CREATING, message=scratch.MESSAGE_CREATING)
+        if not scratch.owned_by(claim, pod):
+            # the claim of an earlier pod, still going: this pod waits for a claim that is being deleted
+            if not claim["metadata"].get("deletionTimestamp"):
+                self.client.delete(PVC, claim["metadata"]["namespace"], claim["metadata"]["name"])
+            c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING,
+                            f"{scratch.MESSAGE_CREATING}: waiting for the scratch claim of an earlier run to go")
+            return SCRATCH_RECHECK
+        if (claim.get("status") or {}).get("phase") != "Bound":
+            # CDI's words, and why the claim is not bound yet when its provisioner said so
+            c.set_condition(conds, c.BOUND, "False", scratch.REASON_CREATING,
+                            scratch.MESSAGE_CREATING + ("" if created else self._claim_trouble(claim)))
+            return SCRATCH_RECHECK
+        return None
+
+    def _end_scratch(self, pvc: Obj) -> None:
+        """The import ended: its scratch claim goes (with a retained pod it would stay otherwise)."""
+        meta = pvc["metadata"]
+        scratch.delete_claim(self.client, meta["namespace"], meta["name"], importer_pod_name(meta["name"]))
 
     def _claim_trouble(self, pvc: Obj) -> str:
         """": <why>" from the newest warning about an unbound claim (a provisioner's failure), or ""."""
@@ -249,6 +318,8 @@ class DataVolumeReconciler:
             self.client.event(dv, reason="ImportRetry", type="Warning",
                               message=f"Import restarted ({status['restartCount']}): {why}")
         phase = pstatus.get("phase", "Pending")
+        if result and result.get("scratchSpaceRequired") and not scratch.pod_claim(pod):
+            return self._needs_scratch(dv, pvc, pod, status, ctx)
         if phase == "Succeeded" and result and result.get("ok"):
             outcome = result.get("result") or {}
             record_on_claim(self.client, pvc, {ANN_POD_PHASE: "Succeeded",
@@ -263,8 +334,14 @@ class DataVolumeReconciler:
             self.client.event(dv, reason=c.SUCCEEDED,
                               message=f"Successfully imported into PVC {pvc['metadata']['name']}")
             self._cleanup_pod(dv)
+            self._end_scratch(pvc)
             log.info("%s import succeeded digest=%s", ctx, digest)
             return None
+        if result and result.get("scratchSpaceRequired"):  # with a scratch claim mounted: it would never end
+            claim = scratch.pod_claim(pod)
+            result = {**result, "permanent": True,
+                      "message": f"{result.get('message')}, though the pod mounts scratch claim {claim} at "
+                                 f"{scratch.MOUNT_PATH}: the node did not give the importer that volume"}
         if (result and not result.get("ok") and result.get("permanent")) or phase == "Failed":
             reason = str((result or {}).get("reason") or "Error")
             message = str((result or {}).get("message") or "importer pod failed")
@@ -273,6 +350,7 @@ class DataVolumeReconciler:
             mark_failed(status, reason, message)
             self.client.event(dv, reason="ImportFailed", message=message, type="Warning")
             self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
+            self._end_scratch(pvc)
             log.warning("%s import failed reason=%s message=%s", ctx, reason, message)
             return None
         running = "running" in (cs.get("state") or {})
@@ -298,6 +376,20 @@ class DataVolumeReconciler:
         c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or "Pending"),
                         str(waiting.get("message") or ""))
         return None
+
+    def _needs_scratch(self, dv: Obj, pvc: Obj, pod: Obj, status: Obj, ctx: str) -> float:
+        """The importer ended asking for scratch space: mark the claim (as CDI, so that every later pod
+        gets scratch, even after a restart of the controller) and replace the pod with one that has it.
+        No warning event: CDI deals with it by itself."""
+        if not pod["metadata"].get("deletionTimestamp"):
+            record_on_claim(self.client, pvc, {ANN_REQUIRES_SCRATCH: "true"})
+            self._delete_pod(dv["metadata"]["namespace"], dv["metadata"]["name"])
+            log.info("%s importer needs scratch space: starting it again with a scratch claim", ctx)
+        if status.get("phase") not in (c.IMPORT_SCHEDULED, c.IMPORT_IN_PROGRESS):  # as CDI: the phase stays
+            status["phase"] = c.IMPORT_SCHEDULED
+        c.set_condition(status["conditions"], c.READY, "False")
+        c.set_condition(status["conditions"], c.RUNNING, "False", scratch.REASON_REQUIRED, scratch.MESSAGE_REQUIRED)
+        return SCRATCH_RECHECK
 
     def _check_registry_source(self, dv: Obj) -> None:
         """What of CDI's registry source this importer cannot do, refused before a pod is made."""

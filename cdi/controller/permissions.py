@@ -44,8 +44,9 @@ def rule(group: str, resources: str, *verbs: str) -> Rule:
 DATAVOLUME = (
     rule(CDI, "datavolumes", *READ, "patch"),             # informer, fresh reads, claim-name annotations
     rule(CDI, "datavolumes/status", "patch"),             # dvstatus.write_status
-    rule(CORE, "persistentvolumeclaims", *READ, "create", "patch"),  # the DV's PVC and its annotations
+    rule(CORE, "persistentvolumeclaims", *READ, "create", "patch", "delete"),  # the DV's PVC; scratch claims
     rule(CORE, "pods", *READ, "create", "delete"),        # importer pods
+    rule(CDI, "cdiconfigs", "get"),                       # insecureRegistries, scratchSpaceStorageClass
     rule(CORE, "pods/log", "get"),                        # the importer's progress and termination lines
     rule(CORE, "events", "create", "patch", "list"),      # events (patch: repeated ones; list: restarts)
     rule(STORAGE, "storageclasses", "get", "list"),       # WaitForFirstConsumer (cdi.kube.storage)

@@ -34,6 +34,8 @@ ANN_CREATED_BY = "cdi.kubevirt.io/createdForDataVolume"
 LABEL_APP = {"app": "containerized-data-importer", "app.kubernetes.io/component": "storage",
              "app.kubernetes.io/managed-by": "cdi-controller"}
 ALIGN = 1 << 20
+SCRATCH_VOLUME = "cdi-scratch-vol"  # CDI's ScratchVolName and ScratchDataDir
+SCRATCH_MOUNT = "/scratch"
 # Worker pods serve their progress to Prometheus on CDI's port (cdi.metrics.serve_worker_progress).
 METRICS_PORTS: list[Obj] = [{"name": "metrics", "containerPort": 8443, "protocol": "TCP"}]
 METRICS_ENV: list[Obj] = [{"name": "METRICS_PORT", "value": "8443"}]
@@ -217,9 +219,11 @@ def insecure_registry(url: str, insecure_registries: Sequence[str]) -> bool:
 
 
 def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings, *,
-                       insecure_registries: Sequence[str] = ()) -> Obj:
+                       insecure_registries: Sequence[str] = (), scratch_claim: str | None = None) -> Obj:
     """The importer pod for an http, s3, registry or blank DataVolume, in the shape CDI gives it
-    (``insecure_registries``: CDIConfig's ``spec.insecureRegistries``)."""
+    (``insecure_registries``: CDIConfig's ``spec.insecureRegistries``). ``scratch_claim``: mounted at
+    /scratch as CDI's ``cdi-scratch-vol``; without one the importer is told it has no scratch space (it
+    must never put scratch in the volume it fills) and ends with "scratch space required" if it needs some."""
     source = dv["spec"].get("source") or {}
     meta = dv["metadata"]
     env: list[Obj] = [
@@ -239,6 +243,12 @@ def build_importer_pod(dv: Obj, pvc: Obj, settings: ControllerSettings, *,
         devices.append({"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"})
     else:
         mounts.append({"name": "cdi-data-vol", "mountPath": "/data"})
+    if scratch_claim:
+        volumes.append({"name": SCRATCH_VOLUME, "persistentVolumeClaim": {"claimName": scratch_claim}})
+        mounts.append({"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT})
+        env.append({"name": "IMPORTER_SCRATCH_DIR", "value": SCRATCH_MOUNT})
+    else:
+        env.append({"name": "IMPORTER_SCRATCH_BESIDE_TARGET", "value": "false"})
     kind = next((k for k in ("http", "s3", "registry") if k in source), None)
     if kind is not None:
         body = source[kind]
