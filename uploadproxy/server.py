@@ -78,7 +78,8 @@ class Settings:
         self.port = int(env.get("CDI_PORT_8443") or 8443)
         self.cert, self.key = env.get("TLS_CERT", ""), env.get("TLS_KEY", "")
         self.client_ca = env.get("CLIENT_CERT", "")
-        self.scratch = os.getcwd() if paths.confined else None
+        scratch = env.get("UPLOAD_SCRATCH_DIR")
+        self.scratch = paths(scratch) if scratch else os.getcwd() if paths.confined else None
         # an upload whose client sends nothing this long is cut (a half-open connection must not hold
         # the volume: the durable bytes stay and a resume may continue them)
         self.idle_timeout = float(env.get("CDI_UPLOAD_IDLE_TIMEOUT") or IDLE_TIMEOUT)

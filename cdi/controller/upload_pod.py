@@ -56,6 +56,14 @@ def build_service(pvc: Obj) -> Obj:
                                 "targetPort": SERVER_PORT}]}}
 
 
+# The upload server's own scratch (the resume point of a Block volume, the spool of a qcow2 whose tables
+# come late, the bounded file a vmdk/vdi/vhd(x) is converted from): an emptyDir, which outlives a restart
+# of the server's container (a resume continues) and goes with the pod. An upload cannot stop half-way
+# to be given a scratch claim as an import is: its client is sending.
+SCRATCH_VOLUME = "cdi-scratch-vol"
+SCRATCH_MOUNT = "/scratch"
+
+
 def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: float,
               resume_interval: int = 64 << 20, placement: WorkerPodConfig | None = None) -> Obj:
     meta = pvc["metadata"]
@@ -75,13 +83,16 @@ def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: flo
         {"name": "UPLOAD_CONTENT_TYPE", "value": content_type},
         {"name": "FILESYSTEM_OVERHEAD", "value": str(filesystem_overhead)},
         {"name": "CDI_RESUME_INTERVAL", "value": str(resume_interval)},
+        {"name": "UPLOAD_SCRATCH_DIR", "value": SCRATCH_MOUNT},
     ]
     volume = [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}] if block else \
         [{"name": "cdi-data-vol", "mountPath": "/data"}]
+    scratch = [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT}]
     container = worker_container(
         "cdi-upload-server", image, ["python3", "-m", "uploadproxy.server"], env,
         ports=[{"name": "uploadserver", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-        devices=volume if block else None, mounts=None if block else volume)
+        devices=volume if block else None, mounts=scratch if block else volume + scratch)
     return worker_pod(name, meta["namespace"], container,
-                      [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": meta["name"]}}],
+                      [{"name": "cdi-data-vol", "persistentVolumeClaim": {"claimName": meta["name"]}},
+                       {"name": SCRATCH_VOLUME, "emptyDir": {}}],
                       labels={"cdi.kubevirt.io": LABEL_COMPONENT, "service": name}, owner=pvc, placement=placement)

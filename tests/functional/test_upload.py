@@ -210,6 +210,19 @@ def test_block_volume_upload_of_zst(env: Env, image_factory: Any) -> None:
     env.check_volume("up-block", image_factory.raw)
 
 
+def test_vmdk_into_a_block_volume_converts_through_the_pods_own_scratch(env: Env, image_factory: Any) -> None:
+    """A vmdk needs a local file for qemu-img: the upload pod's emptyDir holds it, not the device's /dev."""
+    env.create_dv("up-block-vmdk", volumeMode="Block")
+    env.phase("up-block-vmdk", "UploadReady")
+    pod = env.client.get(POD, NS, "cdi-upload-up-block-vmdk")
+    assert {"name": "cdi-scratch-vol", "emptyDir": {}} in pod["spec"]["volumes"]
+    assert {"name": "cdi-scratch-vol", "mountPath": "/scratch"} in pod["spec"]["containers"][0]["volumeMounts"]
+    code, _ = env.curl("/v1beta1/upload", "-T", str(image_factory.get("vmdk")), token=env.token("up-block-vmdk"))
+    assert code == 200
+    env.phase("up-block-vmdk", "Succeeded", timeout=10)
+    env.check_volume("up-block-vmdk", image_factory.raw)
+
+
 def test_token_errors_as_cdi(env: Env) -> None:
     env.create_dv("up-tokens")
     env.phase("up-tokens", "UploadReady")
