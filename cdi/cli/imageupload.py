@@ -28,6 +28,7 @@ from typing import Any
 
 from cdi.cli import sparse as sparse_mod
 from cdi.cli.vm import CliError, kubeconfig_path, load_endpoint
+from importer.stream import ReadAhead
 from uploadproxy.body import EXTENTS_TYPE
 
 ANN_TARGET = "cdi.kubevirt.io/storage.upload.target"
@@ -389,9 +390,14 @@ class Uploader:
             with open(self.image, "rb", buffering=0) as f:
                 f.seek(offset)
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                while n := f.readinto(buf):
-                    conn.send(memoryview(buf)[:n])
-                    bar.update(n)
+                ahead = ReadAhead(f, chunk=CHUNK, depth=8)  # the disk is read while the network sends
+                ahead.start()
+                try:
+                    while n := ahead.readinto(buf):
+                        conn.send(memoryview(buf)[:n])
+                        bar.update(n)
+                finally:
+                    ahead.close()
             resp = conn.getresponse()
             return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}
         finally:

@@ -89,21 +89,55 @@ def body_length(extents: list[Extent]) -> int:
     return sum(EXTENT_HEADER.size + e.length for e in extents)
 
 
+class _ExtentData:
+    """The data of the extents, one after the other, as one stream (what ``ReadAhead`` reads ahead)."""
+
+    def __init__(self, fd: int, extents: list[Extent], image: Path) -> None:
+        self.fd, self.image = fd, image
+        self._todo = [(e.offset, e.length) for e in extents]
+        self._i = 0
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        while self._i < len(self._todo):
+            at, left = self._todo[self._i]
+            if left == 0:
+                self._i += 1
+                continue
+            n = os.preadv(self.fd, [memoryview(buf)[: min(len(buf), left)]], at)
+            if n <= 0:
+                raise SparseError(f"{self.image} ends before its data at {at}")
+            self._todo[self._i] = (at + n, left - n)
+            return n
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 def send_extents(image: Path, extents: list[Extent], send: Callable[[memoryview], None],
                  advance: Callable[[int], None], *, chunk: int = 1 << 20) -> None:
-    """Send each extent's header and data; ``advance`` gets the disk bytes covered (gaps included)."""
+    """Send each extent's header and data; ``advance`` gets the disk bytes covered (gaps included).
+    A thread reads the file ahead while the data before it is sent, so disk and network overlap."""
+    from importer.stream import ReadAhead
+
     buf = bytearray(chunk)
     pos = 0
     with open(image, "rb", buffering=0) as f:
-        for e in extents:
-            advance(e.start - pos)
-            send(memoryview(EXTENT_HEADER.pack(e.start, e.length)))
-            left, at = e.length, e.offset
-            while left:
-                n = os.preadv(f.fileno(), [memoryview(buf)[: min(chunk, left)]], at)
-                if n <= 0:
-                    raise SparseError(f"{image} ends before its data at {at}")
-                send(memoryview(buf)[:n])
-                advance(n)
-                left, at = left - n, at + n
-            pos = e.start + e.length
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        ahead = ReadAhead(_ExtentData(f.fileno(), extents, image), chunk=chunk, depth=8)
+        ahead.start()
+        try:
+            for e in extents:
+                advance(e.start - pos)
+                send(memoryview(EXTENT_HEADER.pack(e.start, e.length)))
+                left = e.length
+                while left:
+                    n = ahead.readinto(memoryview(buf)[: min(chunk, left)])
+                    if n <= 0:
+                        raise SparseError(f"{image} ends before the data of its extent at {e.start}")
+                    send(memoryview(buf)[:n])
+                    advance(n)
+                    left -= n
+                pos = e.start + e.length
+        finally:
+            ahead.close()
