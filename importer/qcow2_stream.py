@@ -24,6 +24,11 @@ Memory: one chunk, the L1 entries the disk needs (at most 32 MiB, qemu's limit),
 cluster of an L2 table read whose clusters have not streamed past yet (for qemu-img's layout, at
 most one L2 table's worth: 64 KiB for 64 KiB clusters), one object per allocated L2 table not yet
 read, and 32 bytes of digest per MiB of disk before the last data cluster.
+
+Resume: with ``on_checkpoint``, every ``interval`` bytes of the file (at a chunk's end) the volume and
+the spool are made durable and the walker's whole state goes to ``on_checkpoint(offset, state)``
+(``qcow2_resume`` says what it holds and its bound); ``resume`` takes such a state up in a new process
+whose ``reader`` starts at that offset of the same file.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import logging
 import struct
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from importer import qcow2_header as q
+from importer import qcow2_resume
 from importer.errors import FormatError
 from importer.qcow2_output import GuestWriter, Spool
 from importer.stream import CHUNK, Reader, read_full
@@ -55,8 +62,26 @@ class StreamResult:
     in_order: bool
 
 
+Checkpoint = Callable[[int, bytes], None]
+
+
+@dataclass
+class Durable:
+    """How a conversion keeps resume points: ``on_checkpoint(offset, state)`` every ``interval`` bytes
+    of the file, the spool in ``spool_path``; ``resume``: the state to continue from (its reader starts
+    at the state's offset); ``identity``: what the sender declares the image to be
+    (``qcow2_resume.file_identity``), checked against the tables read."""
+
+    on_checkpoint: Checkpoint | None = None
+    interval: int = 0
+    spool_path: str | None = None
+    resume: bytes | None = None
+    identity: str | None = None
+
+
 def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, device_zeroed: bool = False,
-                   spool_limit: int | None = None) -> StreamResult:
+                   spool_limit: int | None = None, durable: Durable | None = None,
+                   chunk: int = CHUNK) -> StreamResult:
     """Convert the qcow2 image read from ``reader`` (from its first byte to its end) into ``target``.
 
     For any sequential source: an upload body, an http body without ranges, a decompressed registry
@@ -66,8 +91,9 @@ def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, devic
     partly written and the caller removes it."""
     if spool_limit is None and target.capacity is not None:
         spool_limit = target.capacity + target.capacity // 10 + (64 << 20)
-    with Spool(scratch_parent, spool_limit) as spool:
-        walker = _Walker(reader, target, spool, device_zeroed=device_zeroed)
+    durable = durable or Durable()
+    with Spool(scratch_parent, spool_limit, path=durable.spool_path) as spool:
+        walker = _Walker(reader, target, spool, device_zeroed=device_zeroed, durable=durable, chunk=chunk)
         return walker.run()
 
 
@@ -241,8 +267,12 @@ class _Clusters(_Need):
 
 
 class _Walker:
-    def __init__(self, reader: Reader, target: Target, spool: Spool, *, device_zeroed: bool) -> None:
+    def __init__(self, reader: Reader, target: Target, spool: Spool, *, device_zeroed: bool,
+                 durable: Durable, chunk: int = CHUNK) -> None:
         self.reader = reader
+        self.durable = durable
+        self.chunk = chunk
+        self.seen = b""  # the identity chain of the header and the tables read (qcow2_resume.chain)
         self.target = target
         self.spool = spool
         self.device_zeroed = device_zeroed
@@ -259,33 +289,130 @@ class _Walker:
     # -- the stream ------------------------------------------------------------------------------
 
     def run(self) -> StreamResult:
-        first = bytearray(2 << 20)
-        n = read_full(self.reader, memoryview(first))
-        self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
+        if self.durable.resume is not None:
+            self._restore(self.durable.resume)
+            n = 1
+        else:
+            first = bytearray(2 << 20)
+            n = read_full(self.reader, memoryview(first))
+            self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
+            self.seen = qcow2_resume.chain(b"", first[:self.h.header_end])
+            self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed)
         h = self.h
-        self.out = GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
         try:
-            self.add(_Need(0, h.header_end))
-            if h.refcount_table_offset:
-                self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
-                                self._refcount_table, "refcount table", optional=True))
-            if h.nb_snapshots:
-                self.add(_Snapshots(h))
-            if h.l1_needed:
-                self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
-            else:
-                self.l1_read = True
-            self._chunk(memoryview(first)[:n])
-            buf = bytearray(CHUNK)
+            if self.durable.resume is None:
+                self._start(memoryview(first)[:n])
+            buf = bytearray(self.chunk)
+            interval = self.durable.interval or (1 << 62)
+            next_point = self.pos + interval
             while n:
                 n = read_full(self.reader, memoryview(buf))
                 if n:
                     self._chunk(memoryview(buf)[:n])
+                    if self.durable.on_checkpoint is not None and self.pos >= next_point:
+                        self._checkpoint(self.durable.on_checkpoint)
+                        next_point = self.pos + interval
             self._at_end()
+            self._check_identity()
             digest = self.out.finish()
         finally:
             self.out.close()
         return StreamResult(h.size, digest, self.spool.peak, self.clusters, not self.out.scattered)
+
+    def _start(self, first: memoryview) -> None:
+        h = self.h
+        self.add(_Need(0, h.header_end))
+        if h.refcount_table_offset:
+            self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
+                            self._refcount_table, "refcount table", optional=True))
+        if h.nb_snapshots:
+            self.add(_Snapshots(h))
+        if h.l1_needed:
+            self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
+        else:
+            self.l1_read = True
+        self._chunk(first)
+
+    def _check_identity(self) -> None:
+        declared = self.durable.identity
+        if declared is not None and declared != qcow2_resume.identity(self.seen):
+            raise FormatError("the image sent is not the image its upload declared (Upload-Image-Id): its header "
+                              "or tables differ, so parts of two images would be mixed; upload the image again "
+                              "from byte 0")
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _checkpoint(self, on_checkpoint: Checkpoint) -> None:
+        """Make the volume and the spool durable up to ``pos``, then hand over the state that continues there."""
+        self.out.sync()
+        self.spool.sync()
+        on_checkpoint(self.pos, self.state())
+
+    def state(self) -> bytes:
+        blobs: list[bytes] = []
+
+        def blob(data: bytes | bytearray | array[int]) -> int:
+            blobs.append(data.tobytes() if isinstance(data, array) else bytes(data))
+            return len(blobs) - 1
+
+        needs = [_save_need(need, blob) for _, _, need in sorted(self.heap, key=lambda e: (e[0], e[1]))]
+        writer, window = self.out.state()
+        meta = {"pos": self.pos, "header": asdict(self.h), "l1_read": self.l1_read, "l2_pending": self.l2_pending,
+                "clusters": self.clusters, "seen": self.seen.hex(), "identity": self.durable.identity,
+                "needs": needs, "spool": self.spool.state(), "writer": writer, "window": blob(window)}
+        return qcow2_resume.encode(meta, blobs)
+
+    def _restore(self, data: bytes) -> None:
+        meta, blobs = qcow2_resume.decode(data)
+        try:
+            if meta["identity"] != self.durable.identity:
+                raise qcow2_resume.StateError(
+                    "the image sent is not the image the interrupted upload was of (its Upload-Image-Id differs): "
+                    "upload it again from byte 0")
+            self.h = q.Header(**meta["header"])
+            self.pos = int(meta["pos"])
+            self.l1_read, self.l2_pending = bool(meta["l1_read"]), int(meta["l2_pending"])
+            self.clusters, self.seen = int(meta["clusters"]), bytes.fromhex(meta["seen"])
+            self.spool.restore(meta["spool"])
+            self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed,
+                                   resume=(meta["writer"], blobs[meta["window"]]))
+            for saved in meta["needs"]:
+                heapq.heappush(self.heap, (int(saved["start"]), next(self.seq), self._load_need(saved, blobs)))
+        except (KeyError, TypeError, ValueError, IndexError, FileNotFoundError) as e:
+            raise qcow2_resume.StateError(f"the saved state of the interrupted qcow2 upload is unusable: {e}") from e
+
+    def _load_need(self, saved: dict[str, Any], blobs: list[bytes]) -> _Need:
+        kind, start, end = saved["kind"], int(saved["start"]), int(saved["end"])
+        need: _Need
+        if kind == "need":
+            need = _Need(start, end, optional=bool(saved["optional"]))
+        elif kind == "table":
+            done = {"L1 table": self._l1, "refcount table": self._refcount_table}[saved["what"]]
+            need = _Table(start, end - start, done, saved["what"], optional=bool(saved["optional"]))
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "tables":
+            offsets, indexes = array("Q"), array("I")
+            offsets.frombytes(blobs[saved["offsets"]])
+            indexes.frombytes(blobs[saved["indexes"]])
+            need = _Tables(offsets, indexes, int(saved["size"]), self._l2)
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "snapshots":
+            need = _Snapshots(self.h)
+            need.left, need.entry_start = int(saved["left"]), int(saved["entry_start"])
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "compressed":
+            need = _Compressed(start, end, int(saved["guest"]), self)
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "clusters":
+            keys = array("Q")
+            keys.frombytes(blobs[saved["keys"]])
+            masks = {int(k): int(v) for k, v in saved["masks"]}
+            need = _Clusters(keys, int(saved["guest_base"]), self.h.cluster_size, self.out, masks)
+            need.host = int(saved["host"])
+        else:
+            raise ValueError(f"unknown range kind {kind!r}")
+        need.start, need.end = start, end
+        return need
 
     def _chunk(self, view: memoryview) -> None:
         start, end = self.pos, self.pos + len(view)
@@ -307,9 +434,10 @@ class _Walker:
             if a2 < b1:
                 raise FormatError(f"qcow2 image uses the bytes at offset {a2:#x} twice (a table or cluster "
                                   "overlaps another): refused")
-        taken = [(a, abs(b)) for a, b in taken]
         if self.keeping:
-            for a, b in _gaps(start, end, taken):
+            # a compressed cluster's bytes are kept too: its last sector may also hold the start of
+            # another compressed cluster whose L2 table has not been read yet
+            for a, b in _gaps(start, end, plain):
                 self.spool.keep(a, view[a - start:b - start])
         self.pos = end
 
@@ -362,6 +490,7 @@ class _Walker:
     def _l1(self, data: bytes) -> None:
         h = self.h
         self.l1_read = True
+        self.seen = qcow2_resume.chain(self.seen, data)
         keys = []  # offset << 22 | index: an L1 has at most 2^22 entries (qemu's 32 MiB)
         for index, entry in enumerate(struct.unpack(f">{len(data) // 8}Q", data)):
             offset = entry & q.L1E_OFFSET_MASK
@@ -381,6 +510,7 @@ class _Walker:
     def _l2(self, index: int, data: bytes) -> None:
         h = self.h
         self.l2_pending -= 1
+        self.seen = qcow2_resume.chain(self.seen, data)
         base = index * h.l1_coverage
         count = min(h.l2_entries, -(-(h.size - base) // h.cluster_size))
         words = struct.unpack(f">{count * h.l2_entry_size // 8}Q", data[:count * h.l2_entry_size])
@@ -425,6 +555,26 @@ class _Walker:
     def inflate(self, need: _Compressed) -> None:
         self.out.put(need.guest, q.decompress(self.h.compression, need.buf, self.h.cluster_size))
         need.buf = bytearray()
+
+
+def _save_need(need: _Need, blob: Callable[[bytes | bytearray | array[int]], int]) -> dict[str, Any]:
+    """One wanted range as a checkpoint keeps it (the arrays from where it stands, the rest dropped)."""
+    saved: dict[str, Any] = {"start": need.start, "end": need.end}
+    if isinstance(need, _Table):
+        saved.update(kind="table", what=need.what, optional=need.optional, buf=blob(need.buf))
+    elif isinstance(need, _Tables):
+        saved.update(kind="tables", offsets=blob(need.offsets[need.i:]), indexes=blob(need.indexes[need.i:]),
+                     size=need.size, buf=blob(need.buf))
+    elif isinstance(need, _Snapshots):
+        saved.update(kind="snapshots", left=need.left, entry_start=need.entry_start, buf=blob(need.buf))
+    elif isinstance(need, _Compressed):
+        saved.update(kind="compressed", guest=need.guest, buf=blob(need.buf))
+    elif isinstance(need, _Clusters):
+        saved.update(kind="clusters", keys=blob(need.keys[need.i:]), guest_base=need.guest_base,
+                     masks=sorted(need.masks.items()), host=need.host)
+    else:
+        saved.update(kind="need", optional=need.optional)
+    return saved
 
 
 def _gaps(start: int, end: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:

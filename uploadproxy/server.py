@@ -64,6 +64,7 @@ FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
 LENGTH_HEADER = "Upload-Length"
+IDENTITY_HEADER = "Upload-Image-Id"  # what the client declares the image to be (a qcow2's tables): a resume must match
 IDLE_TIMEOUT = 30.0
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -200,6 +201,8 @@ class Handler(BaseHTTPRequestHandler):
             if known and point is not None:
                 self.send_header(OFFSET_HEADER, str(point.offset))
                 self.send_header(LENGTH_HEADER, str(point.size))
+                if point.identity is not None:
+                    self.send_header(IDENTITY_HEADER, point.identity)
             elif known:
                 self.send_header(OFFSET_HEADER, "0")
         self.send_header("Content-Length", "0")
@@ -289,10 +292,14 @@ class Handler(BaseHTTPRequestHandler):
             if point is None or point.offset != offset or point.validator != upload_validator(size):
                 self._refuse_range(point, offset, size)
                 return False
-            log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+            if point.identity is not None and self.headers.get(IDENTITY_HEADER) != point.identity:
+                self._refuse_other_image(point, self.headers.get(IDENTITY_HEADER))
+                return False
+            log.info("continuing an interrupted %s upload at byte %d of %d", point.format, offset, size)
         if offset == 0 and content_type != "archive":
             body = _Qcow2SizeCheck(body, self._capacity())
-        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
+        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0,
+                              identity=self.headers.get(IDENTITY_HEADER))
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:
@@ -346,6 +353,17 @@ class Handler(BaseHTTPRequestHandler):
                     f"Content-Range: bytes {held}-{total - 1}/{total}")
         log.info("ranged upload refused: %s", text)
         self._reply(416, text, {OFFSET_HEADER: str(held), LENGTH_HEADER: str(total)})
+
+    def _refuse_other_image(self, point: checkpoint.Checkpoint, declared: str | None) -> None:
+        """416 for a ranged PUT of another image than the interrupted one (its declared identity differs):
+        continuing would mix two images' tables and data."""
+        total = point.size or 0
+        said = f"declares {IDENTITY_HEADER} {declared}" if declared else f"declares no {IDENTITY_HEADER}"
+        text = (f"the interrupted upload here is of another image ({IDENTITY_HEADER} {point.identity}); this "
+                f"request {said}: send that image's bytes {point.offset}-{total - 1} with the same "
+                f"{IDENTITY_HEADER}, or send this image whole from byte 0 (a POST without Content-Range)")
+        log.info("ranged upload refused: %s", text)
+        self._reply(416, text, {OFFSET_HEADER: str(point.offset), LENGTH_HEADER: str(total)})
 
     def _capacity(self) -> int | None:
         settings = self.server.settings
@@ -401,7 +419,7 @@ class UploadHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1" if os.environ.get("CDI_PORTS") else "0.0.0.0", settings.port), Handler)
 
     def resume_point(self) -> checkpoint.Checkpoint | None:
-        """The durable part of an interrupted raw upload into this volume, if there is one."""
+        """The durable part of an interrupted raw or qcow2 upload into this volume, if there is one."""
         settings = self.settings
         if settings.content_type == "archive":
             return None
