@@ -44,7 +44,7 @@ class Checkpoint:
     offset: int
     format: str = "raw"  # "qcow2": ``offset`` is in the qcow2 file, the converter's state is beside
     state: str | None = None  # the sha256 of the qcow2 converter's saved state
-    identity: str | None = None  # what the sender declared the image to be (qcow2_resume.file_identity)
+    prefix: str | None = None  # qcow2: the digest of the file's bytes up to ``offset`` (qcow2_resume.Prefix)
 
 
 def path_for(target_path: str, kind: str, workdir: str | None = None) -> str:

@@ -422,24 +422,21 @@ class Importer:
         validator = source.validator
         # a checksum covers the file's bytes, which a resumed run no longer has (its volume is converted)
         if not (self.job.resume and not self.layers and caps.resumable and validator and self.checksum is None):
-            return qcow2_stream.Durable(identity=caps.identity)
+            return qcow2_stream.Durable()
         url, size, state_file = self.job.source, caps.size, checkpoint.state_path(self.ckpt_path)
         resume = None
         if self.resumed_from is not None:
-            if self.resumed_from.identity != caps.identity:
-                raise FormatError("the image sent is not the image the interrupted upload was of (its "
-                                  "Upload-Image-Id differs): upload it again from byte 0")
             resume = qcow2_resume.load(state_file, self.resumed_from.state)
 
-        def save_point(offset: int, state: bytes) -> None:
+        def save_point(offset: int, state: bytes, prefix: str) -> None:
             digest = qcow2_resume.save(state_file, state)
             checkpoint.save(self.ckpt_path, checkpoint.Checkpoint(
                 url, validator, size, self.target.path, self.target.capacity, offset, format="qcow2",
-                state=digest, identity=caps.identity))
+                state=digest, prefix=prefix))
 
         return qcow2_stream.Durable(on_checkpoint=save_point, interval=checkpoint.interval_for(size),
                                     spool_path=checkpoint.spool_path(self.ckpt_path), resume=resume,
-                                    identity=caps.identity)
+                                    prefix=caps.prefix)
 
     def _scratch_parent(self) -> str:
         return self.job.scratch_dir or os.path.dirname(os.path.abspath(self.target.path))

@@ -12,11 +12,11 @@ yet streamed past (8 bytes a cluster; for qemu-img's layout one table: 64 KiB wi
 partly read table (at most the L1's 32 MiB) and 16 bytes per range of the spool. For an image qemu-img
 wrote, about 1.1 MiB; the spool's data, when the layout needs one, stays in its own file beside it.
 
-Identity: the state carries a chained sha256 of the header and of every L1 and L2 table the converter
-read (``chain``), in the order it reads them (the header, the L1, the L2 tables by file offset).
-``file_identity`` computes the same value from a local qcow2 file, so a client can declare which image
-it sends (``Upload-Image-Id``) and a resume with another image is refused before a byte is used; at the
-end of the stream the converter checks that the tables it read are those the declaration names.
+Identity: besides the image's size, the point records the digest of every byte of the file received
+up to it (``Prefix``: the header, the tables seen and the data), so a resume must prove it sends the
+rest of that same file: the client sends ``importer.digest.volume_digest`` of its file's first
+``offset`` bytes, and another image (even one whose header and tables are the same) is refused before
+a byte of it is used.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import os
 import struct
 from typing import Any
 
-from importer import qcow2_header as q
+from importer import digest
 from importer.errors import FormatError
 
 MAGIC = b"CDI-QCOW2-STATE-1\n"
-IDENTITY_PREFIX = "qcow2-tables:sha256:"
 
 
 class StateError(FormatError):
@@ -91,38 +90,34 @@ def load(path: str, digest: str | None) -> bytes:
     return data
 
 
-# -- identity ---------------------------------------------------------------------------------------
+# -- what was received ----------------------------------------------------------------------------
 
-def chain(previous: bytes, piece: bytes | bytearray | memoryview) -> bytes:
-    """One more table in the identity: sha256(previous || piece)."""
-    h = hashlib.sha256(previous)
-    h.update(piece)
-    return h.digest()
+class Prefix:
+    """The digest of the file's bytes received so far, as ``importer.digest.volume_digest`` takes it
+    over the first ``pos`` bytes of the file (1 MiB blocks): a client resuming at ``pos`` proves with it
+    that it sends the rest of the same file (``Upload-Prefix-Digest``). 32 bytes a MiB, and the bytes
+    of the block under way (none when checkpoints fall on whole MiB, as the converter's chunks do)."""
 
+    def __init__(self, leaves: bytes = b"", partial: bytes = b"") -> None:
+        self.leaves = bytearray(leaves)
+        self.partial = bytearray(partial)
+        self.size = len(self.leaves) // 32 * digest.BLOCK + len(self.partial)
 
-def identity(value: bytes) -> str:
-    return IDENTITY_PREFIX + value.hex()
+    def update(self, view: memoryview) -> None:
+        self.size += len(view)
+        if self.partial:
+            take = min(len(view), digest.BLOCK - len(self.partial))
+            self.partial += view[:take]
+            view = view[take:]
+            if len(self.partial) == digest.BLOCK:
+                self.leaves += digest.leaf(memoryview(self.partial))
+                self.partial = bytearray()
+        whole = len(view) // digest.BLOCK * digest.BLOCK
+        for at in range(0, whole, digest.BLOCK):
+            self.leaves += digest.leaf(view[at:at + digest.BLOCK])
+        if whole < len(view):
+            self.partial += view[whole:]
 
-
-def file_identity(path: str) -> str | None:
-    """The identity of the qcow2 image in the local file ``path`` (None for anything else): its header,
-    its L1 table and its L2 tables by file offset, chained as the converter reads them."""
-    with open(path, "rb") as f:
-        head = f.read(2 << 20)
-        if not head.startswith(q.MAGIC):
-            return None
-        try:
-            h = q.parse(head, capacity=None)
-        except FormatError:
-            return None  # the server says what is wrong with it
-        value = chain(b"", head[:h.header_end])
-        if not h.l1_needed:
-            return identity(value)
-        f.seek(h.l1_offset)
-        l1 = f.read(h.l1_needed * 8)
-        value = chain(value, l1)
-        entries = struct.unpack(f">{len(l1) // 8}Q", l1[: len(l1) // 8 * 8])
-        for offset in sorted(e & q.L1E_OFFSET_MASK for e in entries if e & q.L1E_OFFSET_MASK):
-            f.seek(offset)
-            value = chain(value, f.read(h.cluster_size))
-    return identity(value)
+    def digest(self) -> str:
+        tail = [hashlib.sha256(self.partial).digest()] if self.partial else []
+        return digest.combine(self.size, bytes(self.leaves) + b"".join(tail))

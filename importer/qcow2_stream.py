@@ -26,9 +26,10 @@ most one L2 table's worth: 64 KiB for 64 KiB clusters), one object per allocated
 read, and 32 bytes of digest per MiB of disk before the last data cluster.
 
 Resume: with ``on_checkpoint``, every ``interval`` bytes of the file (at a chunk's end) the volume and
-the spool are made durable and the walker's whole state goes to ``on_checkpoint(offset, state)``
-(``qcow2_resume`` says what it holds and its bound); ``resume`` takes such a state up in a new process
-whose ``reader`` starts at that offset of the same file.
+the spool are made durable and the walker's whole state goes to ``on_checkpoint(offset, state, prefix)``
+(``qcow2_resume`` says what it holds and its bound; ``prefix``: the digest of the file's bytes up to
+``offset``); ``resume`` takes such a state up in a new process whose ``reader`` starts at that offset of
+the same file.
 """
 
 from __future__ import annotations
@@ -62,21 +63,21 @@ class StreamResult:
     in_order: bool
 
 
-Checkpoint = Callable[[int, bytes], None]
+Checkpoint = Callable[[int, bytes, str], None]
 
 
 @dataclass
 class Durable:
-    """How a conversion keeps resume points: ``on_checkpoint(offset, state)`` every ``interval`` bytes
-    of the file, the spool in ``spool_path``; ``resume``: the state to continue from (its reader starts
-    at the state's offset); ``identity``: what the sender declares the image to be
-    (``qcow2_resume.file_identity``), checked against the tables read."""
+    """How a conversion keeps resume points: ``on_checkpoint(offset, state, prefix)`` every ``interval``
+    bytes of the file, the spool in ``spool_path``; ``resume``: the state to continue from (its reader
+    starts at the state's offset) and ``prefix``: the digest of the file's first ``offset`` bytes the
+    sender declares (``qcow2_resume.Prefix``), which must be the state's."""
 
     on_checkpoint: Checkpoint | None = None
     interval: int = 0
     spool_path: str | None = None
     resume: bytes | None = None
-    identity: str | None = None
+    prefix: str | None = None
 
 
 def convert_stream(reader: Reader, target: Target, *, scratch_parent: str, device_zeroed: bool = False,
@@ -272,7 +273,7 @@ class _Walker:
         self.reader = reader
         self.durable = durable
         self.chunk = chunk
-        self.seen = b""  # the identity chain of the header and the tables read (qcow2_resume.chain)
+        self.received = qcow2_resume.Prefix()  # the digest of the file's bytes so far (checkpoints only)
         self.target = target
         self.spool = spool
         self.device_zeroed = device_zeroed
@@ -296,7 +297,6 @@ class _Walker:
             first = bytearray(2 << 20)
             n = read_full(self.reader, memoryview(first))
             self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
-            self.seen = qcow2_resume.chain(b"", first[:self.h.header_end])
             self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed)
         h = self.h
         try:
@@ -313,7 +313,6 @@ class _Walker:
                         self._checkpoint(self.durable.on_checkpoint)
                         next_point = self.pos + interval
             self._at_end()
-            self._check_identity()
             digest = self.out.finish()
         finally:
             self.out.close()
@@ -333,20 +332,13 @@ class _Walker:
             self.l1_read = True
         self._chunk(first)
 
-    def _check_identity(self) -> None:
-        declared = self.durable.identity
-        if declared is not None and declared != qcow2_resume.identity(self.seen):
-            raise FormatError("the image sent is not the image its upload declared (Upload-Image-Id): its header "
-                              "or tables differ, so parts of two images would be mixed; upload the image again "
-                              "from byte 0")
-
     # -- checkpoints -----------------------------------------------------------------------------
 
     def _checkpoint(self, on_checkpoint: Checkpoint) -> None:
         """Make the volume and the spool durable up to ``pos``, then hand over the state that continues there."""
         self.out.sync()
         self.spool.sync()
-        on_checkpoint(self.pos, self.state())
+        on_checkpoint(self.pos, self.state(), self.received.digest())
 
     def state(self) -> bytes:
         blobs: list[bytes] = []
@@ -358,21 +350,23 @@ class _Walker:
         needs = [_save_need(need, blob) for _, _, need in sorted(self.heap, key=lambda e: (e[0], e[1]))]
         writer, window = self.out.state()
         meta = {"pos": self.pos, "header": asdict(self.h), "l1_read": self.l1_read, "l2_pending": self.l2_pending,
-                "clusters": self.clusters, "seen": self.seen.hex(), "identity": self.durable.identity,
-                "needs": needs, "spool": self.spool.state(), "writer": writer, "window": blob(window)}
+                "clusters": self.clusters, "received": blob(self.received.leaves),
+                "received_partial": blob(self.received.partial), "needs": needs, "spool": self.spool.state(), "writer": writer, "window": blob(window)}
         return qcow2_resume.encode(meta, blobs)
 
     def _restore(self, data: bytes) -> None:
         meta, blobs = qcow2_resume.decode(data)
         try:
-            if meta["identity"] != self.durable.identity:
+            self.received = qcow2_resume.Prefix(blobs[meta["received"]], blobs[meta["received_partial"]])
+            if self.received.digest() != self.durable.prefix:
                 raise qcow2_resume.StateError(
-                    "the image sent is not the image the interrupted upload was of (its Upload-Image-Id differs): "
-                    "upload it again from byte 0")
+                    f"the bytes sent before byte {meta['pos']} were of another file than the one now continued "
+                    f"(its Upload-Prefix-Digest is {self.durable.prefix}, not {self.received.digest()}): "
+                    "upload the image again from byte 0")
             self.h = q.Header(**meta["header"])
             self.pos = int(meta["pos"])
             self.l1_read, self.l2_pending = bool(meta["l1_read"]), int(meta["l2_pending"])
-            self.clusters, self.seen = int(meta["clusters"]), bytes.fromhex(meta["seen"])
+            self.clusters = int(meta["clusters"])
             self.spool.restore(meta["spool"])
             self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed,
                                    resume=(meta["writer"], blobs[meta["window"]]))
@@ -415,6 +409,8 @@ class _Walker:
         return need
 
     def _chunk(self, view: memoryview) -> None:
+        if self.durable.on_checkpoint is not None:
+            self.received.update(view)
         start, end = self.pos, self.pos + len(view)
         self.view = view
         taken: list[tuple[int, int]] = []
@@ -490,7 +486,6 @@ class _Walker:
     def _l1(self, data: bytes) -> None:
         h = self.h
         self.l1_read = True
-        self.seen = qcow2_resume.chain(self.seen, data)
         keys = []  # offset << 22 | index: an L1 has at most 2^22 entries (qemu's 32 MiB)
         for index, entry in enumerate(struct.unpack(f">{len(data) // 8}Q", data)):
             offset = entry & q.L1E_OFFSET_MASK
@@ -510,7 +505,6 @@ class _Walker:
     def _l2(self, index: int, data: bytes) -> None:
         h = self.h
         self.l2_pending -= 1
-        self.seen = qcow2_resume.chain(self.seen, data)
         base = index * h.l1_coverage
         count = min(h.l2_entries, -(-(h.size - base) // h.cluster_size))
         words = struct.unpack(f">{count * h.l2_entry_size // 8}Q", data[:count * h.l2_entry_size])

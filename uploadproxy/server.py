@@ -64,7 +64,9 @@ FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
 LENGTH_HEADER = "Upload-Length"
-IDENTITY_HEADER = "Upload-Image-Id"  # what the client declares the image to be (a qcow2's tables): a resume must match
+# a qcow2 resume proves it continues the same file: the volume digest (importer.digest) of its bytes before the range
+PREFIX_HEADER = "Upload-Prefix-Digest"
+FORMAT_HEADER = "Upload-Format"  # what HEAD says the held part is: raw, or qcow2 (then a resume needs PREFIX_HEADER)
 IDLE_TIMEOUT = 30.0
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -201,8 +203,7 @@ class Handler(BaseHTTPRequestHandler):
             if known and point is not None:
                 self.send_header(OFFSET_HEADER, str(point.offset))
                 self.send_header(LENGTH_HEADER, str(point.size))
-                if point.identity is not None:
-                    self.send_header(IDENTITY_HEADER, point.identity)
+                self.send_header(FORMAT_HEADER, point.format)
             elif known:
                 self.send_header(OFFSET_HEADER, "0")
         self.send_header("Content-Length", "0")
@@ -292,14 +293,14 @@ class Handler(BaseHTTPRequestHandler):
             if point is None or point.offset != offset or point.validator != upload_validator(size):
                 self._refuse_range(point, offset, size)
                 return False
-            if point.identity is not None and self.headers.get(IDENTITY_HEADER) != point.identity:
-                self._refuse_other_image(point, self.headers.get(IDENTITY_HEADER))
+            if point.format == "qcow2" and self.headers.get(PREFIX_HEADER) != point.prefix:
+                self._refuse_other_image(point, self.headers.get(PREFIX_HEADER))
                 return False
             log.info("continuing an interrupted %s upload at byte %d of %d", point.format, offset, size)
         if offset == 0 and content_type != "archive":
             body = _Qcow2SizeCheck(body, self._capacity())
         source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0,
-                              identity=self.headers.get(IDENTITY_HEADER))
+                              prefix=self.headers.get(PREFIX_HEADER))
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:
@@ -355,13 +356,18 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(416, text, {OFFSET_HEADER: str(held), LENGTH_HEADER: str(total)})
 
     def _refuse_other_image(self, point: checkpoint.Checkpoint, declared: str | None) -> None:
-        """416 for a ranged PUT of another image than the interrupted one (its declared identity differs):
-        continuing would mix two images' tables and data."""
+        """416 for a ranged PUT that does not prove it continues the interrupted qcow2 (its prefix digest
+        is missing or another): continuing would mix two images' tables and data."""
         total = point.size or 0
-        said = f"declares {IDENTITY_HEADER} {declared}" if declared else f"declares no {IDENTITY_HEADER}"
-        text = (f"the interrupted upload here is of another image ({IDENTITY_HEADER} {point.identity}); this "
-                f"request {said}: send that image's bytes {point.offset}-{total - 1} with the same "
-                f"{IDENTITY_HEADER}, or send this image whole from byte 0 (a POST without Content-Range)")
+        if declared is None:
+            text = (f"the interrupted upload here is a qcow2 image converted as it arrived: a resume must send "
+                    f"{PREFIX_HEADER}, the volume digest of the file's first {point.offset} bytes (cdi "
+                    f"image-upload sends it), so that the rest of another file is never added to it; or send "
+                    f"the image whole from byte 0 (a POST without Content-Range)")
+        else:
+            text = (f"the file sent is not the one whose upload was interrupted: its first {point.offset} bytes have "
+                    f"the digest {declared}, the bytes received had another; send that file's bytes "
+                    f"{point.offset}-{total - 1}, or send this file whole from byte 0 (a POST without Content-Range)")
         log.info("ranged upload refused: %s", text)
         self._reply(416, text, {OFFSET_HEADER: str(point.offset), LENGTH_HEADER: str(total)})
 
