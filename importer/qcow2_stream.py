@@ -351,7 +351,8 @@ class _Walker:
         writer, window = self.out.state()
         meta = {"pos": self.pos, "header": asdict(self.h), "l1_read": self.l1_read, "l2_pending": self.l2_pending,
                 "clusters": self.clusters, "received": blob(self.received.leaves),
-                "received_partial": blob(self.received.partial), "needs": needs, "spool": self.spool.state(), "writer": writer, "window": blob(window)}
+                "received_partial": blob(self.received.partial), "needs": needs, "spool": self.spool.state(),
+                "writer": writer, "window": blob(window)}
         return qcow2_resume.encode(meta, blobs)
 
     def _restore(self, data: bytes) -> None:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from importer import qcow2_resume
 from importer.digest import volume_digest
-from importer.errors import FormatError
 from importer.qcow2_stream import Durable, convert_stream
 from importer.target import Target
 from tests.support import images
