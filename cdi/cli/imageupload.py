@@ -357,7 +357,7 @@ class Uploader:
     def upload(self) -> None:
         from tqdm import tqdm
 
-        offset, failures = 0, 0
+        offset, failures = self._interrupted_qcow2(), 0
         with tqdm(total=self.size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                   dynamic_ncols=True, disable=None) as bar:
             while True:
@@ -399,6 +399,20 @@ class Uploader:
                     raise CliError(f"upload failed after {RETRIES} retries: {status} {body.strip()}")
                 else:
                     raise CliError(f"unexpected return value {status}, {body.strip()}")
+
+    def _interrupted_qcow2(self) -> int:
+        """Where an earlier run's qcow2 upload of this volume stopped, when the server holds one (a new
+        invocation continues it; the digest sent with it proves the file is the same). A raw part is
+        not continued by a new invocation: nothing would tell another file of the same size from it."""
+        if self.restart_reason() is not None:
+            return 0
+        offset = self._held_or_zero()
+        if offset and self.prefix is not None:
+            print(f"the server holds the first {offset} bytes of an interrupted qcow2 upload: continuing at byte "
+                  f"{offset} of {self.size}", file=sys.stderr)
+            self.resumes += 1
+            return offset
+        return 0
 
     def _held_or_zero(self) -> int:
         try:
