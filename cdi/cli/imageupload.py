@@ -305,6 +305,7 @@ class Uploader:
         self.token = new_token()
         self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
         self.resumes = 0
+        self.sent = 0  # bytes of the image sent, over every attempt (a resume sends only the rest)
         self.prefix: str | None = None  # the digest of the bytes the server holds, for a qcow2 resume
         with open(image, "rb") as f:
             self.compression = detect_compression(f.read(16))
@@ -443,6 +444,7 @@ class Uploader:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 while n := f.readinto(buf):
                     conn.send(memoryview(buf)[:n])
+                    self.sent += n
                     bar.update(n)
             resp = conn.getresponse()
             return resp.status, resp.read().decode(errors="replace"), {k.lower(): v for k, v in resp.getheaders()}

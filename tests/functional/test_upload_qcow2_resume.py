@@ -213,7 +213,7 @@ def test_a_killed_upload_server_is_continued_by_image_upload_at_its_last_point(
             uploader = Uploader(f"https://127.0.0.1:{port}", pki.client_context(), lambda: "unused", image,
                                 archive=False)
             uploader.upload()  # a new invocation: it asks what is held and sends the rest
-            assert uploader.resumes == 1
+            assert (uploader.resumes, uploader.sent) == (1, len(data) - 6 * MiB)
             assert second.wait(30) == 0
         finally:
             second.kill()
@@ -244,7 +244,8 @@ def test_a_resume_with_another_file_of_the_same_size_is_refused_and_the_client_s
                           {"Upload-Prefix-Digest": volume_digest(str(other), 5 * MiB)})
         assert code == 416 and "the file sent is not the one whose upload was interrupted" in text, text
         uploader = Uploader(f"https://127.0.0.1:{port}", ctx, lambda: "unused", other, archive=False)
-        uploader.upload()
+        uploader.upload()  # refused at 5 MiB, then sent whole
+        assert uploader.sent == 2 * len(data) - 5 * MiB
         assert server.state.finished.wait(30) and server.state.result is not None
         assert server.state.result.resumes == 0
         ref = _reference(other)
@@ -252,3 +253,49 @@ def test_a_resume_with_another_file_of_the_same_size_is_refused_and_the_client_s
         assert not images.same_content(target, _reference(image))
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow  # a cluster of its own (API server, node, controllers, proxy): about 10 s
+def test_image_upload_continues_a_cut_qcow2_through_the_proxy_and_the_upload_pod(
+        tmp_path: Path, made: dict[str, Path]) -> None:
+    """The whole path: a DataVolume, its upload pod on the local node, the upload proxy relaying HEAD's
+    Upload-Format and the PUT's Upload-Prefix-Digest; the volume's recorded digest is the image's."""
+    from cdi.controller.manager import ControllerManager
+    from cdi.controller.resources import ControllerSettings
+    from cdi.upload_runtime import start_upload_proxy
+    from tests.functional.test_node_fixtures import make_env
+    from tests.functional.test_upload import Env
+
+    node = make_env(tmp_path, max_running_pods=4)
+    settings = ControllerSettings(progress_interval=0.2, upload_resume_interval=1 << 20)
+    manager = ControllerManager(node.client, settings, workers=2).start()
+    proxy = start_upload_proxy(node.cluster.server, node.client, tmp_path, "127.0.0.1", 0)
+    from kubernetes import config as k8s_config
+
+    env = Env(node, proxy, tmp_path, k8s_config.new_client_from_config(str(node.cluster.kubeconfig)), tmp_path)
+    try:
+        image = made["mixed"]
+        data = image.read_bytes()
+        env.create_dv("q-resume", size="24Mi")
+        env.phase("q-resume", "UploadReady")
+        ctx = ssl.create_default_context(cafile=str(node.cluster.server.tls.ca_file))
+        sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", proxy.port)), server_hostname="127.0.0.1")
+        sock.sendall(f"POST /v1beta1/upload-async HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     f"{env.token('q-resume')}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data[: 6 * MiB])
+        disk = env.volume("q-resume")
+        deadline = time.monotonic() + 30
+        while _point(disk).get("offset") != 6 * MiB and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _point(disk).get("offset") == 6 * MiB, _point(disk)
+        sock.close()
+        env.running_message("q-resume", "the upload ended at byte")  # the cut upload failed; the part stays
+        uploader = Uploader(proxy.url, ctx, lambda: env.token("q-resume"), image, archive=False)
+        uploader.upload()
+        assert (uploader.resumes, uploader.sent) == (1, len(data) - 6 * MiB)  # only the rest crossed the wire
+        env.phase("q-resume", "Succeeded")
+        env.check_volume("q-resume", _reference(image))
+    finally:
+        proxy.stop()
+        manager.stop()
+        node.node.stop()
+        node.cluster.server.stop()
