@@ -299,3 +299,61 @@ def test_image_upload_continues_a_cut_qcow2_through_the_proxy_and_the_upload_pod
         manager.stop()
         node.node.stop()
         node.cluster.server.stop()
+
+
+def test_a_compressed_qcow2_starts_again_from_byte_0_and_the_client_says_why(
+        pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    packed = images.compress(made["mixed"], "gzip")
+    data = packed.read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, VOLUME)
+    port, ctx = server.server_address[1], pki.client_context()
+    try:
+        sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        sock.sendall(f"POST /v1beta1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                     + data[: len(data) // 2])
+        deadline = time.monotonic() + 20
+        while not (target.exists() and target.stat().st_blocks) and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the server converted part of it: it keeps no point for a compressed stream
+        assert target.stat().st_blocks
+        sock.close()
+        _wait_idle(server)
+        assert _head(ctx, port) == (0, None)
+        assert not _point(target)
+        uploader = Uploader(f"https://127.0.0.1:{port}", ctx, lambda: "unused", packed, archive=False)
+        assert uploader.restart_reason() is not None
+        assert uploader._continuing(0) == (
+            "starting again from byte 0: the image is gzip-compressed: the server decompresses it as it arrives "
+            "and cannot continue a compressed stream, so it is sent again from byte 0 (upload it uncompressed, "
+            "raw or qcow2, for uploads that resume)")
+        uploader.upload()
+        assert uploader.sent == len(data)
+        assert server.state.finished.wait(30)
+        assert images.same_content(target, _reference(made["mixed"]))
+    finally:
+        server.shutdown()
+
+
+def test_a_damaged_saved_state_is_refused_and_the_upload_starts_from_byte_0(
+        pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    image = made["mixed"]
+    data = image.read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, VOLUME)
+    port, ctx = server.server_address[1], pki.client_context()
+    try:
+        _send_until_point(ctx, port, target, data, 0, 4 * MiB, {}).close()
+        _wait_idle(server)
+        state = target.with_name(".disk.img.cdi-resume.json.qcow2-state")
+        raw = bytearray(state.read_bytes())
+        raw[-1] ^= 1
+        state.write_bytes(raw)
+        code, text = _put(ctx, port, data, 4 * MiB, {"Upload-Prefix-Digest": volume_digest(str(image), 4 * MiB)})
+        assert code == 500 and "does not match its resume point (torn or altered)" in text, text
+        assert _head(ctx, port) == (0, None)  # nothing held any more: the next try sends the whole image
+        uploader = Uploader(f"https://127.0.0.1:{port}", ctx, lambda: "unused", image, archive=False)
+        uploader.upload()
+        assert uploader.sent == len(data) and server.state.finished.wait(30)
+        assert images.same_content(target, _reference(image))
+    finally:
+        server.shutdown()
