@@ -205,6 +205,7 @@ class _Compressed(_Need):
 
     def __init__(self, start: int, length: int, guest: int, walker: _Walker) -> None:
         super().__init__(start, start + length)
+        self.origin = start
         self.buf = bytearray()
         self.guest = guest
         self.walker = walker
@@ -371,9 +372,13 @@ class _Walker:
             self.spool.restore(meta["spool"])
             self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed,
                                    resume=(meta["writer"], blobs[meta["window"]]))
+        except (KeyError, TypeError, ValueError, IndexError, FileNotFoundError) as e:
+            raise qcow2_resume.StateError(f"the saved state of the interrupted qcow2 upload is unusable: {e}") from e
+        try:
             for saved in meta["needs"]:
                 heapq.heappush(self.heap, (int(saved["start"]), next(self.seq), self._load_need(saved, blobs)))
-        except (KeyError, TypeError, ValueError, IndexError, FileNotFoundError) as e:
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            self.out.close()
             raise qcow2_resume.StateError(f"the saved state of the interrupted qcow2 upload is unusable: {e}") from e
 
     def _load_need(self, saved: dict[str, Any], blobs: list[bytes]) -> _Need:
@@ -397,6 +402,7 @@ class _Walker:
             need.buf = bytearray(blobs[saved["buf"]])
         elif kind == "compressed":
             need = _Compressed(start, end, int(saved["guest"]), self)
+            need.origin = int(saved["origin"])
             need.buf = bytearray(blobs[saved["buf"]])
         elif kind == "clusters":
             keys = array("Q")
@@ -415,6 +421,7 @@ class _Walker:
         start, end = self.pos, self.pos + len(view)
         self.view = view
         taken: list[tuple[int, int]] = []
+        compressed: list[tuple[int, int, _Need]] = []
         while self.heap and self.heap[0][0] < end:
             _, seq, need = heapq.heappop(self.heap)
             a = need.start
@@ -423,18 +430,22 @@ class _Walker:
                                   "is named twice): refused")
             b = min(need.piece_end, end)
             need.take(view[a - start:b - start])
-            taken.append((a, b) if need.plain else (a, -b))
+            if need.plain:
+                taken.append((a, b))
+            else:
+                compressed.append((a, b, need))
             if not need.done:
                 heapq.heappush(self.heap, (need.start, seq, need))
-        plain = sorted((a, b) for a, b in taken if b > 0)
+        plain = sorted(taken)
         for (_, b1), (a2, _) in zip(plain, plain[1:], strict=False):
             if a2 < b1:
                 raise FormatError(f"qcow2 image uses the bytes at offset {a2:#x} twice (a table or cluster "
                                   "overlaps another): refused")
         if self.keeping:
-            # a compressed cluster's bytes are kept too: its last sector may also hold the start of
-            # another compressed cluster whose L2 table has not been read yet
-            for a, b in _gaps(start, end, plain):
+            # a compressed cluster's first and last sectors are kept too: qemu packs compressed clusters
+            # byte after byte, so they may also hold the end or the start of another compressed cluster
+            # whose L2 table has not been read yet
+            for a, b in _gaps(start, end, plain + _compressed_inside(compressed)):
                 self.spool.keep(a, view[a - start:b - start])
         self.pos = end
 
@@ -552,6 +563,19 @@ class _Walker:
         need.buf = bytearray()
 
 
+def _compressed_inside(pieces: list[tuple[int, int, _Need]]) -> list[tuple[int, int]]:
+    """The parts of the compressed clusters read in a chunk that no other cluster can share. qemu packs
+    compressed clusters byte after byte and names each by whole sectors, so a cluster's first and last
+    sectors may also hold the end or the start of other clusters, whose L2 table may come later (qemu
+    allocates a new L2 table before it fills the rest of a cluster of compressed data)."""
+    inside = []
+    for a, b, need in pieces:
+        lo, hi = -(-a // q.SECTOR) * q.SECTOR, min(b, need.end - q.SECTOR)
+        if lo < hi:
+            inside.append((lo, hi))
+    return inside
+
+
 def _save_need(need: _Need, blob: Callable[[bytes | bytearray | array[int]], int]) -> dict[str, Any]:
     """One wanted range as a checkpoint keeps it (the arrays from where it stands, the rest dropped)."""
     saved: dict[str, Any] = {"start": need.start, "end": need.end}
@@ -563,7 +587,7 @@ def _save_need(need: _Need, blob: Callable[[bytes | bytearray | array[int]], int
     elif isinstance(need, _Snapshots):
         saved.update(kind="snapshots", left=need.left, entry_start=need.entry_start, buf=blob(need.buf))
     elif isinstance(need, _Compressed):
-        saved.update(kind="compressed", guest=need.guest, buf=blob(need.buf))
+        saved.update(kind="compressed", guest=need.guest, origin=need.origin, buf=blob(need.buf))
     elif isinstance(need, _Clusters):
         saved.update(kind="clusters", keys=blob(need.keys[need.i:]), guest_base=need.guest_base,
                      masks=sorted(need.masks.items()), host=need.host)
