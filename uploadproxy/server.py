@@ -11,6 +11,10 @@ Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete a
 ``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync
 path makes: format, hostile features, virtual size; only the conversion goes on), the form
 variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
+An upload of known size keeps durable resume points, raw or qcow2 (``importer/checkpoint``; for a qcow2
+the converter's saved state, ``importer/qcow2_resume``): ``HEAD`` answers ``Upload-Offset`` (and
+``Upload-Format``), and a ranged ``PUT`` continues there; a qcow2 one only with the
+``Upload-Prefix-Digest`` of the bytes held, so the rest of another file is refused with 416.
 A second upload while one runs gets 503 saying since when and Retry-After (an upload whose client
 sends nothing for ``CDI_UPLOAD_IDLE_TIMEOUT`` seconds, 30, is cut: its durable bytes stay for a
 resume), one after success 409; an image larger than the volume 400
