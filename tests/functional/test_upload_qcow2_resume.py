@@ -357,3 +357,38 @@ def test_a_damaged_saved_state_is_refused_and_the_upload_starts_from_byte_0(
         assert images.same_content(target, _reference(image))
     finally:
         server.shutdown()
+
+
+def test_a_cut_qcow2_form_upload_with_its_size_declared_continues_with_a_ranged_put(
+        pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    from tests.functional.test_upload_server import _form
+
+    image = made["resized"]
+    data = image.read_bytes()
+    target = tmp_path / "disk.img"
+    server = start(pki, target, VOLUME)
+    port, ctx = server.server_address[1], pki.client_context()
+    try:
+        body, headers = _form(data)
+        head = body[: body.index(data)]
+        sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        sock.sendall((f"POST /v1beta1/upload-form HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
+                      f"Content-Length: {len(body)}\r\nUpload-Length: {len(data)}\r\n\r\n").encode()
+                     + head + data[: 6 * MiB])  # the form reader takes whole MiB of the body: one more
+        deadline = time.monotonic() + 20
+        while _point(target).get("offset") != 5 * MiB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _point(target).get("offset") == 5 * MiB, _point(target)
+        sock.close()
+        _wait_idle(server)
+        assert _head(ctx, port) == (5 * MiB, "qcow2")
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
+        conn.request("PUT", "/v1beta1/upload-form", body=data[5 * MiB:], headers={
+            "Content-Range": f"bytes {5 * MiB}-{len(data) - 1}/{len(data)}", "Content-Type": "application/octet-stream",
+            "Upload-Prefix-Digest": volume_digest(str(image), 5 * MiB)})
+        assert conn.getresponse().status == 200
+        conn.close()
+        assert server.state.result is not None and server.state.result.resumes == 1
+        assert images.same_content(target, _reference(image))
+    finally:
+        server.shutdown()
