@@ -10,6 +10,7 @@ must leave exactly the bytes ``qemu-img convert -O raw`` gives, with the digest 
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,3 +188,31 @@ def test_compressed_clusters_whose_l2_table_comes_after_them_convert_at_any_chun
     convert_stream(io.BytesIO(run.data), Target(str(out), "file", None, False), scratch_parent=str(tmp_path),
                    chunk=chunk)
     assert volume_digest(str(out)) == run.digest
+
+
+def test_a_block_device_resumed_is_zeroed_where_the_killed_run_left_old_data(runs: dict[str, Run],
+                                                                             tmp_path: Path) -> None:
+    """A block device is not zeroed beforehand, and a killed run leaves whatever it wrote after its
+    checkpoint: the resumed run writes or zeroes every byte from there (a file stands in for the device)."""
+    run = runs["plain"]
+    device = tmp_path / "device"
+    device.write_bytes(b"\xaa" * (run.size + MiB))
+    states: list[tuple[int, bytes, str]] = []
+    convert_stream(io.BytesIO(run.data), Target(str(device), "block", run.size + MiB, True),
+                   scratch_parent=str(tmp_path),
+                   durable=Durable(on_checkpoint=lambda *point: states.append(point), interval=64 * CHUNK), chunk=CHUNK)
+    offset, state, prefix = states[len(states) // 2]
+    start = qcow2_resume.decode(state)[0]["writer"]["start"]
+    assert 0 < start < run.size
+    with open(device, "r+b") as f:  # old data again past the point: what a killed run may leave
+        f.seek(start)
+        f.write(b"\xaa" * (run.size + MiB - start))
+    result = convert_stream(io.BytesIO(run.data[offset:]), Target(str(device), "block", run.size + MiB, True),
+                            scratch_parent=str(tmp_path), durable=Durable(resume=state, prefix=prefix), chunk=CHUNK)
+    expected = tmp_path / "expected"
+    expected.write_bytes(b"")
+    os.truncate(expected, run.size + MiB)
+    with open(expected, "r+b") as f, open(run.out.with_suffix(".ref"), "rb") as ref:
+        f.write(ref.read())
+    assert volume_digest(str(device)) == volume_digest(str(expected))
+    assert result.digest == volume_digest(str(expected))
