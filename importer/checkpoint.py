@@ -1,9 +1,13 @@
 """Resume points of an interrupted import, so that a new process continues where a killed one stopped.
 
-Only a raw image read straight from an http(s) server that honours ranges can be resumed: the bytes
-written are then exactly the bytes of the source up to the last durable offset. The point names the
-URL, the entity validator (ETag or Last-Modified), the target and its capacity; any difference and the
-import starts over. It lives beside a file target, or in the working directory for a block device.
+A raw image read straight from a source that continues at an offset (an http(s) server that honours
+ranges, a ranged upload) can be resumed: the bytes written are then exactly the bytes of the source up
+to the last durable offset. A qcow2 converted as it streams from such a source (an upload sent whole)
+can be resumed too: its point is an offset in the qcow2 file, and the converter's saved state
+(``qcow2_resume``, its sha256 in ``state``) and its spool live in companion files beside the point.
+The point names the URL, the entity validator (ETag or Last-Modified, or an upload's size), the target
+and its capacity; any difference and the import starts over. It lives beside a file target, or in the
+working directory for a block device.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Checkpoint:
     target: str
     capacity: int | None
     offset: int
+    format: str = "raw"  # "qcow2": ``offset`` is in the qcow2 file, the converter's state is beside
+    state: str | None = None  # the sha256 of the qcow2 converter's saved state
+    prefix: str | None = None  # qcow2: the digest of the file's bytes up to ``offset`` (qcow2_resume.Prefix)
 
 
 def path_for(target_path: str, kind: str, workdir: str | None = None) -> str:
@@ -46,6 +53,16 @@ def path_for(target_path: str, kind: str, workdir: str | None = None) -> str:
         return os.path.join(head, f".{tail}.cdi-resume.json")
     digest = hashlib.sha1(os.path.abspath(target_path).encode()).hexdigest()[:12]
     return os.path.join(workdir or os.getcwd(), f".cdi-resume-{digest}.json")
+
+
+def state_path(path: str) -> str:
+    """The qcow2 converter's saved state beside the point at ``path``."""
+    return path + ".qcow2-state"
+
+
+def spool_path(path: str) -> str:
+    """The qcow2 converter's spool (bytes no table claimed yet) beside the point at ``path``."""
+    return path + ".spool"
 
 
 def load(path: str) -> Checkpoint | None:
@@ -69,7 +86,9 @@ def save(path: str, point: Checkpoint) -> None:
 
 
 def remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    """Remove the point and its companions (the point first: without it they are never read)."""
+    for name in (path, state_path(path), spool_path(path), state_path(path) + ".tmp"):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass

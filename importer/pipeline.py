@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from importer import archive, checkpoint, formats, qcow2_stream, qemu_img, sources
+from importer import archive, checkpoint, formats, qcow2_resume, qcow2_stream, qemu_img, sources
 from importer.digest import volume_digest
 from importer.errors import (
     CapacityExceeded,
@@ -138,6 +138,7 @@ class Importer:
         self.source_sum: str | None = None
         self.source_digest: str | None = None
         self.resumed_at = 0
+        self.resumed_from: checkpoint.Checkpoint | None = None
         self.inline_digest: str | None = None  # taken while writing, when the writer could
         self.ckpt_path = checkpoint.path_for(self.target.path, self.target.kind, job.scratch_dir)
 
@@ -233,6 +234,7 @@ class Importer:
         if point and source.open(start=point.offset, validator=point.validator):
             log.info("resuming an interrupted import at byte %d of %s", point.offset, point.size)
             self.resumed_at = point.offset
+            self.resumed_from = point
             self.resumes += 1
             self.target.existed = False  # ours: a previous run of this import created it
         elif point:
@@ -261,9 +263,13 @@ class Importer:
         top = Peekable(bottom)
         try:
             if self.resumed_at:
-                self.fmt = "raw"
+                assert self.resumed_from is not None
+                self.fmt = self.resumed_from.format
                 bottom.start()
-                self._stream_raw(top, bottom, tap, hasher, source)
+                if self.fmt == "qcow2":
+                    self._stream_qcow2(top, bottom, tap, hasher, source)
+                else:
+                    self._stream_raw(top, bottom, tap, hasher, source)
                 return
             head = top.peek(formats.SNIFF_BYTES)
             if not head:
@@ -398,17 +404,42 @@ class Importer:
         log.info("converting qcow2 as it streams reason=%s", "compressed or archived" if self.layers
                  else "source cannot be read at random" if not self.checksum else "checksum requested")
         result = qcow2_stream.convert_stream(top, self.target, scratch_parent=self._scratch_parent(),
-                                             device_zeroed=self.job.device_zeroed)
+                                             device_zeroed=self.job.device_zeroed,
+                                             durable=self._qcow2_durable(source))
         _drain(bottom)
         self._check_end(source)
         self._check_sum(hasher)
         self.virtual_size = result.virtual_size
         self.inline_digest = result.digest
         self.scratch_bytes = result.scratch_bytes
-        self.transferred = tap.count
+        self.transferred = tap.count + self.resumed_at
         log.info("qcow2 streamed clusters=%d in_order=%s scratch_bytes=%d", result.data_clusters,
                  result.in_order, result.scratch_bytes)
         self._timed(Step.TRANSFER, started)
+
+    def _qcow2_durable(self, source: Source) -> qcow2_stream.Durable:
+        """Resume points for a qcow2 converted as it streams from a source that can continue at an
+        offset (a ranged upload): the state every interval, the spool beside the point; or the state
+        an interrupted run saved, when this run continues it."""
+        caps = source.capabilities
+        validator = source.validator
+        # a checksum covers the file's bytes, which a resumed run no longer has (its volume is converted)
+        if not (self.job.resume and not self.layers and caps.resumable and validator and self.checksum is None):
+            return qcow2_stream.Durable()
+        url, size, state_file = self.job.source, caps.size, checkpoint.state_path(self.ckpt_path)
+        resume = None
+        if self.resumed_from is not None:
+            resume = qcow2_resume.load(state_file, self.resumed_from.state)
+
+        def save_point(offset: int, state: bytes, prefix: str) -> None:
+            digest = qcow2_resume.save(state_file, state)
+            checkpoint.save(self.ckpt_path, checkpoint.Checkpoint(
+                url, validator, size, self.target.path, self.target.capacity, offset, format="qcow2",
+                state=digest, prefix=prefix))
+
+        return qcow2_stream.Durable(on_checkpoint=save_point, interval=checkpoint.interval_for(size),
+                                    spool_path=checkpoint.spool_path(self.ckpt_path), resume=resume,
+                                    prefix=caps.prefix)
 
     def _scratch_parent(self) -> str | None:
         """Where scratch space goes; None: nowhere (entering a ``Scratch`` then raises

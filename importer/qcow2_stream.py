@@ -24,6 +24,12 @@ Memory: one chunk, the L1 entries the disk needs (at most 32 MiB, qemu's limit),
 cluster of an L2 table read whose clusters have not streamed past yet (for qemu-img's layout, at
 most one L2 table's worth: 64 KiB for 64 KiB clusters), one object per allocated L2 table not yet
 read, and 32 bytes of digest per MiB of disk before the last data cluster.
+
+Resume: with ``on_checkpoint``, every ``interval`` bytes of the file (at a chunk's end) the volume and
+the spool are made durable and the walker's whole state goes to ``on_checkpoint(offset, state, prefix)``
+(``qcow2_resume`` says what it holds and its bound; ``prefix``: the digest of the file's bytes up to
+``offset``); ``resume`` takes such a state up in a new process whose ``reader`` starts at that offset of
+the same file.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ import logging
 import struct
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from importer import qcow2_header as q
+from importer import qcow2_resume
 from importer.errors import FormatError
 from importer.qcow2_output import GuestWriter, Spool
 from importer.stream import CHUNK, Reader, read_full
@@ -55,8 +63,26 @@ class StreamResult:
     in_order: bool
 
 
+Checkpoint = Callable[[int, bytes, str], None]
+
+
+@dataclass
+class Durable:
+    """How a conversion keeps resume points: ``on_checkpoint(offset, state, prefix)`` every ``interval``
+    bytes of the file, the spool in ``spool_path``; ``resume``: the state to continue from (its reader
+    starts at the state's offset) and ``prefix``: the digest of the file's first ``offset`` bytes the
+    sender declares (``qcow2_resume.Prefix``), which must be the state's."""
+
+    on_checkpoint: Checkpoint | None = None
+    interval: int = 0
+    spool_path: str | None = None
+    resume: bytes | None = None
+    prefix: str | None = None
+
+
 def convert_stream(reader: Reader, target: Target, *, scratch_parent: str | None, device_zeroed: bool = False,
-                   spool_limit: int | None = None) -> StreamResult:
+                   spool_limit: int | None = None, durable: Durable | None = None,
+                   chunk: int = CHUNK) -> StreamResult:
     """Convert the qcow2 image read from ``reader`` (from its first byte to its end) into ``target``.
 
     For any sequential source: an upload body, an http body without ranges, a decompressed registry
@@ -67,8 +93,9 @@ def convert_stream(reader: Reader, target: Target, *, scratch_parent: str | None
     partly written and the caller removes it."""
     if spool_limit is None and target.capacity is not None:
         spool_limit = target.capacity + target.capacity // 10 + (64 << 20)
-    with Spool(scratch_parent, spool_limit) as spool:
-        walker = _Walker(reader, target, spool, device_zeroed=device_zeroed)
+    durable = durable or Durable()
+    with Spool(scratch_parent, spool_limit, path=durable.spool_path) as spool:
+        walker = _Walker(reader, target, spool, device_zeroed=device_zeroed, durable=durable, chunk=chunk)
         return walker.run()
 
 
@@ -179,6 +206,7 @@ class _Compressed(_Need):
 
     def __init__(self, start: int, length: int, guest: int, walker: _Walker) -> None:
         super().__init__(start, start + length)
+        self.origin = start
         self.buf = bytearray()
         self.guest = guest
         self.walker = walker
@@ -242,8 +270,12 @@ class _Clusters(_Need):
 
 
 class _Walker:
-    def __init__(self, reader: Reader, target: Target, spool: Spool, *, device_zeroed: bool) -> None:
+    def __init__(self, reader: Reader, target: Target, spool: Spool, *, device_zeroed: bool,
+                 durable: Durable, chunk: int = CHUNK) -> None:
         self.reader = reader
+        self.durable = durable
+        self.chunk = chunk
+        self.received = qcow2_resume.Prefix()  # the digest of the file's bytes so far (checkpoints only)
         self.target = target
         self.spool = spool
         self.device_zeroed = device_zeroed
@@ -260,38 +292,137 @@ class _Walker:
     # -- the stream ------------------------------------------------------------------------------
 
     def run(self) -> StreamResult:
-        first = bytearray(2 << 20)
-        n = read_full(self.reader, memoryview(first))
-        self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
+        if self.durable.resume is not None:
+            self._restore(self.durable.resume)
+            n = 1
+        else:
+            first = bytearray(2 << 20)
+            n = read_full(self.reader, memoryview(first))
+            self.h = q.parse(bytes(first[:n]), capacity=self.target.capacity)
+            self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed)
         h = self.h
-        self.out = GuestWriter(self.target, h.size, device_zeroed=self.device_zeroed)
         try:
-            self.add(_Need(0, h.header_end))
-            if h.refcount_table_offset:
-                self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
-                                self._refcount_table, "refcount table", optional=True))
-            if h.nb_snapshots:
-                self.add(_Snapshots(h))
-            if h.l1_needed:
-                self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
-            else:
-                self.l1_read = True
-            self._chunk(memoryview(first)[:n])
-            buf = bytearray(CHUNK)
+            if self.durable.resume is None:
+                self._start(memoryview(first)[:n])
+            buf = bytearray(self.chunk)
+            interval = self.durable.interval or (1 << 62)
+            next_point = self.pos + interval
             while n:
                 n = read_full(self.reader, memoryview(buf))
                 if n:
                     self._chunk(memoryview(buf)[:n])
+                    if self.durable.on_checkpoint is not None and self.pos >= next_point:
+                        self._checkpoint(self.durable.on_checkpoint)
+                        next_point = self.pos + interval
             self._at_end()
             digest = self.out.finish()
         finally:
             self.out.close()
         return StreamResult(h.size, digest, self.spool.peak, self.clusters, not self.out.scattered)
 
+    def _start(self, first: memoryview) -> None:
+        h = self.h
+        self.add(_Need(0, h.header_end))
+        if h.refcount_table_offset:
+            self.add(_Table(h.refcount_table_offset, h.refcount_table_clusters * h.cluster_size,
+                            self._refcount_table, "refcount table", optional=True))
+        if h.nb_snapshots:
+            self.add(_Snapshots(h))
+        if h.l1_needed:
+            self.add(_Table(h.l1_offset, h.l1_needed * 8, self._l1, "L1 table"))
+        else:
+            self.l1_read = True
+        self._chunk(first)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _checkpoint(self, on_checkpoint: Checkpoint) -> None:
+        """Make the volume and the spool durable up to ``pos``, then hand over the state that continues there."""
+        self.out.sync()
+        self.spool.sync()
+        on_checkpoint(self.pos, self.state(), self.received.digest())
+
+    def state(self) -> bytes:
+        blobs: list[bytes] = []
+
+        def blob(data: bytes | bytearray | array[int]) -> int:
+            blobs.append(data.tobytes() if isinstance(data, array) else bytes(data))
+            return len(blobs) - 1
+
+        needs = [_save_need(need, blob) for _, _, need in sorted(self.heap, key=lambda e: (e[0], e[1]))]
+        writer, window = self.out.state()
+        meta = {"pos": self.pos, "header": asdict(self.h), "l1_read": self.l1_read, "l2_pending": self.l2_pending,
+                "clusters": self.clusters, "received": blob(self.received.leaves),
+                "received_partial": blob(self.received.partial), "needs": needs, "spool": self.spool.state(),
+                "writer": writer, "window": blob(window)}
+        return qcow2_resume.encode(meta, blobs)
+
+    def _restore(self, data: bytes) -> None:
+        meta, blobs = qcow2_resume.decode(data)
+        try:
+            self.received = qcow2_resume.Prefix(blobs[meta["received"]], blobs[meta["received_partial"]])
+            if self.received.digest() != self.durable.prefix:
+                raise qcow2_resume.StateError(
+                    f"the bytes sent before byte {meta['pos']} were of another file than the one now continued "
+                    f"(its Upload-Prefix-Digest is {self.durable.prefix}, not {self.received.digest()}): "
+                    "upload the image again from byte 0")
+            self.h = q.Header(**meta["header"])
+            self.pos = int(meta["pos"])
+            self.l1_read, self.l2_pending = bool(meta["l1_read"]), int(meta["l2_pending"])
+            self.clusters = int(meta["clusters"])
+            self.spool.restore(meta["spool"])
+            self.out = GuestWriter(self.target, self.h.size, device_zeroed=self.device_zeroed,
+                                   resume=(meta["writer"], blobs[meta["window"]]))
+        except (KeyError, TypeError, ValueError, IndexError, FileNotFoundError) as e:
+            raise qcow2_resume.StateError(f"the saved state of the interrupted qcow2 upload is unusable: {e}") from e
+        try:
+            for saved in meta["needs"]:
+                heapq.heappush(self.heap, (int(saved["start"]), next(self.seq), self._load_need(saved, blobs)))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            self.out.close()
+            raise qcow2_resume.StateError(f"the saved state of the interrupted qcow2 upload is unusable: {e}") from e
+
+    def _load_need(self, saved: dict[str, Any], blobs: list[bytes]) -> _Need:
+        kind, start, end = saved["kind"], int(saved["start"]), int(saved["end"])
+        need: _Need
+        if kind == "need":
+            need = _Need(start, end, optional=bool(saved["optional"]))
+        elif kind == "table":
+            done = {"L1 table": self._l1, "refcount table": self._refcount_table}[saved["what"]]
+            need = _Table(start, end - start, done, saved["what"], optional=bool(saved["optional"]))
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "tables":
+            offsets, indexes = array("Q"), array("I")
+            offsets.frombytes(blobs[saved["offsets"]])
+            indexes.frombytes(blobs[saved["indexes"]])
+            need = _Tables(offsets, indexes, int(saved["size"]), self._l2)
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "snapshots":
+            need = _Snapshots(self.h)
+            need.left, need.entry_start = int(saved["left"]), int(saved["entry_start"])
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "compressed":
+            need = _Compressed(start, end, int(saved["guest"]), self)
+            need.origin = int(saved["origin"])
+            need.buf = bytearray(blobs[saved["buf"]])
+        elif kind == "clusters":
+            keys = array("Q")
+            keys.frombytes(blobs[saved["keys"]])
+            masks = {int(k): int(v) for k, v in saved["masks"]}
+            need = _Clusters(keys, int(saved["guest_base"]), self.h.cluster_size, self.out, masks)
+            need.host = int(saved["host"])
+        else:
+            raise ValueError(f"unknown range kind {kind!r}")
+        need.start, need.end = start, end
+        return need
+
     def _chunk(self, view: memoryview) -> None:
+        if self.durable.on_checkpoint is not None:
+            self.received.update(view)
         start, end = self.pos, self.pos + len(view)
         self.view = view
         taken: list[tuple[int, int]] = []
+        compressed: list[tuple[int, int, _Need]] = []
         while self.heap and self.heap[0][0] < end:
             _, seq, need = heapq.heappop(self.heap)
             a = need.start
@@ -300,17 +431,22 @@ class _Walker:
                                   "is named twice): refused")
             b = min(need.piece_end, end)
             need.take(view[a - start:b - start])
-            taken.append((a, b) if need.plain else (a, -b))
+            if need.plain:
+                taken.append((a, b))
+            else:
+                compressed.append((a, b, need))
             if not need.done:
                 heapq.heappush(self.heap, (need.start, seq, need))
-        plain = sorted((a, b) for a, b in taken if b > 0)
+        plain = sorted(taken)
         for (_, b1), (a2, _) in zip(plain, plain[1:], strict=False):
             if a2 < b1:
                 raise FormatError(f"qcow2 image uses the bytes at offset {a2:#x} twice (a table or cluster "
                                   "overlaps another): refused")
-        taken = [(a, abs(b)) for a, b in taken]
         if self.keeping:
-            for a, b in _gaps(start, end, taken):
+            # a compressed cluster's first and last sectors are kept too: qemu packs compressed clusters
+            # byte after byte, so they may also hold the end or the start of another compressed cluster
+            # whose L2 table has not been read yet
+            for a, b in _gaps(start, end, plain + _compressed_inside(compressed)):
                 self.spool.keep(a, view[a - start:b - start])
         self.pos = end
 
@@ -426,6 +562,39 @@ class _Walker:
     def inflate(self, need: _Compressed) -> None:
         self.out.put(need.guest, q.decompress(self.h.compression, need.buf, self.h.cluster_size))
         need.buf = bytearray()
+
+
+def _compressed_inside(pieces: list[tuple[int, int, _Need]]) -> list[tuple[int, int]]:
+    """The parts of the compressed clusters read in a chunk that no other cluster can share. qemu packs
+    compressed clusters byte after byte and names each by whole sectors, so a cluster's first and last
+    sectors may also hold the end or the start of other clusters, whose L2 table may come later (qemu
+    allocates a new L2 table before it fills the rest of a cluster of compressed data)."""
+    inside = []
+    for a, b, need in pieces:
+        lo, hi = -(-a // q.SECTOR) * q.SECTOR, min(b, need.end - q.SECTOR)
+        if lo < hi:
+            inside.append((lo, hi))
+    return inside
+
+
+def _save_need(need: _Need, blob: Callable[[bytes | bytearray | array[int]], int]) -> dict[str, Any]:
+    """One wanted range as a checkpoint keeps it (the arrays from where it stands, the rest dropped)."""
+    saved: dict[str, Any] = {"start": need.start, "end": need.end}
+    if isinstance(need, _Table):
+        saved.update(kind="table", what=need.what, optional=need.optional, buf=blob(need.buf))
+    elif isinstance(need, _Tables):
+        saved.update(kind="tables", offsets=blob(need.offsets[need.i:]), indexes=blob(need.indexes[need.i:]),
+                     size=need.size, buf=blob(need.buf))
+    elif isinstance(need, _Snapshots):
+        saved.update(kind="snapshots", left=need.left, entry_start=need.entry_start, buf=blob(need.buf))
+    elif isinstance(need, _Compressed):
+        saved.update(kind="compressed", guest=need.guest, origin=need.origin, buf=blob(need.buf))
+    elif isinstance(need, _Clusters):
+        saved.update(kind="clusters", keys=blob(need.keys[need.i:]), guest_base=need.guest_base,
+                     masks=sorted(need.masks.items()), host=need.host)
+    else:
+        saved.update(kind="need", optional=need.optional)
+    return saved
 
 
 def _gaps(start: int, end: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:

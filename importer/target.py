@@ -123,7 +123,8 @@ class SparseWriter:
     """
 
     def __init__(self, target: Target, *, device_zeroed: bool = False, resume_at: int = 0,
-                 digest: bool = False, drop_cache: bool = False, detect_vhd: bool = True) -> None:
+                 digest: bool = False, drop_cache: bool = False, detect_vhd: bool = True,
+                 truncate: bool = True) -> None:
         self.target = target
         self._detect_vhd = detect_vhd  # a raw stream may be a fixed VHD; a converted disk never is
         self.capacity = target.capacity
@@ -134,7 +135,7 @@ class SparseWriter:
             self.fd = os.open(target.path, flags, 0o644)
         except OSError as e:
             raise PermanentError(f"cannot open target {target.path}: {e.strerror}") from e
-        if resume_at and target.kind == "file":
+        if resume_at and target.kind == "file" and truncate:
             os.ftruncate(self.fd, resume_at)  # whatever a killed run wrote past its checkpoint goes
         self.offset = resume_at
         self.data_bytes = 0
@@ -251,14 +252,15 @@ class SparseWriter:
         self._skip(length)
         self._writeback()
 
-    def scatter(self) -> None:
+    def scatter(self, *, zero: bool = True) -> None:
         """From now on data may also come at offsets below ``offset`` (``write_at``): the digest is
         then taken after the writes, and a block device is zeroed from here to the capacity at once
-        (each byte is written at most once after this, so nothing written is zeroed again)."""
+        (each byte is written at most once after this, so nothing written is zeroed again).
+        ``zero=False``: a resumed run that had scattered already (it zeroed then; data is there now)."""
         self._leaves = None
         self._flush_zeros()
         end = self.capacity if self.capacity is not None else self.offset
-        if not self._device_zeroed and end > self.offset:
+        if zero and not self._device_zeroed and end > self.offset:
             self._zero_device(self.offset, end - self.offset)
         self._device_zeroed = True
 

@@ -44,16 +44,19 @@ WAIT_INTERVAL = 0.25
 CONNECT_RETRY = 10.0
 IDLE_TIMEOUT = float(os.environ.get("CDI_UPLOAD_IDLE_TIMEOUT") or 30)  # seconds without a byte from the client
 CHUNK = 1 << 20
-RELAYED = ("content-range", "range", "upload-offset", "upload-length", "retry-after")
+# upload-format and upload-prefix-digest: a qcow2 resume (what HEAD says is held, and the client's proof
+# that it sends the rest of the same file)
+RELAYED = ("content-range", "range", "upload-offset", "upload-length", "upload-format", "retry-after")
 FORWARDED = ("content-type", "x-cdi-content-type", "content-range", "content-length", "transfer-encoding",
-             "upload-length")
+             "upload-length", "upload-prefix-digest")
 # (namespace, service name, port) -> (address, port) of a ready pod behind the Service
 Resolver = Callable[[str, str, int], tuple[str, int]]
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PUT, GET, HEAD, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type, Upload-Length",
-    "Access-Control-Expose-Headers": "Content-Range, Range, Upload-Offset, Upload-Length",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-CDI-Content-Type, Upload-Length, "
+                                    "Upload-Prefix-Digest",
+    "Access-Control-Expose-Headers": "Content-Range, Range, Upload-Offset, Upload-Length, Upload-Format",
 }
 
 

@@ -11,6 +11,10 @@ Paths as CDI's: ``/v1beta1/upload`` (sync: answers once the volume is complete a
 ``/v1beta1/upload-async`` (answers once every byte is in and the image passed every check the sync
 path makes: format, hostile features, virtual size; only the conversion goes on), the form
 variants (multipart part ``file``), ``/v1beta1/upload-archive`` and the v1alpha1 aliases, ``/healthz``.
+An upload of known size keeps durable resume points, raw or qcow2 (``importer/checkpoint``; for a qcow2
+the converter's saved state, ``importer/qcow2_resume``): ``HEAD`` answers ``Upload-Offset`` (and
+``Upload-Format``), and a ranged ``PUT`` continues there; a qcow2 one only with the
+``Upload-Prefix-Digest`` of the bytes held, so the rest of another file is refused with 416.
 A second upload while one runs gets 503 saying since when and Retry-After (an upload whose client
 sends nothing for ``CDI_UPLOAD_IDLE_TIMEOUT`` seconds, 30, is cut: its durable bytes stay for a
 resume), one after success 409; an image larger than the volume 400
@@ -64,6 +68,9 @@ FORM_ASYNC = ("/v1beta1/upload-form-async", "/v1alpha1/upload-form-async")
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 OFFSET_HEADER = "Upload-Offset"  # bytes of the image the server holds, durable (HEAD answers it)
 LENGTH_HEADER = "Upload-Length"
+# a qcow2 resume proves it continues the same file: the volume digest (importer.digest) of its bytes before the range
+PREFIX_HEADER = "Upload-Prefix-Digest"
+FORMAT_HEADER = "Upload-Format"  # what HEAD says the held part is: raw, or qcow2 (then a resume needs PREFIX_HEADER)
 IDLE_TIMEOUT = 30.0
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -201,6 +208,7 @@ class Handler(BaseHTTPRequestHandler):
             if known and point is not None:
                 self.send_header(OFFSET_HEADER, str(point.offset))
                 self.send_header(LENGTH_HEADER, str(point.size))
+                self.send_header(FORMAT_HEADER, point.format)
             elif known:
                 self.send_header(OFFSET_HEADER, "0")
         self.send_header("Content-Length", "0")
@@ -290,10 +298,14 @@ class Handler(BaseHTTPRequestHandler):
             if point is None or point.offset != offset or point.validator != upload_validator(size):
                 self._refuse_range(point, offset, size)
                 return False
-            log.info("continuing an interrupted upload at byte %d of %d", offset, size)
+            if point.format == "qcow2" and self.headers.get(PREFIX_HEADER) != point.prefix:
+                self._refuse_other_image(point, self.headers.get(PREFIX_HEADER))
+                return False
+            log.info("continuing an interrupted %s upload at byte %d of %d", point.format, offset, size)
         if offset == 0 and content_type != "archive":
             body = _Qcow2SizeCheck(body, self._capacity())
-        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0)
+        source = UploadSource(body, size=size, offset=max(offset, 0), resumable=offset >= 0,
+                              prefix=self.headers.get(PREFIX_HEADER))
         job = ImportJob(source="upload", target=settings.destination, content_type=content_type,
                         size=settings.size, scratch_dir=settings.scratch)
         if path not in ASYNC and path not in FORM_ASYNC:
@@ -347,6 +359,22 @@ class Handler(BaseHTTPRequestHandler):
                     f"Content-Range: bytes {held}-{total - 1}/{total}")
         log.info("ranged upload refused: %s", text)
         self._reply(416, text, {OFFSET_HEADER: str(held), LENGTH_HEADER: str(total)})
+
+    def _refuse_other_image(self, point: checkpoint.Checkpoint, declared: str | None) -> None:
+        """416 for a ranged PUT that does not prove it continues the interrupted qcow2 (its prefix digest
+        is missing or another): continuing would mix two images' tables and data."""
+        total = point.size or 0
+        if declared is None:
+            text = (f"the interrupted upload here is a qcow2 image converted as it arrived: a resume must send "
+                    f"{PREFIX_HEADER}, the volume digest of the file's first {point.offset} bytes (cdi "
+                    f"image-upload sends it), so that the rest of another file is never added to it; or send "
+                    f"the image whole from byte 0 (a POST without Content-Range)")
+        else:
+            text = (f"the file sent is not the one whose upload was interrupted: its first {point.offset} bytes have "
+                    f"the digest {declared}, the bytes received had another; send that file's bytes "
+                    f"{point.offset}-{total - 1}, or send this file whole from byte 0 (a POST without Content-Range)")
+        log.info("ranged upload refused: %s", text)
+        self._reply(416, text, {OFFSET_HEADER: str(point.offset), LENGTH_HEADER: str(total)})
 
     def _capacity(self) -> int | None:
         settings = self.server.settings
@@ -402,7 +430,7 @@ class UploadHTTPServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1" if os.environ.get("CDI_PORTS") else "0.0.0.0", settings.port), Handler)
 
     def resume_point(self) -> checkpoint.Checkpoint | None:
-        """The durable part of an interrupted raw upload into this volume, if there is one."""
+        """The durable part of an interrupted raw or qcow2 upload into this volume, if there is one."""
         settings = self.settings
         if settings.content_type == "archive":
             return None

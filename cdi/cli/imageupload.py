@@ -11,7 +11,9 @@ does the same with a bare PVC. Flags as virtctl's: ``--no-create``, ``--storage-
 Beyond virtctl: a dropped connection does not start the upload over. The client asks the proxy how
 many bytes the server holds (HEAD, ``Upload-Offset``) and sends the rest with a ranged PUT
 (``Content-Range``), with a fresh token when the old one expired. The server keeps durable resume
-points for raw images; other formats start again from byte 0.
+points for raw and qcow2 images; a qcow2 resume also sends the digest of the file's bytes the server
+holds (``Upload-Prefix-Digest``), proving it continues the same file. Compressed images (gz, xz, zst,
+bz2) and --sparse uploads start again from byte 0, and the client says so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 
 from cdi.cli import sparse as sparse_mod
 from cdi.cli.vm import CliError, kubeconfig_path, load_endpoint
+from importer.digest import volume_digest
+from importer.formats import detect_compression
 from importer.stream import ReadAhead
 from uploadproxy.body import EXTENTS_TYPE
 
@@ -302,15 +306,31 @@ class Uploader:
         self.token = new_token()
         self.path = "/v1beta1/upload-async" if not archive else "/v1beta1/upload"
         self.resumes = 0
+        self.sent = 0  # bytes of the image sent, over every attempt (a resume sends only the rest)
+        self.prefix: str | None = None  # the digest of the bytes the server holds, for a qcow2 resume
+        with open(image, "rb") as f:
+            self.compression = detect_compression(f.read(16))
+
+    def restart_reason(self) -> str | None:
+        """Why a dropped upload of this image can only start again from byte 0 (None: it resumes)."""
+        if self.extents is not None:
+            return "a --sparse upload is sent again whole (it sends only data: little to send again)"
+        if self.compression is not None:
+            return (f"the image is {self.compression}-compressed: the server decompresses it as it arrives and "
+                    "cannot continue a compressed stream, so it is sent again from byte 0 (upload it "
+                    "uncompressed, raw or qcow2, for uploads that resume)")
+        return None
 
     def _conn(self) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(self.url.hostname or "127.0.0.1", self.url.port or 443,
                                            context=self.ctx, timeout=120)
 
     def held(self) -> int:
-        """Bytes of this image the server already holds (0 when it cannot continue)."""
-        if self.extents is not None:
-            return 0  # an extents upload starts over (it sends only data: little to send again)
+        """Bytes of this image the server already holds (0 when it cannot continue). For a qcow2 the
+        server converted as it came, the digest of those bytes goes with the rest (``prefix``)."""
+        self.prefix = None
+        if self.restart_reason() is not None:
+            return 0
         conn = self._conn()
         try:
             conn.request("HEAD", self.path, headers={"Authorization": f"Bearer {self.token}"})
@@ -321,14 +341,25 @@ class Uploader:
                 return self.held()
             if resp.status != 200 or resp.getheader("Upload-Length") != str(self.size):
                 return 0
-            return int(resp.getheader("Upload-Offset") or 0)
+            offset = int(resp.getheader("Upload-Offset") or 0)
         finally:
             conn.close()
+        if offset and resp.getheader("Upload-Format") == "qcow2":
+            self.prefix = volume_digest(str(self.image), offset)
+        return offset
+
+    def _continuing(self, offset: int) -> str:
+        reason = self.restart_reason()
+        if reason is not None:
+            return f"starting again from byte 0: {reason}"
+        if not offset:
+            return "starting again from byte 0: the server holds no durable part of the image yet"
+        return f"continuing at byte {offset} of {self.size}"
 
     def upload(self) -> None:
         from tqdm import tqdm
 
-        offset, failures = 0, 0
+        offset, failures = self._interrupted_qcow2(), 0
         with tqdm(total=self.size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                   dynamic_ncols=True, disable=None) as bar:
             while True:
@@ -340,7 +371,7 @@ class Uploader:
                         raise CliError(f"upload failed after {RETRIES} retries: {e}") from e
                     time.sleep(min(0.5 * failures, 5))
                     offset = self._held_or_zero()
-                    print(f"\nconnection lost ({e}); continuing at byte {offset}", file=sys.stderr)
+                    print(f"\nconnection lost ({e}); {self._continuing(offset)}", file=sys.stderr)
                     self.resumes += 1
                     continue
                 if status == 200:
@@ -349,8 +380,14 @@ class Uploader:
                     self.token = self.new_token()
                 elif status == 416 and failures < RETRIES:  # the server holds another part: ask what it holds
                     failures += 1
-                    offset = self._held_or_zero()
-                    print(f"\nresume refused ({body.strip()[:300]}); continuing at byte {offset}", file=sys.stderr)
+                    refused_at, offset = offset, self._held_or_zero()
+                    if offset and offset == refused_at:  # it holds that part, of another file (or changed)
+                        offset = 0
+                        print(f"\nresume refused ({body.strip()[:300]}); sending the image whole from byte 0",
+                              file=sys.stderr)
+                    else:
+                        print(f"\nresume refused ({body.strip()[:300]}); {self._continuing(offset)}",
+                              file=sys.stderr)
                 elif status in (502, 503) and failures < RETRIES:  # the server went away, or is busy
                     failures += 1
                     wait = retry_after(headers, failures)
@@ -358,12 +395,26 @@ class Uploader:
                           f"trying again in {wait:.0f} s", file=sys.stderr)
                     time.sleep(wait)
                     offset = self._held_or_zero()
-                    print(f"continuing at byte {offset}", file=sys.stderr)
+                    print(self._continuing(offset), file=sys.stderr)
                     self.resumes += 1
                 elif status in (416, 502, 503):
                     raise CliError(f"upload failed after {RETRIES} retries: {status} {body.strip()}")
                 else:
                     raise CliError(f"unexpected return value {status}, {body.strip()}")
+
+    def _interrupted_qcow2(self) -> int:
+        """Where an earlier run's qcow2 upload of this volume stopped, when the server holds one (a new
+        invocation continues it; the digest sent with it proves the file is the same). A raw part is
+        not continued by a new invocation: nothing would tell another file of the same size from it."""
+        if self.restart_reason() is not None:
+            return 0
+        offset = self._held_or_zero()
+        if offset and self.prefix is not None:
+            print(f"the server holds the first {offset} bytes of an interrupted qcow2 upload: continuing at byte "
+                  f"{offset} of {self.size}", file=sys.stderr)
+            self.resumes += 1
+            return offset
+        return 0
 
     def _held_or_zero(self) -> int:
         try:
@@ -378,6 +429,8 @@ class Uploader:
                    "Content-Type": "application/octet-stream"}
         if offset:
             headers["Content-Range"] = f"bytes {offset}-{self.size - 1}/{self.size}"
+            if self.prefix is not None:
+                headers["Upload-Prefix-Digest"] = self.prefix
         bar.n = offset
         bar.refresh()
         conn = self._conn()
@@ -395,6 +448,7 @@ class Uploader:
                 try:
                     while n := ahead.readinto(buf):
                         conn.send(memoryview(buf)[:n])
+                        self.sent += n
                         bar.update(n)
                 finally:
                     ahead.close()

@@ -27,6 +27,8 @@ class Capabilities:
     local_path: str | None = None  # a local file qemu-img can open itself
     content_type: str | None = None
     digest: str | None = None  # what names the exact content read (a registry image's manifest digest)
+    # the digest of the bytes before this body that the sender declares (a resumed upload's Upload-Prefix-Digest)
+    prefix: str | None = None
     # after random reads (a remote convert): proves that what was read is the version meant (a registry
     # layer's digest), raising an ``importer.errors.Error`` otherwise; None when random reads need no proof
     verify: Callable[[], None] | None = None

@@ -9,7 +9,10 @@ what streams in (or from scratch when its layout needs it).
 
 Resume: a body that starts at ``offset`` of an image of ``size`` bytes (a ranged PUT) continues the
 interrupted run whose resume point has the same validator, ``upload:<size>``, at exactly that offset;
-the pipeline keeps resume points only for raw images, which are written byte for byte.
+the pipeline keeps resume points for raw images, which are written byte for byte, and for qcow2 images
+converted as they stream (the converter's state is saved with the point). ``prefix``: the digest of
+the file's bytes before the body that the client declares (``Upload-Prefix-Digest``): a qcow2 resume
+continues only when it is the digest of the bytes received before.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ def upload_validator(size: int | None) -> str | None:
 
 class UploadSource:
     def __init__(self, body: Body, *, size: int | None, content_type: str | None = None, offset: int = 0,
-                 resumable: bool = True) -> None:
+                 resumable: bool = True, prefix: str | None = None) -> None:
         self.body = body
         self.capabilities = Capabilities(size=size, content_type=content_type,
-                                         resumable=resumable and size is not None)
+                                         resumable=resumable and size is not None, prefix=prefix)
         self.position = 0
         self.resumes = 0
         self.offset = offset  # where in the image this body starts (a resumed upload)
