@@ -17,7 +17,7 @@ import pytest
 from cdi.kube import POD
 from tests.bootdisk import build_boot_disk
 from tests.support.registry import Registry, container_disk
-from tests.support.serve import Serve
+from tests.support.serve import Serve, serving
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,7 @@ def wait(what: str, check: Any, timeout: float = 120) -> Any:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("goldenserve") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "goldenserve")
 
 
 def test_a_vm_boots_from_the_datasource_a_dataimportcron_feeds(serve: Serve, tmp_path: Path) -> None:

@@ -13,16 +13,14 @@ from cdi.kube import PVC
 from importer.digest import volume_digest
 from tests.support import images
 from tests.support.faultserver import Fault, FaultServer
-from tests.support.serve import Serve, dv_manifest
+from tests.support.serve import Serve, dv_manifest, serving
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("serve-faults") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "serve-faults")
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,14 @@ from cdi.units import parse_size
 from importer.digest import volume_digest
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
-from tests.support.serve import Serve, dv_manifest
+from tests.support.serve import Serve, dv_manifest, serving
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("serve") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "serve")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from cdi.kube import PVC
 from tests.support.registry import Registry, container_disk
-from tests.support.serve import Serve
+from tests.support.serve import Serve, serving
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +69,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("serve-registry") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "serve-registry")
 
 
 def test_registry_import_with_kubectl(serve: Serve, image_factory, tmp_path: Path) -> None:

@@ -16,16 +16,14 @@ import pytest
 from cdi.kube import PVC
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
-from tests.support.serve import Serve, dv_manifest
+from tests.support.serve import Serve, dv_manifest, serving
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("serve") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "serve")
 
 
 def test_a_block_import_that_needs_scratch_gets_a_scratch_claim_of_cdiconfigs_class(

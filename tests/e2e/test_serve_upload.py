@@ -16,7 +16,7 @@ import pytest
 from cdi.kube import DATAVOLUME, POD, PVC
 from importer.digest import volume_digest
 from tests.support import images
-from tests.support.serve import Serve
+from tests.support.serve import Serve, serving
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("serve-upload") / "data", "--uploadproxy-port", "0",
-              "--upload-resume-interval", str(4 << 20)).start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "serve-upload", "--uploadproxy-port", "0",
+                       "--upload-resume-interval", str(4 << 20))
 
 
 def volume_file(serve: Serve, name: str) -> Path:

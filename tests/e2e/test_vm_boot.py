@@ -23,7 +23,7 @@ from cdi.kube import DATAVOLUME, POD, PVC, NotFound
 from tests.bootdisk import build_boot_disk
 from tests.support import images
 from tests.support.httpserver import HttpServer, Route
-from tests.support.serve import Serve, dv_manifest
+from tests.support.serve import Serve, dv_manifest, serving
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,7 @@ def vm_manifest(name: str, volume: dict[str, Any], *, strategy: str = "Always",
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    s = Serve(tmp_path_factory.mktemp("vmserve") / "data").start()
-    yield s
-    s.stop()
+    yield from serving(tmp_path_factory, "vmserve")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,16 @@ from tests.support import images
 
 MiB = 1 << 20
 VOLUME = 24 * MiB
+
+
+@contextmanager
+def _serving(pki: Pki, target: Path) -> Iterator[tuple[Any, int, ssl.SSLContext]]:
+    """A real upload server for ``target``: (server, its port, a client context the proxy would use)."""
+    server = start(pki, target, VOLUME)
+    try:
+        yield server, server.server_address[1], pki.client_context()
+    finally:
+        server.shutdown()
 
 
 def qemu(*args: str) -> None:
@@ -140,9 +152,7 @@ def test_a_qcow2_cut_again_and_again_continues_each_time_and_is_exact(
     image = made["mixed"]
     data = image.read_bytes()
     target = tmp_path / "disk.img"
-    server = start(pki, target, VOLUME)
-    port, ctx = server.server_address[1], pki.client_context()
-    try:
+    with _serving(pki, target) as (server, port, ctx):
         # cut inside the header's first chunk: nothing is durable yet, the upload starts from byte 0
         sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
         sock.sendall(f"POST /v1beta1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
@@ -173,8 +183,6 @@ def test_a_qcow2_cut_again_and_again_continues_each_time_and_is_exact(
         assert images.same_content(target, ref)
         assert server.state.result.digest == volume_digest(str(ref))  # as an uninterrupted upload's
         assert not list(tmp_path.glob(".disk.img.cdi-resume*"))  # the point, state and spool are gone
-    finally:
-        server.shutdown()
 
 
 def _free_port() -> int:
@@ -235,9 +243,7 @@ def test_a_resume_with_another_file_of_the_same_size_is_refused_and_the_client_s
     image, other = made["mixed"], made["other"]
     data = image.read_bytes()
     target = tmp_path / "disk.img"
-    server = start(pki, target, VOLUME)
-    port, ctx = server.server_address[1], pki.client_context()
-    try:
+    with _serving(pki, target) as (server, port, ctx):
         _send_until_point(ctx, port, target, data, 0, 5 * MiB, {}).close()
         _wait_idle(server)
         assert _head(ctx, port) == (5 * MiB, "qcow2")
@@ -253,8 +259,6 @@ def test_a_resume_with_another_file_of_the_same_size_is_refused_and_the_client_s
         ref = _reference(other)
         assert images.same_content(target, ref)
         assert not images.same_content(target, _reference(image))
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.slow  # a cluster of its own (API server, node, controllers, proxy): about 10 s
@@ -308,9 +312,7 @@ def test_a_compressed_qcow2_starts_again_from_byte_0_and_the_client_says_why(
     packed = images.compress(made["mixed"], "gzip")
     data = packed.read_bytes()
     target = tmp_path / "disk.img"
-    server = start(pki, target, VOLUME)
-    port, ctx = server.server_address[1], pki.client_context()
-    try:
+    with _serving(pki, target) as (server, port, ctx):
         sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
         sock.sendall(f"POST /v1beta1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                      + data[: len(data) // 2])
@@ -332,8 +334,6 @@ def test_a_compressed_qcow2_starts_again_from_byte_0_and_the_client_says_why(
         assert uploader.sent == len(data)
         assert server.state.finished.wait(30)
         assert images.same_content(target, _reference(made["mixed"]))
-    finally:
-        server.shutdown()
 
 
 def test_a_damaged_saved_state_is_refused_and_the_upload_starts_from_byte_0(
@@ -341,9 +341,7 @@ def test_a_damaged_saved_state_is_refused_and_the_upload_starts_from_byte_0(
     image = made["mixed"]
     data = image.read_bytes()
     target = tmp_path / "disk.img"
-    server = start(pki, target, VOLUME)
-    port, ctx = server.server_address[1], pki.client_context()
-    try:
+    with _serving(pki, target) as (server, port, ctx):
         _send_until_point(ctx, port, target, data, 0, 4 * MiB, {}).close()
         _wait_idle(server)
         state = target.with_name(".disk.img.cdi-resume.json.qcow2-state")
@@ -357,8 +355,6 @@ def test_a_damaged_saved_state_is_refused_and_the_upload_starts_from_byte_0(
         uploader.upload()
         assert uploader.sent == len(data) and server.state.finished.wait(30)
         assert images.same_content(target, _reference(image))
-    finally:
-        server.shutdown()
 
 
 def test_a_cut_qcow2_form_upload_with_its_size_declared_continues_with_a_ranged_put(
@@ -368,9 +364,7 @@ def test_a_cut_qcow2_form_upload_with_its_size_declared_continues_with_a_ranged_
     image = made["resized"]
     data = image.read_bytes()
     target = tmp_path / "disk.img"
-    server = start(pki, target, VOLUME)
-    port, ctx = server.server_address[1], pki.client_context()
-    try:
+    with _serving(pki, target) as (server, port, ctx):
         body, headers = _form(data)
         head = body[: body.index(data)]
         sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
@@ -392,5 +386,3 @@ def test_a_cut_qcow2_form_upload_with_its_size_declared_continues_with_a_ranged_
         conn.close()
         assert server.state.result is not None and server.state.result.resumes == 1
         assert images.same_content(target, _reference(image))
-    finally:
-        server.shutdown()

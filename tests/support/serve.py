@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,13 @@ def dv_manifest(name: str, source: dict[str, Any], *, size: str = "64Mi", api: s
     if annotations:
         meta["annotations"] = annotations
     return {"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": meta, "spec": spec}
+
+
+def serving(tmp_path_factory: Any, name: str, *extra: str) -> Iterator[Serve]:
+    """A ``cdi serve`` in a fresh directory for a module's tests (``yield from`` it in a fixture), stopped
+    afterwards however the tests ended."""
+    s = Serve(tmp_path_factory.mktemp(name) / "data", *extra).start()
+    try:
+        yield s
+    finally:
+        s.stop()
