@@ -230,7 +230,7 @@ class DataVolumeReconciler:
                 log.info("%s created importer pod %s%s", ctx, pod_name, " with scratch space" if scratch_claim else "")
             except AlreadyExists:
                 pod = self.client.get(POD, namespace, pod_name)
-            status["phase"] = c.IMPORT_SCHEDULED
+            _scheduled(status, again_with_scratch=scratch_claim is not None)
             c.set_condition(conds, c.READY, "False")
             c.set_condition(conds, c.RUNNING, "False", "Pending", "Import pod created")
             if scratch_claim:
@@ -371,7 +371,7 @@ class DataVolumeReconciler:
                                                              or last.get("reason") or "Error"),
                             failure_message(result, last))
             return self.settings.progress_interval * 2
-        status["phase"] = c.IMPORT_SCHEDULED
+        _scheduled(status, again_with_scratch=scratch.pod_claim(pod) is not None)
         c.set_condition(conds, c.READY, "False")
         c.set_condition(conds, c.RUNNING, "False", str(waiting.get("reason") or "Pending"),
                         str(waiting.get("message") or ""))
@@ -452,3 +452,9 @@ class DataVolumeReconciler:
                        c.IMPORT_IN_PROGRESS: f"Import into {meta['name']} in progress"}[new_phase]
             self.client.event(dv, reason=new_phase, message=message)
 
+
+def _scheduled(status: Obj, *, again_with_scratch: bool) -> None:
+    """ImportScheduled for a new importer pod; but one started again with scratch space continues an
+    import already in progress, whose phase stays (as CDI: the phase never goes back)."""
+    if not (again_with_scratch and status.get("phase") == c.IMPORT_IN_PROGRESS):
+        status["phase"] = c.IMPORT_SCHEDULED

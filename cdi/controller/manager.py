@@ -73,9 +73,13 @@ class ControllerManager:
         meta = obj["metadata"]
         if is_upload_target(obj):
             self.upload_loop.queue.add((meta["namespace"], meta["name"]))
-        for ref in meta.get("ownerReferences") or []:
-            if ref.get("kind") == "DataVolume":
-                self.queue.add((meta["namespace"], ref["name"]))
+        owners = [ref["name"] for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "DataVolume"]
+        for owner in owners:
+            self.queue.add((meta["namespace"], owner))
+        if not owners:
+            # a claim of no DataVolume's may stand in the way of the DataVolume of its name (NotOwned):
+            # when it changes or goes, that DataVolume is looked at again
+            self.queue.add((meta["namespace"], meta["name"]))
 
     def _on_pod(self, etype: str, obj: Obj) -> None:
         meta = obj["metadata"]

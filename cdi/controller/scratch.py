@@ -23,6 +23,7 @@ import math
 from cdi.controller.resources import LABEL_APP, SCRATCH_MOUNT, SCRATCH_VOLUME, ControllerSettings, owner_ref
 from cdi.kube import PVC, AlreadyExists, Client, NotFound, Obj
 from cdi.kube.kinds import CDICONFIG, STORAGECLASS
+from cdi.kube.storage import storage_class as default_storage_class
 from cdi.units import format_quantity, parse_size
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def _round_up(n: int) -> int:
 
 def storage_class(client: Client, target: Obj) -> str | None:
     """CDIConfig ``spec.scratchSpaceStorageClass`` when such a class exists, else its
-    ``status.scratchSpaceStorageClass``, else the target's class (None: the cluster's default)."""
+    ``status.scratchSpaceStorageClass``, else the cluster's default class (what CDI's config controller
+    puts in that status), else the target's class (None: no class named)."""
     config = client.find(CDICONFIG, None, "config") or {}
     wanted = str((config.get("spec") or {}).get("scratchSpaceStorageClass") or "")
     if wanted and client.find(STORAGECLASS, None, wanted) is not None:
@@ -76,6 +78,9 @@ def storage_class(client: Client, target: Obj) -> str | None:
     status = str((config.get("status") or {}).get("scratchSpaceStorageClass") or "")
     if status:
         return status
+    default = default_storage_class(client, {"spec": {}})  # a claim that names no class gets the default
+    if default is not None:
+        return str(default["metadata"]["name"])
     name = (target.get("spec") or {}).get("storageClassName")
     return str(name) if name else None
 

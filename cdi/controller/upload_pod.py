@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cdi.controller.resources import LABEL_APP, WorkerPodConfig, child_name, owner_ref, worker_container, worker_pod
+from cdi.controller.resources import (
+    LABEL_APP,
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
+    WorkerPodConfig,
+    child_name,
+    owner_ref,
+    worker_container,
+    worker_pod,
+)
 from cdi.controller.upload_tls import CLIENT_NAME, issue, secret_data
 
 Obj = dict[str, Any]
@@ -56,12 +65,6 @@ def build_service(pvc: Obj) -> Obj:
                                 "targetPort": SERVER_PORT}]}}
 
 
-# The upload server's own scratch (the resume point of a Block volume, the spool of a qcow2 whose tables
-# come late, the bounded file a vmdk/vdi/vhd(x) is converted from): an emptyDir, which outlives a restart
-# of the server's container (a resume continues) and goes with the pod. An upload cannot stop half-way
-# to be given a scratch claim as an import is: its client is sending.
-SCRATCH_VOLUME = "cdi-scratch-vol"
-SCRATCH_MOUNT = "/scratch"
 
 
 def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: float,
@@ -87,6 +90,10 @@ def build_pod(pvc: Obj, *, image: str, image_size: int, filesystem_overhead: flo
     ]
     volume = [{"name": "cdi-data-vol", "devicePath": "/dev/cdi-block-volume"}] if block else \
         [{"name": "cdi-data-vol", "mountPath": "/data"}]
+    # The server's own scratch (a Block volume's resume point, the spool of a qcow2 whose tables come
+    # late, the bounded file a vmdk/vdi/vhd(x) is converted from), named and mounted as an importer's
+    # scratch claim but an emptyDir: it outlives a restart of the server's container (a resume continues)
+    # and goes with the pod. An upload cannot stop half-way to be given a claim: its client is sending.
     scratch = [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT}]
     container = worker_container(
         "cdi-upload-server", image, ["python3", "-m", "uploadproxy.server"], env,

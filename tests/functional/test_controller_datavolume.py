@@ -217,6 +217,17 @@ def test_a_pvc_deleted_under_a_live_datavolume_is_released_then_made_again(env: 
     env.delete("lost")
 
 
+def test_a_datavolume_blocked_by_a_pvc_it_does_not_own_imports_once_that_pvc_is_gone(env: Env) -> None:
+    env.client.create(PVC, {"metadata": {"name": "taken", "namespace": NS},
+                            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "4Mi"}}}})
+    env.dv("taken", env.http.url("/disk.raw"))
+    env.wait_dv("taken", lambda d: any(c.get("reason") == "NotOwned" for c in (d.get("status") or {})
+                                       .get("conditions") or []))
+    env.client.delete(PVC, NS, "taken")
+    assert env.phase("taken", "Succeeded", timeout=5)  # at once, no edit of the DataVolume needed
+    env.delete("taken")
+
+
 @pytest.mark.parametrize("length", [253, 246, 237])
 def test_every_valid_name_works_on_disk_and_in_events(env: Env, length: int) -> None:
     # Two names of the same length that differ only at the end: their children must not collide.

@@ -146,6 +146,8 @@ def test_a_vmdk_without_ranges_is_imported_through_a_scratch_claim_that_goes_aft
     assert ("CreatingScratchSpace", "Creating scratch space") in bound, bound
     phases = [h.get("phase") for h in history if h.get("phase")]
     assert set(phases) <= {"Pending", "ImportScheduled", "ImportInProgress", "Succeeded"}, phases
+    order = ["Pending", "ImportScheduled", "ImportInProgress", "Succeeded"]
+    assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases), phases  # never back
     events = [(e["reason"], e["message"]) for e in env.node.events("vmdk")]
     assert ("CreatingScratchSpace", "Creating scratch space") in events, events
     assert not any(e[0] == "ImportFailed" or "scratch space required" in e[1] for e in events), events

@@ -72,3 +72,35 @@ def test_the_importer_pod_mounts_scratch_only_when_given_a_claim() -> None:
     assert container["volumeMounts"] == [{"name": "cdi-scratch-vol", "mountPath": "/scratch"}]
     assert {"name": "cdi-scratch-vol", "persistentVolumeClaim": {"claimName": "disk-scratch"}} in pod["spec"]["volumes"]
     assert pod_claim(pod) == "disk-scratch"
+
+
+class _Cluster:
+    """The StorageClasses and the CDIConfig the scratch class is chosen from (our client is the seam)."""
+
+    def __init__(self, classes: dict[str, bool], spec: str = "", status: str = "") -> None:
+        self.classes = [{"metadata": {"name": n, "creationTimestamp": "2026-01-01T00:00:00Z",
+                                      "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}
+                                      if default else {}}} for n, default in classes.items()]
+        self.config = {"spec": {"scratchSpaceStorageClass": spec}, "status": {"scratchSpaceStorageClass": status}}
+
+    def find(self, kind: object, namespace: object, name: str) -> dict | None:
+        if getattr(kind, "kind", "") == "CDIConfig":
+            return self.config
+        return next((c for c in self.classes if c["metadata"]["name"] == name), None)
+
+    def list(self, kind: object, *args: object, **kwargs: object) -> tuple[list[dict], str]:
+        return self.classes, "1"
+
+
+def test_the_scratch_class_follows_cdiconfig_then_the_default_class_then_the_target() -> None:
+    from cdi.controller.scratch import storage_class
+
+    target = claim("1Gi")
+    target["spec"]["storageClassName"] = "fast"
+    cluster = _Cluster({"fast": False, "cheap": True, "wffc": False}, spec="wffc")
+    assert storage_class(cluster, target) == "wffc"  # type: ignore[arg-type]
+    cluster.config["spec"]["scratchSpaceStorageClass"] = "gone"  # named but missing
+    assert storage_class(cluster, target) == "cheap"  # type: ignore[arg-type]  # the default, as CDI's status
+    cluster.config["status"]["scratchSpaceStorageClass"] = "wffc"
+    assert storage_class(cluster, target) == "wffc"  # type: ignore[arg-type]
+    assert storage_class(_Cluster({"fast": False}), target) == "fast"  # type: ignore[arg-type]  # no default
