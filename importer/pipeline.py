@@ -450,6 +450,10 @@ class Importer:
             return None
         return os.path.dirname(os.path.abspath(self.target.path))
 
+    def _plan_convert(self) -> None:
+        if "convert" not in self.progress.planned:
+            self.progress.plan([*self.progress.planned, "convert"])
+
     def _via_scratch(self, top: Reader, bottom: Reader, tap: Tap, hasher: Any, source: Source) -> None:
         """Spool the (decompressed) image to a scratch file, then convert it locally."""
         self.step = Step.TRANSFER
@@ -459,6 +463,7 @@ class Importer:
         if self.target.capacity is not None:  # the image file may carry metadata beyond the virtual size
             limit = self.target.capacity + self.target.capacity // 10 + (64 << 20)
         with Scratch(scratch_parent) as scratch_dir:
+            self._plan_convert()  # known now: the figure spreads over both from here, and never falls back
             scratch = os.path.join(scratch_dir, "image")
             log.info("using scratch space path=%s reason=%s", scratch_dir,
                      "compressed or archived" if self.layers else "source cannot be read at random")
@@ -529,7 +534,7 @@ class Importer:
             )
         self._timed(Step.PROBE, started)
         started = time.monotonic()
-        self.progress.plan([*self.progress.planned, "convert"])
+        self._plan_convert()
         self.progress.start_phase("convert", self.virtual_size)
         total = self.virtual_size
         qemu_img.convert(

@@ -49,6 +49,7 @@ class Progress:
         self.interval = interval
         self.phases: list[Phase] = []
         self.planned: list[str] = []
+        self._high = 0.0  # the highest figure reported in this attempt
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,7 +58,12 @@ class Progress:
     # -- updates from the pipeline ----------------------------------------------------------
 
     def plan(self, names: list[str]) -> None:
-        """The phases that carry bytes, in order; the overall percentage spreads over them."""
+        """The phases that carry bytes, in order; the overall percentage spreads over them. A plan that
+        adds phases to the running one (a conversion found necessary) keeps the figure from falling; any
+        other plan is a new attempt, whose figure starts afresh."""
+        grows = len(names) > len(self.planned) and names[: len(self.planned)] == self.planned
+        if not grows:
+            self._high = 0.0
         self.planned = list(names)
 
     def start_phase(self, name: str, total: int | None) -> None:
@@ -65,6 +71,8 @@ class Progress:
             self.phases[-1].ended = time.monotonic()
             self._report(force=True)  # the final figures of the phase that ends
         with self._lock:
+            if any(p.name == name for p in self.phases):
+                self._high = 0.0  # the phase again: a new attempt, whose own bytes are the figure
             self.phases.append(Phase(name, total))
         self._report(force=True)
 
@@ -93,6 +101,7 @@ class Progress:
         with self._lock:
             self.phases.clear()
             self.planned = []
+            self._high = 0.0
 
     # -- snapshots ------------------------------------------------------------------------------
 
@@ -110,7 +119,9 @@ class Progress:
                 total += 1.0
             elif phase.total:
                 total += min(1.0, phase.done / phase.total)
-        return min(100.0, 100.0 * total / len(names))
+        # within one attempt the figure never falls (more phases planned spread it thinner)
+        self._high = max(self._high, min(100.0, 100.0 * total / len(names)))
+        return self._high
 
     def snapshot(self) -> dict[str, Any]:
         phase = self.phases[-1] if self.phases else None

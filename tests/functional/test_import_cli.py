@@ -45,6 +45,19 @@ def test_cli_import_prints_result_and_json_progress(image_factory, http_server: 
     assert out.stat().st_size == 16 << 20
 
 
+def test_progress_through_scratch_never_goes_back(image_factory, http_server: HttpServer, tmp_path: Path) -> None:
+    """A compressed vmdk goes through scratch, then qemu-img: the figure spreads over both phases from the
+    moment scratch is taken, so it never falls when the conversion starts."""
+    image = image_factory.get("vmdk.zst")
+    http_server.add("/d.vmdk.zst", Route(path=str(image), rate=max(1, image.stat().st_size // 2)))
+    proc = run("import", http_server.url("/d.vmdk.zst"), str(tmp_path / "out.img"), "--progress", "json",
+               "--size", "16Mi")
+    assert proc.returncode == 0, proc.stderr
+    figures = [float(json.loads(line)["progress"][:-1]) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert len(figures) >= 3 and figures[-1] == 100.0, figures
+    assert figures == sorted(figures), figures
+
+
 def test_cli_auth_options_and_checksum(image_factory, http_server: HttpServer, tmp_path: Path) -> None:
     src = image_factory.get("qcow2")
     http_server.add("/d", Route(path=str(src), user="u", password="p w", require_headers={"X-A": "1"}))
