@@ -35,6 +35,7 @@ def cluster_dns(namespace: str, name: str, port: int) -> tuple[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cdi.kube.errors import ApiError
     from uploadproxy.proxy import UploadProxy
 
     try:
@@ -48,7 +49,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cdi upload-proxy: cannot load --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {e}",
               file=sys.stderr)
         return 2
-    client = _client(args)
+    try:
+        client = _client(args)
+    except ApiError as e:
+        print(f"cdi upload-proxy: {e}", file=sys.stderr)
+        return 2
     proxy = UploadProxy(client=client, public_key_pem=public, resolve=cluster_dns, cert_file=args.tls_cert,
                         key_file=args.tls_key, host=args.address, port=args.port).start()
     print(f"cdi upload-proxy: listening on {proxy.url}", file=sys.stderr, flush=True)
