@@ -80,6 +80,7 @@ def _settings(args: argparse.Namespace) -> object:
 
 def run_controller(args: argparse.Namespace) -> int:
     from cdi import metrics
+    from cdi.cli.listen import port_problem
     from cdi.clonetoken import TokenCheck
     from cdi.controller.run import Controllers, RunOptions
     from cdi.kube import ApiError, Client, Forbidden
@@ -106,7 +107,12 @@ def run_controller(args: argparse.Namespace) -> int:
     controllers = Controllers(client, settings, RunOptions(workers=args.workers, vm=args.vm),  # type: ignore[arg-type]
                               clone_tokens=tokens)
     if args.metrics_port:
-        metrics.serve(metrics.new_registry(controllers.metrics), args.metrics_port, args.metrics_address)
+        try:
+            metrics.serve(metrics.new_registry(controllers.metrics), args.metrics_port, args.metrics_address)
+        except OSError as e:
+            problem = port_problem("--metrics-port", args.metrics_port, args.metrics_address, e, zero="0 (off)")
+            print(f"cdi controller: error: {problem}", file=sys.stderr)
+            return 2
     stop, lost = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
