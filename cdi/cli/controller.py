@@ -21,6 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+README_SECTION = "Controllers: `cdi controller`, `--no-controllers`, metrics"  # how to run with the ServiceAccount
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cdi.controller.resources import ControllerSettings
@@ -121,8 +123,8 @@ def run_controller(args: argparse.Namespace) -> int:
           f"{', '.join(groups) or 'none'})", file=sys.stderr, flush=True)
     if "system:masters" in groups:
         print("cdi controller: warning: running as a member of system:masters, allowed everything; run it with "
-              "the cdi-controller ServiceAccount's token (README: Cluster mode) so it has only the rules it needs",
-              file=sys.stderr, flush=True)
+              f'the cdi-controller ServiceAccount\'s token (README section "{README_SECTION}") so it has only the '
+              "rules it needs", file=sys.stderr, flush=True)
     elector = None
     if args.leader_elect:
         def lose() -> None:
