@@ -21,6 +21,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+README_SECTION = "Controllers: `cdi controller`, `--no-controllers`, metrics"  # how to run with the ServiceAccount
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cdi.controller.resources import ControllerSettings
@@ -80,6 +82,7 @@ def _settings(args: argparse.Namespace) -> object:
 
 def run_controller(args: argparse.Namespace) -> int:
     from cdi import metrics
+    from cdi.cli.listen import port_problem
     from cdi.clonetoken import TokenCheck
     from cdi.controller.run import Controllers, RunOptions
     from cdi.kube import ApiError, Client, Forbidden
@@ -106,7 +109,12 @@ def run_controller(args: argparse.Namespace) -> int:
     controllers = Controllers(client, settings, RunOptions(workers=args.workers, vm=args.vm),  # type: ignore[arg-type]
                               clone_tokens=tokens)
     if args.metrics_port:
-        metrics.serve(metrics.new_registry(controllers.metrics), args.metrics_port, args.metrics_address)
+        try:
+            metrics.serve(metrics.new_registry(controllers.metrics), args.metrics_port, args.metrics_address)
+        except OSError as e:
+            problem = port_problem("--metrics-port", args.metrics_port, args.metrics_address, e, zero="0 (off)")
+            print(f"cdi controller: error: {problem}", file=sys.stderr)
+            return 2
     stop, lost = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -115,8 +123,8 @@ def run_controller(args: argparse.Namespace) -> int:
           f"{', '.join(groups) or 'none'})", file=sys.stderr, flush=True)
     if "system:masters" in groups:
         print("cdi controller: warning: running as a member of system:masters, allowed everything; run it with "
-              "the cdi-controller ServiceAccount's token (README: Cluster mode) so it has only the rules it needs",
-              file=sys.stderr, flush=True)
+              f'the cdi-controller ServiceAccount\'s token (README section "{README_SECTION}") so it has only the '
+              "rules it needs", file=sys.stderr, flush=True)
     elector = None
     if args.leader_elect:
         def lose() -> None:

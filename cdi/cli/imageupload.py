@@ -94,8 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     kubeconfig = kubeconfig_path(args.kubeconfig)
     endpoint = load_endpoint(kubeconfig, args.namespace)
     ns = endpoint.namespace
-    client = Client.from_kubeconfig(str(kubeconfig))
     try:
+        client = Client.from_kubeconfig(str(kubeconfig))
         _ensure_target(client, args, ns)
         _wait_ready(client, args, ns)
         url = args.uploadproxy_url or _proxy_url(client)

@@ -35,6 +35,8 @@ def cluster_dns(namespace: str, name: str, port: int) -> tuple[str, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cdi.cli.listen import port_problem
+    from cdi.kube.errors import ApiError
     from uploadproxy.proxy import UploadProxy
 
     try:
@@ -48,9 +50,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"cdi upload-proxy: cannot load --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {e}",
               file=sys.stderr)
         return 2
-    client = _client(args)
-    proxy = UploadProxy(client=client, public_key_pem=public, resolve=cluster_dns, cert_file=args.tls_cert,
-                        key_file=args.tls_key, host=args.address, port=args.port).start()
+    try:
+        client = _client(args)
+    except ApiError as e:
+        print(f"cdi upload-proxy: {e}", file=sys.stderr)
+        return 2
+    try:
+        proxy = UploadProxy(client=client, public_key_pem=public, resolve=cluster_dns, cert_file=args.tls_cert,
+                            key_file=args.tls_key, host=args.address, port=args.port).start()
+    except OSError as e:
+        print(f"cdi upload-proxy: {port_problem('--port', args.port, args.address, e)}", file=sys.stderr)
+        return 2
     print(f"cdi upload-proxy: listening on {proxy.url}", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +82,7 @@ def _run_api(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from cdi.cli.listen import port_problem
     from cdi.kube.errors import ApiError
     from cdi.kube.kinds import CONFIGMAP
     from cdi.tlsserver import TlsServer
@@ -99,9 +110,13 @@ def _run_api(args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", prefix="cdi-requestheader-ca-", suffix=".pem") as ca_file:
         ca_file.write(ca_pem)
         ca_file.flush()
-        server = TlsServer(create_app(Signer(key), ClusterAuthorizer(client)), cert_file=args.tls_cert,
-                           key_file=args.tls_key, host=args.address, port=args.port, client_ca_file=ca_file.name,
-                           name="upload-api")
+        try:
+            server = TlsServer(create_app(Signer(key), ClusterAuthorizer(client)), cert_file=args.tls_cert,
+                               key_file=args.tls_key, host=args.address, port=args.port, client_ca_file=ca_file.name,
+                               name="upload-api")
+        except OSError as e:
+            print(f"cdi upload-api: {port_problem('--port', args.port, args.address, e)}", file=sys.stderr)
+            return 2
         server.run()
     return 0
 

@@ -47,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     from kubernetes.config import ConfigException
 
     from cdi.api import crdgen, default_registry
+    from cdi.cli.listen import port_problem
     from cdi.kube.errors import ApiError
     from cdi.webhook import WebhookServer
 
@@ -63,8 +64,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"cdi webhook: clone check: {e} (pass --kubeconfig, run in a pod, or --no-clone-check)",
                   file=sys.stderr)
             return 2
-    server = WebhookServer(crdgen.crd_kinds(default_registry()), cert_file=args.tls_cert, key_file=args.tls_key,
-                           host=args.address, port=args.port, checks=checks)
+    try:
+        server = WebhookServer(crdgen.crd_kinds(default_registry()), cert_file=args.tls_cert, key_file=args.tls_key,
+                               host=args.address, port=args.port, checks=checks)
+    except OSError as e:
+        print(f"cdi webhook: {port_problem('--port', args.port, args.address, e)}", file=sys.stderr)
+        return 2
     server.run()
     return 0
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.incluster_config import InClusterConfigLoader
@@ -59,6 +60,22 @@ class _TokenFileLoader(InClusterConfigLoader):
         self.token = "bearer " + token
 
 
+def _kubeconfig_problem(path: str, context: str | None, error: Exception) -> str:
+    """What is wrong with the kubeconfig at ``path`` that the kubernetes client refused, in one line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return f"kubeconfig {path}: not a kubeconfig ({e})"
+    contexts = cfg.get("contexts") if isinstance(cfg, dict) else None
+    if not isinstance(contexts, list) or not contexts:
+        return f"kubeconfig {path}: not a kubeconfig (no contexts in it)"
+    names = [str(c.get("name")) for c in contexts if isinstance(c, dict)]
+    if context is not None and context not in names:
+        return f"kubeconfig {path}: no context {context!r} (contexts: {', '.join(map(repr, names))})"
+    return f"kubeconfig {path}: {error}"
+
+
 class Client:
     """Dict-in, dict-out access to an API server. Thread-safe (one connection pool)."""
 
@@ -69,8 +86,15 @@ class Client:
 
     @classmethod
     def from_kubeconfig(cls, path: str, *, context: str | None = None) -> Client:
+        """A client as kubectl's ``--kubeconfig PATH --context CONTEXT`` would be; a missing file, one that
+        is not a kubeconfig or a context it lacks is an ApiError of one line saying which."""
         configuration = k8s.Configuration()
-        k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        if not os.path.isfile(path):
+            raise ApiError(f"kubeconfig {path}: no such file")
+        try:
+            k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        except (k8s_config.ConfigException, yaml.YAMLError, AttributeError, TypeError) as e:
+            raise ApiError(_kubeconfig_problem(path, context, e)) from e
         configuration.connection_pool_maxsize = 32
         return cls(k8s.ApiClient(configuration))
 

@@ -173,8 +173,9 @@ class LeaderElector:
                 continue
             taken = self._observed is not None and self._observed[0] not in ("", c.identity)
             if taken or self.clock() - last_renew >= c.renew_deadline:
-                log.error("lost leadership lease=%s/%s identity=%s: not renewed for %.1fs", c.namespace, c.name,
-                          c.identity, self.clock() - last_renew)
+                why = (f'the Lease is now held by "{self._observed[0]}"' if taken and self._observed is not None
+                       else f"not renewed for {self.clock() - last_renew:.1f}s (renew deadline {c.renew_deadline}s)")
+                log.error("lost leadership lease=%s/%s identity=%s: %s", c.namespace, c.name, c.identity, why)
                 self.leading.clear()
                 self.on_stopped()
                 return

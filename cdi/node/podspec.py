@@ -163,7 +163,8 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
     """The process environment of ``container``: the node's base, envFrom, env, then the env contract.
 
     Variables a host process must not take from a pod (``host_safe``) are left out and their names
-    appended to ``ignored``."""
+    appended to ``ignored``; only those the pod set (env, envFrom): the node's own base variables are no
+    mistake of the pod's and are not reported."""
     ignored = [] if ignored is None else ignored
     meta = pod["metadata"]
     sources = _Sources(client, meta["namespace"])
@@ -172,6 +173,8 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
     for name in ("LANG", "LC_ALL", "TZ", "TMPDIR"):
         if name in os.environ:
             env[name] = os.environ[name]
+    base = dict(env)
+    pod_set: set[str] = set()
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")
         for kind, ref in ((SECRET, src.get("secretRef")), (CONFIGMAP, src.get("configMapRef"))):
@@ -183,6 +186,7 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
                     continue
                 raise ConfigError(f'{kind.kind.lower()} "{ref.get("name", "")}" not found')
             env.update({prefix + k: v.decode(errors="replace") for k, v in data.items()})
+            pod_set.update(prefix + k for k in data)
     for var in container.get("env") or []:
         value: str | None
         if "valueFrom" in var:
@@ -199,9 +203,13 @@ def container_env(client: Client, pod: Obj, container: Obj, *, node_name: str, v
             value = expand(str(var.get("value", "")), env)
         if value is not None:
             env[var["name"]] = value
+            pod_set.add(var["name"])
     for name in [n for n in env if not host_safe(n)]:
         del env[name]
-        ignored.append(name)
+        if name in pod_set:
+            ignored.append(name)
+        if name in base:
+            env[name] = base[name]  # the node's own value (its TMPDIR) stands, not the pod's
     env["HOME"] = str(workdir)
     env["PATH"] = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     if volumes.service_account is not None and volumes.api_server:

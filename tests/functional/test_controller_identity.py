@@ -4,6 +4,7 @@ user (a kubeconfig left in $KUBECONFIG silently makes it the admin)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,11 @@ def test_the_admin_is_named_and_warned_about(cluster: Cluster, tmp_path: Path) -
     text = first_lines(cluster.kubeconfig, tmp_path / "admin.log")
     assert "as admin (groups: system:masters" in text
     assert "warning: running as a member of system:masters" in text
+    # the warning sends the user to a README section: it must be there, under that very name
+    named = re.search(r'README section "([^"]+)"', text)
+    assert named, text
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"\n## {named.group(1)}\n" in readme, named.group(1)
 
 
 def test_a_service_account_is_named_without_a_warning(cluster: Cluster, tmp_path: Path) -> None:

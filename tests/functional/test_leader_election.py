@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +61,8 @@ def test_one_leader_then_a_hand_over_on_release(client: Client) -> None:
     b.elector.stop()
 
 
-def test_a_leader_whose_lease_is_taken_stops_at_once(client: Client) -> None:
+def test_a_leader_whose_lease_is_taken_stops_at_once(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="cdi.kube.leader")
     a = Candidate(client, "a", "two")
     a.elector.start()
     assert a.started.wait(5)
@@ -69,6 +71,8 @@ def test_a_leader_whose_lease_is_taken_stops_at_once(client: Client) -> None:
     client.replace(LEASE, lease)
     assert a.stopped.wait(5)
     assert not a.elector.leading.is_set()
+    lost = [r.getMessage() for r in caplog.records if "lost leadership" in r.getMessage()]
+    assert len(lost) == 1 and 'now held by "intruder"' in lost[0] and "not renewed" not in lost[0], lost
 
 
 def test_a_dead_leader_is_replaced_after_the_lease_duration(client: Client) -> None:
