@@ -274,7 +274,11 @@ class Handler(BaseHTTPRequestHandler):
         m = CONTENT_RANGE.match(ranged.strip())
         if not m or size is None or int(m.group(2)) - int(m.group(1)) + 1 != size or int(m.group(2)) >= int(m.group(3)):
             raise BodyError(f"invalid Content-Range {ranged!r} for a body of {size} bytes")
-        return body, int(m.group(3)), int(m.group(1))
+        first, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if last != total - 1:  # a part in the middle would end the upload with the rest of the image missing
+            raise BodyError(f"Content-Range {ranged!r} stops before the end of the image: a ranged upload sends "
+                            f"the rest of the file, bytes {first}-{total - 1}/{total}")
+        return body, total, first
 
     def _upload(self, path: str) -> bool:
         """Run one upload; True when it goes on in the background (async) and frees the server itself."""

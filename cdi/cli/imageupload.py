@@ -102,7 +102,6 @@ def _run(args: argparse.Namespace) -> int:
         ctx = _context(args, endpoint.ssl_context)
         uploader = Uploader(url, ctx, lambda: _token(client, ns, args.name), image,
                             archive=bool(args.archive_path), extents=extents)
-        refused_before = _refusal(client, ns, args.name)
         print(f"Uploading data to {url}", file=sys.stderr)
         uploader.upload()
         if args.async_:
@@ -110,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         print("Uploading data completed successfully, waiting for processing to complete, you can hit ctrl-c "
               "without interrupting the progress", file=sys.stderr)
-        _wait_processed(client, args, ns, refused_before)
+        _wait_processed(client, args, ns)
     except ApiError as e:
         raise CliError(str(e)) from e
     print("Processing completed successfully", file=sys.stderr)
@@ -176,9 +175,10 @@ def _wait_ready(client: Any, args: argparse.Namespace, ns: str) -> None:
         time.sleep(0.2)
 
 
-def _failure_message(client: Any, args: argparse.Namespace, ns: str, refused_before: str) -> str | None:
+def _failure_message(client: Any, args: argparse.Namespace, ns: str) -> str | None:
     """Why the upload failed, when the DataVolume, the PVC or the upload pod says it did: a failed
-    DataVolume, a PVC marked failed, a refusal recorded after ours was sent, a failed upload pod."""
+    DataVolume, a PVC marked failed, a failed upload pod. (A refusal message alone is not a failure:
+    ours was answered 200, and a message may be an earlier, cut attempt's, recorded late.)"""
     import json
 
     from cdi.controller.upload_pod import upload_name as upload_pod_name
@@ -194,8 +194,6 @@ def _failure_message(client: Any, args: argparse.Namespace, ns: str, refused_bef
     message = ann.get(ANN_MESSAGE) or ""
     if ann.get(ANN_PHASE) == "Failed":
         return message or "the upload pod failed"
-    if message and message != refused_before:  # the server refused the data after it was sent
-        return message
     pod = client.find(POD, ns, upload_pod_name(args.name))
     if ((pod or {}).get("status") or {}).get("phase") == "Failed":
         for cs in pod["status"].get("containerStatuses") or []:
@@ -209,16 +207,7 @@ def _failure_message(client: Any, args: argparse.Namespace, ns: str, refused_bef
     return None
 
 
-def _refusal(client: Any, ns: str, name: str) -> str:
-    """The last refused upload the PVC records (before ours is sent)."""
-    from cdi.kube import PVC
-
-    pvc = client.find(PVC, ns, name)
-    return str(((pvc or {}).get("metadata", {}).get("annotations") or {}).get(ANN_MESSAGE) or "")
-
-
-def _wait_processed(client: Any, args: argparse.Namespace, ns: str, refused_before: str = "",
-                    interval: float = 0.2) -> None:
+def _wait_processed(client: Any, args: argparse.Namespace, ns: str, interval: float = 0.2) -> None:
     from cdi.kube import DATAVOLUME, PVC
 
     deadline = time.monotonic() + args.processing_timeout
@@ -231,7 +220,7 @@ def _wait_processed(client: Any, args: argparse.Namespace, ns: str, refused_befo
             ann = client.get(PVC, ns, args.name)["metadata"].get("annotations") or {}
             if ann.get(ANN_PHASE) == "Succeeded":
                 return
-        failure = _failure_message(client, args, ns, refused_before)
+        failure = _failure_message(client, args, ns)
         if failure is not None:
             raise CliError(f"processing failed: {failure}")
         if time.monotonic() > deadline:

@@ -185,8 +185,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds below --speed-limit before a source counts as stalled")
     p.add_argument("--max-stalled-retries", type=int, default=d.controller.max_stalled_retries,
                    help="reconnects after a stall before an importer run fails")
-    p.add_argument("--upload-resume-interval", type=int, default=d.controller.upload_resume_interval,
-                   help="bytes between durable resume points of a raw upload")
+    p.add_argument("--upload-resume-interval", default=str(d.controller.upload_resume_interval), metavar="BYTES",
+                   help="bytes between durable resume points of an upload (a quantity: 64Mi, 1Gi, ...)")
     p.add_argument("--clone-host-assisted", action="store_true",
                    help="clone every PVC with the host-assisted stream, even where a local copy would do")
     p.add_argument("--no-controllers", action="store_true",
@@ -213,7 +213,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
                                      progress_interval=args.progress_interval,
                                      speed_limit=_size_arg("--speed-limit", args.speed_limit),
                                      speed_time=args.speed_time, max_stalled_retries=args.max_stalled_retries,
-                                     upload_resume_interval=args.upload_resume_interval,
+                                     upload_resume_interval=_size_arg("--upload-resume-interval",
+                                                                      args.upload_resume_interval),
                                      clone_host_assisted=args.clone_host_assisted,
                                      enabled=not args.no_controllers),
         upload_proxy=UploadProxySection(address=args.uploadproxy_address, port=args.uploadproxy_port),

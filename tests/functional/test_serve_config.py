@@ -24,7 +24,9 @@ def test_show_config_prints_resolved_settings(tmp_path: Path) -> None:
     assert cfg["node"]["max_running_pods"] == 2
     assert cfg["controller"]["filesystem_overhead"] == 0.06
     assert cfg["controller"]["clone_host_assisted"] is False
-    forced = serve("--data-dir", str(tmp_path / "d"), "--clone-host-assisted", "--show-config")
+    forced = serve("--data-dir", str(tmp_path / "d"), "--clone-host-assisted", "--upload-resume-interval", "2Mi",
+                   "--show-config")
+    assert json.loads(forced.stdout)["controller"]["upload_resume_interval"] == 2 << 20  # a quantity, as sizes are
     assert json.loads(forced.stdout)["controller"]["clone_host_assisted"] is True
     assert cfg["upload_proxy"] == {"address": "127.0.0.1", "port": 8443, "url": "https://127.0.0.1:8443"}
     assert cfg["console"] == {"address": "127.0.0.1", "port": 8444, "url": "https://127.0.0.1:8444/ui/"}
@@ -39,6 +41,7 @@ def test_show_config_prints_resolved_settings(tmp_path: Path) -> None:
     (["--filesystem-overhead", "1.5"], "--filesystem-overhead must be in [0, 1)"),
     (["--data-dir", "/nonexistent/dir/data"], "parent directory /nonexistent/dir does not exist"),
     (["--block-device", "/dev/nonexistent-disk"], "--block-device /dev/nonexistent-disk does not exist"),
+    (["--upload-resume-interval", "1Mo"], "--upload-resume-interval: "),
 ])
 def test_bad_settings_fail_at_start(args: list[str], message: str) -> None:
     proc = serve(*args)

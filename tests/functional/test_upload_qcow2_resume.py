@@ -100,7 +100,7 @@ def _point(target: Path) -> dict[str, object]:
 
 
 def _send_until_point(ctx: ssl.SSLContext, port: int, target: Path, data: bytes, start: int, cut: int,
-                      headers: dict[str, str]) -> ssl.SSLSocket:
+                      headers: dict[str, str], fmt: str = "qcow2") -> ssl.SSLSocket:
     """Send the image from ``start`` (a POST from 0, a ranged PUT after), stop at ``cut`` (a whole MiB:
     a chunk's end) and wait until the server's durable point is there. The connection is returned open."""
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
@@ -114,7 +114,7 @@ def _send_until_point(ctx: ssl.SSLContext, port: int, target: Path, data: bytes,
     while _point(target).get("offset") != cut and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _point(target).get("offset") == cut, _point(target)
-    assert _point(target).get("format") == "qcow2"
+    assert _point(target).get("format") == fmt
     return sock
 
 
@@ -386,3 +386,32 @@ def test_a_cut_qcow2_form_upload_with_its_size_declared_continues_with_a_ranged_
         conn.close()
         assert server.state.result is not None and server.state.result.resumes == 1
         assert images.same_content(target, _reference(image))
+
+
+def test_a_ranged_body_that_stops_before_the_end_of_the_image_is_refused_and_what_is_held_stays(
+        pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    """A PUT of a part in the middle (its range ending before the image's last byte) would have ended
+    the upload with the rest missing and the volume marked complete: it is refused before anything."""
+    for image in (_reference(made["mixed"]), made["mixed"]):  # raw, then qcow2
+        data = image.read_bytes()
+        target = tmp_path / f"short-{image.suffix[1:]}.img"
+        with _serving(pki, target) as (server, port, ctx):
+            headers = {"Upload-Prefix-Digest": volume_digest(str(image), 4 * MiB)} if image.suffix == ".qcow2" else {}
+            _send_until_point(ctx, port, target, data, 0, 4 * MiB, {}, image.suffix[1:].replace("ref", "raw")).close()
+            _wait_idle(server)
+            held = _head(ctx, port)[0]
+            assert held == 4 * MiB
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
+            conn.request("PUT", "/v1beta1/upload", body=data[held:held + MiB], headers={
+                "Content-Range": f"bytes {held}-{held + MiB - 1}/{len(data)}",
+                "Content-Type": "application/octet-stream", **headers})
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            conn.close()
+            assert resp.status == 400 and "stops before the end of the image" in text, text
+            assert _head(ctx, port)[0] == held  # nothing lost
+            assert not server.state.done
+            code, text = _put(ctx, port, data, held, headers)
+            assert code == 200, text
+            assert server.state.finished.wait(30)
+            assert images.same_content(target, _reference(made["mixed"]))
