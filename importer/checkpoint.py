@@ -12,6 +12,7 @@ working directory for a block device.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -87,7 +88,7 @@ def save(path: str, point: Checkpoint) -> None:
 
 def remove(path: str) -> None:
     """Remove the point and its companions (the point first: without it they are never read)."""
-    for name in (path, state_path(path), spool_path(path), state_path(path) + ".tmp"):
+    for name in (path, spool_path(path), *glob.glob(glob.escape(state_path(path)) + "*")):
         try:
             os.unlink(name)
         except FileNotFoundError:

@@ -436,6 +436,7 @@ class Importer:
             checkpoint.save(self.ckpt_path, checkpoint.Checkpoint(
                 url, validator, size, self.target.path, self.target.capacity, offset, format="qcow2",
                 state=digest, prefix=prefix))
+            qcow2_resume.prune(state_file, digest)  # the older states: no point names them any more
 
         return qcow2_stream.Durable(on_checkpoint=save_point, interval=checkpoint.interval_for(size),
                                     spool_path=checkpoint.spool_path(self.ckpt_path), resume=resume,

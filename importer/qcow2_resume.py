@@ -21,6 +21,7 @@ a byte of it is used.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -62,9 +63,18 @@ def decode(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     return meta, blobs
 
 
+def versioned(path: str, digest: str) -> str:
+    """Where the state of digest ``digest`` lives: one file per state, so the point saved after it never
+    names a state a kill left half-replaced (the point and its state are two files, not one write)."""
+    return f"{path}.{digest[:16]}"
+
+
 def save(path: str, data: bytes) -> str:
-    """Write ``data`` durably at ``path``; returns its sha256 (the checkpoint names it)."""
-    tmp = path + ".tmp"
+    """Write ``data`` durably beside ``path`` under its digest; returns its sha256 (the checkpoint names
+    it). The state the previous point names stays until ``prune`` after the new point is saved."""
+    digest = hashlib.sha256(data).hexdigest()
+    final = versioned(path, digest)
+    tmp = final + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -73,18 +83,30 @@ def save(path: str, data: bytes) -> str:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
+    os.replace(tmp, final)
+    return digest
+
+
+def prune(path: str, keep: str | None) -> None:
+    """Remove every saved state beside ``path`` but the one of digest ``keep`` (None: all of them)."""
+    for name in glob.glob(glob.escape(path) + ".*"):
+        if keep is None or name != versioned(path, keep):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
 
 
 def load(path: str, digest: str | None) -> bytes:
-    """The state at ``path`` whose sha256 the checkpoint recorded; anything else is refused."""
+    """The state beside ``path`` whose sha256 the checkpoint recorded; anything else is refused."""
+    if digest is None:
+        raise StateError("the resume point of the interrupted qcow2 upload names no saved state")
     try:
-        with open(path, "rb") as f:
+        with open(versioned(path, digest), "rb") as f:
             data = f.read()
     except OSError as e:
         raise StateError(f"the saved state of the interrupted qcow2 upload cannot be read: {e}") from e
-    if digest is None or hashlib.sha256(data).hexdigest() != digest:
+    if hashlib.sha256(data).hexdigest() != digest:
         raise StateError("the saved state of the interrupted qcow2 upload does not match its resume point "
                          "(torn or altered)")
     return data

@@ -157,9 +157,16 @@ def test_state_round_trips_and_refuses_damage(runs: dict[str, Run], tmp_path: Pa
     path = tmp_path / "state"
     digest = qcow2_resume.save(str(path), state)
     assert qcow2_resume.load(str(path), digest) == state
-    path.write_bytes(state[:-1] + bytes([state[-1] ^ 1]))
-    with pytest.raises(qcow2_resume.StateError, match="torn or altered"):
+    # a newer state saved, then a kill before its point: the point still names the older one, still there
+    newer = qcow2_resume.save(str(path), bytes(reversed(state)))
+    assert qcow2_resume.load(str(path), digest) == state
+    qcow2_resume.prune(str(path), newer)  # the newer point saved: only its state stays
+    assert [p.name for p in tmp_path.glob("state.*")] == [f"state.{newer[:16]}"]
+    with pytest.raises(qcow2_resume.StateError, match="cannot be read"):
         qcow2_resume.load(str(path), digest)
+    Path(qcow2_resume.versioned(str(path), newer)).write_bytes(state)  # altered in place
+    with pytest.raises(qcow2_resume.StateError, match="torn or altered"):
+        qcow2_resume.load(str(path), newer)
     with pytest.raises(qcow2_resume.StateError, match="wrong length"):
         qcow2_resume.decode(state + b"x")
 
