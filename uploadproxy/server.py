@@ -388,8 +388,10 @@ class Handler(BaseHTTPRequestHandler):
             return None  # the pipeline says why
 
     def _answer_then_finish(self, outcome: dict[str, Any], source: UploadSource) -> bool:
-        """Record a success before answering (a request after it gets 409), stop serving after."""
+        """Record a success before answering (a request after it gets 409; a server started again after a
+        kill finishes with it), stop serving after."""
         if "result" in outcome:
+            self.server.record_done(outcome["result"].to_dict())
             with self.server.state.lock:
                 self.server.state.done = True
                 self.server.state.result = outcome["result"]
@@ -473,10 +475,60 @@ class UploadHTTPServer(ThreadingHTTPServer):
                 self.state.failure = (reason, message)
             self.state.finished.set()
             return
+        self.record_done(outcome["result"].to_dict())
         with self.state.lock:
             self.state.done = True
             self.state.result = outcome["result"]
         self.state.finished.set()
+
+    def record_done(self, result: dict[str, Any]) -> None:
+        """Keep the outcome of the finished upload durably before it is answered: a server killed after its
+        200 (before it could end its pod) finishes with it when started again, instead of taking another
+        upload over the acknowledged one."""
+        path = done_path(self.settings)
+        if path is None:
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+DONE_FILE = ".cdi-upload-done.json"
+
+
+def done_path(settings: Settings) -> str | None:
+    """Where the outcome of a finished upload is kept: the server's scratch (in a pod its emptyDir, which
+    outlives a restart of the container), else beside a file target; None for an archive without scratch
+    (its target directory is the user's)."""
+    if settings.scratch:
+        return os.path.join(settings.scratch, DONE_FILE)
+    if settings.content_type == "archive":
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(settings.destination)), DONE_FILE)
+
+
+def finished_before(settings: Settings) -> dict[str, Any] | None:
+    """The outcome a killed server recorded before its answer, if any."""
+    path = done_path(settings)
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring an unreadable record of a finished upload path=%s error=%s", path, e)
+        return None
+    return result if isinstance(result, dict) else None
 
 
 def _write_private(directory: str, name: str, data: str) -> str:
@@ -515,6 +567,11 @@ def main() -> int:
         log.error("cannot start: %s", e)
         write_termination({"ok": False, "reason": "InvalidJob", "message": str(e), "permanent": True})
         return 1
+    done = finished_before(settings)
+    if done is not None:  # killed after its answer: the upload was acknowledged, it stays the result
+        log.info("the upload was finished and answered before a restart: ending with it result=%s", json.dumps(done))
+        write_termination({"ok": True, "result": done})
+        return 0
     with Progress(mode="json", stream=sys.stdout, interval=1.0) as progress:
         server = UploadHTTPServer(settings, context, progress)
         server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -416,3 +416,33 @@ def test_a_ranged_body_that_stops_before_the_end_of_the_image_is_refused_and_wha
             assert code == 200, text
             assert server.state.finished.wait(30)
             assert images.same_content(target, _reference(made["mixed"]))
+
+
+def test_a_server_killed_after_answering_200_ends_with_that_upload_when_started_again(
+        pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    """The 200 of a sync upload is final: the outcome is kept before the answer, so a server killed in
+    the moment between its answer and its exit does not take another upload over the acknowledged one."""
+    image = made["mixed"]
+    target = tmp_path / "disk.img"
+    port = _free_port()
+    first = _server_process(pki, target, port, tmp_path)
+    try:
+        uploader = Uploader(f"https://127.0.0.1:{port}", pki.client_context(), lambda: "unused", image, archive=False)
+        uploader.upload()  # answered 200
+        kept = json.loads((tmp_path / ".cdi-upload-done.json").read_text())
+        os.kill(first.pid, signal.SIGKILL)  # whether or not it had ended its pod yet
+        first.wait(10)
+    finally:
+        first.kill()
+        first.wait()
+    (tmp_path / "termination").unlink(missing_ok=True)
+    cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
+    again = subprocess.run([sys.executable, "-I", "-m", "uploadproxy.server"], cwd=tmp_path, timeout=30, env={
+        **os.environ, "DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(VOLUME), "CLIENT_NAME": CLIENT_NAME,
+        "CDI_PORT_8443": str(port), "TLS_CERT": cert.decode(), "TLS_KEY": key.decode(),
+        "CLIENT_CERT": pki.client_ca[0].decode(), "TERMINATION_MESSAGE_PATH": str(tmp_path / "termination")},
+        capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "termination").read_text()) == {"ok": True, "result": kept}
+    assert kept["digest"] == volume_digest(str(_reference(image)))
+    assert images.same_content(target, _reference(image))
