@@ -41,6 +41,7 @@ from typing import Any
 
 from cdi.podenv import MountsError, PathMap, write_termination
 from importer import checkpoint
+from importer.digest import volume_digest
 from importer.errors import CapacityExceeded, Error
 from importer.pipeline import ImportJob, ImportResult, run_with_source
 from importer.progress import Progress
@@ -304,6 +305,12 @@ class Handler(BaseHTTPRequestHandler):
                 return False
             if point.format == "qcow2" and self.headers.get(PREFIX_HEADER) != point.prefix:
                 self._refuse_other_image(point, self.headers.get(PREFIX_HEADER))
+                return False
+            declared = self.headers.get(PREFIX_HEADER)
+            if point.format != "qcow2" and declared and declared != volume_digest(point.target, offset):
+                # a raw volume holds the file's first bytes as they are: a sender that says which they were
+                # is held to it (without the header a raw resume is taken on its size, as before)
+                self._refuse_other_image(point, declared)
                 return False
             log.info("continuing an interrupted %s upload at byte %d of %d", point.format, offset, size)
         if offset == 0 and content_type != "archive":

@@ -446,3 +446,19 @@ def test_a_server_killed_after_answering_200_ends_with_that_upload_when_started_
     assert json.loads((tmp_path / "termination").read_text()) == {"ok": True, "result": kept}
     assert kept["digest"] == volume_digest(str(_reference(image)))
     assert images.same_content(target, _reference(image))
+
+
+def test_a_raw_resume_that_declares_its_prefix_is_held_to_it(pki: Pki, tmp_path: Path, made: dict[str, Path]) -> None:
+    image = _reference(made["mixed"])  # raw
+    data = image.read_bytes()
+    target = tmp_path / "disk.img"
+    with _serving(pki, target) as (server, port, ctx):
+        _send_until_point(ctx, port, target, data, 0, 4 * MiB, {}, "raw").close()
+        _wait_idle(server)
+        code, text = _put(ctx, port, data, 4 * MiB, {"Upload-Prefix-Digest": "sha256-1m:" + "0" * 64})
+        assert code == 416 and "is not the one whose upload was interrupted" in text, text
+        assert _head(ctx, port)[0] == 4 * MiB
+        code, text = _put(ctx, port, data, 4 * MiB, {"Upload-Prefix-Digest": volume_digest(str(image), 4 * MiB)})
+        assert code == 200, text
+        assert server.state.finished.wait(30)
+        assert images.same_content(target, image)
