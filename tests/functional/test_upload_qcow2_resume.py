@@ -192,11 +192,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_process(pki: Pki, target: Path, port: int, work: Path) -> subprocess.Popen[str]:
+def _server_env(pki: Pki, target: Path, port: int, work: Path) -> dict[str, str]:
+    """The environment of an upload server process, as its pod would have it."""
     cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
-    env = {**os.environ, "DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(VOLUME), "CLIENT_NAME": CLIENT_NAME,
-           "CDI_PORT_8443": str(port), "TLS_CERT": cert.decode(), "TLS_KEY": key.decode(),
-           "CLIENT_CERT": pki.client_ca[0].decode(), "TERMINATION_MESSAGE_PATH": str(work / "termination")}
+    return {**os.environ, "DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(VOLUME), "CLIENT_NAME": CLIENT_NAME,
+            "CDI_PORT_8443": str(port), "TLS_CERT": cert.decode(), "TLS_KEY": key.decode(),
+            "CLIENT_CERT": pki.client_ca[0].decode(), "TERMINATION_MESSAGE_PATH": str(work / "termination")}
+
+
+def _server_process(pki: Pki, target: Path, port: int, work: Path) -> subprocess.Popen[str]:
+    env = _server_env(pki, target, port, work)
     proc = subprocess.Popen([sys.executable, "-I", "-m", "uploadproxy.server"], cwd=work, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -436,12 +441,8 @@ def test_a_server_killed_after_answering_200_ends_with_that_upload_when_started_
         first.kill()
         first.wait()
     (tmp_path / "termination").unlink(missing_ok=True)
-    cert, key = issue(*pki.server_ca, "cdi-upload-x", ips=("127.0.0.1",))
-    again = subprocess.run([sys.executable, "-I", "-m", "uploadproxy.server"], cwd=tmp_path, timeout=30, env={
-        **os.environ, "DESTINATION": str(target), "UPLOAD_IMAGE_SIZE": str(VOLUME), "CLIENT_NAME": CLIENT_NAME,
-        "CDI_PORT_8443": str(port), "TLS_CERT": cert.decode(), "TLS_KEY": key.decode(),
-        "CLIENT_CERT": pki.client_ca[0].decode(), "TERMINATION_MESSAGE_PATH": str(tmp_path / "termination")},
-        capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-I", "-m", "uploadproxy.server"], cwd=tmp_path, timeout=30,
+                           env=_server_env(pki, target, port, tmp_path), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "termination").read_text()) == {"ok": True, "result": kept}
     assert kept["digest"] == volume_digest(str(_reference(image)))
