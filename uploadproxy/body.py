@@ -15,6 +15,8 @@ import struct
 import time
 from typing import Any, Protocol
 
+from importer.errors import NetworkError
+
 MAX_LINE = 8192
 
 
@@ -105,13 +107,15 @@ class ChunkedBody:
 
 
 class DeclaredLength:
-    """A form's file part whose size the client declared (``Upload-Length``), which makes a form upload
-    resumable like a raw one: the part must hold exactly that many bytes, else the upload fails."""
+    """A body whose size the client declared (a form's file part or a raw body with ``Upload-Length``, a
+    chunked ranged body by its range): it must hold exactly that many bytes, else the upload fails. A
+    declared size is what makes a form upload resumable like a raw one."""
 
-    def __init__(self, inner: MultipartFile, size: int) -> None:
+    def __init__(self, inner: Any, size: int, what: str = "the form's file", header: str = "its Upload-Length") -> None:
         self.inner = inner
         self.size = size
         self.seen = 0
+        self.what, self.header = what, header
 
     @property
     def complete(self) -> bool:
@@ -121,9 +125,10 @@ class DeclaredLength:
         n = self.inner.readinto(buf)
         self.seen += n
         if self.seen > self.size:
-            raise BodyError(f"the form's file holds more than the {self.size} bytes its Upload-Length declares")
+            raise BodyError(f"{self.what} holds more than the {self.size} bytes {self.header} declares")
         if n == 0 and self.inner.complete and self.seen != self.size:
-            raise BodyError(f"the form's file holds {self.seen} bytes, not the {self.size} its Upload-Length declares")
+            # ended early, like a cut connection: what arrived stays held for a resume
+            raise NetworkError(f"{self.what} holds {self.seen} bytes, not the {self.size} {self.header} declares")
         return n
 
 

@@ -271,11 +271,24 @@ class Handler(BaseHTTPRequestHandler):
             return ExtentsBody(body, length), length, -1
         ranged = self.headers.get("Content-Range")
         if not ranged:
-            return body, size, 0
+            declared = self.headers.get(LENGTH_HEADER)
+            if declared is None:
+                return body, size, 0
+            if not declared.isdigit():
+                raise BodyError(f"{LENGTH_HEADER} {declared!r} is not a byte count")
+            if size is not None and size != int(declared):
+                raise BodyError(f"the body's Content-Length {size} differs from its {LENGTH_HEADER} {declared}")
+            # the image's size, declared: a body that ends before it is cut, never a complete image
+            return DeclaredLength(body, int(declared), "the body", f"its {LENGTH_HEADER}"), int(declared), 0
         m = CONTENT_RANGE.match(ranged.strip())
-        if not m or size is None or int(m.group(2)) - int(m.group(1)) + 1 != size or int(m.group(2)) >= int(m.group(3)):
-            raise BodyError(f"invalid Content-Range {ranged!r} for a body of {size} bytes")
+        if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) >= int(m.group(3)):
+            raise BodyError(f"invalid Content-Range {ranged!r}: write it as bytes FIRST-LAST/TOTAL")
         first, last, total = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if size is None:  # chunked: the range says how long the body must be
+            body = DeclaredLength(body, last - first + 1, "the ranged body", f"its Content-Range {ranged!r}")
+        elif last - first + 1 != size:
+            raise BodyError(f"Content-Range {ranged!r} covers {last - first + 1} bytes, the body has {size} "
+                            f"(Content-Length)")
         if last != total - 1:  # a part in the middle would end the upload with the rest of the image missing
             raise BodyError(f"Content-Range {ranged!r} stops before the end of the image: a ranged upload sends "
                             f"the rest of the file, bytes {first}-{total - 1}/{total}")
