@@ -90,10 +90,7 @@ class Env:
         dv = self.client.get(DATAVOLUME, NS, name)
         disk = self.volume(name)
         size = disk.stat().st_size
-        reference = self.work / f"{name}.expected"
-        with open(image, "rb") as src, open(reference, "wb") as dst:
-            dst.write(src.read())
-            dst.truncate(size)
+        reference = images.padded(image.read_bytes(), size, self.work / f"{name}.expected")
         assert images.same_content(disk, reference)
         assert dv["metadata"]["annotations"][DIGEST] == volume_digest(str(reference))
         reference.unlink()

@@ -4,7 +4,6 @@ like a raw one after a drop; a file part of another size is refused. In-process 
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -86,9 +85,7 @@ def test_a_form_upload_with_its_size_declared_continues_after_a_drop(pki: Pki, t
         assert resp.status == 200, resp.read()
         conn.close()
         assert server.state.finished.wait(30)
-        reference = tmp_path / "ref.raw"
-        reference.write_bytes(data)
-        os.truncate(reference, target.stat().st_size)
+        reference = images.padded(data, target.stat().st_size, tmp_path / "ref.raw")
         assert volume_digest(str(target)) == volume_digest(str(reference))
     finally:
         server.shutdown()

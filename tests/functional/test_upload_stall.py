@@ -5,7 +5,6 @@ when to retry, and a resume then continues from the durable bytes. In-process up
 from __future__ import annotations
 
 import http.client
-import os
 import re
 import socket
 import time
@@ -74,9 +73,7 @@ def test_a_stalled_upload_is_cut_after_its_idle_timeout_and_a_resume_continues(
         resumed_at = [int(n) for n in re.findall(r"continuing at byte (\d+)", said)]
         assert resumed_at and 0 < resumed_at[-1] <= 5 << 20, said  # the durable bytes were not sent again
         assert server.state.finished.wait(30)
-        reference = tmp_path / "ref.raw"
-        reference.write_bytes(data)
-        os.truncate(reference, target.stat().st_size)
+        reference = images.padded(data, target.stat().st_size, tmp_path / "ref.raw")
         assert volume_digest(str(target)) == volume_digest(str(reference))
     finally:
         raw.close()
@@ -161,9 +158,7 @@ def test_a_cut_form_upload_resumes_with_a_raw_ranged_put_on_the_form_path(pki: P
         resp = _request(port, ctx, "PUT", path, data[held:], {**ranged, "Content-Type": "application/octet-stream"})
         assert resp.status == 200, resp.body  # type: ignore[attr-defined]
         assert server.state.finished.wait(30)
-        reference = tmp_path / "ref.raw"
-        reference.write_bytes(data)
-        os.truncate(reference, target.stat().st_size)
+        reference = images.padded(data, target.stat().st_size, tmp_path / "ref.raw")
         assert volume_digest(str(target)) == volume_digest(str(reference))
     finally:
         server.shutdown()

@@ -77,3 +77,11 @@ def data_extents(path: Path) -> list[tuple[int, int]]:
 
 def same_content(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def padded(data: bytes, size: int, path: Path) -> Path:
+    """``data`` then zeros up to ``size`` bytes, written sparse at ``path``: what a volume of ``size``
+    holds after an upload of ``data``."""
+    path.write_bytes(data)
+    os.truncate(path, size)
+    return path
