@@ -144,15 +144,12 @@ class Informer:
                             return
             except Gone:
                 log.info("watch expired kind=%s: relisting", self.kind.plural)
-            except ApiError as e:
+            except Exception as e:  # an API error, or anything else (a garbled event): never end unseen
                 if self._stop.is_set():
                     return
-                log.warning("informer error kind=%s error=%s retry_in=%.1fs", self.kind.plural, e, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception:  # anything else (a garbled event): relist, never let the thread end unseen
-                if self._stop.is_set():
-                    return
-                log.exception("informer failed kind=%s: relisting in %.1fs", self.kind.plural, backoff)
+                if isinstance(e, ApiError):
+                    log.warning("informer error kind=%s error=%s retry_in=%.1fs", self.kind.plural, e, backoff)
+                else:
+                    log.exception("informer failed kind=%s: relisting in %.1fs", self.kind.plural, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
