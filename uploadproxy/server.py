@@ -255,31 +255,26 @@ class Handler(BaseHTTPRequestHandler):
         else:
             size = int(self.headers.get("Content-Length") or 0)
             body = LengthBody(self.rfile, size)
+        text = self.headers.get(LENGTH_HEADER)  # the image's size, when the client declares it
+        if text is not None and not text.strip().isdigit():
+            raise BodyError(f"{LENGTH_HEADER} {text!r} is not a byte count")
+        declared = int(text) if text is not None else None
+        ranged = self.headers.get("Content-Range")
         if form:
             part = MultipartFile(body, boundary_of(self.headers.get("Content-Type") or ""))
-            declared = self.headers.get(LENGTH_HEADER)
-            if declared is None:
-                return part, None, 0
-            if not declared.isdigit():
-                raise BodyError(f"{LENGTH_HEADER} {declared!r} is not a byte count")
             # a declared size makes the form resumable: a drop continues with a ranged PUT of the rest
-            return DeclaredLength(part, int(declared)), int(declared), 0
+            return (part, None, 0) if declared is None else (DeclaredLength(part, declared), declared, 0)
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() == EXTENTS_TYPE:
-            length = int(self.headers.get(LENGTH_HEADER) or -1)
-            if length < 0 or self.headers.get("Content-Range"):
+            if declared is None or ranged:
                 raise BodyError(f"an extents body needs {LENGTH_HEADER} (the image size) and no Content-Range")
-            return ExtentsBody(body, length), length, -1
-        ranged = self.headers.get("Content-Range")
+            return ExtentsBody(body, declared), declared, -1
         if not ranged:
-            declared = self.headers.get(LENGTH_HEADER)
             if declared is None:
                 return body, size, 0
-            if not declared.isdigit():
-                raise BodyError(f"{LENGTH_HEADER} {declared!r} is not a byte count")
-            if size is not None and size != int(declared):
+            if size is not None and size != declared:
                 raise BodyError(f"the body's Content-Length {size} differs from its {LENGTH_HEADER} {declared}")
-            # the image's size, declared: a body that ends before it is cut, never a complete image
-            return DeclaredLength(body, int(declared), "the body", f"its {LENGTH_HEADER}"), int(declared), 0
+            # a body that ends before the declared size is cut, never a complete image
+            return DeclaredLength(body, declared, "the body", f"its {LENGTH_HEADER}"), declared, 0
         m = CONTENT_RANGE.match(ranged.strip())
         if not m or int(m.group(1)) > int(m.group(2)) or int(m.group(2)) >= int(m.group(3)):
             raise BodyError(f"invalid Content-Range {ranged!r}: write it as bytes FIRST-LAST/TOTAL")
