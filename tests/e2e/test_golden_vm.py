@@ -48,6 +48,10 @@ def test_a_vm_boots_from_the_datasource_a_dataimportcron_feeds(serve: Serve, tmp
                      "spec": {"schedule": "0 3 * * *", "managedDataSource": "golden", "template": {"spec": {
                          "source": {"registry": {"url": reg.url("golden/boot")}},
                          "storage": {"resources": {"requests": {"storage": "64Mi"}}}}}}})
+        # the cron's controller makes the DataSource a moment after the cron: kubectl wait needs it to exist
+        deadline = time.monotonic() + 60
+        while serve.kubectl("get", "das/golden", check=False).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
         serve.kubectl("wait", "--for=condition=Ready", "das/golden", "--timeout=120s", timeout=130)
     serve.apply({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "golden-vm"},
                  "spec": {"runStrategy": "Always",
